@@ -1,0 +1,192 @@
+"""TaskDataset: clean/corrupted prompt pairs with answers, validated per tokenizer.
+
+Example:
+    >>> from interp.datasets import TaskDataset
+    >>> ds = TaskDataset("demo", clean=("When Mary and John went out, John gave it to",),
+    ...                  corrupted=("When Anna and Paul went out, Mark gave it to",),
+    ...                  answers=(" Mary",), counterfactuals=(" John",))
+    >>> len(ds)
+    1
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from interp.errors import DataError
+
+__all__ = ["TaskDataset", "TaskBatch", "load_prompts"]
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """A tokenized TaskDataset.
+
+    Attributes:
+        clean, corrupted: :class:`~interp.models.TokenBatch` (right-padded).
+        answer_ids: ``[batch]`` token id of the correct answer.
+        counter_ids: ``[batch]`` token id of the counterfactual (wrong) answer.
+        dataset: the source TaskDataset.
+    """
+
+    clean: Any
+    corrupted: Any
+    answer_ids: Any
+    counter_ids: Any
+    dataset: "TaskDataset"
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+
+@dataclass(frozen=True)
+class TaskDataset:
+    """Clean/corrupted prompt pairs with answer and counterfactual continuations.
+
+    Attributes:
+        name: dataset name (``"ioi"``, ``"facts"`` ...).
+        clean, corrupted: prompts; ``corrupted`` may be empty for tasks without pairs.
+        answers: correct continuation of each clean prompt (a single token, usually
+            with a leading space, e.g. ``" Mary"``).
+        counterfactuals: the wrong continuation used for logit differences (e.g. the
+            subject name in IOI, or the answer of the corrupted prompt).
+        meta: one dict per prompt (template id, names, subject span, ...).
+    """
+
+    name: str
+    clean: tuple[str, ...]
+    corrupted: tuple[str, ...] = ()
+    answers: tuple[str, ...] = ()
+    counterfactuals: tuple[str, ...] = ()
+    meta: tuple[dict[str, Any], ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        n = len(self.clean)
+        if n == 0:
+            raise DataError(f"dataset {self.name!r} is empty")
+        for attr in ("corrupted", "answers", "counterfactuals", "meta"):
+            got = len(getattr(self, attr))
+            if got not in (0, n):
+                raise DataError(f"dataset {self.name!r}: {attr} has {got} items, clean has {n}")
+
+    def __len__(self) -> int:
+        return len(self.clean)
+
+    def subset(self, idx: Any) -> "TaskDataset":
+        """A TaskDataset of the given prompt indices (list or slice)."""
+        idx = list(range(len(self))[idx]) if isinstance(idx, slice) else list(idx)
+        if not idx:
+            raise DataError(f"dataset {self.name!r}: empty subset")
+
+        def pick(t: tuple) -> tuple:
+            return tuple(t[i] for i in idx) if t else t
+
+        return TaskDataset(self.name, pick(self.clean), pick(self.corrupted), pick(self.answers),
+                           pick(self.counterfactuals), pick(self.meta))
+
+    def tokenize(self, model: Any, *, same_length: bool = True, prepend_bos: bool | None = None) -> TaskBatch:
+        """Tokenize for ``model`` and validate.
+
+        Args:
+            same_length: require each clean prompt and its corrupted prompt to have the
+                same number of tokens (needed by position-wise patching).
+
+        Raises:
+            DataError: answers that are not single tokens, or clean/corrupted length
+                mismatches; the message names the offending prompts.
+        """
+        import torch
+
+        from interp.models import tokenize
+
+        clean = tokenize(model, self.clean, prepend_bos=prepend_bos)
+        corrupted = tokenize(model, self.corrupted, prepend_bos=prepend_bos) if self.corrupted else None
+        if corrupted is not None and same_length:
+            bad = [i for i in range(len(self)) if int(clean.lengths[i]) != int(corrupted.lengths[i])]
+            if bad:
+                lines = [f"  #{i}: {int(clean.lengths[i])} vs {int(corrupted.lengths[i])} tokens: "
+                         f"{self.clean[i]!r} / {self.corrupted[i]!r}" for i in bad[:5]]
+                raise DataError(f"dataset {self.name!r}: {len(bad)} clean/corrupted pairs differ in token length "
+                                "(position-wise patching needs equal lengths):\n" + "\n".join(lines))
+        answer_ids = self._single_tokens(model, self.answers, "answer") if self.answers else None
+        counter_ids = self._single_tokens(model, self.counterfactuals, "counterfactual") if self.counterfactuals else None
+        dev = clean.tokens.device
+        return TaskBatch(clean, corrupted,
+                         torch.tensor(answer_ids, device=dev) if answer_ids is not None else None,
+                         torch.tensor(counter_ids, device=dev) if counter_ids is not None else None, self)
+
+    def _single_tokens(self, model: Any, words: tuple[str, ...], what: str) -> list[int]:
+        ids = model.tokenizer(list(words), add_special_tokens=False).input_ids
+        bad = [(i, w, row) for i, (w, row) in enumerate(zip(words, ids)) if len(row) != 1]
+        if bad:
+            lines = [f"  #{i}: {w!r} -> {len(row)} tokens" for i, w, row in bad[:5]]
+            raise DataError(f"dataset {self.name!r}: {len(bad)} {what}s are not single tokens for this tokenizer:\n"
+                            + "\n".join(lines))
+        return [row[0] for row in ids]
+
+    def to_jsonl(self, path: str | Path) -> None:
+        """Write one JSON object per prompt."""
+        from interp._fs import atomic_write_bytes
+
+        rows = []
+        for i in range(len(self)):
+            rows.append({"clean": self.clean[i],
+                         "corrupted": self.corrupted[i] if self.corrupted else None,
+                         "answer": self.answers[i] if self.answers else None,
+                         "counterfactual": self.counterfactuals[i] if self.counterfactuals else None,
+                         "meta": self.meta[i] if self.meta else {}})
+        atomic_write_bytes(Path(path), "".join(json.dumps(r) + "\n" for r in rows).encode())
+
+    @classmethod
+    def from_jsonl(cls, path: str | Path, name: str | None = None) -> "TaskDataset":
+        """Read a file written by :meth:`to_jsonl` (keys clean, corrupted, answer, counterfactual, meta)."""
+        rows = [json.loads(line) for line in _read_text(Path(path)).splitlines() if line.strip()]
+        if not rows:
+            raise DataError(f"{path}: no rows")
+
+        def col(key: str) -> tuple:
+            vals = [r.get(key) for r in rows]
+            return () if all(v is None for v in vals) else tuple(vals)
+
+        return cls(name or Path(path).stem, tuple(r["clean"] for r in rows), col("corrupted"), col("answer"),
+                   col("counterfactual"), tuple(r.get("meta") or {} for r in rows))
+
+
+def _read_text(path: Path) -> str:
+    if not path.exists():
+        raise DataError(f"no such file: {path}")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
+
+
+def load_prompts(path: str | Path) -> list[str]:
+    """Read prompts: a text file with one prompt a line, or JSONL with a ``"prompt"`` or ``"text"`` key.
+
+    Raises:
+        DataError: missing file, not UTF-8, no prompts, or JSONL rows without a prompt.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    if path.suffix in (".jsonl", ".json"):
+        prompts = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+            p = row.get("prompt", row.get("text")) if isinstance(row, dict) else row if isinstance(row, str) else None
+            if not isinstance(p, str):
+                raise DataError(f"{path}:{n}: expected a string or an object with a 'prompt' or 'text' key")
+            prompts.append(p)
+    else:
+        prompts = [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise DataError(f"{path} holds no prompts")
+    return prompts

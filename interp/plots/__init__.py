@@ -1,0 +1,134 @@
+"""Figures: one paper theme, pure functions Result -> plotly Figure, offline export.
+
+* :data:`THEME` — fonts, sizes, colour scales and column widths used by every figure.
+* :func:`figure` — dispatch a Result to the plot function of its family
+  (``result.kind`` ``"sinks.alpha"`` -> ``interp.plots.sinks.plot``).
+* :func:`heatmap`, :func:`lines` — the generic building blocks the families use.
+* :func:`export` — ``.pdf``, ``.svg``, ``.png`` (through kaleido 0.2.1, which bundles its
+  own headless Chromium, so export works offline on a fresh machine) and ``.html``
+  (plotly.js inlined, no CDN).
+
+Example:
+    >>> import numpy as np
+    >>> from interp.plots import heatmap, export
+    >>> fig = heatmap(np.eye(3), x_title="head", y_title="layer", title="demo")
+    >>> export(fig, "/tmp/demo.svg", width="single")       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from interp.errors import ConfigError, nearest
+
+__all__ = ["Theme", "THEME", "figure", "heatmap", "lines", "export", "apply_theme"]
+
+
+@dataclass(frozen=True)
+class Theme:
+    """The paper theme. Widths in pixels at 96 dpi (single column 3.5 in, double 7.2 in)."""
+
+    font_family: str = "Helvetica, Arial, sans-serif"
+    font_size: int = 11
+    title_size: int = 12
+    single_width: int = 336
+    double_width: int = 691
+    height: int = 260
+    diverging: str = "RdBu_r"       # signed effects (patching, steering); centred at 0
+    sequential: str = "Viridis"     # magnitudes (attention, scores)
+    categorical: tuple[str, ...] = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9",
+                                    "#F0E442", "#000000")  # Okabe-Ito, colour-blind safe
+    template: str = "simple_white"
+
+
+THEME = Theme()
+
+# Families with their own plot module: kind prefix -> module under interp.plots.
+_FAMILIES = ("cache", "sinks", "massive", "tracing", "patching", "gating", "sae", "steering", "graph")
+
+
+def apply_theme(fig: Any, *, width: str | int = "single", height: int | None = None, theme: Theme = THEME) -> Any:
+    """Apply the paper theme to a plotly figure in place and return it."""
+    w = {"single": theme.single_width, "double": theme.double_width}.get(width, width) if isinstance(width, str) else width
+    if isinstance(w, str):
+        raise ConfigError(f"width must be 'single', 'double' or pixels, got {width!r}")
+    fig.update_layout(template=theme.template, width=w, height=height or theme.height,
+                      font=dict(family=theme.font_family, size=theme.font_size),
+                      title_font=dict(size=theme.title_size), margin=dict(l=50, r=20, t=36, b=40),
+                      colorway=list(theme.categorical))
+    return fig
+
+
+def heatmap(z: Any, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None = None, x_title: str = "",
+            y_title: str = "", title: str = "", diverging: bool = False, colorbar_title: str = "",
+            width: str | int = "single", height: int | None = None, text: Any = None) -> Any:
+    """A themed heatmap; ``diverging=True`` uses the diverging scale centred at 0."""
+    import numpy as np
+    import plotly.graph_objects as go
+
+    z = np.asarray(z, dtype=float)
+    kw: dict[str, Any] = {}
+    if diverging:
+        finite = np.abs(z[np.isfinite(z)])
+        lim = float(finite.max()) if finite.size else 1.0
+        kw = dict(zmid=0, zmin=-lim, zmax=lim, colorscale=THEME.diverging)
+    else:
+        kw = dict(colorscale=THEME.sequential)
+    fig = go.Figure(go.Heatmap(z=z, x=list(x) if x is not None else None, y=list(y) if y is not None else None,
+                               colorbar=dict(title=colorbar_title), text=text,
+                               hovertemplate="%{y} / %{x}: %{z:.4g}<extra></extra>", **kw))
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
+    return apply_theme(fig, width=width, height=height)
+
+
+def lines(x: Sequence[Any], series: dict[str, Sequence[float]], *, x_title: str = "", y_title: str = "",
+          title: str = "", log_y: bool = False, width: str | int = "single", height: int | None = None) -> Any:
+    """Themed line plot of named series over a shared x."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure([go.Scatter(x=list(x), y=list(v), mode="lines+markers", name=k) for k, v in series.items()])
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
+    if log_y:
+        fig.update_yaxes(type="log")
+    return apply_theme(fig, width=width, height=height)
+
+
+def figure(result: Any, **kwargs: Any) -> Any:
+    """The figure of a Result, drawn by ``interp.plots.<family>.plot(result, **kwargs)``."""
+    family = result.kind.split(".")[0]
+    if family not in _FAMILIES:
+        raise ConfigError(f"no figure for Result kind {result.kind!r}.{nearest(family, _FAMILIES)}")
+    try:
+        module = importlib.import_module(f"interp.plots.{family}")
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"no figure module for Result kind {result.kind!r} ({e})") from e
+    return module.plot(result, **kwargs)
+
+
+def export(fig: Any, path: str | Path, *, width: str | int | None = None, height: int | None = None,
+           scale: float = 2.0) -> Path:
+    """Write a figure to ``.pdf``, ``.svg``, ``.png`` or ``.html`` (self-contained), atomically.
+
+    Args:
+        fig: plotly figure.
+        path: output file; the suffix picks the format.
+        width: ``"single"``, ``"double"`` or pixels; default keeps the figure's width.
+        scale: pixel density of PNG export (2 = ~192 dpi at the theme widths).
+    """
+    from interp._fs import atomic_write_bytes
+
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("pdf", "svg", "png", "html"):
+        raise ConfigError(f"cannot export to {path.suffix!r}; use .pdf, .svg, .png or .html")
+    if width is not None:
+        apply_theme(fig, width=width, height=height or fig.layout.height)
+    if fmt == "html":
+        data = fig.to_html(include_plotlyjs=True, full_html=True).encode()
+    else:
+        data = fig.to_image(format=fmt, scale=scale if fmt == "png" else 1)
+    atomic_write_bytes(path, data)
+    return path
