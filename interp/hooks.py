@@ -59,9 +59,10 @@ def hooked(model: Any, hooks: Mapping[Site | str, HookFn] | Iterable[tuple[Site 
     pairs = list(hooks.items()) if isinstance(hooks, Mapping) else list(hooks)
     added: list[tuple[Any, Any]] = []
     try:
+        hook_dict = model.hook_dict  # rebuilt by the bridge on every access: read it once
         for raw, fn in pairs:
-            site = validate_site(_as_site(raw), model)
-            point = model.hook_dict[site.hook_name]
+            site = validate_site(_as_site(raw), model, hook_dict=hook_dict)
+            point = hook_dict[site.hook_name]
 
             def wrapper(act: torch.Tensor, hook: Any = None, _site: Site = site, _fn: HookFn = fn):
                 return _fn(act, _site)

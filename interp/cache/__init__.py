@@ -1,0 +1,24 @@
+"""Activation store: ``collect`` activations into an :class:`ActivationStore` (RAM or safetensors shards).
+
+* :func:`collect` — batched, padding-aware forward passes that keep only the requested
+  sites, stop after the deepest one, bound RAM (``max_memory``) and stream shards to
+  disk (``out=``), resumably; optional streaming reducers.
+* :class:`ActivationStore` — token ids, lengths, ``{Site: tensor}`` and the model id;
+  ``store[site]``, ``store[site, prompts, positions]``; lazy loading from disk.
+* reducers — :class:`Mean`, :class:`MeanNorm`, :class:`TopK`, :class:`FnReducer`.
+
+Example:
+    >>> from interp import load_model, Site
+    >>> from interp.cache import collect, ActivationStore
+    >>> model = load_model("toy:llama")                                              # doctest: +SKIP
+    >>> collect(model, ["a b c", "d e"], "resid_post", out="/tmp/store", progress=False)  # doctest: +SKIP
+    >>> ActivationStore.open("/tmp/store")[Site("resid_post", 0)].shape               # doctest: +SKIP
+    torch.Size([2, 6, 64])
+"""
+
+from interp.cache.collector import DEFAULT_SHARD_BYTES, collect
+from interp.cache.reducers import FnReducer, Mean, MeanNorm, Reducer, TopK, TopKResult
+from interp.cache.store import ActivationStore, parse_bytes
+
+__all__ = ["collect", "ActivationStore", "Reducer", "Mean", "MeanNorm", "TopK", "TopKResult", "FnReducer",
+           "parse_bytes", "DEFAULT_SHARD_BYTES"]

@@ -1,0 +1,384 @@
+"""``collect``: batched, filtered, memory-bounded activation caching, to RAM or to disk.
+
+Example:
+    >>> from interp import load_model, collect, Site
+    >>> model = load_model("toy:llama")                                            # doctest: +SKIP
+    >>> store = collect(model, ["Hello world", "Hi"], "resid_post,pattern")         # doctest: +SKIP
+    >>> store[Site("pattern", 0)].shape          # [batch, head, query_pos, key_pos]  # doctest: +SKIP
+    torch.Size([2, 4, 12, 12])
+    >>> disk = collect(model, ["Hello world", "Hi"], "resid_post", out="cache/", max_memory="64MB")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from interp._fs import atomic_write_json
+from interp.cache.reducers import Reducer
+from interp.cache.store import (FORMAT, MANIFEST, ActivationStore, _Chunk, _dtype_name, _pos_axes, completed_shards,
+                                dtype_from_name, parse_bytes, read_manifest, shard_name)
+from interp.errors import ConfigError, DataError, StoreError
+from interp.sites import Site, expected_shape, parse_sites, validate_site
+
+__all__ = ["collect", "DEFAULT_SHARD_BYTES"]
+
+#: Shard size when writing to disk without ``max_memory``.
+DEFAULT_SHARD_BYTES = 256 * 2**20
+
+# Identity of a store: a rerun with the same values resumes; other values are a different store.
+_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "batch_size", "shards")
+
+
+@dataclass(frozen=True)
+class _Batch:
+    rows: tuple[int, ...]   # positions in the processing order
+    width: int
+
+
+@dataclass(frozen=True)
+class _Shard:
+    first: int              # first row of the processing order (inclusive)
+    last: int               # last row (inclusive)
+    width: int
+    batches: tuple[_Batch, ...]
+
+    @property
+    def name(self) -> str:
+        return shard_name(self.first, self.last)
+
+
+def _site_numel(site: Site, cfg: Any, batch: int, width: int) -> int:
+    shape = list(expected_shape(site.layer_site, cfg, batch, width))
+    if site.head is not None and site.head_axis is not None:
+        shape.pop(site.head_axis)
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def _plan(lengths: Sequence[int], order: Sequence[int], batch_size: int, keep: Sequence[Site], cfg: Any,
+          itemsize: int, shard_bytes: int | None) -> list[_Shard]:
+    """Cut the processing order into batches, and batches into shards of at most ``shard_bytes``."""
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = tuple(range(start, min(start + batch_size, len(order))))
+        batches.append(_Batch(rows, max(lengths[order[r]] for r in rows)))
+
+    def nbytes(n_rows: int, width: int) -> int:
+        return sum(_site_numel(s, cfg, n_rows, width) for s in keep) * itemsize
+
+    shards: list[_Shard] = []
+    current: list[_Batch] = []
+    for b in batches:
+        if shard_bytes is not None and nbytes(len(b.rows), b.width) > shard_bytes:
+            raise StoreError(f"one batch of {len(b.rows)} prompts of {b.width} tokens needs "
+                             f"{_fmt(nbytes(len(b.rows), b.width))} for the requested sites, more than the shard budget "
+                             f"of {_fmt(shard_bytes)} (half of max_memory when writing to disk); lower batch_size, "
+                             "raise max_memory or request fewer sites")
+        if current and shard_bytes is not None:
+            rows = sum(len(c.rows) for c in current) + len(b.rows)
+            if nbytes(rows, current[0].width) > shard_bytes:
+                shards.append(_make_shard(current))
+                current = []
+        current.append(b)
+    if current:
+        shards.append(_make_shard(current))
+    return shards
+
+
+def _make_shard(batches: list[_Batch]) -> _Shard:
+    return _Shard(batches[0].rows[0], batches[-1].rows[-1], max(b.width for b in batches), tuple(batches))
+
+
+def _fmt(n: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if n >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n} B"
+
+
+def _own(act: torch.Tensor, dtype: torch.dtype, site: Site, lengths: Sequence[int]) -> torch.Tensor:
+    """A captured activation as a compact CPU tensor of ``dtype`` with padding zeroed.
+
+    Copies only when needed: a dtype/device change, or a view into a larger storage
+    (e.g. one head of a per-layer hook), which would otherwise keep the whole storage alive.
+    """
+    a = act.to(device="cpu", dtype=dtype)
+    if not a.is_contiguous() or a.untyped_storage().nbytes() != a.numel() * a.element_size():
+        a = a.contiguous().clone()
+    _zero_padding(a, site, lengths)
+    return a
+
+
+def _zero_padding(t: torch.Tensor, site: Site, lengths: Sequence[int]) -> None:
+    """Zero positions at or beyond each row's length along every position axis, in place."""
+    axes = _pos_axes(site.layer_site)
+    if site.head is not None and site.head_axis is not None:
+        axes = [a - (1 if a > site.head_axis else 0) for a in axes]
+    for r, n in enumerate(lengths):
+        for ax in axes:
+            if n < t.shape[ax]:
+                t[r].narrow(ax - 1, n, t.shape[ax] - n).zero_()
+
+
+def _model_meta(model: Any) -> dict[str, Any]:
+    info = getattr(model, "interp_info", None)
+    if info is not None:
+        return info.as_dict()
+    return {"spec": type(model).__name__, "name": type(model).__name__, "revision": "", "path": None}
+
+
+def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    return {"model_spec": manifest["model"].get("spec"), "model_revision": manifest["model"].get("revision"),
+            "sites": manifest["sites"], "dtype": manifest["dtype"], "tokens": manifest["tokens"],
+            "batch_size": manifest["batch_size"], "shards": [[s["first"], s["last"]] for s in manifest["shards"]]}
+
+
+def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+    """Create or reuse the store folder; returns the manifest to continue from."""
+    if out.exists() and not out.is_dir():
+        raise StoreError(f"output {out} exists and is not a folder")
+    try:
+        old = read_manifest(out) if out.exists() else None
+    except StoreError:
+        if not overwrite:
+            raise
+        old = None
+    if old is not None and not overwrite:
+        mine, theirs = _identity(manifest), _identity(old)
+        if mine == theirs:
+            return old  # resume
+        diff = [k for k in _IDENTITY if mine[k] != theirs[k]]
+        raise StoreError(f"{out} holds a different activation store (differs in: {', '.join(diff)}); "
+                         "choose another folder, pass the same arguments to resume it, or overwrite=True / "
+                         "--overwrite to replace it")
+    if overwrite and out.exists():
+        (out / MANIFEST).unlink(missing_ok=True)
+        for p in out.glob("shard-*.safetensors"):
+            p.unlink()
+        for p in out.glob(".shard-*.tmp"):
+            p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / MANIFEST, manifest)
+    return manifest
+
+
+def _write_shard(out: Path, shard: _Shard, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
+    """Write one shard atomically (temp file + rename), then record it in the manifest atomically."""
+    from safetensors.torch import save_file
+
+    tmp = out / f".{shard.name}.{os.getpid()}.tmp"
+    try:
+        # one metadata key only: safetensors writes metadata from a hash map, so several keys
+        # would come out in a random order and identical shards would differ in bytes
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.replace(tmp, out / shard.name)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    done = set(manifest.get("completed", [])) | {shard.name}
+    manifest["completed"] = [s["file"] for s in manifest["shards"] if s["file"] in done]
+    atomic_write_json(out / MANIFEST, manifest)
+
+
+def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, prompts: Sequence[str],
+                  token_rows: Sequence[Sequence[int]], order: Sequence[int], batch_size: int, budget: int | None,
+                  shards: Sequence[_Shard], versions: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest of a new store: provenance, sites and dims, prompts, tokens, shard plan."""
+    cfg = model.cfg
+    site_info = {}
+    for s in keep:
+        dims, sizes = s.layer_site.dims, expected_shape(s.layer_site, cfg, 1, 1)
+        drop = s.head_axis if s.head is not None else None
+        site_info[str(s)] = {
+            "hook": s.hook_name, "head": s.head,
+            "dims": [d for i, d in enumerate(dims) if i != drop],
+            "shape": [d if d in ("batch", "pos", "query_pos", "key_pos") else n
+                      for i, (d, n) in enumerate(zip(dims, sizes)) if i != drop]}
+    return {
+        "format": FORMAT, "model": _model_meta(model), "sites": [str(s) for s in keep], "site_info": site_info,
+        "dtype": _dtype_name(dtype), "n_prompts": len(prompts), "prompts": list(prompts),
+        "tokens": [list(r) for r in token_rows], "lengths": [len(r) for r in token_rows],
+        "prepend_bos": bool(getattr(cfg, "default_prepend_bos", False)),
+        "padding": "right-padded to the longest prompt of each shard; positions >= length hold zeros",
+        "order": list(order), "batch_size": batch_size, "max_memory": budget,
+        "shards": [{"file": sh.name, "first": sh.first, "last": sh.last, "width": sh.width,
+                    "batches": [[b.rows[0], b.rows[-1], b.width] for b in sh.batches]} for sh in shards],
+        "completed": [], "versions": dict(versions),
+    }
+
+
+def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str | Site] | None, *,
+            batch_size: int = 8, out: str | Path | None = None, max_memory: int | str | None = None,
+            dtype: torch.dtype | str | None = None, reducers: Mapping[str, Reducer] | None = None,
+            progress: bool = True, overwrite: bool = False) -> ActivationStore:
+    """Run batched forward passes and keep the activations at ``sites`` (and/or streaming statistics).
+
+    Prompts are tokenized with :func:`interp.models.tokenize` (BOS per the model's
+    default), sorted longest first and batched with right padding, so each prompt's
+    activations equal those of running it alone; the store keeps the original order,
+    with padding positions zeroed and marked by ``store.lengths``. Each forward pass
+    stops after the deepest site needed. Only the requested sites are kept.
+
+    Args:
+        model: a model from :func:`interp.load_model`.
+        prompts: prompts (strings).
+        sites: ``"resid_post,pattern"``, Sites or names (a bare component means every
+            layer); ``None`` or ``[]`` to keep nothing (reducers only).
+        batch_size: prompts per forward pass.
+        out: folder to write safetensors shards + ``manifest.json`` to; the returned store
+            reads lazily from it. A folder holding the same store resumes it (only missing
+            shards are computed); a different store is refused unless ``overwrite``.
+        max_memory: bound on activations held in RAM (bytes or ``"1GB"``). With ``out``,
+            shards are cut so that the shard being filled plus the one being written stay
+            under it; without ``out``, exceeding it is an error that says to pass ``out=``.
+        dtype: dtype to store; ``None`` = the model's.
+        reducers: ``{name: Reducer}`` computed over real tokens of every batch; results in
+            ``store.reductions[name]``. Pass fresh reducers (they keep state).
+        progress: show a tqdm progress bar.
+        overwrite: replace a different store in ``out``.
+
+    Returns:
+        An :class:`ActivationStore` (in RAM, or backed by ``out``).
+
+    Raises:
+        DataError: no prompts, an empty prompt, a prompt longer than the context (named).
+        SiteError: unknown sites (nearest names suggested).
+        StoreError: RAM bound exceeded without ``out``; ``out`` holds another store.
+        ConfigError: bad batch_size or reducers.
+    """
+    from tqdm.auto import tqdm
+
+    from interp.models import tokenize
+    from interp.results import library_versions
+
+    if batch_size <= 0:
+        raise ConfigError(f"batch_size must be > 0, got {batch_size}")
+    budget = parse_bytes(max_memory)
+    cfg = model.cfg
+    param = next(model.parameters())
+    dtype = dtype_from_name(dtype) if dtype is not None else param.dtype
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise DataError("no prompts given")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise DataError(f"prompts must be strings; prompt {bad[0]} is {type(prompts[bad[0]]).__name__}")
+    keep = parse_sites(sites, cfg.n_layers) if sites else []
+    reducers = dict(reducers or {})
+    for name, red in reducers.items():
+        if not isinstance(red, Reducer):
+            raise ConfigError(f"reducer {name!r} does not follow the Reducer protocol (sites, update, result)")
+    if not keep and not reducers:
+        raise ConfigError("nothing to collect: give sites, reducers, or both")
+    if out is not None and not keep:
+        raise ConfigError("out= given but no sites to store; reducer results live in store.reductions")
+    red_sites = [s for r in reducers.values() for s in r.sites]
+    capture: list[Site] = []
+    hook_dict = model.hook_dict  # the bridge rebuilds it on every access
+    for s in [*keep, *red_sites]:
+        validate_site(s, model, hook_dict=hook_dict)
+        if s not in capture:
+            capture.append(s)
+
+    batch = tokenize(model, prompts)  # DataError on empty / too long prompts, before anything is written
+    lengths = batch.lengths.tolist()
+    token_rows = [batch.tokens[i, : lengths[i]].tolist() for i in range(len(prompts))]
+    order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    out_path = Path(out) if out is not None else None
+    shard_budget = (budget // 2 if budget else DEFAULT_SHARD_BYTES) if out_path is not None else None
+    shards = _plan(lengths, order, batch_size, keep, cfg, itemsize, shard_budget)
+    width = max(lengths)
+    if out_path is None and keep:
+        total = sum(_site_numel(s, cfg, len(prompts), width) for s in keep) * itemsize
+        if budget is not None and total > budget:
+            raise StoreError(f"the requested sites need {_fmt(total)} for {len(prompts)} prompts of up to {width} "
+                             f"tokens, more than max_memory={_fmt(budget)}; pass out=<folder> to stream shards to "
+                             "disk (or request fewer sites / prompts)")
+
+    manifest = _new_manifest(model, keep, dtype, prompts, token_rows, order, batch_size, budget, shards,
+                             library_versions())
+    done: set[str] = set()
+    if out_path is not None:
+        manifest = _prepare_out(out_path, manifest, overwrite)
+        done = completed_shards(out_path, manifest)
+
+    # Each batch's captured tensors are kept as they are (no copy unless a dtype cast or a
+    # compacting clone is needed), padding zeroed in place: one chunk per batch in RAM, or
+    # one ``<site>@<j>`` tensor per batch j of a shard on disk.
+    device = param.device
+    chunks: list[_Chunk] = []
+    todo_tokens = sum(lengths[order[r]] for sh in shards if sh.name not in done or reducers
+                      for b in sh.batches for r in b.rows)
+    bar = tqdm(total=todo_tokens, unit="tok", desc="collect", disable=not progress, leave=False)
+    pool = ThreadPoolExecutor(max_workers=1) if out_path is not None else None
+    pending: Future | None = None
+    try:
+        for sh in shards:
+            skip_store = sh.name in done
+            if skip_store and not reducers:
+                continue
+            buf: dict[str, torch.Tensor] = {}
+            for j, b in enumerate(sh.batches):
+                ids = [order[r] for r in b.rows]
+                blen = [lengths[i] for i in ids]
+                tokens = batch.tokens[ids, : b.width].to(device)
+                with torch.inference_mode():
+                    acts = _run(model, tokens, capture)
+                    if reducers:
+                        mask = (torch.arange(b.width, device=device)[None, :]
+                                < torch.tensor(blen, device=device)[:, None])
+                        pid = torch.tensor(ids, dtype=torch.long)
+                        for red in reducers.values():
+                            for s in red.sites:
+                                red.update(s, acts[s], mask, pid)
+                    if not skip_store:
+                        kept = {str(s): _own(acts[s], dtype, s, blen) for s in keep}
+                        if out_path is None:
+                            chunks.append(_Chunk(tuple(ids), b.width, tensors=kept))
+                        else:
+                            buf.update({f"{k}@{j}": v for k, v in kept.items()})
+                            buf[f"prompt_ids@{j}"] = torch.tensor(ids, dtype=torch.long)
+                            buf[f"lengths@{j}"] = torch.tensor(blen, dtype=torch.long)
+                del acts
+                bar.update(sum(blen))
+            if buf:
+                if pending is not None:
+                    pending.result()  # at most one shard being written while the next one fills
+                assert pool is not None and out_path is not None
+                pending = pool.submit(_write_shard, out_path, sh, buf, manifest)
+                del buf
+        if pending is not None:
+            pending.result()
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.shutdown(wait=True)
+
+    reductions = {name: red.result() for name, red in reducers.items()}
+    if out_path is not None:
+        store = ActivationStore.open(out_path)
+        store.reductions.update(reductions)
+        return store
+    return ActivationStore(sites=keep, token_rows=token_rows, texts=prompts, model=manifest["model"], dtype=dtype,
+                           chunks=chunks, manifest=manifest, reductions=reductions)
+
+
+def _run(model: Any, tokens: torch.Tensor, capture: Sequence[Site]) -> dict[Site, torch.Tensor]:
+    from interp.hooks import run_capture
+
+    return run_capture(model, tokens, capture, clone=False, stop_early=True)
+

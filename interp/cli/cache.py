@@ -1,0 +1,48 @@
+"""``interp cache``: collect activations of a prompt file into an on-disk activation store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("cache")
+    def cache(
+        model: str = typer.Argument(..., help="model spec: smollm2, a local HF folder, toy:llama ..."),
+        prompts: Path = typer.Option(..., "--prompts", help="text file (one prompt a line) or JSONL ('prompt'/'text')"),
+        sites: str = typer.Option("resid_post", "--sites", help="comma-separated sites, e.g. resid_post,pattern,z.3"),
+        out: Path = typer.Option(..., "--out", help="store folder (safetensors shards + manifest.json)"),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, help="prompts per forward pass"),
+        max_memory: str = typer.Option("1GB", "--max-memory", help="RAM bound for activation buffers, e.g. 1GB"),
+        dtype: str = typer.Option("", "--dtype", help="stored dtype (float32, float16, bfloat16); default the model's"),
+        overwrite: bool = typer.Option(False, "--overwrite", help="replace a different store in --out"),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+    ) -> None:
+        """Cache activations at SITES for every prompt in a file, as a resumable on-disk store.
+
+        Rerunning the same command after an interruption resumes: only missing shards
+        are computed. Load the result with interp.ActivationStore.open(OUT).
+
+        Example: interp cache smollm2 --prompts data/prompts/prose.txt --sites resid_post,pattern --out out/cache
+        """
+        import time
+
+        from interp.cache import collect
+        from interp.cache.store import dtype_from_name, parse_bytes
+        from interp.datasets import load_prompts
+        from interp.models import load_model
+
+        texts = load_prompts(prompts)            # DataError: missing, empty, not UTF-8, bad JSONL
+        budget = parse_bytes(max_memory)         # checked before the model loads
+        store_dtype = dtype_from_name(dtype) if dtype else None
+        t0 = time.perf_counter()
+        m = load_model(model)
+        store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,
+                        progress=progress, overwrite=overwrite)
+        n_tok = int(store.lengths.sum())
+        n_shards = len(store.manifest["shards"])
+        size = sum(p.stat().st_size for p in Path(out).glob("shard-*.safetensors"))
+        typer.echo(f"cached {len(store)} prompts ({n_tok} tokens), {len(store.sites)} sites, {store.manifest['dtype']}, "
+                   f"{n_shards} shards, {size / 1e6:.1f} MB in {out} ({time.perf_counter() - t0:.1f} s)")
