@@ -7,5 +7,9 @@
 """
 
 from interp.datasets.base import TaskBatch, TaskDataset, load_prompts
+from interp.datasets.colored_objects import colored_objects_dataset
+from interp.datasets.facts import facts_dataset, known_facts, load_facts
+from interp.datasets.ioi import ioi_dataset, ioi_names
 
-__all__ = ["TaskDataset", "TaskBatch", "load_prompts"]
+__all__ = ["TaskDataset", "TaskBatch", "load_prompts", "ioi_dataset", "ioi_names", "facts_dataset", "known_facts", "load_facts",
+           "colored_objects_dataset"]
