@@ -1,0 +1,279 @@
+"""Steering: add ``alpha * axis`` at the axis's site during a forward pass, and measure it.
+
+* :func:`steered` — the hook context (all positions, the last real token, or from a
+  position on). Refuses NaN/inf alphas, a site other than the axis's own, and vectors of
+  the wrong width.
+* :func:`next_token_probs`, :func:`target_prob`, :func:`accuracy`, :func:`perplexity`,
+  :func:`probe_score`, :func:`generate` — evaluations that take an optional ``steer``
+  factory ``fn(TokenBatch) -> context manager`` (so "last position" steering knows
+  each prompt's length).
+* :func:`sweep` — alpha x layer grid; Result ``steering.sweep`` with the target effect and
+  the perplexity on neutral text as the control.
+
+Example:
+    >>> import torch
+    >>> from interp import load_model, Site
+    >>> from interp.steering import Axis, steered
+    >>> model = load_model("toy:llama")                                             # doctest: +SKIP
+    >>> ax = Axis(name="demo", vector=torch.ones(64), site=Site("resid_post", 0), method="contrast")
+    >>> with steered(model, ax, alpha=2.0):                                         # doctest: +SKIP
+    ...     logits = model(torch.tensor([[256, 72, 105]]))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, ContextManager, Union
+
+import numpy as np
+import torch
+
+from interp.errors import ConfigError, DataError, ShapeError, SiteError
+from interp.sites import Site
+from interp.steering.axes import Axis
+
+__all__ = ["steered", "steer_factory", "next_token_probs", "target_prob", "accuracy", "perplexity", "probe_score",
+           "generate", "sweep", "token_ids", "Positions"]
+
+#: ``"all"``, ``"last"`` (last real token of each prompt) or an int (that position and later).
+Positions = Union[str, int]
+SteerFactory = Callable[[Any], ContextManager[Any]]
+
+_D_MODEL_COMPONENTS = ("embed", "resid_pre", "resid_mid", "resid_post", "attn_out", "mlp_out", "final_resid")
+
+
+def _check_alpha(alpha: Any) -> float:
+    try:
+        a = float(alpha)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"alpha must be a finite number, got {alpha!r}") from e
+    if not math.isfinite(a):
+        raise ConfigError(f"alpha must be finite, got {alpha!r}")
+    return a
+
+
+@contextlib.contextmanager
+def steered(model: Any, axis: Axis, alpha: float, *, positions: Positions = "all", lengths: Any = None,
+            site: Site | None = None) -> Iterator[None]:
+    """Add ``alpha * axis.vector`` to the activation at ``axis.site`` during the block.
+
+    Args:
+        positions: ``"all"``; ``"last"`` (position ``lengths - 1`` per prompt, or the last
+            column when ``lengths`` is None); or an int ``p`` (positions ``p`` and later).
+        lengths: ``[batch]`` real lengths of right-padded prompts (``TokenBatch.lengths``).
+        site: optional check: the site the caller means to steer; must equal ``axis.site``.
+
+    Raises:
+        ConfigError: alpha NaN/inf, bad ``positions``. SiteError: ``site`` differs from the
+        axis's site, or the site is not a residual-width component. ShapeError: the vector
+        width differs from the model's ``d_model``.
+    """
+    a = _check_alpha(alpha)
+    if site is not None and site != axis.site:
+        raise SiteError(f"axis {axis.name!r} was fitted at {axis.site} ({axis.site.hook_name}); "
+                        f"refusing to apply it at {site} ({site.hook_name}). Fit an axis at {site} instead.")
+    if axis.site.component not in _D_MODEL_COMPONENTS:
+        raise SiteError(f"axis {axis.name!r}: steering needs a d_model site ({', '.join(_D_MODEL_COMPONENTS)}), "
+                        f"got {axis.site}")
+    if axis.vector.numel() != model.cfg.d_model:
+        raise ShapeError(f"axis {axis.name!r}: vector has {axis.vector.numel()} dims, the model's d_model is "
+                         f"{model.cfg.d_model} (fitted on {axis.model or 'another model'}?)")
+    if not (positions in ("all", "last") or (isinstance(positions, int) and not isinstance(positions, bool)
+                                             and positions >= 0)):
+        raise ConfigError(f"positions must be 'all', 'last' or an int >= 0, got {positions!r}")
+    from interp.hooks import hooked
+
+    def add(act: torch.Tensor, _site: Site) -> torch.Tensor:
+        v = (a * axis.vector).to(device=act.device, dtype=act.dtype)
+        out = act.clone()
+        if positions == "all":
+            out += v
+        elif positions == "last":
+            if lengths is None:
+                out[:, -1] += v
+            else:
+                idx = torch.as_tensor(lengths, device=act.device).long() - 1
+                out[torch.arange(act.shape[0], device=act.device), idx] += v
+        else:
+            out[:, positions:] += v
+        return out
+
+    with hooked(model, {axis.site: add}):
+        yield
+
+
+def steer_factory(model: Any, axis: Axis | None, alpha: float, *, positions: Positions = "all") -> SteerFactory | None:
+    """``fn(TokenBatch) -> steered(...)`` for the evaluation functions (None when no axis)."""
+    if axis is None:
+        return None
+    _check_alpha(alpha)
+    return lambda tb: steered(model, axis, alpha, positions=positions, lengths=tb.lengths)
+
+
+def _ctx(steer: SteerFactory | None, tb: Any) -> ContextManager[Any]:
+    return steer(tb) if steer is not None else contextlib.nullcontext()
+
+
+def token_ids(model: Any, words: Sequence[str] | Sequence[int]) -> list[int]:
+    """Token ids of single-token words (ints pass through). Raises DataError naming multi-token words."""
+    out = []
+    for w in words:
+        if isinstance(w, (int, np.integer)):
+            out.append(int(w))
+            continue
+        ids = model.tokenizer(w, add_special_tokens=False).input_ids
+        if len(ids) != 1:
+            raise DataError(f"target {w!r} is {len(ids)} tokens for this tokenizer; targets must be single tokens")
+        out.append(ids[0])
+    if not out:
+        raise DataError("no target tokens given")
+    return out
+
+
+def next_token_probs(model: Any, prompts: Sequence[str], *, steer: SteerFactory | None = None,
+                     batch_size: int = 16) -> torch.Tensor:
+    """``[n_prompts, d_vocab]`` next-token probabilities at each prompt's last real token."""
+    from interp.models import tokenize
+
+    if not prompts:
+        raise DataError("no prompts given")
+    out = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            tb = tokenize(model, list(prompts[i:i + batch_size]))
+            with _ctx(steer, tb):
+                logits = model(tb.tokens)
+            last = logits[torch.arange(len(tb), device=logits.device), tb.last].float()
+            out.append(last.softmax(-1).cpu())
+    return torch.cat(out)
+
+
+def target_prob(model: Any, prompts: Sequence[str], targets: Sequence[str] | Sequence[int], *,
+                steer: SteerFactory | None = None, batch_size: int = 16) -> float:
+    """Mean over prompts of the total next-token probability of the target tokens."""
+    ids = token_ids(model, targets)
+    return float(next_token_probs(model, prompts, steer=steer, batch_size=batch_size)[:, ids].sum(1).mean())
+
+
+def accuracy(model: Any, prompts: Sequence[str], answers: Sequence[str] | Sequence[int], *,
+             steer: SteerFactory | None = None, batch_size: int = 16) -> float:
+    """Fraction of prompts whose argmax next token is the (first token of the) answer."""
+    if len(answers) != len(prompts):
+        raise DataError(f"{len(prompts)} prompts but {len(answers)} answers")
+    ids = torch.tensor([a if isinstance(a, (int, np.integer)) else model.tokenizer(a, add_special_tokens=False)
+                        .input_ids[0] for a in answers])
+    pred = next_token_probs(model, prompts, steer=steer, batch_size=batch_size).argmax(-1)
+    return float((pred == ids).float().mean())
+
+
+def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None = None, batch_size: int = 8) -> float:
+    """Perplexity ``exp(mean NLL)`` over all predicted real tokens of ``texts``."""
+    from interp.models import tokenize
+
+    if not texts:
+        raise DataError("no texts given for perplexity")
+    nll, count = 0.0, 0
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            tb = tokenize(model, list(texts[i:i + batch_size]))
+            with _ctx(steer, tb):
+                logits = model(tb.tokens)
+            logp = logits[:, :-1].float().log_softmax(-1)
+            tgt = tb.tokens[:, 1:]
+            mask = tb.mask[:, 1:]
+            tok_lp = logp.gather(-1, tgt[..., None])[..., 0]
+            nll -= float(tok_lp[mask].sum())
+            count += int(mask.sum())
+    if count == 0:
+        raise DataError("texts too short for perplexity (need >= 2 tokens)")
+    return math.exp(nll / count)
+
+
+def probe_score(model: Any, probe: Axis, texts: Sequence[str], *, batch_size: int = 16) -> float:
+    """Mean probability the probe assigns to class 1 at the last token of each text (unsteered)."""
+    from interp.steering.axes import residual_activations
+
+    if probe.method != "probe" or "intercept" not in probe.stats:
+        raise ConfigError(f"probe_score needs a probe axis (method 'probe'), got {probe.method!r}")
+    if probe.site.component != "resid_post":
+        raise SiteError(f"probe_score reads resid_post; the probe was fitted at {probe.site}")
+    acts = residual_activations(model, texts, [probe.layer], batch_size=batch_size)[probe.layer]
+    logit = probe.stats["weight_norm"] * probe.project(acts) + probe.stats["intercept"]
+    return float(torch.sigmoid(logit).mean())
+
+
+def generate(model: Any, prompts: Sequence[str] | str, *, max_new_tokens: int = 8,
+             steer: SteerFactory | None = None) -> list[str]:
+    """Greedy continuations (no KV cache: short generations only), batched with right padding.
+
+    Returns the generated text only (without the prompt).
+    """
+    from interp.models import TokenBatch, tokenize
+
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    if max_new_tokens < 1:
+        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    tb = tokenize(model, list(prompts))
+    tokens, lengths = tb.tokens, tb.lengths.clone()
+    start = lengths.clone()
+    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    with torch.inference_mode():
+        for _ in range(max_new_tokens):
+            tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], pad_id)], dim=1)
+            cur = TokenBatch(tokens=tokens, lengths=lengths, texts=tb.texts)
+            with _ctx(steer, cur):
+                logits = model(tokens)
+            nxt = logits[torch.arange(len(tokens), device=logits.device), lengths - 1].argmax(-1)
+            tokens[torch.arange(len(tokens), device=tokens.device), lengths] = nxt
+            lengths = lengths + 1
+    return [model.tokenizer.decode(tokens[i, int(start[i]):int(lengths[i])].tolist()) for i in range(len(tokens))]
+
+
+def sweep(model: Any, axes: Sequence[Axis], alphas: Sequence[float], prompts: Sequence[str],
+          targets: Sequence[str], neutral: Sequence[str], *, negatives: Sequence[str] = (),
+          positions: Positions = "all", probe: Axis | None = None, gen_tokens: int = 0,
+          meta: Any = None, name: str = "", progress: bool = True) -> Any:
+    """Steering sweep over axes (one per layer) and alphas.
+
+    Result ``steering.sweep``, one row per (axis, alpha): ``layer``, ``node``, ``alpha``,
+    ``alpha_norm`` (alpha times the axis norm: the length added), ``target_prob`` (mean
+    total probability of ``targets`` as the next token), ``negative_prob`` and
+    ``target_share`` (= target / (target + negative)) when ``negatives`` are given,
+    ``perplexity`` on ``neutral`` texts (the control), and with a ``probe`` and
+    ``gen_tokens > 0`` the ``probe_score`` of the steered greedy continuations.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from interp.results import Result, RunMeta
+
+    alphas = [_check_alpha(a) for a in alphas]
+    if not axes:
+        raise ConfigError("sweep: no axes given")
+    if not alphas:
+        raise ConfigError("sweep: no alphas given")
+    tgt = token_ids(model, targets)
+    neg = token_ids(model, negatives) if negatives else []
+    rows = []
+    grid = [(ax, a) for ax in axes for a in alphas]
+    for ax, a in tqdm(grid, disable=not progress, desc="steering sweep"):
+        st = steer_factory(model, ax, a, positions=positions)
+        probs = next_token_probs(model, prompts, steer=st)
+        row: dict[str, Any] = {"name": ax.name, "method": ax.method, "layer": ax.layer, "node": ax.node,
+                               "alpha": a, "alpha_norm": a * ax.norm,
+                               "target_prob": float(probs[:, tgt].sum(1).mean())}
+        if neg:
+            p_neg = probs[:, neg].sum(1)
+            p_tgt = probs[:, tgt].sum(1)
+            row["negative_prob"] = float(p_neg.mean())
+            row["target_share"] = float((p_tgt / (p_tgt + p_neg).clamp_min(1e-12)).mean())
+        row["perplexity"] = perplexity(model, neutral, steer=st)
+        if probe is not None and gen_tokens > 0:
+            conts = generate(model, prompts, max_new_tokens=gen_tokens, steer=st)
+            row["probe_score"] = probe_score(model, probe, [p + c for p, c in zip(prompts, conts)])
+            row["example"] = conts[0]
+        rows.append(row)
+    return Result("steering.sweep", pd.DataFrame(rows), meta or RunMeta(), name=name)
