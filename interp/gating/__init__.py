@@ -1,0 +1,38 @@
+"""Head gating: ablations, causal head gating (CHG), contrastive CHG and their validation.
+
+* :mod:`interp.gating.ablation` — zero / mean / resample ablation contexts for heads, MLPs
+  and positions; :func:`evaluate` a metric under ablations.
+* :mod:`interp.gating.chg` — causal head gating (Nam et al. 2025), taxonomy and scores.
+* :mod:`interp.gating.validate` — facilitating vs random heads, interfering heads,
+  Spearman agreement with exact head patching.
+
+Example:
+    >>> from interp import load_model
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.gating import CHGConfig, causal_head_gating
+    >>> model = load_model("toy:llama")                                              # doctest: +SKIP
+    >>> ds = TaskDataset("copy", clean=("abcabc", "xyzxyz"), answers=("a", "x"))
+    >>> causal_head_gating(model, ds, config=CHGConfig(steps=10, n_masks=2)).table   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from interp.gating.ablation import (Ablation, ablating, ablation_table, answer_logprob, default_metric, evaluate,
+                                    head_sites, logit_diff, mean_values, resample_indices)
+from interp.gating.chg import (CHGConfig, CHGFit, GateData, causal_head_gating, chg_result,
+                               contrastive_head_gating, fit_chg, fit_stage, gate_data, gated, head_roles,
+                               init_gate_logits)
+
+__all__ = ["Ablation", "ablating", "ablation_table", "answer_logprob", "default_metric", "evaluate", "head_sites",
+           "logit_diff", "mean_values", "resample_indices",
+           "CHGConfig", "CHGFit", "GateData", "causal_head_gating", "chg_result", "contrastive_head_gating",
+           "fit_chg", "fit_stage", "gate_data", "gated", "head_roles", "init_gate_logits",
+           "validate_chg", "head_patching", "ValidationConfig"]
+
+
+def __getattr__(name: str):
+    if name in ("validate_chg", "head_patching", "ValidationConfig"):
+        from interp.gating import validate
+
+        return getattr(validate, name)
+    raise AttributeError(f"module 'interp.gating' has no attribute {name!r}")

@@ -1,0 +1,525 @@
+"""Causal head gating (CHG, Nam et al. 2025) and contrastive CHG.
+
+One gate per attention head, ``G = sigmoid(logit)`` in ``[0, 1]``, multiplies the
+head's output ``z`` before ``W_O`` (a hook on each layer's ``z``). The model is frozen
+(``requires_grad=False`` on every parameter while fitting); only the gate logits train.
+The gates of all masks (seeds) live in ONE tensor ``[n_masks, n_layers, n_heads]`` and
+the prompt batch is tiled over masks, so each optimizer step is one forward and one
+backward pass of ``n_masks * batch`` rows.
+
+Loss per mask: mean NLL of each prompt's target token at its last real token
+``- lambda * mean(clamp(logit(G), -4, 4))``. Schedule: fit with ``lambda = 0`` from
+``logit(U(0,1))``; from that fit, ``+lambda`` gives ``G+`` and ``-lambda`` gives ``G-``
+(both fitted together in one tiled batch, each mask with its own lambda). Adam (lr 1.0)
+on the logits, gradient norm clipped to 1 per mask (so masks stay independent).
+
+Taxonomy [U] (thresholds configurable): *facilitating* when mean ``G-`` >= 0.5 (kept
+even when pushed shut); *interfering* when mean ``G+`` <= 0.5 (removed even when pushed
+open); otherwise *irrelevant* (follows the regulariser). Continuous scores:
+facilitation = ``G-``, interference = ``1 - G+``, irrelevance = ``G+ - G-``, each with
+its mean and standard deviation over masks.
+
+Example:
+    >>> from interp import load_model
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.gating import CHGConfig, causal_head_gating
+    >>> model = load_model("toy:llama")                                        # doctest: +SKIP
+    >>> ds = TaskDataset("abc", clean=("abcabc", "xyzxyz"), answers=("a", "x"))
+    >>> res = causal_head_gating(model, ds, config=CHGConfig(steps=20, n_masks=2))  # doctest: +SKIP
+    >>> res.table.columns[:4].tolist()                                          # doctest: +SKIP
+    ['layer', 'head', 'node', 'g_plus']
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp.errors import ConfigError, DataError
+from interp.sites import Site
+
+__all__ = ["CHGConfig", "GateData", "CHGFit", "gate_data", "init_gate_logits", "fit_stage", "fit_chg",
+           "chg_result", "causal_head_gating", "contrastive_head_gating", "head_roles", "gated"]
+
+ROLES = ("facilitating", "interfering", "irrelevant")
+STAGES = ("base", "plus", "minus")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CHGConfig:
+    """Settings of causal head gating (defaults from METHODS.md section 3).
+
+    Attributes:
+        steps: optimizer updates per stage (~500 in the paper; fewer for quick runs).
+        n_masks: masks (seeds) fitted at once, tiled on the batch axis.
+        lam: magnitude of lambda in the ``+lambda`` / ``-lambda`` stages (> 0).
+        lr: Adam learning rate on the gate logits.
+        clip: gradient-norm clip per mask.
+        logit_clamp: the regulariser averages ``clamp(logit, -c, c)``.
+        batch_size: prompts per step (drawn without replacement, seeded); ``None`` = all.
+        seed: seed of the gate initialisation and the prompt draws (private generator).
+        facilitating_threshold: [U] mean ``G-`` at or above which a head is facilitating.
+        interfering_threshold: [U] mean ``G+`` at or below which a head is interfering.
+        neg_clamp: contrastive CHG clamps ``log p_neg - log p_pos`` at this minimum [U].
+        bound_logits: [U] keep the gate logits within ``[-logit_clamp, logit_clamp]`` after each
+            step. Adam normalises each gradient, so in the lambda = 0 stage heads with near-zero
+            task gradient drift past the clamp, where the regulariser has no gradient and can no
+            longer move them in the +/- lambda stages (they would be mislabelled). Gates then lie
+            in ``[0.018, 0.982]`` for the default clamp.
+        progress: show a tqdm bar.
+    """
+
+    steps: int = 500
+    n_masks: int = 4
+    lam: float = 0.1
+    lr: float = 1.0
+    clip: float = 1.0
+    logit_clamp: float = 4.0
+    batch_size: int | None = None
+    seed: int = 0
+    facilitating_threshold: float = 0.5
+    interfering_threshold: float = 0.5
+    neg_clamp: float = -5.0
+    bound_logits: bool = True
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if self.n_masks < 1:
+            raise ConfigError(f"n_masks must be >= 1, got {self.n_masks}")
+        if not self.lam > 0:
+            raise ConfigError(f"lam is the magnitude of lambda and must be > 0 (stages use +lam and -lam), "
+                              f"got {self.lam}")
+        if not self.lr > 0 or not self.clip > 0 or not self.logit_clamp > 0:
+            raise ConfigError(f"lr, clip and logit_clamp must be > 0, got {self.lr}, {self.clip}, {self.logit_clamp}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1 or None, got {self.batch_size}")
+        for name in ("facilitating_threshold", "interfering_threshold"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in (0, 1), got {getattr(self, name)}")
+        if not self.neg_clamp < 0:
+            raise ConfigError(f"neg_clamp must be < 0, got {self.neg_clamp}")
+
+
+@dataclass(frozen=True)
+class GateData:
+    """Prompts with one target token each, ready for gating.
+
+    Attributes:
+        tokens: ``[batch, pos]`` right-padded token ids.
+        last: ``[batch]`` index of each prompt's last real token.
+        targets: ``[batch]`` target token id predicted at ``last``.
+        texts: the prompts (for error messages and hashes).
+        name: dataset name.
+    """
+
+    tokens: torch.Tensor
+    last: torch.Tensor
+    targets: torch.Tensor
+    texts: tuple[str, ...]
+    name: str = ""
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def _device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def gate_data(model: Any, dataset: Any, *, targets: Any = None) -> GateData:
+    """Tokenize a dataset of prompts with target tokens and validate the targets.
+
+    Args:
+        dataset: a :class:`~interp.datasets.TaskDataset` (targets = its ``answers``) or a
+            :class:`~interp.models.TokenBatch` with ``targets`` given as token ids.
+        targets: ``[batch]`` token ids (only with a TokenBatch).
+
+    Raises:
+        DataError: no targets, a target that is not one token, or an id outside the vocabulary
+            (the message names the prompts).
+    """
+    dev = _device(model)
+    if hasattr(dataset, "answers"):
+        if not dataset.answers:
+            raise DataError(f"dataset {dataset.name!r} has no answers: CHG needs one target token per prompt")
+        if targets is not None:
+            raise DataError("give targets either as the dataset's answers or as ids with a TokenBatch, not both")
+        tb = dataset.tokenize(model, same_length=False)
+        tokens, ids, name = tb.clean, tb.answer_ids, dataset.name
+    elif hasattr(dataset, "tokens"):
+        if targets is None:
+            raise DataError("CHG on a TokenBatch needs targets=[batch] token ids")
+        tokens, ids, name = dataset, torch.as_tensor(targets), ""
+    else:
+        raise DataError(f"expected a TaskDataset or a TokenBatch, got {type(dataset).__name__}")
+    ids = ids.reshape(-1).long()
+    if ids.shape[0] != len(tokens):
+        raise DataError(f"expected one target per prompt ({len(tokens)}), got {ids.shape[0]}")
+    bad = [i for i, t in enumerate(ids.tolist()) if not 0 <= t < model.cfg.d_vocab]
+    if bad:
+        lines = [f"  #{i}: id {int(ids[i])} for {tokens.texts[i]!r}" for i in bad[:5]]
+        raise DataError(f"{len(bad)} target ids outside the vocabulary [0, {model.cfg.d_vocab}):\n" + "\n".join(lines))
+    return GateData(tokens.tokens.to(dev), tokens.last.to(dev), ids.to(dev), tuple(tokens.texts), name)
+
+
+def init_gate_logits(n_masks: int, n_layers: int, n_heads: int, *, seed: int) -> torch.Tensor:
+    """``logit(U(0,1))`` gate logits ``[n_masks, n_layers, n_heads]`` from a seeded generator."""
+    gen = torch.Generator().manual_seed(int(seed))
+    u = torch.rand(n_masks, n_layers, n_heads, generator=gen).clamp(1e-4, 1 - 1e-4)
+    return torch.logit(u)
+
+
+@contextlib.contextmanager
+def _frozen(model: Any) -> Iterator[None]:
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def _gate_hooks(model: Any, current: Callable[[], torch.Tensor | None]) -> Iterator[None]:
+    """Gate hooks on every layer's ``z`` reading ``current()`` (``[k, layer, head]``; None = no gating).
+
+    Registered once per fit: looking hook points up costs more than a toy forward pass.
+    """
+    from interp.hooks import hooked
+
+    def hook(z: torch.Tensor, site: Site) -> torch.Tensor | None:
+        gates = current()
+        if gates is None:
+            return None
+        k, b = gates.shape[0], z.shape[0]
+        if b % k:
+            raise DataError(f"batch of {b} rows cannot be split into {k} mask tiles")
+        g = gates[:, site.layer].to(z.dtype)                 # [k, head]
+        return (z.reshape(k, b // k, *z.shape[1:]) * g[:, None, None, :, None]).reshape(z.shape)
+
+    with hooked(model, [(Site("z", layer), hook) for layer in range(model.cfg.n_layers)]):
+        yield
+
+
+@contextlib.contextmanager
+def gated(model: Any, gates: torch.Tensor) -> Iterator[None]:
+    """Multiply head outputs ``z`` by ``gates`` during the block.
+
+    Args:
+        gates: ``[n_layers, n_heads]`` (same gates for every prompt) or
+            ``[n_masks, n_layers, n_heads]``: the batch is then read as ``n_masks`` tiles
+            of equal size, tile ``k`` gated by ``gates[k]``.
+
+    Example:
+        >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0    # doctest: +SKIP
+        >>> with gated(model, g):                                                # doctest: +SKIP
+        ...     logits = model(tokens)       # head L1.H0 removed
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if gates.dim() == 2:
+        gates = gates[None]
+    if gates.dim() != 3 or tuple(gates.shape[1:]) != (n_layers, n_heads):
+        raise ConfigError(f"gates: expected (n_masks, {n_layers}, {n_heads}), got {tuple(gates.shape)}")
+    with _gate_hooks(model, lambda: gates):
+        yield
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _last_logprobs(model: Any) -> Iterator[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Yields ``fn(tokens, last, targets) -> log p(target) [rows]`` that stops the forward pass at the
+    final norm and unembeds only each row's last token (hook registered once)."""
+    from interp.hooks import hooked
+
+    box: dict[str, Any] = {"on": False}
+
+    def grab(x: torch.Tensor, site: Site) -> None:
+        if box["on"]:
+            box["x"] = x
+            raise _Stop
+
+    def fn(tokens: torch.Tensor, last: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        box["on"] = True
+        try:
+            model(tokens)
+        except _Stop:
+            pass
+        finally:
+            box["on"] = False
+        x = box.pop("x")
+        rows = torch.arange(x.shape[0], device=x.device)
+        logits = model.unembed(x[rows, last])
+        return torch.log_softmax(logits.float(), -1)[rows, targets]
+
+    with hooked(model, {Site("ln_final"): grab}):
+        yield fn
+
+
+def _target_logprobs(model: Any, tokens: torch.Tensor, last: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log p(target)`` at ``last`` per row (``[rows]``)."""
+    with _last_logprobs(model) as fn:
+        return fn(tokens, last, targets)
+
+
+def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor, cfg: CHGConfig,
+              sampler: Callable[[torch.Generator], torch.Tensor],
+              loss_fn: Callable[[torch.Tensor], torch.Tensor], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adam on gate logits ``[K, L, H]``; one tiled forward/backward per step.
+
+    Returns:
+        final logits ``[K, L, H]`` and the last step's per-mask task loss ``[K]``.
+    """
+    from tqdm.auto import tqdm
+
+    k = init.shape[0]
+    logits = init.detach().clone().float().to(_device(model)).requires_grad_(True)
+    lam = lam.to(logits.device).float()
+    opt = torch.optim.Adam([logits], lr=cfg.lr)
+    gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
+    task = torch.zeros(k)
+    box: dict[str, torch.Tensor] = {}
+    with _frozen(model), _gate_hooks(model, lambda: box["g"]), _last_logprobs(model) as logprobs:
+        for _ in tqdm(range(cfg.steps), desc=desc, disable=not cfg.progress, leave=False):
+            idx = sampler(gen).to(data.tokens.device)
+            tokens = data.tokens[idx].repeat(k, 1)
+            box["g"] = torch.sigmoid(logits)
+            logp = logprobs(tokens, data.last[idx].repeat(k), data.targets[idx].repeat(k))
+            task_k = loss_fn(logp.view(k, -1))                                   # [K]
+            reg_k = logits.clamp(-cfg.logit_clamp, cfg.logit_clamp).mean((1, 2))  # [K]
+            loss = (task_k - lam * reg_k).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            with torch.no_grad():
+                norms = logits.grad.flatten(1).norm(dim=1).clamp(min=1e-12)
+                logits.grad.mul_((cfg.clip / norms).clamp(max=1.0)[:, None, None])
+            opt.step()
+            if cfg.bound_logits:
+                with torch.no_grad():
+                    logits.clamp_(-cfg.logit_clamp, cfg.logit_clamp)
+            task = task_k.detach().cpu()
+    return logits.detach(), task
+
+
+def _batch_sampler(n: int, batch_size: int | None) -> Callable[[torch.Generator], torch.Tensor]:
+    if batch_size is None or batch_size == n:
+        full = torch.arange(n)
+        return lambda gen: full
+    if batch_size > n:
+        raise DataError(f"the dataset has {n} prompts, fewer than batch_size={batch_size}")
+    return lambda gen: torch.randperm(n, generator=gen)[:batch_size]
+
+
+def _check_stage(stage: str, lam: float) -> None:
+    if stage not in STAGES:
+        raise ConfigError(f"stage must be one of {STAGES}, got {stage!r}")
+    ok = {"base": lam == 0, "plus": lam > 0, "minus": lam < 0}[stage]
+    if not ok:
+        want = {"base": "lambda = 0", "plus": "lambda > 0 (pushes gates open)",
+                "minus": "lambda < 0 (pushes gates shut)"}[stage]
+        raise ConfigError(f"stage {stage!r} needs {want}, got lambda = {lam}")
+
+
+def _nll(logp: torch.Tensor) -> torch.Tensor:
+    return -logp.mean(1)
+
+
+def fit_stage(model: Any, data: GateData, init: torch.Tensor, lam: float, *, stage: str,
+              config: CHGConfig = CHGConfig()) -> torch.Tensor:
+    """Fit one stage of CHG from ``init`` logits ``[n_masks, n_layers, n_heads]``.
+
+    Raises:
+        ConfigError: lambda of the wrong sign for the stage (``base``: 0, ``plus``: > 0,
+            ``minus``: < 0).
+        DataError: fewer prompts than ``config.batch_size``.
+    """
+    _check_stage(stage, lam)
+    sampler = _batch_sampler(len(data), config.batch_size)
+    out, _ = _optimize(model, data, init, torch.full((init.shape[0],), float(lam)), config, sampler, _nll,
+                       f"CHG {stage}")
+    return out
+
+
+@dataclass(frozen=True)
+class CHGFit:
+    """Gate logits of the three stages, ``[n_masks, n_layers, n_heads]`` each, plus the task loss.
+
+    Attributes:
+        base, plus, minus: logits after the lambda = 0, +lambda and -lambda stages.
+        nll_base, nll_plus, nll_minus: last-step mean NLL per mask ``[n_masks]``.
+        seconds: wall time of the fit.
+    """
+
+    base: torch.Tensor
+    plus: torch.Tensor
+    minus: torch.Tensor
+    nll_base: torch.Tensor
+    nll_plus: torch.Tensor
+    nll_minus: torch.Tensor
+    seconds: float
+
+
+def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> CHGFit:
+    """The three-stage CHG fit on prompts with targets (all masks in one tiled batch)."""
+    t0 = time.perf_counter()
+    sampler = _batch_sampler(len(data), config.batch_size)
+    m, cfg = config.n_masks, model.cfg
+    init = init_gate_logits(m, cfg.n_layers, cfg.n_heads, seed=config.seed)
+    _check_stage("base", 0.0)
+    base, nll_base = _optimize(model, data, init, torch.zeros(m), config, sampler, _nll, "CHG lambda=0")
+    _check_stage("plus", config.lam)
+    _check_stage("minus", -config.lam)
+    lam = torch.cat([torch.full((m,), config.lam), torch.full((m,), -config.lam)])
+    both, nll_both = _optimize(model, data, torch.cat([base, base]), lam, config, sampler, _nll, "CHG lambda=+/-")
+    return CHGFit(base.cpu(), both[:m].cpu(), both[m:].cpu(), nll_base, nll_both[:m], nll_both[m:],
+                  time.perf_counter() - t0)
+
+
+def head_roles(g_plus: torch.Tensor, g_minus: torch.Tensor, *, facilitating_threshold: float = 0.5,
+               interfering_threshold: float = 0.5) -> list[str]:
+    """Taxonomy [U] of each head from mean gates (flattened order).
+
+    facilitating: ``G- >= facilitating_threshold``; interfering: ``G+ <= interfering_threshold``;
+    when both hold the larger score (``G-`` vs ``1 - G+``) decides; otherwise irrelevant.
+    """
+    out = []
+    for gp, gm in zip(g_plus.reshape(-1).tolist(), g_minus.reshape(-1).tolist()):
+        fac, intf = gm >= facilitating_threshold, gp <= interfering_threshold
+        if fac and intf:
+            out.append("facilitating" if gm >= 1 - gp else "interfering")
+        else:
+            out.append("facilitating" if fac else "interfering" if intf else "irrelevant")
+    return out
+
+
+def _std(x: torch.Tensor) -> torch.Tensor:
+    return x.std(0, correction=1) if x.shape[0] > 1 else torch.zeros_like(x[0])
+
+
+def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) -> Any:
+    """``gating.chg`` Result: one row per head with gates, scores (mean and std over masks) and role."""
+    import pandas as pd
+
+    from interp.nodes import node_id
+    from interp.results import Result, run_meta
+
+    gp, gm, g0 = torch.sigmoid(fit.plus), torch.sigmoid(fit.minus), torch.sigmoid(fit.base)
+    irr = gp - gm
+    roles = head_roles(gp.mean(0), gm.mean(0), facilitating_threshold=config.facilitating_threshold,
+                       interfering_threshold=config.interfering_threshold)
+    n_layers, n_heads = gp.shape[1:]
+    rows = []
+    for layer in range(n_layers):
+        for head in range(n_heads):
+            i = layer * n_heads + head
+            sl = (slice(None), layer, head)
+            rows.append({"layer": layer, "head": head, "node": node_id("head", layer=layer, head=head),
+                         "g_plus": float(gp[sl].mean()), "g_minus": float(gm[sl].mean()),
+                         "g_plus_std": float(_std(gp[sl][:, None])[0]), "g_minus_std": float(_std(gm[sl][:, None])[0]),
+                         "g_base": float(g0[sl].mean()),
+                         "facilitation": float(gm[sl].mean()), "interference": float(1 - gp[sl].mean()),
+                         "irrelevance": float(irr[sl].mean()), "irrelevance_std": float(_std(irr[sl][:, None])[0]),
+                         "role": roles[i]})
+    meta = run_meta(model, dataset=data.name, data=list(data.texts), seed=config.seed, config=config,
+                    fit_seconds=round(fit.seconds, 3), n_prompts=len(data),
+                    nll_base=fit.nll_base.tolist(), nll_plus=fit.nll_plus.tolist(), nll_minus=fit.nll_minus.tolist())
+    return Result("gating.chg", pd.DataFrame(rows), meta, name=data.name)
+
+
+def causal_head_gating(model: Any, dataset: Any, *, config: CHGConfig = CHGConfig(), targets: Any = None) -> Any:
+    """Causal head gating on prompts with target tokens -> ``gating.chg`` Result.
+
+    Args:
+        dataset: TaskDataset (targets = answers) or TokenBatch with ``targets`` ids.
+        config: :class:`CHGConfig`.
+
+    Columns: ``layer, head, node, g_plus, g_minus, g_plus_std, g_minus_std, g_base, facilitation,
+    interference, irrelevance, irrelevance_std, role``.
+    """
+    data = gate_data(model, dataset, targets=targets)
+    _batch_sampler(len(data), config.batch_size)  # dataset too small for the batch: fail before fitting
+    return chg_result(model, fit_chg(model, data, config=config), data, config=config)
+
+
+def _concat(a: GateData, b: GateData, pad: int) -> GateData:
+    width = max(a.tokens.shape[1], b.tokens.shape[1])
+
+    def widen(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad)
+
+    return GateData(torch.cat([widen(a.tokens), widen(b.tokens)]), torch.cat([a.last, b.last]),
+                    torch.cat([a.targets, b.targets]), a.texts + b.texts, f"{a.name}-vs-{b.name}")
+
+
+def contrastive_head_gating(model: Any, positive: Any, negative: Any, *, config: CHGConfig = CHGConfig()) -> Any:
+    """Contrastive CHG: keep the behaviour on ``positive`` while removing it on ``negative``.
+
+    Loss per mask (METHODS.md 3): ``-mean log p_pos + mean(clamp(log p_neg - sg(mean log p_pos),
+    min=neg_clamp)) - lambda * mean(clamp(logit(G), -4, 4))`` with ``lambda = +config.lam`` (gates
+    pushed open, so only heads whose removal separates the two sets close) [U: one stage,
+    from ``logit(U(0,1))``].
+
+    Returns:
+        ``gating.contrastive`` Result: per head ``g`` (mean), ``g_std``, ``removed`` (mean gate
+        below ``interfering_threshold``), and in meta the per-mask final log-probs.
+    """
+    import pandas as pd
+
+    from interp.nodes import node_id
+    from interp.results import Result, run_meta
+
+    pos, neg = gate_data(model, positive), gate_data(model, negative)
+    np_, nn_ = len(pos), len(neg)
+    pos_sampler, neg_sampler = _batch_sampler(np_, config.batch_size), _batch_sampler(nn_, config.batch_size)
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
+    data = _concat(pos, neg, pad)
+    box: dict[str, int] = {}
+
+    def sampler(gen: torch.Generator) -> torch.Tensor:
+        i, j = pos_sampler(gen), neg_sampler(gen)
+        box["n_pos"] = len(i)
+        return torch.cat([i, j + np_])
+
+    def loss_fn(logp: torch.Tensor) -> torch.Tensor:
+        lp_pos, lp_neg = logp[:, : box["n_pos"]], logp[:, box["n_pos"]:]
+        keep = lp_pos.mean(1)
+        remove = (lp_neg - keep.detach()[:, None]).clamp(min=config.neg_clamp).mean(1)
+        return -keep + remove
+
+    t0 = time.perf_counter()
+    m, cfg = config.n_masks, model.cfg
+    init = init_gate_logits(m, cfg.n_layers, cfg.n_heads, seed=config.seed)
+    logits, loss = _optimize(model, data, init, torch.full((m,), config.lam), config, sampler, loss_fn,
+                             "contrastive CHG")
+    seconds = time.perf_counter() - t0
+    g = torch.sigmoid(logits.cpu())
+    with torch.inference_mode():
+        lp = {}
+        for name, d in (("pos", pos), ("neg", neg)):
+            base = _target_logprobs(model, d.tokens, d.last, d.targets).mean()
+            with gated(model, g):
+                gl = _target_logprobs(model, d.tokens.repeat(m, 1), d.last.repeat(m), d.targets.repeat(m))
+            lp[f"logp_{name}_ungated"] = float(base)
+            lp[f"logp_{name}_gated"] = gl.view(m, -1).mean(1).tolist()
+    rows = []
+    gm, gs = g.mean(0), _std(g)
+    for layer in range(cfg.n_layers):
+        for head in range(cfg.n_heads):
+            rows.append({"layer": layer, "head": head, "node": node_id("head", layer=layer, head=head),
+                         "g": float(gm[layer, head]), "g_std": float(gs[layer, head]),
+                         "removed": bool(gm[layer, head] <= config.interfering_threshold)})
+    meta = run_meta(model, dataset=data.name, data=list(data.texts), seed=config.seed, config=config,
+                    fit_seconds=round(seconds, 3), final_loss=loss.tolist(), **lp)
+    return Result("gating.contrastive", pd.DataFrame(rows), meta, name=data.name)
