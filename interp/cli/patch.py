@@ -1,0 +1,129 @@
+"""``interp patch``: activation, path and attribution patching on a task."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+METHODS = ("exact", "path", "atp", "eap", "eap-ig")
+
+
+def _task(m, task: str, n: int, seed: int):
+    """The task's TaskDataset, keeping only clean/corrupted pairs of equal token length."""
+    from interp.datasets.base import TaskDataset
+    from interp.errors import ConfigError, DataError
+
+    if task == "ioi":
+        from interp.datasets.ioi import ioi_dataset
+
+        ds = ioi_dataset(m, n=n, seed=seed)
+    elif task == "facts":
+        from interp.datasets.facts import facts_dataset, known_facts
+
+        ds = known_facts(m, facts_dataset(m, pairs=True, seed=seed))
+    elif task == "colored-objects":
+        from interp.datasets.colored_objects import colored_objects_dataset
+
+        ds = colored_objects_dataset(m, n=n, seed=seed)
+    elif Path(task).exists():
+        ds = TaskDataset.from_jsonl(task)
+    else:
+        raise ConfigError(f"--task must be ioi, facts, colored-objects or a TaskDataset JSONL file, got {task!r}")
+    if not ds.corrupted:
+        raise DataError(f"task {task!r} has no corrupted prompts; patching needs pairs")
+    tok = m.tokenizer
+    keep = [i for i in range(len(ds)) if len(tok(ds.clean[i], add_special_tokens=False).input_ids)
+            == len(tok(ds.corrupted[i], add_special_tokens=False).input_ids)]
+    if not keep:
+        raise DataError(f"task {task!r}: no clean/corrupted pair has equal token lengths")
+    if len(keep) < len(ds):
+        typer.echo(f"kept {len(keep)} of {len(ds)} pairs with equal clean/corrupted token lengths")
+    return ds.subset(keep[:n])
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("patch")
+    def patch(
+        model: str = typer.Argument(..., help="model spec, e.g. smollm2 or toy:llama"),
+        task: str = typer.Option("ioi", "--task", help="ioi, facts, colored-objects, or a TaskDataset JSONL file"),
+        method: str = typer.Option("exact", "--method", help="exact, path, atp, eap or eap-ig"),
+        out: Path = typer.Option(..., "--out", help="output folder for Results and figures"),
+        n: int = typer.Option(32, "--n", help="number of prompt pairs"),
+        component: str = typer.Option("z", "--component",
+                                      help="exact: z, attn_out, mlp_out, resid_pre, resid_post (comma-separated)"),
+        positions: str = typer.Option("auto", "--positions",
+                                      help="exact: auto, all, each, or comma-separated meta keys (io_pos,s2_pos)"),
+        direction: str = typer.Option("", "--direction",
+                                      help="denoising or noising (default: noising for path, as Wang et al.; else denoising)"),
+        receivers: str = typer.Option("logits", "--receivers", help="path: e.g. 'L9.H6.q,L10.H0.q,logits'"),
+        compare: bool = typer.Option(False, "--compare/--no-compare",
+                                     help="atp/eap/eap-ig: also run exact head patching and report Spearman"),
+        ig_steps: int = typer.Option(5, "--ig-steps", help="eap-ig interpolation steps"),
+        max_rows: int = typer.Option(1024, "--max-rows", help="batch rows per forward pass"),
+        seed: int = typer.Option(0, "--seed"),
+        figures: str = typer.Option("png", "--figures", help="png, svg, pdf, html or none"),
+    ) -> None:
+        """Patch a task and write Results (patching.nodes / patching.edges) and heatmaps.
+
+        \b
+        Examples:
+          interp patch smollm2 --task ioi --method exact --out out/patch --n 32
+          interp patch smollm2 --task ioi --method exact --component resid_pre --positions each --out out/patch
+          interp patch smollm2 --task ioi --method eap-ig --compare --out out/patch
+          interp patch smollm2 --task ioi --method path --receivers L9.H6.q,logits --out out/patch
+        """
+        from interp.errors import ConfigError, nearest
+        from interp.models import load_model
+        from interp.patching import (AttributionConfig, PatchConfig, PathConfig, activation_patching,
+                                     attribution_patching, edge_attribution_patching, path_patching)
+
+        if method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.{nearest(method, METHODS)}")
+        direction = direction or ("noising" if method == "path" else "denoising")
+        m = load_model(model)
+        ds = _task(m, task, n, seed)
+        results = []
+        exact = None
+        pos = positions if positions in ("auto", "all", "each") else tuple(p for p in positions.split(",") if p)
+        if method == "exact" or compare:
+            for comp in [c for c in component.split(",") if c] if method == "exact" else ["z"]:
+                exact = activation_patching(m, ds, PatchConfig(component=comp, positions=pos if method == "exact"
+                                                               else "all", direction=direction, max_rows=max_rows,
+                                                               progress=True))
+                results.append(exact)
+        if method == "path":
+            results.append(path_patching(m, ds, PathConfig(receivers=tuple(r for r in receivers.split(",") if r),
+                                                           direction=direction, max_rows=max_rows)))
+        elif method in ("atp", "eap", "eap-ig"):
+            steps = ig_steps if method == "eap-ig" else 0
+            cfg = AttributionConfig(direction=direction, ig_steps=steps,
+                                    batch_size=8 if method != "atp" else 32)
+            results.append(attribution_patching(m, ds, cfg, exact=exact))
+            if method != "atp":
+                results.append(edge_attribution_patching(m, ds, cfg, exact=exact))
+        out.mkdir(parents=True, exist_ok=True)
+        first = results[0].meta.extra
+        typer.echo(f"{method} patching on {ds.name} ({len(ds)} pairs): LD clean {first['ld_clean']:+.3f}, "
+                   f"corrupted {first['ld_corr']:+.3f}")
+        for r in results:
+            r.save(out)
+            t = r.table
+            if "metric" in t.columns and "logit_diff_norm" in set(t["metric"]):
+                t = t[t["metric"] == "logit_diff_norm"]
+            key = "node" if "node" in t.columns else "src"
+            score = (t["value"] - (1.0 if t["direction"].iloc[0] == "noising" and r.kind == "patching.nodes" else 0.0))
+            top = t.assign(_s=score.abs()).nlargest(8, "_s")
+            if key == "node":
+                label = [nd or f"{s}.{l}" for nd, s, l in zip(top["node"], top["site"], top["layer"])]
+                label = [f"{a}@{p}" if p != "all" else a for a, p in zip(label, top["pos_label"])]
+            else:
+                label = top["src"] + " -> " + top["dst"] + "." + top["dst_input"]
+            typer.echo(f"  {r.id}: top " + ", ".join(f"{a} {v:+.3f}" for a, v in zip(label, top["value"])))
+            if "agreement" in r.meta.extra:
+                typer.echo(f"    agreement with exact: {r.meta.extra['agreement']}")
+            if figures != "none":
+                from interp.plots import export, figure
+
+                export(figure(r), out / f"{r.id}.{figures}")
+        typer.echo(f"wrote {out}")

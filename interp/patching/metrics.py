@@ -1,0 +1,209 @@
+"""Patching metrics at each prompt's last real token, batched over rows.
+
+Rows of a patching run are laid out as ``block * B + b``: block 0 is the unpatched
+receiver run, block ``k + 1`` is patch ``k``, and ``b`` indexes the ``B`` prompts.
+Every metric here works on ``[rows, ...]`` tensors and is reduced per block.
+
+Metrics (METHODS.md section 2):
+
+* ``logit_diff``: ``logit[answer] - logit[counterfactual]`` at the last real token,
+  mean over prompts.
+* ``logit_diff_norm``: ``(LD_patched - LD_corr) / (LD_clean - LD_corr)`` of the
+  prompt-mean logit differences (0 = corrupted behaviour, 1 = clean). Normalising the
+  batch means (as TransformerLens' IOI demos do) keeps prompts with a tiny clean/corrupted
+  gap from dominating.
+* ``prob``: softmax probability of the answer, mean over prompts.
+* ``kl``: ``KL(clean || patched)`` of the next-token distributions, mean over prompts.
+
+Example:
+    >>> import torch
+    >>> from interp.patching.metrics import normalize
+    >>> normalize(torch.tensor([2.0, 5.0]), ld_clean=5.0, ld_corr=1.0).tolist()
+    [0.25, 1.0]
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp.errors import ConfigError, DataError
+
+__all__ = ["METRICS", "PairData", "Baseline", "prepare_pairs", "final_logits", "row_stats", "block_values",
+           "normalize", "check_metrics"]
+
+METRICS = ("logit_diff_norm", "logit_diff", "prob", "kl")
+#: Relative gap below which clean and corrupted metrics count as identical.
+_IDENTICAL = 1e-6
+
+
+def check_metrics(metrics: tuple[str, ...], allowed: tuple[str, ...] = METRICS) -> None:
+    """Raise :class:`ConfigError` for unknown metric names."""
+    from interp.errors import nearest
+
+    if not metrics:
+        raise ConfigError(f"no metrics given; choose from {allowed}")
+    for m in metrics:
+        if m not in allowed:
+            raise ConfigError(f"unknown metric {m!r}.{nearest(m, allowed)} Known: {', '.join(allowed)}")
+
+
+@dataclass(frozen=True)
+class PairData:
+    """Tokenized clean/corrupted pairs ready for patching.
+
+    Attributes:
+        clean, corrupted: ``[batch, pos]`` token ids (right-padded; pair lengths equal).
+        last: ``[batch]`` index of each prompt's last real token.
+        answer_ids, counter_ids: ``[batch]`` answer / counterfactual token ids.
+        texts: clean prompts (for error messages); ``corrupted_texts`` likewise.
+        dataset: the source TaskDataset.
+    """
+
+    clean: torch.Tensor
+    corrupted: torch.Tensor
+    last: torch.Tensor
+    answer_ids: torch.Tensor
+    counter_ids: torch.Tensor
+    texts: tuple[str, ...]
+    corrupted_texts: tuple[str, ...]
+    dataset: Any
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    def named_positions(self, key: str) -> torch.Tensor:
+        """``[batch]`` per-prompt positions from ``dataset.meta[i][key]`` (e.g. ``"s2_pos"``)."""
+        meta = self.dataset.meta
+        if not meta or any(key not in m for m in meta):
+            have = sorted(meta[0]) if meta else []
+            raise ConfigError(f"dataset {self.dataset.name!r} has no per-prompt position {key!r}; meta keys: {have}")
+        pos = torch.tensor([int(m[key]) for m in meta], device=self.clean.device)
+        bad = [i for i in range(len(self)) if not 0 <= int(pos[i]) <= int(self.last[i])]
+        if bad:
+            raise DataError(f"dataset {self.dataset.name!r}: meta {key!r} out of range for prompts {bad[:5]}")
+        return pos
+
+
+def prepare_pairs(model: Any, data: Any) -> PairData:
+    """Tokenize and validate a TaskDataset for patching.
+
+    Raises:
+        DataError: no corrupted prompts / answers / counterfactuals, clean and corrupted
+            prompts of different token lengths, or answers that are not single tokens
+            (the messages name the prompts).
+    """
+    from interp.datasets.base import TaskDataset
+
+    if isinstance(data, PairData):
+        return data
+    if not isinstance(data, TaskDataset):
+        raise DataError(f"expected a TaskDataset, got {type(data).__name__}")
+    for attr in ("corrupted", "answers", "counterfactuals"):
+        if not getattr(data, attr):
+            raise DataError(f"dataset {data.name!r} has no {attr}; patching needs clean/corrupted pairs with "
+                            "answers and counterfactuals")
+    batch = data.tokenize(model, same_length=True)
+    return PairData(batch.clean.tokens, batch.corrupted.tokens, batch.clean.last, batch.answer_ids,
+                    batch.counter_ids, tuple(data.clean), tuple(data.corrupted), data)
+
+
+def causal_mask(n_pos: int, device: Any) -> torch.Tensor:
+    """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward)."""
+    return torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
+
+
+def final_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Logits from final normalised hidden states ``[rows, d_model] -> [rows, d_vocab]``.
+
+    Applies the model's unembedding (and its output soft-cap, where the config has one).
+    """
+    logits = model.unembed(hidden[:, None, :])[:, 0, :]
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Per-prompt metrics of the clean and corrupted runs.
+
+    Attributes:
+        ld_clean, ld_corr: ``[batch]`` logit differences.
+        p_clean, p_corr: ``[batch]`` answer probabilities.
+        logp_clean: ``[batch, d_vocab]`` clean next-token log-probabilities (for KL).
+    """
+
+    ld_clean: torch.Tensor
+    ld_corr: torch.Tensor
+    p_clean: torch.Tensor
+    p_corr: torch.Tensor
+    logp_clean: torch.Tensor
+
+    @property
+    def mean_clean(self) -> float:
+        return float(self.ld_clean.mean())
+
+    @property
+    def mean_corr(self) -> float:
+        return float(self.ld_corr.mean())
+
+    def check(self, pairs: PairData) -> None:
+        """Raise :class:`DataError` when clean and corrupted metrics are identical (normalisation by zero).
+
+        Names every prompt whose clean and corrupted logit differences coincide.
+        """
+        gap = (self.ld_clean - self.ld_corr).abs()
+        scale = torch.maximum(self.ld_clean.abs(), self.ld_corr.abs()).clamp_min(1.0)
+        same = (gap <= _IDENTICAL * scale).nonzero().flatten().tolist()
+        mean_gap = abs(self.mean_clean - self.mean_corr)
+        if same or mean_gap <= _IDENTICAL * max(1.0, abs(self.mean_clean)):
+            idx = same or list(range(len(pairs)))
+            lines = [f"  #{i}: LD {float(self.ld_clean[i]):.6g} on {pairs.texts[i]!r} and on "
+                     f"{pairs.corrupted_texts[i]!r}" for i in idx[:5]]
+            raise DataError(f"{len(idx)} prompt(s) have identical clean and corrupted logit differences, so the "
+                            "normalised metric (LD - LD_corr) / (LD_clean - LD_corr) divides by zero:\n"
+                            + "\n".join(lines))
+
+
+def row_stats(logits: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Per-row logit difference, answer probability and KL to clean.
+
+    Args:
+        logits: ``[rows, d_vocab]`` last-token logits, rows = ``block * B + b``.
+        logp_clean: ``[B, d_vocab]`` clean log-probs, or None to skip KL.
+
+    Returns:
+        ``{"ld", "prob"[, "kl"]}`` each ``[rows]``.
+    """
+    n_b = len(pairs)
+    b = torch.arange(logits.shape[0], device=logits.device) % n_b
+    ans, cf = pairs.answer_ids[b], pairs.counter_ids[b]
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    ld = logits[rows, ans] - logits[rows, cf]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    out = {"ld": ld, "prob": logp[rows, ans].exp()}
+    if logp_clean is not None:
+        lc = logp_clean[b]
+        out["kl"] = (lc.exp() * (lc - logp)).sum(-1)
+    return out
+
+
+def normalize(ld: torch.Tensor, *, ld_clean: float, ld_corr: float) -> torch.Tensor:
+    """``(ld - ld_corr) / (ld_clean - ld_corr)``."""
+    return (ld - ld_corr) / (ld_clean - ld_corr)
+
+
+def block_values(stats: dict[str, torch.Tensor], n_prompts: int, baseline: Baseline,
+                 metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """Reduce per-row stats to one value per block (prompt means), for each metric."""
+    out = {}
+    for m in metrics:
+        src = stats["ld" if m.startswith("logit_diff") else m]
+        mean = src.reshape(-1, n_prompts).double().mean(1)
+        out[m] = normalize(mean, ld_clean=baseline.mean_clean, ld_corr=baseline.mean_corr) \
+            if m == "logit_diff_norm" else mean
+    return out
