@@ -1,0 +1,276 @@
+"""Interventions on sinks and massive activations, each as a hook context with its evaluation.
+
+* :func:`act_calibrated` — ACT attention calibration (Yu et al. 2024): in the chosen
+  heads, keys other than the first whose alpha_k > ``threshold`` (0.1) are sinks; their
+  attention is scaled by ``beta`` (0.4) and the freed mass goes to the other keys of the
+  row in proportion to their attention, after softmax and before ``A V``.
+  :func:`select_act_heads` picks heads greedily on calibration data.
+* :func:`massive_set` — set massive activations (dims of ``massive.dims``, entries with
+  ``|value| > min_value``) at one layer's ``resid_post`` to zero or to a given value
+  (their mean): Sun et al. find zero destroys the model and the mean changes nothing.
+* :func:`next_token_loss` — the evaluation: mean next-token cross-entropy on
+  held-out text; :func:`interventions` runs all of them into ``sinks.interventions``.
+
+Batches for the interventions are unpadded windows of held-out text (:func:`text_windows`),
+so alpha_k in the calibration hook uses the full causal triangle.
+
+Example:
+    >>> from interp.models import load_model                                           # doctest: +SKIP
+    >>> model = load_model("toy:llama")                                                # doctest: +SKIP
+    >>> tokens = text_windows(model, ["Some held-out text. " * 4], 16)                 # doctest: +SKIP
+    >>> with act_calibrated(model, [(1, 0)]):                                          # doctest: +SKIP
+    ...     loss = next_token_loss(model, tokens)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+
+from interp.errors import ConfigError, DataError
+from interp.hooks import hooked
+from interp.results import Result, run_meta
+from interp.sites import Site
+
+__all__ = ["InterventionConfig", "act_calibrate", "act_calibrated", "select_act_heads", "massive_set",
+           "massive_mean", "next_token_loss", "text_windows", "interventions", "COLUMNS"]
+
+COLUMNS = ["intervention", "target", "loss_before", "loss_after", "delta"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class InterventionConfig:
+    """Settings of the interventions.
+
+    Attributes:
+        beta: ACT scale of sink attention (Yu et al.: 0.4).
+        threshold: alpha_k above which a non-first key is a sink (Yu et al.: 0.1).
+        max_heads: heads the greedy ACT selection may add.
+        n_candidates: heads considered by the greedy selection (those with the largest
+            non-first sink alpha), to bound its cost [U].
+        window: tokens per evaluation window.
+        max_windows: at most this many windows of calibration and of held-out text
+            (bounds the cost of the greedy search: ~n_candidates x max_heads passes).
+        batch_size: windows per forward pass.
+        massive_min_value: |value| above which an entry of a massive dim is set.
+    """
+
+    beta: float = 0.4
+    threshold: float = 0.1
+    max_heads: int = 2
+    n_candidates: int = 4
+    window: int = 64
+    max_windows: int = 8
+    batch_size: int = 8
+    massive_min_value: float = 100.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"beta must be in [0, 1], got {self.beta}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ConfigError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.max_heads < 0 or self.n_candidates < 0:
+            raise ConfigError(f"max_heads and n_candidates must be >= 0, got {self.max_heads}, {self.n_candidates}")
+        if self.window < 2 or self.batch_size < 1 or self.max_windows < 1:
+            raise ConfigError(f"window must be >= 2 and batch_size >= 1, got {self.window}, {self.batch_size}")
+
+
+def act_calibrate(pattern: torch.Tensor, beta: float = 0.4, threshold: float = 0.1) -> torch.Tensor:
+    """ACT on one head's (or several heads') attention of unpadded causal sequences.
+
+    Args:
+        pattern: ``[..., query_pos, key_pos]`` rows summing to 1 (causal).
+
+    Returns:
+        The calibrated pattern, same shape; rows still sum to 1. A row whose visible keys
+        are all sinks (nothing to give the mass to) is left unchanged.
+    """
+    t = pattern.shape[-1]
+    pos = torch.arange(t, device=pattern.device)
+    n_q = (t - pos).to(pattern.dtype)                                          # queries seeing key k
+    alpha = pattern.sum(-2) / n_q                                              # [..., key]
+    sink = (alpha > threshold) & (pos > 0)                                     # [..., key]
+    sink_k = sink.unsqueeze(-2).to(pattern.dtype)                              # [..., 1, key]
+    on_sink = pattern * sink_k
+    rest = pattern - on_sink
+    freed = (1 - beta) * on_sink.sum(-1, keepdim=True)
+    rest_sum = rest.sum(-1, keepdim=True)
+    ok = rest_sum > 0
+    share = torch.where(ok, rest / torch.where(ok, rest_sum, torch.ones_like(rest_sum)), torch.zeros_like(rest))
+    new = on_sink * beta + rest + freed * share
+    return torch.where(ok, new, pattern)
+
+
+@contextlib.contextmanager
+def act_calibrated(model: Any, heads: Sequence[tuple[int, int]], *, beta: float = 0.4,
+                   threshold: float = 0.1) -> Iterator[None]:
+    """ACT calibration of ``heads`` (``(layer, head)`` pairs) for the duration of the block."""
+    by_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        by_layer.setdefault(int(layer), []).append(int(head))
+
+    def fn(act: torch.Tensor, site: Site, _heads: list[int]) -> torch.Tensor:
+        out = act.clone()
+        idx = torch.tensor(_heads, device=act.device)
+        out[:, idx] = act_calibrate(act[:, idx], beta, threshold)
+        return out
+
+    with hooked(model, {Site("pattern", layer): (lambda a, s, _h=hs: fn(a, s, _h)) for layer, hs in by_layer.items()}):
+        yield
+
+
+@contextlib.contextmanager
+def massive_set(model: Any, layer: int, dims: Sequence[int], value: float | Sequence[float] = 0.0, *,
+                min_value: float = 100.0) -> Iterator[None]:
+    """Set massive entries (``|x[..., dim]| > min_value``) of ``resid_post`` at ``layer`` to ``value``.
+
+    Args:
+        value: one number, or one per dim (e.g. :func:`massive_mean`).
+    """
+    dims = [int(d) for d in dims]
+    values = [float(value)] * len(dims) if isinstance(value, (int, float)) else [float(v) for v in value]
+    if len(values) != len(dims):
+        raise ConfigError(f"massive_set: {len(dims)} dims but {len(values)} values")
+
+    def fn(act: torch.Tensor, site: Site) -> torch.Tensor:
+        out = act.clone()
+        for d, v in zip(dims, values):
+            col = out[..., d]
+            out[..., d] = torch.where(col.abs() > min_value, torch.full_like(col, v), col)
+        return out
+
+    with hooked(model, {Site("resid_post", layer): fn}):
+        yield
+
+
+def text_windows(model: Any, texts: Sequence[str], window: int) -> torch.Tensor:
+    """Concatenate ``texts`` (tokenized with the model's BOS rule) and cut into ``[n, window]`` windows.
+
+    Raises:
+        DataError: fewer than ``window`` tokens in all.
+    """
+    tok = model.tokenizer
+    ids: list[int] = []
+    for t in texts:
+        ids.extend(tok(t + "\n", add_special_tokens=False).input_ids)
+    bos = getattr(model.cfg, "default_prepend_bos", False) and tok.bos_token_id is not None
+    width = window - 1 if bos else window
+    n = len(ids) // width
+    if n == 0:
+        raise DataError(f"held-out text has {len(ids)} tokens, fewer than one window of {width}")
+    rows = torch.tensor(ids[: n * width], dtype=torch.long).reshape(n, width)
+    if bos:
+        rows = torch.cat([torch.full((n, 1), tok.bos_token_id, dtype=torch.long), rows], 1)
+    return rows.to(getattr(model.cfg, "device", "cpu"))
+
+
+def next_token_loss(model: Any, tokens: torch.Tensor, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` (unpadded windows)."""
+    total, count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, tokens.shape[0], batch_size):
+            chunk = tokens[start:start + batch_size]
+            logits = model(chunk).float()
+            lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                   chunk[:, 1:].reshape(-1), reduction="sum")
+            total += float(lp)
+            count += chunk[:, 1:].numel()
+    return total / max(count, 1)
+
+
+def select_act_heads(model: Any, calib: torch.Tensor, candidates: Sequence[tuple[int, int]], *,
+                     max_heads: int = 3, beta: float = 0.4, threshold: float = 0.1,
+                     batch_size: int = 8) -> tuple[list[tuple[int, int]], float, float]:
+    """Greedy ACT head selection: add the candidate that lowers calibration loss most, while it helps.
+
+    Returns:
+        (chosen heads, calibration loss before, calibration loss after).
+    """
+    base = next_token_loss(model, calib, batch_size)
+    chosen: list[tuple[int, int]] = []
+    best = base
+    pool = list(candidates)
+    while pool and len(chosen) < max_heads:
+        scores = []
+        for cand in pool:
+            with act_calibrated(model, [*chosen, cand], beta=beta, threshold=threshold):
+                scores.append((next_token_loss(model, calib, batch_size), cand))
+        loss, cand = min(scores)
+        if loss >= best:
+            break
+        best = loss
+        chosen.append(cand)
+        pool.remove(cand)
+    return chosen, base, best
+
+
+def massive_mean(model: Any, tokens: torch.Tensor, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
+                 batch_size: int = 8) -> list[float]:
+    """Mean signed value of the massive entries of each dim at ``layer`` (0 where a dim has none)."""
+    sums = [0.0] * len(dims)
+    counts = [0] * len(dims)
+
+    def fn(act: torch.Tensor, site: Site) -> None:
+        for i, d in enumerate(dims):
+            col = act[..., int(d)]
+            hit = col.abs() > min_value
+            sums[i] += float(col[hit].sum())
+            counts[i] += int(hit.sum())
+
+    with hooked(model, {Site("resid_post", layer): fn}), torch.inference_mode():
+        for start in range(0, tokens.shape[0], batch_size):
+            model(tokens[start:start + batch_size])
+    return [s / c if c else 0.0 for s, c in zip(sums, counts)]
+
+
+def interventions(model: Any, calib_texts: Sequence[str], eval_texts: Sequence[str], heads_table: pd.DataFrame,
+                  dims_table: pd.DataFrame, config: InterventionConfig = InterventionConfig()) -> Result:
+    """Run ACT (greedy heads) and massive zero / mean on held-out text; one row per intervention.
+
+    Args:
+        calib_texts: texts for head selection and the massive mean.
+        eval_texts: held-out texts for the reported losses.
+        heads_table: a ``sinks.heads`` table (candidates: largest ``top_alpha``).
+        dims_table: a ``massive.dims`` table (dims with ``n_layers > 0``; the layer is
+            their earliest ``first_layer``).
+
+    Returns:
+        ``sinks.interventions``: intervention, target (heads or dims as text), loss_before,
+        loss_after, delta (after - before). Rows are left out when nothing applies (no
+        candidate heads, no massive dims).
+    """
+    calib = text_windows(model, calib_texts, config.window)[: config.max_windows]
+    held = text_windows(model, eval_texts, config.window)[: config.max_windows]
+    before = next_token_loss(model, held, config.batch_size)
+    rows = []
+    cands = heads_table[heads_table.top_alpha > config.threshold] if len(heads_table) else heads_table
+    cands = cands.sort_values("top_alpha", ascending=False).head(config.n_candidates) if len(cands) else cands
+    pairs = [(int(r.layer), int(r.head)) for r in cands.itertuples()]
+    if pairs and config.max_heads:
+        chosen, _, _ = select_act_heads(model, calib, pairs, max_heads=config.max_heads, beta=config.beta,
+                                        threshold=config.threshold, batch_size=config.batch_size)
+        if chosen:
+            with act_calibrated(model, chosen, beta=config.beta, threshold=config.threshold):
+                after = next_token_loss(model, held, config.batch_size)
+            rows.append({"intervention": "act", "target": ",".join(f"L{a}.H{b}" for a, b in chosen),
+                         "loss_before": before, "loss_after": after, "delta": after - before})
+    steady = dims_table[dims_table.n_layers > 0] if len(dims_table) else dims_table
+    if len(steady):
+        dims = [int(d) for d in steady.dim]
+        layer = int(steady.first_layer.min())
+        mean = massive_mean(model, calib, layer, dims, min_value=config.massive_min_value,
+                            batch_size=config.batch_size)
+        target = f"L{layer} dims " + ",".join(map(str, dims))
+        for name, value in (("massive_zero", 0.0), ("massive_mean", mean)):
+            with massive_set(model, layer, dims, value, min_value=config.massive_min_value):
+                after = next_token_loss(model, held, config.batch_size)
+            rows.append({"intervention": name, "target": target, "loss_before": before, "loss_after": after,
+                         "delta": after - before})
+    meta = run_meta(model, dataset="held-out", data=held, config=config, n_calib_windows=int(calib.shape[0]),
+                    n_eval_windows=int(held.shape[0]))
+    return Result("sinks.interventions", pd.DataFrame(rows, columns=COLUMNS), meta)

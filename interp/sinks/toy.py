@@ -1,0 +1,202 @@
+"""Toy reproduction of extreme-token phenomena: the Bigram-Backcopy task (Guo et al. 2024).
+
+Sequences start with BOS. Ordinary tokens follow a random bigram Markov chain; after
+a *trigger* token the next token copies the token just before the trigger. A small
+Llama-style model (1-3 layers) trained on this learns to do the bigram part with its
+MLP and to copy with attention only after triggers; on every other query its heads
+can park on BOS. Guo et al. report three phenomena emerging together: an attention
+sink on BOS, a value-state drain (BOS's value vectors are small) and a residual-state
+peak (BOS's residual norm is large).
+
+What this implementation reproduces (2 layers, d_model 32, 1000 AdamW steps, the
+defaults): the attention sink (head L1.H0 puts ~0.7 of its attention on BOS; the
+untrained model ~0.15). The value-state drain and residual-state peak did NOT emerge
+in the training budgets tried (1-3 layers, up to 3000 steps, with/without weight
+decay); longer training or the paper's exact architecture may be needed.
+
+Tokens are bytes of the interp toy byte tokenizer (:func:`interp.toy.byte_tokenizer`):
+ordinary tokens are the letters ``a, b, c, ...``, triggers the digits ``0, 1, 2``, so
+the trained model is an ordinary local Hugging Face folder that
+:func:`interp.load_model` loads and whose prompts are plain strings.
+
+Example:
+    >>> from interp.sinks.toy import BigramBackcopy, TrainConfig, train_bigram_backcopy   # doctest: +SKIP
+    >>> folder = train_bigram_backcopy(TrainConfig(steps=300), "/tmp/bb")                 # doctest: +SKIP
+    >>> texts = BigramBackcopy().texts(8, seed=1)                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from interp.errors import ConfigError
+
+__all__ = ["BigramBackcopy", "TrainConfig", "train_bigram_backcopy", "BOS_ID"]
+
+BOS_ID = 256           # <bos> of the byte tokenizer
+_LETTERS = 97          # byte of "a"
+_DIGITS = 48           # byte of "0"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BigramBackcopy:
+    """The data generator.
+
+    Attributes:
+        n_tokens: ordinary tokens (letters, at most 26).
+        n_triggers: trigger tokens (digits, at most 10).
+        seq_len: tokens per sequence after BOS.
+        trigger_rate: probability mass the bigram chain puts on the triggers (spread evenly).
+        sharpness: temperature of the random transition logits (larger: more predictable bigrams).
+        seed: seed of the transition matrix.
+    """
+
+    n_tokens: int = 12
+    n_triggers: int = 3
+    seq_len: int = 32
+    trigger_rate: float = 0.2
+    sharpness: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.n_tokens <= 26:
+            raise ConfigError(f"n_tokens must be in [2, 26], got {self.n_tokens}")
+        if not 1 <= self.n_triggers <= 10:
+            raise ConfigError(f"n_triggers must be in [1, 10], got {self.n_triggers}")
+        if self.seq_len < 3:
+            raise ConfigError(f"seq_len must be >= 3, got {self.seq_len}")
+        if not 0.0 < self.trigger_rate < 0.5:
+            raise ConfigError(f"trigger_rate must be in (0, 0.5), got {self.trigger_rate}")
+
+    @property
+    def vocab(self) -> list[int]:
+        """Byte ids of the ordinary tokens, then the triggers."""
+        return [_LETTERS + i for i in range(self.n_tokens)] + [_DIGITS + i for i in range(self.n_triggers)]
+
+    def transitions(self) -> torch.Tensor:
+        """``[n_tokens, n_tokens + n_triggers]`` next-token probabilities of the bigram chain."""
+        g = torch.Generator().manual_seed(self.seed)
+        logits = self.sharpness * torch.randn(self.n_tokens, self.n_tokens, generator=g)
+        p = torch.softmax(logits, -1) * (1 - self.trigger_rate)
+        trig = torch.full((self.n_tokens, self.n_triggers), self.trigger_rate / self.n_triggers)
+        return torch.cat([p, trig], 1)
+
+    def sample(self, n: int, seed: int) -> torch.Tensor:
+        """``[n, 1 + seq_len]`` token ids (BOS first), drawn with a private generator."""
+        g = torch.Generator().manual_seed(seed)
+        p = self.transitions()
+        ids = torch.tensor(self.vocab)
+        local = torch.empty(n, self.seq_len, dtype=torch.long)
+        local[:, 0] = torch.randint(0, self.n_tokens, (n,), generator=g)
+        for t in range(1, self.seq_len):
+            prev = local[:, t - 1]
+            is_trig = prev >= self.n_tokens
+            nxt = torch.multinomial(p[prev.clamp(max=self.n_tokens - 1)], 1, generator=g)[:, 0]
+            if t >= 2:  # position 0 is never a trigger, so t = 1 needs no copy
+                nxt = torch.where(is_trig, local[:, t - 2], nxt)
+            local[:, t] = nxt
+        # A trigger at the last-but-one place is fine; a trigger right after a trigger copies a trigger.
+        return torch.cat([torch.full((n, 1), BOS_ID, dtype=torch.long), ids[local]], 1)
+
+    def texts(self, n: int, seed: int) -> list[str]:
+        """Sampled sequences as strings (the byte tokenizer adds BOS back)."""
+        return ["".join(chr(int(i)) for i in row[1:]) for row in self.sample(n, seed)]
+
+    def trigger_mask(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``[batch, pos]`` True where the token is a trigger."""
+        return (tokens >= _DIGITS) & (tokens < _DIGITS + self.n_triggers)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Model and training settings (a few minutes on CPU at most; defaults ~1.5 min on a busy 2-core box).
+
+    The defaults produced the checkpoint committed under ``data/toy/bigram_backcopy``.
+
+    Attributes:
+        data: the task.
+        n_layers, n_heads, d_model, d_mlp: model sizes (Llama architecture, RoPE, RMSNorm).
+        steps, batch_size, lr, weight_decay: AdamW training.
+        seed: seed of the initialisation and the data stream.
+    """
+
+    data: BigramBackcopy = field(default_factory=BigramBackcopy)
+    n_layers: int = 2
+    n_heads: int = 2
+    d_model: int = 32
+    d_mlp: int = 64
+    steps: int = 1000
+    batch_size: int = 32
+    lr: float = 1e-2
+    weight_decay: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.n_layers <= 3:
+            raise ConfigError(f"n_layers must be in [1, 3] for the toy reproduction, got {self.n_layers}")
+        if self.d_model % self.n_heads:
+            raise ConfigError(f"d_model={self.d_model} not divisible by n_heads={self.n_heads}")
+        if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
+            raise ConfigError(f"steps, batch_size and lr must be positive, got {self.steps}, {self.batch_size}, {self.lr}")
+
+
+def _hf_config(cfg: TrainConfig) -> Any:
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=259, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                       num_key_value_heads=cfg.n_heads, max_position_embeddings=max(256, cfg.data.seq_len + 1),
+                       bos_token_id=256, eos_token_id=257, pad_token_id=258, tie_word_embeddings=False,
+                       architectures=["LlamaForCausalLM"])
+
+
+def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
+                          log: Callable[[int, float], None] | None = None) -> Path:
+    """Train a small model on Bigram-Backcopy and save it as a Hugging Face folder (safetensors).
+
+    Args:
+        config: :class:`TrainConfig`.
+        folder: where to write the model (atomically; an existing folder is replaced).
+        log: optional ``log(step, loss)`` called every 100 steps (injected, never printed here).
+
+    Returns:
+        The folder, loadable with :func:`interp.load_model`.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from interp._fs import atomic_dir
+    from interp.toy import byte_tokenizer
+
+    folder = Path(folder)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = AutoModelForCausalLM.from_config(_hf_config(config), dtype=torch.float32)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    for step in range(config.steps):
+        tokens = config.data.sample(config.batch_size, seed=config.seed * 1_000_003 + step)
+        loss = model(input_ids=tokens, labels=tokens).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if log is not None and (step % 100 == 0 or step == config.steps - 1):
+            log(step, float(loss.detach()))
+    model.eval()
+    if folder.exists():
+        import shutil
+
+        shutil.rmtree(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        byte_tokenizer().save_pretrained(tmp)
+        blob = dataclasses.asdict(config)
+        (tmp / "interp_source.json").write_text(json.dumps({"toy": "bigram-backcopy", "train": blob}, indent=2))
+    return folder
