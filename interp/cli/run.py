@@ -1,0 +1,30 @@
+"""``interp run CONFIG.toml``: the main job (cache -> patching/EAP -> gating -> sinks -> graph)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("run")
+    def run(config: Path = typer.Argument(..., help="analysis TOML, e.g. analyses/ioi_circuit.toml"),
+            out: Path = typer.Option(None, "--out", help="output folder (default: the config's `out`)")) -> None:
+        """Run an analysis pipeline and write Results, graphs, explorer pages, figures and report.md.
+
+        Example: interp run analyses/ioi_circuit.toml --out out/ioi
+        """
+        import dataclasses
+
+        from interp.pipeline import load_config, run_pipeline
+
+        cfg = load_config(config)
+        if out is not None:
+            cfg = dataclasses.replace(cfg, out=str(out))
+        report = run_pipeline(cfg, base=Path.cwd(), log=lambda m: typer.echo(m, err=True))
+        for r in report.stages:
+            typer.echo(f"{r.name:<10} {r.status:<8} {r.seconds:7.1f}s  {r.note}")
+        typer.echo(f"report: {report.path}")
+        if not report.ok:
+            raise typer.Exit(1)

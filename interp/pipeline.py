@@ -1,0 +1,576 @@
+"""The main job: cache -> patching/EAP -> gating -> sinks -> graph (-> compare), from one TOML file.
+
+Each stage has a frozen config with its budget (prompts, steps); ``run_pipeline``
+runs the enabled stages in order, times them, writes every Result, the circuit graph
+in JSON/GraphML/GEXF, the explorer page, PDF/SVG figures and ``report.md``. A stage
+whose analysis module is missing is skipped with a note in the report; a stage that
+fails is recorded with its error, and the later stages run on what exists.
+
+Example (``analyses/ioi_circuit.toml``)::
+
+    name = "ioi_circuit"
+    model = "smollm2"
+    tasks = ["ioi"]
+    [patching]
+    prompts = 16
+
+    >>> cfg = load_config("analyses/ioi_circuit.toml")             # doctest: +SKIP
+    >>> report = run_pipeline(cfg)                                  # doctest: +SKIP
+    >>> report.path                                                 # doctest: +SKIP
+    PosixPath('out/ioi_circuit/report.md')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import time
+import tomllib
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from interp.errors import ConfigError, nearest
+
+__all__ = ["CacheStage", "PatchingStage", "GatingStage", "SinksStage", "GraphStage", "CompareStage",
+           "PipelineConfig", "StageRecord", "PipelineReport", "load_config", "run_pipeline"]
+
+TASKS = {"ioi": ("interp.datasets.ioi", "ioi_dataset"),
+         "colored_objects": ("interp.datasets.colored_objects", "colored_objects_dataset"),
+         "facts": ("interp.datasets.facts", "facts_dataset")}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CacheStage:
+    """Collect activations of the task prompts into an on-disk store (``out/cache/<task>``)."""
+
+    enabled: bool = True
+    prompts: int = 8
+    sites: str = "resid_post,pattern"
+
+    def __post_init__(self) -> None:
+        _positive(self, "prompts")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatchingStage:
+    """Attribution patching (nodes), EAP/EAP-IG (edges) and optional exact head patching."""
+
+    enabled: bool = True
+    prompts: int = 16
+    atp: bool = True
+    eap: bool = True
+    ig_steps: int = 0
+    exact: bool = True
+    exact_prompts: int = 8
+    metric: str = "logit_diff_norm"
+    direction: str = "denoising"
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _positive(self, "prompts", "exact_prompts", "batch_size")
+        if self.ig_steps < 0:
+            raise ConfigError(f"patching.ig_steps must be >= 0, got {self.ig_steps}")
+        if self.direction not in ("denoising", "noising"):
+            raise ConfigError(f"patching.direction must be 'denoising' or 'noising', got {self.direction!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GatingStage:
+    """Causal head gating (roles of heads)."""
+
+    enabled: bool = True
+    prompts: int = 16
+    steps: int = 25
+    n_masks: int = 1
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _positive(self, "prompts", "steps", "n_masks", "batch_size")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SinksStage:
+    """Attention sinks, massive activations and dormant heads on prompt files (one per domain)."""
+
+    enabled: bool = True
+    domains: tuple[str, ...] = ("prose", "code")
+    prompt_dir: str = "data/prompts"
+    prompts: int = 8
+    max_len: int = 64
+    interventions: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "prompts", "max_len")
+        if not self.domains:
+            raise ConfigError("sinks.domains is empty")
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphStage:
+    """Circuit graph: evidence from every Result, the circuit = nodes of the strongest edges, faithfulness."""
+
+    enabled: bool = True
+    keep_edges: int = 2000
+    top_k_edges: int = 100
+    faithfulness_prompts: int = 16
+    random_samples: int = 5
+    sweep_edges: tuple[int, ...] = ()
+    ablation: str = "mean"
+    ablate_mlps: bool = False
+    formats: tuple[str, ...] = ("json", "graphml", "gexf")
+    figures: tuple[str, ...] = ("pdf", "svg")
+
+    def __post_init__(self) -> None:
+        _positive(self, "keep_edges", "top_k_edges", "faithfulness_prompts")
+        if self.ablation not in ("mean", "paired"):
+            raise ConfigError(f"graph.ablation must be 'mean' or 'paired', got {self.ablation!r}")
+        bad = [f for f in self.formats if f not in ("json", "graphml", "gexf")]
+        bad += [f for f in self.figures if f not in ("pdf", "svg", "png", "html")]
+        if bad:
+            raise ConfigError(f"graph: unknown format(s) {bad}; formats json/graphml/gexf, figures pdf/svg/png/html")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CompareStage:
+    """Compare the circuits of the first two tasks (node/edge Jaccard and overlap, per class)."""
+
+    enabled: bool = True
+    top_k_heads: int = 30
+
+    def __post_init__(self) -> None:
+        _positive(self, "top_k_heads")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PipelineConfig:
+    """The whole job: model, tasks, output folder and one config per stage."""
+
+    name: str = "ioi_circuit"
+    model: str = "smollm2"
+    tasks: tuple[str, ...] = ("ioi",)
+    out: str = "out/ioi_circuit"
+    seed: int = 0
+    threads: int = 0
+    cache: CacheStage = field(default_factory=CacheStage)
+    patching: PatchingStage = field(default_factory=PatchingStage)
+    gating: GatingStage = field(default_factory=GatingStage)
+    sinks: SinksStage = field(default_factory=SinksStage)
+    graph: GraphStage = field(default_factory=GraphStage)
+    compare: CompareStage = field(default_factory=lambda: CompareStage(enabled=False))
+
+    def __post_init__(self) -> None:
+        if not self.tasks:
+            raise ConfigError("tasks is empty; e.g. tasks = [\"ioi\"]")
+        for t in self.tasks:
+            if t not in TASKS:
+                raise ConfigError(f"unknown task {t!r}.{nearest(t, TASKS)} Known: {', '.join(TASKS)}")
+
+    @property
+    def max_prompts(self) -> int:
+        return max(self.patching.prompts, self.patching.exact_prompts, self.gating.prompts, self.cache.prompts,
+                   self.graph.faithfulness_prompts)
+
+
+def _positive(cfg: Any, *names: str) -> None:
+    for n in names:
+        if getattr(cfg, n) < 1:
+            raise ConfigError(f"{type(cfg).__name__}.{n} must be >= 1, got {getattr(cfg, n)}")
+
+
+_SECTIONS = {"cache": CacheStage, "patching": PatchingStage, "gating": GatingStage, "sinks": SinksStage,
+             "graph": GraphStage, "compare": CompareStage}
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    kw = {}
+    for k, v in data.items():
+        if k not in names:
+            raise ConfigError(f"{where}: unknown key {k!r}.{nearest(k, names)} Known: {', '.join(names)}")
+        kw[k] = tuple(v) if isinstance(v, list) else v
+    return cls(**kw)
+
+
+def load_config(path: str | Path) -> PipelineConfig:
+    """Read a pipeline TOML file (top-level keys plus ``[cache]``, ``[patching]`` ... tables).
+
+    Raises:
+        ConfigError: unknown keys (nearest suggested), bad values, unreadable TOML.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"no config file {path}")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    top = {k: v for k, v in data.items() if not isinstance(v, dict)}
+    sections = {k: _build(_SECTIONS[k], v, f"{path} [{k}]") for k, v in data.items() if isinstance(v, dict)
+                and k in _SECTIONS}
+    unknown = [k for k, v in data.items() if isinstance(v, dict) and k not in _SECTIONS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown section(s) {unknown}.{nearest(unknown[0], _SECTIONS)}")
+    if "compare" in sections and "enabled" not in data["compare"]:
+        sections["compare"] = dataclasses.replace(sections["compare"], enabled=True)
+    return _build(PipelineConfig, {**top, **sections}, str(path))
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class StageRecord:
+    """What happened in one stage."""
+
+    name: str
+    status: str            # ok | skipped | failed | disabled
+    seconds: float
+    note: str = ""
+    cpu_seconds: float = 0.0   # process CPU time (all threads): compare runs on a shared, loaded machine
+
+
+@dataclass
+class PipelineReport:
+    """Stage records, produced files and the path of report.md."""
+
+    config: PipelineConfig
+    stages: list[StageRecord]
+    path: Path
+    files: list[Path]
+
+    @property
+    def ok(self) -> bool:
+        return all(s.status in ("ok", "skipped", "disabled") for s in self.stages)
+
+
+class _Skip(Exception):
+    """A stage cannot run here (module missing); not an error of the job."""
+
+
+def _need(module: str, *names: str) -> list[Any]:
+    try:
+        mod = importlib.import_module(module)
+    except ImportError as e:
+        raise _Skip(f"module {module} is not available ({e})") from e
+    missing = [n for n in names if not hasattr(mod, n)]
+    if missing:
+        raise _Skip(f"{module} lacks {', '.join(missing)}")
+    return [getattr(mod, n) for n in names]
+
+
+class _Job:
+    def __init__(self, cfg: PipelineConfig, base: Path, log: Callable[[str], None]) -> None:
+        self.cfg, self.base, self.log = cfg, base, log
+        self.out = Path(cfg.out) if Path(cfg.out).is_absolute() else base / cfg.out
+        self.results_dir = self.out / "results"
+        self.records: list[StageRecord] = []
+        self.files: list[Path] = []
+        self.model: Any = None
+        self.data: dict[str, Any] = {}
+        self.results: dict[str, list[Any]] = {t: [] for t in cfg.tasks}
+        self.shared: list[Any] = []     # task-independent Results (sinks)
+        self.graphs: dict[str, Any] = {}
+        self.circuits: dict[str, Any] = {}
+        self.faith: dict[str, Any] = {}
+        self.sweeps: dict[str, Any] = {}
+        self.compare: list[Any] = []
+
+    def stage(self, name: str, enabled: bool, fn: Callable[[], str | None]) -> None:
+        if not enabled:
+            self.records.append(StageRecord(name, "disabled", 0.0, "disabled in the config"))
+            return
+        self.log(f"[{name}] ...")
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            note, status = fn() or "", "ok"
+        except _Skip as e:
+            note, status = str(e), "skipped"
+        except Exception as e:  # noqa: BLE001 - a failed stage is reported, the job goes on
+            note, status = f"{type(e).__name__}: {e}", "failed"
+            (self.out / "logs").mkdir(parents=True, exist_ok=True)
+            (self.out / "logs" / f"{name}.traceback.txt").write_text(traceback.format_exc())
+        rec = StageRecord(name, status, time.perf_counter() - t0, note, time.process_time() - c0)
+        self.records.append(rec)
+        self.log(f"[{name}] {status} in {rec.seconds:.1f}s {note}")
+
+    def save(self, task: str | None, result: Any) -> None:
+        result.save(self.results_dir)
+        (self.results[task] if task else self.shared).append(result)
+
+    def subset(self, task: str, n: int) -> Any:
+        ds = self.data[task]
+        return ds.subset(range(min(n, len(ds))))
+
+
+def _stage_load(job: _Job) -> str:
+    import torch
+
+    from interp.models import load_model
+
+    if job.cfg.threads:
+        torch.set_num_threads(job.cfg.threads)
+    job.model = load_model(job.cfg.model)
+    notes = []
+    for task in job.cfg.tasks:
+        (builder,) = _need(TASKS[task][0], TASKS[task][1])
+        job.data[task] = builder(job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
+        notes.append(f"{task}: {len(job.data[task])} prompts")
+    return f"model {job.cfg.model}; " + ", ".join(notes)
+
+
+def _stage_cache(job: _Job) -> str:
+    (collect,) = _need("interp.cache", "collect")
+    notes = []
+    for task in job.cfg.tasks:
+        ds = job.subset(task, job.cfg.cache.prompts)
+        store = collect(job.model, list(ds.clean), job.cfg.cache.sites, out=job.out / "cache" / task,
+                        progress=False, overwrite=True)
+        notes.append(f"{task}: {len(store)} prompts x {job.cfg.cache.sites}")
+    return "; ".join(notes)
+
+
+def _stage_patching(job: _Job) -> str:
+    c = job.cfg.patching
+    notes = []
+    for task in job.cfg.tasks:
+        ds = job.subset(task, c.prompts)
+        if c.atp or c.eap:
+            AttributionConfig, atp, eap = _need("interp.patching", "AttributionConfig", "attribution_patching",
+                                                "edge_attribution_patching")
+            acfg = AttributionConfig(components=("z", "mlp_out"), direction=c.direction, metric=c.metric,
+                                     ig_steps=c.ig_steps, batch_size=c.batch_size)
+            if c.atp:
+                job.save(task, atp(job.model, ds, acfg))
+                notes.append(f"{task}: AtP {len(ds)} prompts")
+            if c.eap:
+                r = eap(job.model, ds, acfg)
+                job.save(task, r)
+                notes.append(f"{task}: {r.table['method'].iloc[0] if len(r.table) else 'eap'} {len(r.table)} edge rows")
+        if c.exact:
+            PatchConfig, patch = _need("interp.patching", "PatchConfig", "activation_patching")
+            r = patch(job.model, job.subset(task, c.exact_prompts),
+                      PatchConfig(component="z", positions="all", direction=c.direction, metrics=(c.metric,)))
+            job.save(task, r)
+            notes.append(f"{task}: exact head patching {c.exact_prompts} prompts")
+    return "; ".join(notes)
+
+
+def _stage_gating(job: _Job) -> str:
+    CHGConfig, chg = _need("interp.gating", "CHGConfig", "causal_head_gating")
+    c = job.cfg.gating
+    notes = []
+    for task in job.cfg.tasks:
+        ds = job.subset(task, c.prompts)
+        r = chg(job.model, ds, config=CHGConfig(steps=c.steps, n_masks=c.n_masks, batch_size=min(c.batch_size, len(ds)),
+                                                 seed=job.cfg.seed, progress=False))
+        job.save(task, r)
+        roles = r.table["role"].value_counts().to_dict() if "role" in r.table else {}
+        notes.append(f"{task}: {c.steps} steps x 3 stages, roles {roles}")
+    return "; ".join(notes)
+
+
+def _stage_sinks(job: _Job) -> str:
+    AnalysisConfig, analyze = _need("interp.sinks", "AnalysisConfig", "analyze")
+    from interp.datasets.base import load_prompts
+
+    c = job.cfg.sinks
+    domains = {}
+    for d in c.domains:
+        path = Path(c.prompt_dir) / f"{d}.txt"
+        if not path.is_absolute() and not path.exists():
+            candidates = [job.base / path, Path(__file__).resolve().parents[1] / path]
+            path = next((p for p in candidates if p.exists()), path)
+        domains[d] = load_prompts(path)[: c.prompts]
+    rs = analyze(job.model, domains, AnalysisConfig(max_len=c.max_len, run_interventions=c.interventions))
+    for r in rs:
+        job.save(None, r)
+    kinds = sorted({r.kind for r in rs})
+    return f"{sum(len(v) for v in domains.values())} prompts in {len(domains)} domains -> {', '.join(kinds)}"
+
+
+def _stage_graph(job: _Job) -> str:
+    from interp.graph import CircuitGraph, FaithfulnessConfig, prune, random_baseline
+    from interp.graph.builders import BUILDERS
+
+    c = job.cfg.graph
+    notes = []
+    gdir = job.out / "graph"
+    gdir.mkdir(parents=True, exist_ok=True)
+    for task in job.cfg.tasks:
+        g = CircuitGraph(name=task)
+        for r in job.results[task] + job.shared:
+            if r.kind not in BUILDERS:
+                continue
+            g.add_result(r, **({"top_k": c.keep_edges} if r.kind == "patching.edges" else {}))
+        job.graphs[task] = g
+        has_edges = g.nx.number_of_edges() > 0
+        circuit = prune(g, top_k_edges=c.top_k_edges) if has_edges else prune(g, top_k_nodes=c.top_k_edges,
+                                                                               kinds=["head", "mlp"])
+        circuit.nx.graph["name"] = f"{task}_circuit"
+        job.circuits[task] = circuit
+        for fmt in c.formats:
+            job.files.append(getattr(g, f"to_{fmt}")(gdir / f"{task}_graph.{fmt}"))
+            job.files.append(getattr(circuit, f"to_{fmt}")(gdir / f"{task}_circuit.{fmt}"))
+        job.files.append(g.to_html(job.out / f"{task}_explorer.html"))
+        job.files.append(circuit.to_html(job.out / f"{task}_circuit_explorer.html"))
+        fb = random_baseline(job.model, circuit, job.subset(task, c.faithfulness_prompts),
+                             n_samples=c.random_samples, seed=job.cfg.seed,
+                             config=FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation))
+        fb = dataclasses.replace(fb, name=f"{task}_random_baseline")
+        job.save(task, fb)
+        job.faith[task] = fb
+        if c.sweep_edges and has_edges:
+            from interp.graph import faithfulness
+
+            sizes = {f"top{k}_edges": prune(g, top_k_edges=k) for k in c.sweep_edges}
+            sw = faithfulness(job.model, sizes, job.subset(task, c.faithfulness_prompts),
+                              config=FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation))
+            sw = dataclasses.replace(sw, name=f"{task}_size_sweep")
+            job.save(task, sw)
+            job.sweeps[task] = sw
+        row = fb.table.iloc[0]
+        notes.append(f"{task}: graph {len(g)} nodes / {g.nx.number_of_edges()} edges; circuit "
+                     f"{row.n_heads} heads, {row.n_mlps} MLPs, {circuit.nx.number_of_edges()} edges, "
+                     f"faithfulness {row.faithfulness:.3f}")
+    return "; ".join(notes)
+
+
+def _stage_figures(job: _Job) -> str:
+    from interp.plots import export, figure
+
+    fdir = job.out / "figures"
+    made, missing = 0, set()
+    for task, circuit in job.circuits.items():
+        for ext in job.cfg.graph.figures:
+            job.files.append(export(circuit.figure(title=f"{task} circuit ({job.cfg.model})"),
+                                    fdir / f"{task}_circuit.{ext}"))
+            made += 1
+    for r in [r for rs in job.results.values() for r in rs] + job.shared + job.compare:
+        try:
+            fig = figure(r)
+        except Exception as e:  # noqa: BLE001 - a family without a figure is noted, not fatal
+            missing.add(f"{r.kind} ({type(e).__name__})")
+            continue
+        for ext in job.cfg.graph.figures:
+            job.files.append(export(fig, fdir / f"{r.id}.{ext}"))
+            made += 1
+    return f"{made} files" + (f"; no figure for: {', '.join(sorted(missing))}" if missing else "")
+
+
+def _stage_compare(job: _Job) -> str:
+    from interp.graph import compare, prune
+
+    tasks = list(job.circuits)
+    if len(tasks) < 2:
+        raise _Skip(f"needs two task circuits, have {tasks}")
+    a, b = tasks[:2]
+    r1 = compare(job.circuits[a], job.circuits[b])
+    k = job.cfg.compare.top_k_heads
+    ha = prune(job.graphs[a], top_k_nodes=k, kinds=["head"])
+    hb = prune(job.graphs[b], top_k_nodes=k, kinds=["head"])
+    for g in (ha, hb):
+        for n in g.nodes_of("mlp") + g.nodes_of("sae") + g.nodes_of("resid"):
+            g.nx.remove_node(n)
+        g.nx.remove_edges_from(list(g.nx.edges))
+    ha.nx.graph["name"], hb.nx.graph["name"] = f"{a}_top{k}_heads", f"{b}_top{k}_heads"
+    r2 = compare(ha, hb)
+    for r in (r1, r2):
+        r.save(job.results_dir)
+        job.compare.append(r)
+    heads = r1.table.query("what == 'nodes' and cls == 'head'").iloc[0]
+    top = r2.table.query("what == 'nodes' and cls == 'head'").iloc[0]
+    return (f"circuit heads: Jaccard {heads.jaccard:.2f}, overlap {heads.overlap:.2f} ({heads.intersection} shared); "
+            f"top-{k} heads by score: Jaccard {top.jaccard:.2f}, overlap {top.overlap:.2f}")
+
+
+def run_pipeline(config: PipelineConfig, *, base: str | Path = ".", log: Callable[[str], None] = print) -> PipelineReport:
+    """Run the job described by ``config``; relative paths are resolved against ``base``.
+
+    Returns:
+        :class:`PipelineReport` (``report.path`` is ``<out>/report.md``).
+    """
+    job = _Job(config, Path(base), log)
+    job.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    job.stage("load", True, lambda: _stage_load(job))
+    if job.model is None:
+        for name in ("cache", "patching", "gating", "sinks", "graph", "figures", "compare"):
+            job.records.append(StageRecord(name, "skipped", 0.0, "no model (load failed)"))
+    else:
+        job.stage("cache", config.cache.enabled, lambda: _stage_cache(job))
+        job.stage("patching", config.patching.enabled, lambda: _stage_patching(job))
+        job.stage("gating", config.gating.enabled, lambda: _stage_gating(job))
+        job.stage("sinks", config.sinks.enabled, lambda: _stage_sinks(job))
+        job.stage("graph", config.graph.enabled, lambda: _stage_graph(job))
+        job.stage("compare", config.compare.enabled, lambda: _stage_compare(job))
+        job.stage("figures", config.graph.enabled, lambda: _stage_figures(job))
+    path = _write_report(job, time.perf_counter() - t0)
+    return PipelineReport(config, job.records, path, job.files)
+
+
+# --------------------------------------------------------------------------- report
+def _md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}"
+        return str(v).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _write_report(job: _Job, total: float) -> Path:
+    import json
+
+    from interp._fs import atomic_write_bytes
+
+    cfg = job.cfg
+    out = [f"# {cfg.name}", "", f"Model `{cfg.model}`, tasks {', '.join(cfg.tasks)}, seed {cfg.seed}. "
+           f"Total time {total:.1f} s (model loading included).", "", "## Stages", ""]
+    out.append(_md_table([{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1),
+                           "cpu_seconds": round(r.cpu_seconds, 1), "note": r.note}
+                          for r in job.records], ["stage", "status", "seconds", "cpu_seconds", "note"]))
+    out += ["", "`seconds` is wall-clock time; `cpu_seconds` the process CPU time over all threads (on a shared, "
+            "loaded machine wall time can be many times the unloaded time).", ""]
+    out += ["", "## Budgets (frozen config)", "", "```json",
+            json.dumps(dataclasses.asdict(cfg), indent=1, default=str), "```", ""]
+    if job.faith:
+        out += ["## Circuit faithfulness", "",
+                "Metric: mean logit difference (answer - counterfactual) at the last token; every head outside "
+                "the circuit ablated through `z` " + ("to its per-position mean over the corrupted prompts of the same "
+                "template" if cfg.graph.ablation == "mean" else "to its value on the paired corrupted prompt") +
+                (" and every MLP outside it through `mlp_out`" if cfg.graph.ablate_mlps else " (MLPs kept)") +
+                ". faithfulness = LD(circuit) / LD(full); normalized = (LD(circuit) - LD(all ablated)) / "
+                "(LD(full) - LD(all ablated)). Random circuits have the same numbers of heads and MLPs.", ""]
+        for task, r in job.faith.items():
+            t = r.table
+            rows = t.to_dict("records")
+            rand = t[t.circuit.str.startswith("random")]
+            out += [f"### {task}", "", _md_table(rows, ["circuit", "n_heads", "n_mlps", "n_edges", "ld_full",
+                                                        "ld_circuit", "ld_ablated", "faithfulness", "normalized"]), ""]
+            if len(rand):
+                out.append(f"Circuit faithfulness {t.faithfulness.iloc[0]:.3f} vs random "
+                           f"{rand.faithfulness.mean():.3f} +/- {rand.faithfulness.std(ddof=0):.3f} "
+                           f"(n={len(rand)}).")
+            if task in job.sweeps:
+                out += ["", "Faithfulness against circuit size (nodes of the top-k edges):", "",
+                        _md_table(job.sweeps[task].table.to_dict("records"),
+                                  ["circuit", "n_heads", "n_mlps", "n_edges", "ld_circuit", "faithfulness",
+                                   "normalized"])]
+            heads = sorted(job.circuits[task].nodes_of("head"), key=lambda n: tuple(map(int, n[1:].split(".H"))))
+            out += ["", f"Circuit heads ({len(heads)}): " + ", ".join(heads), ""]
+    if job.compare:
+        out += ["## Circuit comparison", ""]
+        for r in job.compare:
+            out += [f"### {r.name}", "", _md_table(r.table.to_dict("records"),
+                                                   ["what", "cls", "n_a", "n_b", "intersection", "union", "jaccard",
+                                                    "overlap"]), ""]
+    skipped = [r for r in job.records if r.status in ("skipped", "failed")]
+    if skipped:
+        out += ["## Missing or failed", ""] + [f"- **{r.name}** {r.status}: {r.note}" for r in skipped] + [""]
+    out += ["## Files", ""] + [f"- `{p.relative_to(job.out) if p.is_relative_to(job.out) else p}`"
+                               for p in sorted(set(job.files))] + ["- `results/` (every Result: parquet + json)", ""]
+    path = job.out / "report.md"
+    atomic_write_bytes(path, "\n".join(out).encode())
+    return path

@@ -1,0 +1,193 @@
+"""Write the tutorial notebooks (``python notebooks/make_notebooks.py``).
+
+The notebooks are generated from the cell lists below so they stay reviewable as code;
+``tests/test_notebooks.py`` executes each one top to bottom on the bundled model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
+HERE = Path(__file__).resolve().parent
+
+SETUP = """import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import torch
+torch.set_num_threads(2)
+from interp import load_model
+model = load_model("smollm2")     # bundled SmolLM2-135M-Instruct, offline
+model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model"""
+
+NOTEBOOKS: dict[str, list[tuple[str, str]]] = {
+    "quickstart": [
+        ("md", "# interp quickstart\n\nLoad the bundled model, cache activations, run one analysis that returns a "
+               "`Result`, and put its evidence into a circuit graph with an offline explorer."),
+        ("code", SETUP),
+        ("md", "## Tokenize and run\n`tokenize` right-pads and keeps lengths; `batch.last` is each prompt's last token."),
+        ("code", """from interp import tokenize
+batch = tokenize(model, ["The Eiffel Tower is located in the city of", "When Mary and John went to the store, John gave a drink to"])
+with torch.inference_mode():
+    logits = model(batch.tokens)
+last = logits[torch.arange(len(batch)), batch.last]
+[model.tokenizer.decode(int(i)) for i in last.argmax(-1)]"""),
+        ("md", "## Cache activations\nOnly the requested sites are kept; the store can live on disk as safetensors shards."),
+        ("code", """from interp import Site
+from interp.cache import collect
+store = collect(model, list(batch.texts), "resid_post", progress=False)
+store[Site("resid_post", 3)].shape"""),
+        ("md", "## One analysis, one Result\nAttribution patching (AtP) on a few IOI prompts: a tidy table, one row per node."),
+        ("code", """from interp.datasets import ioi_dataset
+from interp.patching import attribution_patching, AttributionConfig
+ds = ioi_dataset(model, n=8, seed=0)
+atp = attribution_patching(model, ds, AttributionConfig(components=("z", "mlp_out")))
+atp.table.sort_values("value", key=abs, ascending=False).head(8)[["node", "value"]]"""),
+        ("md", "## Into a circuit graph\nEvery node keeps the rows of the Results that mention it."),
+        ("code", """from interp.graph import CircuitGraph
+g = CircuitGraph(name="quickstart").add_result(atp)
+top = g.prune(top_k_nodes=12, kinds=["head", "mlp"])
+top"""),
+        ("code", """top.show(height=420)   # the explorer page, inline (also: top.to_html("quickstart.html"))"""),
+    ],
+    "ioi_circuit": [
+        ("md", "# The IOI circuit of SmolLM2-135M\n\nEdge attribution patching finds candidate edges; the circuit is "
+               "the nodes of the strongest edges; its faithfulness (heads outside it mean-ablated) is compared "
+               "with random circuits of the same size. The full job is `interp run analyses/ioi_circuit.toml`."),
+        ("code", SETUP),
+        ("code", """from interp.datasets import ioi_dataset
+ds = ioi_dataset(model, n=12, seed=0)
+ds.clean[0], ds.answers[0], ds.counterfactuals[0]"""),
+        ("md", "## Node scores (AtP) and edge scores (EAP)"),
+        ("code", """from interp.patching import attribution_patching, edge_attribution_patching, AttributionConfig
+cfg = AttributionConfig(components=("z", "mlp_out"), metric="logit_diff_norm")
+atp = attribution_patching(model, ds, cfg)
+eap = edge_attribution_patching(model, ds, cfg)
+len(atp.table), len(eap.table)"""),
+        ("md", "## Graph and circuit"),
+        ("code", """from interp.graph import CircuitGraph, prune
+g = CircuitGraph(name="ioi").add_result(atp).add_result(eap, top_k=1000)
+circuit = prune(g, top_k_edges=100)
+circuit.nx.graph["name"] = "ioi_circuit"
+circuit"""),
+        ("code", """from interp.plots import export
+fig = circuit.figure(title="IOI circuit (SmolLM2-135M)")
+fig"""),
+        ("md", "## Faithfulness vs random circuits of the same size"),
+        ("code", """from interp.graph import random_baseline
+faith = random_baseline(model, circuit, ds.subset(range(8)), n_samples=2)
+faith.table[["circuit", "n_heads", "n_mlps", "ld_full", "ld_circuit", "ld_ablated", "faithfulness", "normalized"]]"""),
+        ("code", """import tempfile, pathlib
+out = pathlib.Path(tempfile.mkdtemp())
+paths = [circuit.to_json(out / "ioi.json"), circuit.to_graphml(out / "ioi.graphml"), circuit.to_html(out / "ioi.html")]
+[p.name for p in paths]"""),
+        ("code", "circuit.show(height=520)"),
+    ],
+    "sinks": [
+        ("md", "# Attention sinks, massive activations and dormant heads\n\nStreaming statistics over two prompt "
+               "domains; the Results flag heads and layers in the circuit graph."),
+        ("code", SETUP),
+        ("code", """from pathlib import Path
+import interp
+from interp.datasets import load_prompts
+root = Path(interp.__file__).resolve().parents[1] / "data" / "prompts"
+domains = {d: load_prompts(root / f"{d}.txt")[:6] for d in ("prose", "code")}
+{k: len(v) for k, v in domains.items()}"""),
+        ("code", """from interp.sinks import analyze, AnalysisConfig
+results = {r.kind: r for r in analyze(model, domains, AnalysisConfig(max_len=48, run_interventions=False))}
+sorted(results)"""),
+        ("code", """heads = results["sinks.heads"].table
+print(f"heads with a first-token sink: {int(heads.is_sink.sum())} of {len(heads)}")
+results["massive.layers"].table.query("is_massive").head()"""),
+        ("code", """results["sinks.heads"].figure()"""),
+        ("code", """from interp.graph import CircuitGraph
+g = CircuitGraph(name="sinks")
+for kind in ("sinks.heads", "sinks.dormancy", "massive.layers"):
+    if kind in results:
+        g.add_result(results[kind])
+print(len(g.nodes), "nodes;", sum("sink" in g.node(n)["flags"] for n in g.nodes), "flagged as sinks;",
+      "massive layers:", sorted(int(k) for k, v in g.layers.items() if "massive" in v["flags"]))"""),
+    ],
+    "sae": [
+        ("md", "# A small SAE on attention outputs\n\nCapture `hook_z` (heads concatenated) of one layer on the "
+               "bundled prompts, train a tiny TopK SAE with SAE-Lens, inspect its features and attribute them to "
+               "heads (direct feature attribution); the features join the circuit graph with their top examples."),
+        ("code", SETUP),
+        ("code", """from pathlib import Path
+import interp
+from interp import Site, tokenize
+from interp.datasets import load_prompts
+root = Path(interp.__file__).resolve().parents[1] / "data" / "prompts"
+texts = load_prompts(root / "prose.txt") + load_prompts(root / "code.txt")
+tb = tokenize(model, texts, max_len=64)
+site = Site("z", 6)
+tb.tokens.shape"""),
+        ("code", """from interp.sae import capture_activations, ActivationBatches, SAETrainConfig, train_sae
+acts = capture_activations(model, tb.tokens, [site], lengths=tb.lengths)[site]
+cfg = SAETrainConfig(architecture="topk", k=16, expansion=2, training_tokens=40_000, batch_size=256)
+trained = train_sae(ActivationBatches.from_tensor(acts, batch_size=256), cfg, site=site, model=model,
+                    model_name="smollm2")
+acts.shape, trained.history.table.tail(1)"""),
+        ("code", """from interp.sae import analyze_features, FeatureConfig, direct_feature_attribution
+fa = analyze_features(model, trained.sae, site, tb.tokens, FeatureConfig(n_examples=5))
+top = fa.features.table.sort_values("max_act", ascending=False).head(5)
+top[["feature", "density", "max_act", "top_tokens"]]"""),
+        ("code", """dfa = direct_feature_attribution(model, trained.sae, site, tb.tokens, features=[int(f) for f in top.feature])
+dfa.table.sort_values("value", key=abs, ascending=False).head(8)[["feature", "node", "value"]]"""),
+        ("code", """from interp.graph import CircuitGraph
+g = CircuitGraph(name="sae features").add_result(dfa).add_result(fa.features).add_result(fa.examples)
+g.show(height=480)"""),
+    ],
+    "steering": [
+        ("md", "# Steering axes\n\nA sentiment axis as the difference of means of the residual stream on "
+               "positive and negative sentences, a probe for comparison, and steering with a perplexity control."),
+        ("code", SETUP),
+        ("code", """from importlib import resources
+rows = [l.rstrip("\\n").split("\\t") for l in resources.files("interp").joinpath("data/steering/sentiment.tsv")
+        .read_text().splitlines() if l and not l.startswith("#")]
+pos = [t for lab, _, t in rows if lab == "1"][:16]
+neg = [t for lab, _, t in rows if lab == "0"][:16]
+neutral = resources.files("interp").joinpath("data/steering/neutral.txt").read_text().splitlines()[:4]
+len(pos), len(neg)"""),
+        ("code", """from interp import Site
+from interp.steering import residual_activations, contrast_axis, probe_axis, axes_result
+layers = [6, 12, 18]
+acts = residual_activations(model, pos + neg, layers)
+labels = [1] * len(pos) + [0] * len(neg)
+axes = [contrast_axis(acts[l][: len(pos)], acts[l][len(pos):], site=Site("resid_post", l), name="sentiment",
+                      model="smollm2") for l in layers]
+probes = [probe_axis(acts[l], labels, site=Site("resid_post", l), name="sentiment-probe", model="smollm2") for l in layers]
+axes_result(axes + probes).table[["name", "method", "layer", "node", "norm", "accuracy"]]"""),
+        ("code", """from interp.steering import sweep
+res = sweep(model, axes[1:2], [0.0, 1.0, 2.0], ["I think this movie is", "Honestly, the food was"],
+            targets=[" great", " good", " wonderful"], neutral=neutral, negatives=[" bad", " terrible", " awful"],
+            progress=False)
+res.table[["layer", "alpha", "target_prob", "negative_prob", "perplexity"]]"""),
+        ("code", """from interp.steering import generate, steer_factory
+prompt = "I watched the movie last night and it was"
+{"plain": generate(model, prompt, max_new_tokens=8)[0],
+ "steered": generate(model, prompt, max_new_tokens=8, steer=steer_factory(model, axes[1], 2.0))[0]}"""),
+        ("code", """from interp.graph import CircuitGraph
+g = CircuitGraph(name="steering").add_result(axes_result(axes + probes))
+{layer: info["flags"] for layer, info in g.layers.items()}"""),
+    ],
+}
+
+
+def build(name: str) -> nbformat.NotebookNode:
+    nb = new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [new_markdown_cell(src) if kind == "md" else new_code_cell(src) for kind, src in NOTEBOOKS[name]]
+    return nb
+
+
+def main() -> None:
+    for name in NOTEBOOKS:
+        path = HERE / f"{name}.ipynb"
+        nbformat.write(build(name), path)
+        print("wrote", path)
+
+
+if __name__ == "__main__":
+    main()
