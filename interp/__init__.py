@@ -30,7 +30,15 @@ _EXPORTS = {
     "run_capture": "interp.hooks",
     "collect": "interp.cache", "ActivationStore": "interp.cache",
     "Result": "interp.results", "RunMeta": "interp.results", "load_results": "interp.results",
+    "Axis": "interp.steering", "load_axis": "interp.steering", "steered": "interp.steering",
     "export": "interp.plots", "THEME": "interp.plots",
+    "CircuitGraph": "interp.graph", "load_graph": "interp.graph",
+    "causal_trace": "interp.tracing", "TracingConfig": "interp.tracing",
+    "activation_patching": "interp.patching", "PatchConfig": "interp.patching", "path_patching": "interp.patching",
+    "PathConfig": "interp.patching", "attribution_patching": "interp.patching",
+    "edge_attribution_patching": "interp.patching", "AttributionConfig": "interp.patching",
+    "ioi_dataset": "interp.datasets", "facts_dataset": "interp.datasets", "known_facts": "interp.datasets",
+    "colored_objects_dataset": "interp.datasets",
 }
 
 __all__ = sorted(_EXPORTS)

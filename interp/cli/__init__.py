@@ -11,8 +11,8 @@ import importlib
 
 import typer
 
-EPILOG = """Examples:
-
+EPILOG = """\b
+Examples:
   interp models                                         # what can be loaded here
   interp cache smollm2 --prompts data/prompts/prose.txt --sites resid_post,pattern --out out/cache
   interp run analyses/ioi_circuit.toml                  # the main job (README)
@@ -28,7 +28,7 @@ def _root() -> None:
 
 
 # One module per command family; each defines register(app).
-COMMAND_MODULES = ["models", "cache"]
+COMMAND_MODULES = ["models", "cache", "sinks", "sae", "run", "steering", "gate", "trace", "patch"]
 
 
 def _register_all() -> None:
