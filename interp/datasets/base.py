@@ -14,11 +14,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from interp.errors import DataError
 
-__all__ = ["TaskDataset", "TaskBatch", "load_prompts"]
+__all__ = ["TaskDataset", "TaskBatch", "load_prompts", "iter_jsonl"]
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,21 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
 
 
+def iter_jsonl(text: str, where: str) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line number, parsed row)`` of JSONL text, skipping blank lines.
+
+    Raises:
+        DataError: a line that is not valid JSON, naming ``where`` and the line.
+    """
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield n, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}:{n}: not valid JSON ({e.msg})") from e
+
+
 def load_prompts(path: str | Path) -> list[str]:
     """Read prompts: a text file with one prompt a line, or JSONL with a ``"prompt"`` or ``"text"`` key.
 
@@ -174,13 +190,7 @@ def load_prompts(path: str | Path) -> list[str]:
     text = _read_text(path)
     if path.suffix in (".jsonl", ".json"):
         prompts = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+        for n, row in iter_jsonl(text, str(path)):
             p = row.get("prompt", row.get("text")) if isinstance(row, dict) else row if isinstance(row, str) else None
             if not isinstance(p, str):
                 raise DataError(f"{path}:{n}: expected a string or an object with a 'prompt' or 'text' key")

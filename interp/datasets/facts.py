@@ -21,14 +21,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import random
 import warnings
 from pathlib import Path
 from typing import Any
 
 from interp.datasets._align import char_span_to_tokens, single_token_id, task_data_text
-from interp.datasets.base import TaskDataset, _read_text
+from interp.datasets.base import TaskDataset, _read_text, iter_jsonl
 from interp.errors import ConfigError, DataError
 
 __all__ = ["load_facts", "facts_dataset", "known_facts"]
@@ -49,15 +48,9 @@ def load_facts(path: str | Path | None = None) -> list[dict[str, Any]]:
     text = task_data_text("facts.jsonl") if path is None else _read_text(Path(path))
     where = "facts.jsonl (bundled)" if path is None else str(path)
     facts = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}:{n}: not valid JSON ({e.msg})") from e
+    for n, row in iter_jsonl(text, where):
         if not isinstance(row, dict) or any(not isinstance(row.get(k), str) or not row.get(k) for k in _KEYS):
-            raise DataError(f"{where}:{n}: expected an object with string keys {_KEYS}, got {line[:80]!r}")
+            raise DataError(f"{where}:{n}: expected an object with string keys {_KEYS}, got {str(row)[:80]!r}")
         if row["subject"] not in row["prompt"]:
             raise DataError(f"{where}:{n}: subject {row['subject']!r} does not occur in prompt {row['prompt']!r}")
         facts.append({"prompt": row["prompt"], "subject": row["subject"], "answer": row["answer"],
