@@ -34,3 +34,17 @@ def test_bad_export_suffix(tmp_path):
 def test_diverging_heatmap_is_centred():
     fig = heatmap(np.array([[-1.0, 3.0]]), diverging=True)
     assert fig.data[0].zmid == 0 and fig.data[0].zmin == -3 and fig.data[0].zmax == 3
+
+
+def test_figure_dispatch_by_kind_and_empty_results():
+    import pandas as pd
+
+    from interp.results import Result
+
+    with pytest.raises(ConfigError, match="Did you mean 'sinks.heads'"):
+        Result("sinks.haeds", pd.DataFrame({"x": [1]})).figure()
+    fig = Result("sinks.heads", pd.DataFrame(columns=["layer", "head", "alpha_first"])).figure()
+    assert fig.layout.annotations[0].text == "no data"
+    lens = Result("steering.lens", pd.DataFrame({"task": ["a", "a"], "layer": [0, 1], "decode_acc": [0.1, 0.5],
+                                                 "steer_acc": [0.2, 0.4]})).figure()
+    assert len(fig.data) == 0 and len(lens.data) > 0

@@ -78,8 +78,12 @@ class Mean:
         self._sum: dict[Site, torch.Tensor] = {}
         self._n: dict[Site, int] = {}
 
+    def per_token(self, x: torch.Tensor) -> torch.Tensor:
+        """The quantity averaged, per real token: ``[n_tokens, *rest]`` -> ``[n_tokens, ...]``."""
+        return x
+
     def update(self, site: Site, acts: torch.Tensor, mask: torch.Tensor, prompt_ids: torch.Tensor) -> None:
-        x = real_tokens(acts, mask).double()
+        x = self.per_token(real_tokens(acts, mask).double())
         s = x.sum(0)
         self._sum[site] = self._sum[site] + s if site in self._sum else s
         self._n[site] = self._n.get(site, 0) + x.shape[0]
@@ -89,26 +93,14 @@ class Mean:
         return {s: self._sum[s] / self._n[s] for s in self.sites if s in self._sum}
 
 
-class MeanNorm:
+class MeanNorm(Mean):
     """Running mean of the L2 norm over the last dim (``d_model``, ``d_head`` ...) over real tokens.
 
     ``result()[site]`` is a scalar for ``resid_post``, ``[head]`` for ``z``.
     """
 
-    def __init__(self, sites: Iterable[Site | str] | Site | str) -> None:
-        self.sites = _sites(sites)
-        self._sum: dict[Site, torch.Tensor] = {}
-        self._n: dict[Site, int] = {}
-
-    def update(self, site: Site, acts: torch.Tensor, mask: torch.Tensor, prompt_ids: torch.Tensor) -> None:
-        x = real_tokens(acts, mask).double()
-        s = x.norm(dim=-1).sum(0)
-        self._sum[site] = self._sum[site] + s if site in self._sum else s
-        self._n[site] = self._n.get(site, 0) + x.shape[0]
-
-    def result(self) -> dict[Site, torch.Tensor]:
-        """``{site: mean norm}`` float64."""
-        return {s: self._sum[s] / self._n[s] for s in self.sites if s in self._sum}
+    def per_token(self, x: torch.Tensor) -> torch.Tensor:
+        return x.norm(dim=-1)
 
 
 @dataclass(frozen=True)

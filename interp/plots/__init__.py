@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 from interp.errors import ConfigError, nearest
 
-__all__ = ["Theme", "THEME", "figure", "heatmap", "lines", "export", "apply_theme"]
+__all__ = ["Theme", "THEME", "figure", "dispatch", "empty_figure", "heatmap", "lines", "export", "apply_theme"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,28 @@ def lines(x: Sequence[Any], series: dict[str, Sequence[float]], *, x_title: str 
     if log_y:
         fig.update_yaxes(type="log")
     return apply_theme(fig, width=width, height=height)
+
+
+def empty_figure(title: str) -> Any:
+    """A themed placeholder saying "no data" (for Results with no rows)."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    fig.add_annotation(text="no data", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title)
+    return apply_theme(fig)
+
+
+def dispatch(result: Any, plots: dict[str, Any], what: str, **kwargs: Any) -> Any:
+    """Call ``plots[result.kind](result, **kwargs)``; a kind without a plot gets the nearest kinds named.
+
+    The family modules' ``plot`` functions are this call with their own table of kinds.
+    """
+    fn = plots.get(result.kind)
+    if fn is None:
+        raise ConfigError(f"no {what} figure for Result kind {result.kind!r}.{nearest(result.kind, plots)} "
+                          f"Known: {', '.join(plots)}")
+    return fn(result, **kwargs)
 
 
 def figure(result: Any, **kwargs: Any) -> Any:

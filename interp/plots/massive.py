@@ -13,19 +13,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.errors import ConfigError
-from interp.plots import THEME, apply_theme, lines
+from interp.plots import THEME, apply_theme, dispatch, lines
+from interp.plots import empty_figure as _empty
 
 __all__ = ["plot"]
 
-
-def _empty(title: str) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_annotation(text="no data", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(title=title)
-    return apply_theme(fig)
 
 
 def _layers(result: Any, **kw: Any) -> Any:
@@ -69,7 +61,4 @@ _PLOTS = {"massive.layers": _layers, "massive.dims": _dims}
 
 def plot(result: Any, **kwargs: Any) -> Any:
     """The figure of a ``massive.*`` Result."""
-    fn = _PLOTS.get(result.kind)
-    if fn is None:
-        raise ConfigError(f"no massive-activation figure for kind {result.kind!r}; known: {', '.join(_PLOTS)}")
-    return fn(result, **kwargs)
+    return dispatch(result, _PLOTS, "massive-activation", **kwargs)

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from interp.errors import ConfigError
-from interp.plots import THEME, apply_theme, heatmap, lines
+from interp.plots import THEME, apply_theme, dispatch, heatmap, lines
+from interp.plots import empty_figure as _empty
 
 __all__ = ["plot"]
 
@@ -33,14 +33,6 @@ def _grid(table: Any, value: str) -> tuple[np.ndarray, list[int], list[int]]:
         z[layers.index(r.layer), heads.index(r.head)] = getattr(r, value)
     return z, layers, heads
 
-
-def _empty(title: str) -> Any:
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    fig.add_annotation(text="no data", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
-    fig.update_layout(title=title)
-    return apply_theme(fig)
 
 
 def _heads(result: Any, **kw: Any) -> Any:
@@ -153,9 +145,4 @@ _PLOTS = {"sinks.heads": _heads, "sinks.layers": _layers, "sinks.secondary": _se
 
 def plot(result: Any, **kwargs: Any) -> Any:
     """The figure of a ``sinks.*`` Result (see the module docstring for each kind)."""
-    fn = _PLOTS.get(result.kind)
-    if fn is None:
-        from interp.errors import nearest
-
-        raise ConfigError(f"no sinks figure for kind {result.kind!r}.{nearest(result.kind, _PLOTS)}")
-    return fn(result, **kwargs)
+    return dispatch(result, _PLOTS, "sinks", **kwargs)

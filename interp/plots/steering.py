@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.errors import ConfigError
+from interp.plots import dispatch
 
 __all__ = ["plot"]
 
@@ -116,13 +116,10 @@ def _cylinder(t: Any, **kw: Any) -> Any:
 _KINDS = {"steering.probe": _probe, "steering.sweep": _sweep, "steering.lens": _lens,
           "steering.projection": _projection, "steering.fv": _fv, "steering.fv_sweep": _fv_sweep,
           "steering.axes": _axes, "steering.cylinder": _cylinder}
+# The drawing functions take the table; dispatch hands them the Result.
+_BY_KIND = {kind: (lambda result, _fn=fn, **kw: _fn(result.table, **kw)) for kind, fn in _KINDS.items()}
 
 
 def plot(result: Any, **kw: Any) -> Any:
     """Figure of a ``steering.*`` Result (see the module docstring for the kinds)."""
-    fn = _KINDS.get(result.kind)
-    if fn is None:
-        from interp.errors import nearest
-
-        raise ConfigError(f"no steering figure for kind {result.kind!r}.{nearest(result.kind, _KINDS)}")
-    return fn(result.table, **kw)
+    return dispatch(result, _BY_KIND, "steering", **kw)
