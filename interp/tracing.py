@@ -14,7 +14,9 @@ corrupted rows at chosen (site, token) pairs:
 Total effect ``TE = p_clean - p_corrupt``; indirect effect of a site
 ``IE = p_restored - p_corrupt``. Many restorations share one forward pass: rows =
 restorations x noise copies, ``batch_size`` rows a pass (the noise copies are the same
-for every restoration, as in ROME). Logits are computed at the last position only.
+for every restoration, as in ROME). A restoration's rows join the pass at its first
+restored layer (the layers before it are the corrupted run, computed once per pass), and
+logits are computed at the last position only.
 
 Results: ``tracing.grid`` (one row per fact x site kind x token x layer) and
 ``tracing.summary`` (one row per fact).
@@ -202,7 +204,9 @@ def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int]
         clean: ``{site: [pos, d_model]}`` clean activations of every site restored.
         batch_size: rows per forward pass (a pass holds ``batch_size // n_samples``
             restorations, at least one).
-        fast: compute logits from ``ln_final`` at the last position only.
+        fast: compute logits from ``ln_final`` at the last position only; then the
+            corrupted rows are also *grown*: copies are appended at each restoration's
+            first layer, so the layers before it run once per pass, not once per restoration.
         progress: optional tqdm bar, advanced by one per restoration.
 
     Returns:
@@ -211,26 +215,82 @@ def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int]
     n_s = noise.shape[0]
     last = tokens.shape[0] - 1
     per_pass = max(1, batch_size // n_s)
-    out = []
-    for lo in range(0, len(restorations), per_pass):
-        chunk = restorations[lo:lo + per_pass]
-        n_rows = len(chunk) * n_s
-        rows = torch.arange(n_rows)
-        hooks: list = [(Site("embed"), _noise_hook(noise, rows, rows % n_s, subject, replace))]
-        by_site: dict[Site, tuple[list[int], list[int]]] = {}
-        for k, rest in enumerate(chunk):
-            for site, tok in rest:
-                r, t = by_site.setdefault(site, ([], []))
-                r.extend(range(k * n_s, (k + 1) * n_s))
-                t.extend([tok] * n_s)
-        for site, (r, t) in sorted(by_site.items()):
-            hooks.append((site, _restore_hook(clean[site], torch.tensor(r), torch.tensor(t))))
-        logits = _last_logits(model, tokens[None].expand(n_rows, -1), last, hooks, fast)
-        p = logits.softmax(-1)[:, answer_id].view(len(chunk), n_s).mean(1)
-        out.append(p.cpu())
+    grow = fast and all(s.layer is not None and s.component != "resid_pre" for r in restorations for s, _ in r)
+    # growing passes append each restoration's rows at its first layer: sort by it, unsort at the end
+    order = sorted(range(len(restorations)), key=lambda k: _first_layer(restorations[k])) if grow \
+        else list(range(len(restorations)))
+    out = torch.zeros(len(restorations))
+    for lo in range(0, len(order), per_pass):
+        idx = order[lo:lo + per_pass]
+        chunk = [restorations[k] for k in idx]
+        if grow:
+            p = _grown_pass(model, tokens, subject, answer_id, noise, chunk, clean, replace)
+        else:
+            p = _replicated_pass(model, tokens, subject, answer_id, noise, chunk, clean, replace, fast)
+        out[idx] = p.cpu()
         if progress is not None:
             progress.update(len(chunk))
-    return torch.cat(out) if out else torch.zeros(0)
+    return out
+
+
+def _first_layer(rest: Restoration) -> int:
+    return min((s.layer for s, _ in rest), default=-1)
+
+
+def _restore_hooks(chunk: Sequence[Restoration], blocks: Sequence[int], n_s: int,
+                   clean: dict[Site, torch.Tensor]) -> list:
+    """Restoration hooks writing clean activations into block ``blocks[k]`` (rows ``blocks[k] * n_s ...``)."""
+    by_site: dict[Site, tuple[list[int], list[int]]] = {}
+    for k, rest in enumerate(chunk):
+        for site, tok in rest:
+            r, t = by_site.setdefault(site, ([], []))
+            r.extend(range(blocks[k] * n_s, (blocks[k] + 1) * n_s))
+            t.extend([tok] * n_s)
+    return [(site, _restore_hook(clean[site], torch.tensor(r), torch.tensor(t))) for site, (r, t) in sorted(by_site.items())]
+
+
+def _replicated_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int, noise: torch.Tensor,
+                     chunk: Sequence[Restoration], clean: dict[Site, torch.Tensor], replace: bool,
+                     fast: bool) -> torch.Tensor:
+    """One pass with every restoration's rows replicated from the embedding on."""
+    n_s = noise.shape[0]
+    n_rows = len(chunk) * n_s
+    rows = torch.arange(n_rows)
+    hooks: list = [(Site("embed"), _noise_hook(noise, rows, rows % n_s, subject, replace))]
+    hooks += _restore_hooks(chunk, range(len(chunk)), n_s, clean)
+    logits = _last_logits(model, tokens[None].expand(n_rows, -1), tokens.shape[0] - 1, hooks, fast)
+    return logits.softmax(-1)[:, answer_id].view(len(chunk), n_s).mean(1)
+
+
+def _grown_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int, noise: torch.Tensor,
+                chunk: Sequence[Restoration], clean: dict[Site, torch.Tensor], replace: bool) -> torch.Tensor:
+    """One pass in which the ``n_s`` corrupted rows (block 0) run alone until a restoration's first
+    layer, where copies of them are appended for it (``chunk`` sorted by first layer): the layers
+    before a restoration are computed once, not once per restoration. ``()`` uses block 0."""
+    from interp.patching._run import last_hidden
+    from interp.patching.metrics import final_logits
+
+    n_s = noise.shape[0]
+    base = torch.arange(n_s)
+    hooks: list = [(Site("embed"), _noise_hook(noise, base, base, subject, replace))]
+    blocks, n_blocks, grow_at = [], 1, {}
+    for rest in chunk:
+        if rest:
+            layer = _first_layer(rest)
+            grow_at[layer] = grow_at.get(layer, 0) + 1
+            blocks.append(n_blocks)
+            n_blocks += 1
+        else:
+            blocks.append(0)
+    for layer, count in grow_at.items():
+        def expand(act: torch.Tensor, site: Site, count: int = count) -> torch.Tensor:
+            return torch.cat([act, act[:n_s].repeat(count, *([1] * (act.dim() - 1)))])
+        hooks.append((Site("resid_pre", layer), expand))
+    hooks += _restore_hooks(chunk, blocks, n_s, clean)
+    last = torch.full((n_s,), tokens.shape[0] - 1)
+    hid = last_hidden(model, tokens[None].expand(n_s, -1), last, hooks, grow=True)
+    p = final_logits(model, hid).float().softmax(-1)[:, answer_id].view(n_blocks, n_s).mean(1)
+    return p[torch.tensor(blocks, dtype=torch.long)]
 
 
 def _token_set(mode: str, n: int, a: int, b: int) -> list[int]:

@@ -169,17 +169,18 @@ def test_batched_sweep_equals_naive_loop_gpt2(toy_gpt2):
 # ---------------------------------------------------------------- metric sanity
 
 def test_normalized_metric_everything_is_one_nothing_is_zero(toy_llama):
+    # tolerance 1e-5: the patched passes and the baselines batch rows differently (float32 summation order)
     ds = _toy_ds(toy_llama)
     res = activation_patching(toy_llama, ds, PatchConfig(component="resid_pre", positions="all", layers=(0,)))
-    assert res.table.query("metric == 'logit_diff_norm'")["value"].item() == pytest.approx(1.0, abs=1e-6)
-    assert res.table.query("metric == 'kl'")["value"].item() == pytest.approx(0.0, abs=1e-6)
+    assert res.table.query("metric == 'logit_diff_norm'")["value"].item() == pytest.approx(1.0, abs=1e-5)
+    assert res.table.query("metric == 'kl'")["value"].item() == pytest.approx(0.0, abs=1e-5)
     noise = activation_patching(toy_llama, ds, PatchConfig(component="resid_pre", positions="all", layers=(0,),
                                                             direction="noising"))
-    assert noise.table.query("metric == 'logit_diff_norm'")["value"].item() == pytest.approx(0.0, abs=1e-6)
+    assert noise.table.query("metric == 'logit_diff_norm'")["value"].item() == pytest.approx(0.0, abs=1e-5)
     # position 0 (BOS) and the first tokens are identical in clean and corrupted: patching them changes nothing
     each = activation_patching(toy_llama, ds, PatchConfig(component="resid_pre", layers=(1,))).table
     v0 = each.query("metric == 'logit_diff_norm' and pos == 0")["value"].item()
-    assert v0 == pytest.approx(0.0, abs=1e-6)
+    assert v0 == pytest.approx(0.0, abs=1e-5)
     assert res.meta.extra["ld_clean"] != res.meta.extra["ld_corr"]
 
 

@@ -5,8 +5,9 @@ activations and the baselines; then many patches run per forward pass, each patc
 block of ``B`` extra batch rows (one per prompt). With ``grow_batch`` (default) a
 patch's rows are *appended at its layer* by a hook, so the layers before the patch
 run once for all patches of a chunk instead of once per patch; chunks bound the rows
-of one pass (``max_rows``). The forward pass stops at ``ln_final`` and only the last
-real token is unembedded.
+of one pass (``max_rows``). Prompts run in groups of equal real length, each cut to
+that length, so no pass computes right padding (``bucket_lengths``). The forward pass
+stops at ``ln_final`` and only the last real token is unembedded.
 
 Sites: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out`` per (layer, position)
 or over all positions; ``z`` (head outputs) per (layer, head) over all positions or
@@ -69,6 +70,9 @@ class PatchConfig:
         max_rows: most batch rows in one forward pass (bounds memory).
         grow_batch: append each patch's rows at its own layer (skips recomputing the
             layers before it); ``False`` replicates the prompts from the start.
+        bucket_lengths: run prompts of each real length as their own group, cut to that
+            length (no pass computes right padding; patches of absolute positions past a
+            group's length are the unpatched run and cost nothing).
         progress: show a tqdm bar over forward passes.
     """
 
@@ -80,6 +84,7 @@ class PatchConfig:
     heads: tuple[int, ...] | None = None
     max_rows: int = 1024
     grow_batch: bool = True
+    bucket_lengths: bool = True
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -119,26 +124,44 @@ class Patch:
 
 
 def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counter | None = None,
-                 *, with_logp: bool = True) -> tuple[Baseline, dict[Site, torch.Tensor]]:
+                 *, with_logp: bool = True, buckets: list[tuple[torch.Tensor, int]] | None = None,
+                 ) -> tuple[Baseline, dict[Site, torch.Tensor]]:
     """Clean and corrupted side by side in one pass: baselines and source activations.
+
+    With ``buckets`` (from :meth:`PairData.length_buckets`) each group of prompts runs
+    cut to its length, one pass per group, so the baselines carry exactly the numerics
+    of the patched runs of those groups; activations past a prompt's length are zero.
 
     Returns:
         (baseline, acts) where ``acts[site]`` is ``[2B, ...]`` (clean rows first).
     """
     n_b = len(pairs)
+    groups = buckets or [(torch.arange(n_b), int(pairs.clean.shape[1]))]
     acts: dict[Site, torch.Tensor] = {}
+    stats: dict[str, torch.Tensor] = {}
+    logp_clean = torch.empty(0)
+    for idx, n_pos in groups:
+        sub, k = pairs.subset(idx, n_pos), len(idx)
 
-    def keep(a: torch.Tensor, s: Site) -> None:
-        acts[s] = a.detach().clone()
+        def keep(a: torch.Tensor, s: Site) -> None:
+            if s not in acts:
+                acts[s] = a.new_zeros((2 * n_b, pairs.clean.shape[1], *a.shape[2:]))
+            acts[s][idx, :n_pos] = a[:k]
+            acts[s][idx + n_b, :n_pos] = a[k:]
 
-    tokens = torch.cat([pairs.clean, pairs.corrupted])
-    with torch.inference_mode():
-        hid = last_hidden(model, tokens, pairs.last, [(s, keep) for s in sites], grow=False, counter=counter)
-        logits = final_logits(model, hid)
-        st = row_stats(logits, pairs, None)
-        logp_clean = torch.log_softmax(logits[:n_b].float(), -1) if with_logp else torch.empty(0)
-    base = Baseline(ld_clean=st["ld"][:n_b], ld_corr=st["ld"][n_b:], p_clean=st["prob"][:n_b],
-                    p_corr=st["prob"][n_b:], logp_clean=logp_clean)
+        tokens = torch.cat([sub.clean, sub.corrupted])
+        with torch.inference_mode():
+            hid = last_hidden(model, tokens, sub.last, [(s, keep) for s in sites], grow=False, counter=counter)
+            logits = final_logits(model, hid)
+            for name, v in row_stats(logits, sub, None).items():
+                stats.setdefault(name, v.new_empty(2 * n_b))[torch.cat([idx, idx + n_b])] = v
+            if with_logp:
+                lp = torch.log_softmax(logits[:k].float(), -1)
+                if not logp_clean.numel():
+                    logp_clean = lp.new_empty(n_b, lp.shape[1])
+                logp_clean[idx] = lp
+    base = Baseline(ld_clean=stats["ld"][:n_b], ld_corr=stats["ld"][n_b:], p_clean=stats["prob"][:n_b],
+                    p_corr=stats["prob"][n_b:], logp_clean=logp_clean)
     base.check(pairs)
     return base, acts
 
@@ -208,6 +231,34 @@ def _chunk_hooks(chunk: list[Patch], component: str, source: dict[int, torch.Ten
     return hooks
 
 
+def _sweep_bucket(model: Any, sub: PairData, receiver: torch.Tensor, patches: list[Patch], config: PatchConfig,
+                  source: dict[int, torch.Tensor], named: dict[str, torch.Tensor], logp_clean: torch.Tensor | None,
+                  counter: Counter, bar: Any) -> dict[str, torch.Tensor]:
+    """Per-row stats ``{name: [n_patches, b]}`` of every patch on one group of prompts.
+
+    ``receiver`` and ``source`` are cut to the group's length; a patch of an absolute
+    position past it changes nothing, so it takes the unpatched block's stats.
+    """
+    n_b, length = len(sub), int(receiver.shape[1])
+    live = [k for k, p in enumerate(patches) if not (isinstance(p.pos, int) and p.pos >= length)]
+    per_chunk = max(1, config.max_rows // n_b - 1)
+    chunks = [live[i:i + per_chunk] for i in range(0, len(live), per_chunk)] or [[]]
+    out: dict[str, torch.Tensor] = {}
+    for chunk in chunks:
+        tokens = receiver if config.grow_batch else receiver.repeat(len(chunk) + 1, 1)
+        hooks = _chunk_hooks([patches[k] for k in chunk], config.component, source, n_b, named, config.grow_batch)
+        hid = last_hidden(model, tokens, sub.last, hooks, grow=config.grow_batch, counter=counter)
+        for name, v in row_stats(final_logits(model, hid), sub, logp_clean).items():
+            if name not in out:  # every patch starts as the unpatched block (block 0)
+                out[name] = v[:n_b].expand(len(patches), n_b).clone()
+            out[name][chunk] = v[n_b:].reshape(len(chunk), n_b)
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.update(len(patches) - len(live))
+    return out
+
+
 def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig()) -> Result:
     """Exact activation patching of every (layer[, head][, position]) of one component.
 
@@ -234,30 +285,36 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
     patches = _patches(model, pairs, config)
     layers = sorted({p.layer for p in patches})
     counter = Counter()
+    buckets = pairs.length_buckets() if config.bucket_lengths else None
     base, acts = run_baseline(model, pairs, [Site(config.component, l) for l in layers], counter,
-                              with_logp="kl" in config.metrics)
+                              with_logp="kl" in config.metrics, buckets=buckets)
     denoise = config.direction == "denoising"
     source = {l: (acts[Site(config.component, l)][:n_b] if denoise else acts[Site(config.component, l)][n_b:])
               for l in layers}
     receiver = pairs.corrupted if denoise else pairs.clean
     named = {k: pairs.named_positions(k) for k in {p.pos for p in patches if isinstance(p.pos, str)}}
-    per_chunk = max(1, config.max_rows // n_b - 1)
-    chunks = [patches[i:i + per_chunk] for i in range(0, len(patches), per_chunk)]
-    values: dict[str, list[torch.Tensor]] = {m: [] for m in config.metrics}
-    bar = chunks
+    logp_clean = base.logp_clean if "kl" in config.metrics else None
+    buckets = buckets or [(torch.arange(n_b), int(pairs.clean.shape[1]))]
+    # per-row stats of every patch, [n_patches, B], filled bucket by bucket
+    stats_all: dict[str, torch.Tensor] = {}
+    bar = None
     if config.progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(chunks, desc=f"patching {config.component}", unit="pass")
+        bar = tqdm(total=len(patches) * len(buckets), desc=f"patching {config.component}", unit="patch")
     with torch.inference_mode():
-        for chunk in bar:
-            tokens = receiver if config.grow_batch else receiver.repeat(len(chunk) + 1, 1)
-            hooks = _chunk_hooks(chunk, config.component, source, n_b, named, config.grow_batch)
-            hid = last_hidden(model, tokens, pairs.last, hooks, grow=config.grow_batch, counter=counter)
-            stats = row_stats(final_logits(model, hid), pairs, base.logp_clean if "kl" in config.metrics else None)
-            stats = {k: v[n_b:] for k, v in stats.items()}  # drop the unpatched block
-            for m, v in block_values(stats, n_b, base, tuple(config.metrics)).items():
-                values[m].append(v)
+        for idx, length in buckets:
+            sub = pairs.subset(idx, length)
+            sub_source = {l: v[idx, :length] for l, v in source.items()}
+            sub_named = {k: v[idx] for k, v in named.items()}
+            stats = _sweep_bucket(model, sub, receiver[idx, :length], patches, config, sub_source, sub_named,
+                                  None if logp_clean is None else logp_clean[idx], counter, bar)
+            for k, v in stats.items():
+                stats_all.setdefault(k, torch.empty(len(patches), n_b, dtype=v.dtype))[:, idx] = v
+    if bar is not None:
+        bar.close()
+    flat = {k: v.reshape(-1) for k, v in stats_all.items()}
+    values = block_values(flat, n_b, base, tuple(config.metrics))
     tokens0 = pairs.clean[0].tolist()
 
     def label(p: Patch) -> str:
@@ -270,7 +327,7 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
     kind = COMPONENT_KIND[config.component]
     rows = []
     for m in config.metrics:
-        vals = torch.cat(values[m]).tolist()
+        vals = values[m].tolist()
         for p, v in zip(patches, vals):
             rows.append({"method": "exact", "direction": config.direction, "metric": m, "component": kind,
                          "site": config.component, "layer": p.layer, "head": -1 if p.head is None else p.head,

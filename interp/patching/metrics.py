@@ -74,6 +74,28 @@ class PairData:
     def __len__(self) -> int:
         return int(self.clean.shape[0])
 
+    def subset(self, idx: torch.Tensor, n_pos: int | None = None) -> "PairData":
+        """The pairs at ``idx`` (a ``[k]`` index tensor), token rows cut to ``n_pos`` positions.
+
+        ``n_pos`` must cover every kept prompt (``> last``); right padding makes the cut
+        exact: no real token attends to a padding position.
+        """
+        n_pos = int(self.clean.shape[1]) if n_pos is None else n_pos
+        if n_pos <= int(self.last[idx].max()):
+            raise ConfigError(f"subset: n_pos {n_pos} cuts real tokens (last position {int(self.last[idx].max())})")
+        keep = idx.tolist()
+        return PairData(self.clean[idx, :n_pos], self.corrupted[idx, :n_pos], self.last[idx], self.answer_ids[idx],
+                        self.counter_ids[idx], tuple(self.texts[i] for i in keep),
+                        tuple(self.corrupted_texts[i] for i in keep), self.dataset.subset(keep))
+
+    def length_buckets(self) -> list[tuple[torch.Tensor, int]]:
+        """Prompts grouped by real length: ``[(idx, n_pos), ...]``, shortest first.
+
+        Patching runs each group cut to its own length, so no pass computes padding.
+        """
+        lengths = self.last + 1
+        return [((lengths == n).nonzero().flatten(), int(n)) for n in torch.unique(lengths).tolist()]
+
     def named_positions(self, key: str) -> torch.Tensor:
         """``[batch]`` per-prompt positions from ``dataset.meta[i][key]`` (e.g. ``"s2_pos"``)."""
         meta = self.dataset.meta
