@@ -94,7 +94,8 @@ def register(app: typer.Typer) -> None:
                 results.append(exact)
         if method == "path":
             results.append(path_patching(m, ds, PathConfig(receivers=tuple(r for r in receivers.split(",") if r),
-                                                           direction=direction, max_rows=max_rows)))
+                                                           direction=direction, max_rows=max_rows,
+                                                           progress=True)))
         elif method in ("atp", "eap", "eap-ig"):
             steps = ig_steps if method == "eap-ig" else 0
             cfg = AttributionConfig(direction=direction, ig_steps=steps,
@@ -112,7 +113,10 @@ def register(app: typer.Typer) -> None:
             if "metric" in t.columns and "logit_diff_norm" in set(t["metric"]):
                 t = t[t["metric"] == "logit_diff_norm"]
             key = "node" if "node" in t.columns else "src"
-            score = (t["value"] - (1.0 if t["direction"].iloc[0] == "noising" and r.kind == "patching.nodes" else 0.0))
+            # exact and path values are normalised metrics (noising: 1 = unchanged); attributions are effects
+            exact_like = r.kind == "patching.nodes" and set(t.get("method", ["exact"])) == {"exact"} \
+                or set(t.get("method", [])) == {"path"}
+            score = t["value"] - (1.0 if t["direction"].iloc[0] == "noising" and exact_like else 0.0)
             top = t.assign(_s=score.abs()).nlargest(8, "_s")
             if key == "node":
                 label = [nd or f"{s}.{l}" for nd, s, l in zip(top["node"], top["site"], top["layer"])]

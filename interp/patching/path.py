@@ -76,6 +76,7 @@ class PathConfig:
         direction: ``"noising"`` (base = clean, sender from corrupted; Wang et al.) or ``"denoising"``.
         metric: a metric of :data:`~interp.patching.metrics.METRICS`.
         max_rows: most batch rows per forward pass.
+        progress: show a tqdm bar over forward passes.
     """
 
     receivers: tuple[str, ...] = ("logits",)
@@ -84,6 +85,7 @@ class PathConfig:
     direction: str = "noising"
     metric: str = "logit_diff_norm"
     max_rows: int = 1024
+    progress: bool = False
 
     def __post_init__(self) -> None:
         if not self.receivers:
@@ -140,6 +142,16 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
     # step 2: sender blocks; record q/k/v at receiver layers and the logits metric
     recorded: dict[tuple[int, int], dict[tuple[int, str], torch.Tensor]] = {}
     logits_vals: dict[tuple[int, int], float] = {}
+    groups = [[r] for r in recv if r[3] != "logits"]
+    qkv = [r for r in recv if r[3] != "logits"]
+    if config.joint and len(qkv) > 1:
+        groups.append(qkv)
+    blocks = [(s, g) for g in groups for s in senders if s[0] < min(r[1] for r in g)]
+    blocks.sort(key=lambda b: min(r[1] for r in b[1]))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=-(-len(senders) // per_chunk) + -(-len(blocks) // per_chunk), desc="path patching",
+               unit="pass", disable=not config.progress)
     with torch.inference_mode():
         for c0 in range(0, len(senders), per_chunk):
             chunk = senders[c0:c0 + per_chunk]
@@ -152,13 +164,8 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
                 logits_vals[s] = float(vals[k])
                 recorded[s] = {key: t[(k + 1) * n_b:(k + 2) * n_b] for key, t in caps.items()
                                if t.shape[0] >= (k + 2) * n_b}
+            bar.update(1)
     # step 3: (sender, receiver group) blocks with only the receivers' q/k/v replaced
-    groups = [[r] for r in recv if r[3] != "logits"]
-    qkv = [r for r in recv if r[3] != "logits"]
-    if config.joint and len(qkv) > 1:
-        groups.append(qkv)
-    blocks = [(s, g) for g in groups for s in senders if s[0] < min(r[1] for r in g)]
-    blocks.sort(key=lambda b: min(r[1] for r in b[1]))
     block_vals: list[float] = []
     with torch.inference_mode():
         for c0 in range(0, len(blocks), per_chunk):
@@ -167,6 +174,8 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
             hid = last_hidden(model, base_tokens, pairs.last, hooks, grow=True, counter=counter)
             st = row_stats(final_logits(model, hid), pairs, base.logp_clean if config.metric == "kl" else None)
             block_vals += block_values({k: v[n_b:] for k, v in st.items()}, n_b, base, metrics)[config.metric].tolist()
+            bar.update(1)
+    bar.close()
     rows = []
 
     def row(s: tuple[int, int], dst: str, inp: str, dl: int, v: float) -> dict[str, Any]:
