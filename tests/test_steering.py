@@ -222,6 +222,37 @@ def test_indirect_effect_zero_for_identity_patch(toy_llama):
     assert aie.abs().max() < 1e-6
 
 
+@pytest.mark.parametrize("name", ["toy_llama", "toy_gpt2"])
+def test_indirect_effects_kv_cache_matches_full_forward(name, request):
+    # Patching the last token's z leaves earlier positions alone, so the cached path
+    # (prefix once, last token per patch) must give the full-forward AIE.
+    from interp.steering.fv import indirect_effects, mean_head_outputs
+
+    model = request.getfixturevalue(name)
+    mz = mean_head_outputs(model, ["ab: AB\ncd: CD\nef:", "xy: XY\nzz: ZZ\nq:"])
+    prompts, answers = ["gh: CD\nij: AB\nkl:", "mn: ZZ\nop: XY\nq:", "ab:"], ["K", "Q", "A"]
+    full = indirect_effects(model, prompts, answers, mz, layers=[1], kv_cache=False, progress=False)
+    fast = indirect_effects(model, prompts, answers, mz, layers=[1], kv_cache=True, progress=False)
+    assert torch.isnan(fast[0]).all() and torch.isnan(full[0]).all()
+    assert full[1].abs().max() > 1e-5                      # the patch does something
+    assert torch.allclose(fast[1], full[1], atol=1e-5)
+    assert indirect_effects(model, prompts, answers, mz, layers=[1], progress=False).isfinite()[1].all()
+
+
+def test_icl_split_is_disjoint_and_seeded():
+    from interp.datasets.icl import load_icl
+
+    task = load_icl("antonyms")
+    fit, held = task.split(40, seed=1)
+    assert len(fit) == 40 and len(held) == len(task) - 40
+    assert not {x for x, _ in fit.pairs} & {x for x, _ in held.pairs}
+    assert sorted(fit.pairs + held.pairs) == sorted(task.pairs)
+    assert task.split(40, seed=1)[0].pairs == fit.pairs and task.split(40, seed=2)[0].pairs != fit.pairs
+    assert all(q in {x for x, _ in held.pairs} for q in held.zero_shot(5).queries)
+    with pytest.raises(ConfigError):
+        task.split(len(task) - 1)
+
+
 def test_logit_lens_equals_model_logits_at_last_layer(toy_llama):
     from interp.hooks import run_capture
     from interp.steering.lens import logit_lens_logits

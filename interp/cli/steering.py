@@ -2,7 +2,7 @@
 
 Examples:
   interp axes fit smollm2 --concept sentiment --method probe --out out/axes
-  interp axes fit smollm2 --concept antonyms --method fv --out out/fv
+  interp axes fit smollm2 --concept antonyms --method fv --fit-pairs 45 --fv-layer 13 --alpha 2 --out out/fv
   interp steer smollm2 --axis out/axes/axis --alphas -4,-2,0,2,4 --out out/steer
 """
 
@@ -64,7 +64,10 @@ def register(app: typer.Typer) -> None:
             seed: int = typer.Option(0),
             top_k: int = typer.Option(10, help="fv: heads summed into the function vector"),
             fv_layer: Optional[int] = typer.Option(None, help="fv: layer receiving the FV (default n_layers//3)"),
-            n_prompts: int = typer.Option(16, help="fv: ICL prompts"),
+            n_prompts: int = typer.Option(50, help="fv: clean and shuffled-label ICL prompts (10 demonstrations each)"),
+            fit_pairs: Optional[int] = typer.Option(None, help="fv: pairs used for fitting (default: half); the "
+                                                              "rest are held out for the zero-shot accuracy"),
+            alpha: float = typer.Option(1.0, help="fv: scale of the function vector in the accuracy sweep"),
             out: Path = typer.Option(..., help="output folder")) -> None:
         """Fit an axis per layer; save the best at OUT/axis and every layer's at OUT/axes/L<l>.
 
@@ -87,20 +90,23 @@ def register(app: typer.Typer) -> None:
             from interp.datasets.icl import load_icl
             from interp.steering.fv import FVConfig, fit_function_vector, fv_layer_sweep
 
-            task = load_icl(concept)
+            task = load_icl(concept).for_model(m)
+            fit_task, held = task.split(fit_pairs or len(task.pairs) // 2, seed=seed)
             cfg = FVConfig(n_prompts=n_prompts, top_k=top_k, layer=fv_layer, seed=seed)
-            fv = fit_function_vector(m, task, cfg)
+            fv = fit_function_vector(m, fit_task, cfg)
             fv.axis.save(out / "axis")
             meta = run_meta(m, dataset=task.name, data=list(task.pairs), seed=seed, config=cfg)
             res = fv.result(meta)
             res.save(out)
             _save_fig(res, out, "fv_aie")
-            sw = fv_layer_sweep(m, fv, task, _ints(layers, m.cfg.n_layers) if layers else [fv.axis.layer], meta=meta)
+            sw = fv_layer_sweep(m, fv, held, _ints(layers, m.cfg.n_layers) if layers else [fv.axis.layer],
+                                alpha=alpha, meta=meta)
             sw.save(out)
             typer.echo(f"function vector {task.name}: top heads {', '.join(fv.axis.stats['heads'])}; "
                        f"saved at {out / 'axis'} (layer {fv.axis.layer})")
             for r in sw.table.itertuples():
-                typer.echo(f"  FV at L{r.layer}: zero-shot accuracy {r.accuracy:.2f} (baseline {r.baseline:.2f})")
+                typer.echo(f"  FV at L{r.layer} (alpha {alpha:g}): zero-shot accuracy {r.accuracy:.2f} on "
+                           f"{len(held.pairs)} held-out pairs (unsteered {r.baseline:.2f})")
             return
         from interp.datasets.contrast import load_contrast
 

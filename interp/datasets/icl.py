@@ -8,7 +8,9 @@ keeps the pairs whose output (with its leading space) is one token for that toke
 Prompts follow Todd et al. (2024): ``"Q: hot\\nA: cold\\n\\nQ: fast\\nA:"`` -> answer
 ``" slow"`` (``query`` and ``joiner`` are fields, so other templates are one argument away). ``shuffled=True`` permutes the
 demonstration outputs so the input->output mapping is broken (the corrupted prompts of
-the indirect-effect measurement); zero-shot prompts are ``"fast:"``.
+the indirect-effect measurement); zero-shot prompts are the bare query, ``"Q: fast\\nA:"``.
+:meth:`IclTask.split` separates the pairs that build prompts (fitting) from held-out
+pairs for evaluation.
 
 Example:
     >>> from interp.datasets.icl import load_icl
@@ -16,8 +18,11 @@ Example:
     >>> len(task) >= 50
     True
     >>> p = task.prompts(n=2, n_demos=3, seed=0)
-    >>> p.prompts[0].count("Q: ")
-    3
+    >>> p.prompts[0].count("Q: ")     # 3 demonstrations + the query
+    4
+    >>> fit, held = task.split(45, seed=0)
+    >>> len(fit), len(held) == len(task) - 45, set(fit.pairs) & set(held.pairs)
+    (45, True, set())
 """
 
 from __future__ import annotations
@@ -72,6 +77,19 @@ class IclTask:
         if len(keep) < 2:
             raise DataError(f"ICL task {self.name!r}: only {len(keep)} single-token answers for this tokenizer")
         return IclTask(self.name, keep, self.query, self.joiner)
+
+    def split(self, n_fit: int, *, seed: int = 0) -> tuple["IclTask", "IclTask"]:
+        """``(fit, held_out)``: a seeded shuffle of the pairs, the first ``n_fit`` for fitting, the rest held out.
+
+        Build ICL prompts (and so function vectors) from ``fit`` and measure accuracy on
+        ``held_out`` queries, which no prompt of the fit contains.
+        """
+        if not 2 <= n_fit <= len(self.pairs) - 2:
+            raise ConfigError(f"split: n_fit must leave >= 2 pairs on each side of {len(self.pairs)}, got {n_fit}")
+        pairs = list(self.pairs)
+        random.Random(seed).shuffle(pairs)
+        return (IclTask(self.name, tuple(pairs[:n_fit]), self.query, self.joiner),
+                IclTask(self.name, tuple(pairs[n_fit:]), self.query, self.joiner))
 
     def _line(self, x: str, y: str | None) -> str:
         return self.query.format(x=x) + (f" {y}" if y is not None else "")
