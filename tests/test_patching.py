@@ -158,6 +158,26 @@ def test_batched_sweep_equals_naive_loop(toy_llama, component, positions):
                 assert max(abs(a - b) for a, b in zip(got, want)) <= 1e-5, (component, direction, grow, metric)
 
 
+@pytest.mark.parametrize("fixture", ["toy_llama", "toy_gpt2"])
+def test_last_hidden_one_position_tail_mlp_is_exact(fixture, request):
+    from interp.patching._run import _tail_ok, last_hidden
+
+    model = request.getfixturevalue(fixture)
+    assert _tail_ok(model)  # the shortcut is in use on both architectures
+    tokens = torch.tensor([[5, 72, 105, 33, 40], [5, 60, 61, 0, 0]])
+    last = torch.tensor([4, 2])
+    with torch.inference_mode():
+        got = last_hidden(model, tokens, last, [], grow=False)
+        # a hook on the last resid_post turns the shortcut off: the plain forward
+        want = last_hidden(model, tokens, last, [(Site("resid_post", model.cfg.n_layers - 1), lambda a, s: a)],
+                           grow=False)
+        full = model(tokens)
+        from interp.patching.metrics import final_logits
+        logits = final_logits(model, got)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, full[torch.arange(2), last], atol=1e-4, rtol=1e-4)
+
+
 def test_batched_sweep_equals_naive_loop_gpt2(toy_gpt2):
     ds = _toy_ds(toy_gpt2)
     res = activation_patching(toy_gpt2, ds, PatchConfig(component="z", max_rows=7)).table
