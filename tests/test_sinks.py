@@ -194,16 +194,27 @@ def test_bigram_backcopy_generator_obeys_backcopy_rule():
     assert torch.equal(task.sample(4, seed=1), task.sample(4, seed=1))
 
 
-def test_bigram_backcopy_trainer_runs_deterministically(tmp_path):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_bigram_backcopy_trainer_runs_deterministically(tmp_path, arch):
     from interp.sinks.toy import BigramBackcopy, TrainConfig, train_bigram_backcopy
 
-    cfg = TrainConfig(data=BigramBackcopy(seq_len=16), n_layers=1, d_model=16, d_mlp=32, steps=3, batch_size=4)
+    cfg = TrainConfig(data=BigramBackcopy(seq_len=16), arch=arch, n_layers=1, d_model=16, d_mlp=32, steps=3,
+                      batch_size=4, warmup_steps=2)
     losses = []
     train_bigram_backcopy(cfg, tmp_path / "a", log=lambda s, l: losses.append(l))
     again = []
     train_bigram_backcopy(cfg, tmp_path / "b", log=lambda s, l: again.append(l))
     assert losses == again and len(losses) == 2
-    assert load_model(str(tmp_path / "a")).cfg.n_layers == 1
+    model = load_model(str(tmp_path / "a"))
+    assert model.cfg.n_layers == 1 and model.cfg.d_model == 16
+
+
+def test_bigram_backcopy_train_config_rejects_unknown_arch():
+    from interp.errors import ConfigError
+    from interp.sinks.toy import TrainConfig
+
+    with pytest.raises(ConfigError, match="arch must be one of .*'gpt2'.*got 'gtp2'"):
+        TrainConfig(arch="gtp2")
 
 
 def _bb_tables(model):
@@ -215,6 +226,7 @@ def _bb_tables(model):
 
 
 def _bb_untrained():
+    """The default Bigram-Backcopy architecture (:class:`TrainConfig`), freshly initialised with seed 0."""
     from transformers import AutoModelForCausalLM
 
     from interp.sinks.toy import TrainConfig, _hf_config
@@ -224,33 +236,55 @@ def _bb_untrained():
         return AutoModelForCausalLM.from_config(_hf_config(TrainConfig()), dtype=torch.float32)
 
 
-@pytest.mark.skipif(not BB_FOLDER.exists(), reason="trained Bigram-Backcopy checkpoint not committed")
+def _bb_untrained_tables(tmp_path):
+    """``_bb_tables`` of :func:`_bb_untrained`, loaded through the same local-folder path as the checkpoint."""
+    folder = tmp_path / "untrained"
+    _bb_untrained().save_pretrained(folder)
+    for f in BB_FOLDER.iterdir():
+        if f.name.startswith("tokenizer"):
+            (folder / f.name).write_bytes(f.read_bytes())
+    return _bb_tables(load_model(str(folder)))
+
+
+needs_bb = pytest.mark.skipif(not BB_FOLDER.exists(), reason="trained Bigram-Backcopy checkpoint not committed")
+
+
+@needs_bb
 def test_bigram_backcopy_training_creates_attention_sink(tmp_path):
+    # Committed checkpoint: the sink head puts ~0.82 of its attention on BOS; untrained ~0.10.
     trained = load_model(str(BB_FOLDER))
     heads, _, _ = _bb_tables(trained)
     last = trained.cfg.n_layers - 1
     # attention sink: a head of the last layer parks most of its attention on BOS ...
     assert heads[heads.layer == last].sink_mass.max() > 0.5
     # ... which the same architecture does not do before training
-    folder = tmp_path / "untrained"
-    _bb_untrained().save_pretrained(folder)
-    for f in BB_FOLDER.iterdir():
-        if f.name.startswith("tokenizer"):
-            (folder / f.name).write_bytes(f.read_bytes())
-    before, _, _ = _bb_tables(load_model(str(folder)))
+    before, _, _ = _bb_untrained_tables(tmp_path)
     assert before.sink_mass.max() < 0.3
 
 
-@pytest.mark.xfail(reason="value-state drain and residual-state peak did not emerge in the toy training budget "
-                          "(see interp.sinks.toy)", strict=False)
-@pytest.mark.skipif(not BB_FOLDER.exists(), reason="trained Bigram-Backcopy checkpoint not committed")
-def test_bigram_backcopy_value_drain_and_residual_peak():
-    model = load_model(str(BB_FOLDER))
-    heads, drain, peak = _bb_tables(model)
+def _sink_head_drain(heads: pd.DataFrame, drain: pd.DataFrame) -> float:
     sink = heads.loc[heads.sink_mass.idxmax()]
-    row = drain[(drain.layer == sink.layer) & (drain["head"] == sink["head"])].iloc[0]
-    assert row.ratio < 0.5                                  # BOS's value vector is drained in the sink head
-    assert (peak.ratio > 2.0).all()                         # BOS's residual norm peaks
+    return float(drain[(drain.layer == sink.layer) & (drain["head"] == sink["head"])].ratio.iloc[0])
+
+
+@needs_bb
+def test_bigram_backcopy_value_drain(tmp_path):
+    # Committed checkpoint: BOS's value norm / the others' is ~0.08 in the sink head; untrained ~0.93.
+    heads, drain, _ = _bb_tables(load_model(str(BB_FOLDER)))
+    trained = _sink_head_drain(heads, drain)
+    assert trained < 0.5                                   # BOS's value vector is drained in the sink head
+    before_heads, before_drain, _ = _bb_untrained_tables(tmp_path)
+    untrained = _sink_head_drain(before_heads, before_drain)
+    assert untrained > 0.7 and untrained > 4 * trained     # ... and training is what drains it
+
+
+@pytest.mark.xfail(reason="residual-state peak not reproduced: BOS's residual norm / the others' median stayed "
+                          "<= ~1.6 in every setting tried (Llama and GPT-2, 1-3 layers, with and without MLP; "
+                          "0.73 on the committed checkpoint), see interp.sinks.toy", strict=False)
+@needs_bb
+def test_bigram_backcopy_residual_peak():
+    _, _, peak = _bb_tables(load_model(str(BB_FOLDER)))
+    assert (peak.ratio > 2.0).all()                         # BOS's residual norm peaks in every layer
 
 
 @pytest.mark.slow

@@ -2,17 +2,32 @@
 
 Sequences start with BOS. Ordinary tokens follow a random bigram Markov chain; after
 a *trigger* token the next token copies the token just before the trigger. A small
-Llama-style model (1-3 layers) trained on this learns to do the bigram part with its
-MLP and to copy with attention only after triggers; on every other query its heads
-can park on BOS. Guo et al. report three phenomena emerging together: an attention
-sink on BOS, a value-state drain (BOS's value vectors are small) and a residual-state
-peak (BOS's residual norm is large).
+transformer trained on this learns the bigram part in its MLP and copies with
+attention only after triggers; on every other query its head can park on BOS. Guo et
+al. report three phenomena emerging together: an attention sink on BOS, a value-state
+drain (BOS's value vectors are small) and a residual-state peak (BOS's residual norm
+is large).
 
-What this implementation reproduces (2 layers, d_model 32, 1000 AdamW steps, the
-defaults): the attention sink (head L1.H0 puts ~0.7 of its attention on BOS; the
-untrained model ~0.15). The value-state drain and residual-state peak did NOT emerge
-in the training budgets tried (1-3 layers, up to 3000 steps, with/without weight
-decay); longer training or the paper's exact architecture may be needed.
+Measured on the committed checkpoint (the :class:`TrainConfig` defaults: GPT-2, 1
+layer, 1 head, d_model 64, MLP 256, 4000 AdamW steps; ~50 s at 1 CPU thread), with
+:func:`interp.sinks.analyze` on 16 held-out sequences, trained vs the same
+architecture untrained:
+
+* attention sink: head L0.H0 puts 0.82 of its attention on BOS (untrained 0.10);
+* value-state drain: BOS's value norm / the other tokens' is 0.08 in that head
+  (untrained 0.93). In the training curves it emerged together with the sink
+  (~1500 steps) and stayed within 0.05-0.2 afterwards;
+* residual-state peak: NOT reproduced. BOS's residual norm / the others' median is
+  0.73 in layer 0 (untrained 1.01), i.e. BOS is *smaller*, not a peak.
+
+What was tried for the peak, none giving a ratio above ~1.6: Llama (RoPE, RMSNorm)
+with 1-3 layers up to 5000 steps (sink, but no drain either); GPT-2 with 1-2 layers,
+learning rates 3e-3 and 1e-2, weight decay 0.01 / 0.1 (with and without decay on the
+embeddings), tied embeddings, attention-only (MLP removed: peak ~1.6, the largest),
+no loss on the first prediction, and a planted large BOS embedding (it decays back
+during training). When there is an MLP, its output on BOS ends up *smaller* than on
+the ordinary tokens (norm ~65 vs ~80 in a 1-layer run), so the residual stream shows
+no peak on BOS.
 
 Tokens are bytes of the interp toy byte tokenizer (:func:`interp.toy.byte_tokenizer`):
 ordinary tokens are the letters ``a, b, c, ...``, triggers the digits ``0, 1, 2``, so
@@ -22,6 +37,7 @@ the trained model is an ordinary local Hugging Face folder that
 Example:
     >>> from interp.sinks.toy import BigramBackcopy, TrainConfig, train_bigram_backcopy   # doctest: +SKIP
     >>> folder = train_bigram_backcopy(TrainConfig(steps=300), "/tmp/bb")                 # doctest: +SKIP
+    >>> llama = TrainConfig(arch="llama", n_layers=2, n_heads=2, d_model=32, d_mlp=64)  # doctest: +SKIP
     >>> texts = BigramBackcopy().texts(8, seed=1)                                         # doctest: +SKIP
 """
 
@@ -35,7 +51,7 @@ from typing import Any, Callable
 
 import torch
 
-from interp.errors import ConfigError
+from interp.errors import ConfigError, nearest
 
 __all__ = ["BigramBackcopy", "TrainConfig", "train_bigram_backcopy", "BOS_ID"]
 
@@ -113,47 +129,73 @@ class BigramBackcopy:
         return (tokens >= _DIGITS) & (tokens < _DIGITS + self.n_triggers)
 
 
+ARCHS = ("gpt2", "llama")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Model and training settings (a few minutes on CPU at most; defaults ~1.5 min on a busy 2-core box).
+    """Model and training settings (the defaults: ~50 s on one CPU thread).
 
-    The defaults produced the checkpoint committed under ``data/toy/bigram_backcopy``.
+    The defaults produced the checkpoint committed under ``data/toy/bigram_backcopy``:
+    GPT-2, 1 layer, 1 head, d_model 64, MLP 256, untied embeddings, no dropout, AdamW
+    (lr 3e-3, weight decay 0.01, betas (0.9, 0.99)), 100 warm-up steps then a constant
+    learning rate, 4000 steps of 32 sequences.
 
     Attributes:
         data: the task.
-        n_layers, n_heads, d_model, d_mlp: model sizes (Llama architecture, RoPE, RMSNorm).
-        steps, batch_size, lr, weight_decay: AdamW training.
+        arch: ``"gpt2"`` (learned absolute positions, LayerNorm, GELU MLP, biases; dropout
+            off) or ``"llama"`` (RoPE, RMSNorm, SwiGLU, no biases).
+        n_layers, n_heads, d_model, d_mlp: model sizes.
+        tie_embeddings: share the input embedding and the unembedding.
+        steps, batch_size, lr, weight_decay, betas: AdamW training (weight decay on every parameter).
+        warmup_steps: linear learning-rate warm-up, then constant.
         seed: seed of the initialisation and the data stream.
     """
 
     data: BigramBackcopy = field(default_factory=BigramBackcopy)
-    n_layers: int = 2
-    n_heads: int = 2
-    d_model: int = 32
-    d_mlp: int = 64
-    steps: int = 1000
+    arch: str = "gpt2"
+    n_layers: int = 1
+    n_heads: int = 1
+    d_model: int = 64
+    d_mlp: int = 256
+    tie_embeddings: bool = False
+    steps: int = 4000
     batch_size: int = 32
-    lr: float = 1e-2
+    lr: float = 3e-3
     weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}.{nearest(self.arch, ARCHS)}")
         if not 1 <= self.n_layers <= 3:
             raise ConfigError(f"n_layers must be in [1, 3] for the toy reproduction, got {self.n_layers}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} not divisible by n_heads={self.n_heads}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ConfigError(f"steps, batch_size and lr must be positive, got {self.steps}, {self.batch_size}, {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError(f"weight_decay and warmup_steps must be >= 0, got {self.weight_decay}, "
+                              f"{self.warmup_steps}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
 
 def _hf_config(cfg: TrainConfig) -> Any:
-    from transformers import LlamaConfig
+    from transformers import GPT2Config, LlamaConfig
 
-    return LlamaConfig(vocab_size=259, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
-                       num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                       num_key_value_heads=cfg.n_heads, max_position_embeddings=max(256, cfg.data.seq_len + 1),
-                       bos_token_id=256, eos_token_id=257, pad_token_id=258, tie_word_embeddings=False,
-                       architectures=["LlamaForCausalLM"])
+    special = dict(vocab_size=259, bos_token_id=256, eos_token_id=257, pad_token_id=258,
+                   tie_word_embeddings=cfg.tie_embeddings)
+    if cfg.arch == "llama":
+        return LlamaConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+                           num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+                           num_key_value_heads=cfg.n_heads, max_position_embeddings=max(256, cfg.data.seq_len + 1),
+                           architectures=["LlamaForCausalLM"], **special)
+    return GPT2Config(n_embd=cfg.d_model, n_inner=cfg.d_mlp, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                      n_positions=max(64, cfg.data.seq_len + 1), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                      architectures=["GPT2LMHeadModel"], **special)
 
 
 def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
@@ -178,8 +220,9 @@ def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
         torch.manual_seed(config.seed)
         model = AutoModelForCausalLM.from_config(_hf_config(config), dtype=torch.float32)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.steps, pct_start=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+    warmup = max(config.warmup_steps, 1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
     for step in range(config.steps):
         tokens = config.data.sample(config.batch_size, seed=config.seed * 1_000_003 + step)
         loss = model(input_ids=tokens, labels=tokens).loss
