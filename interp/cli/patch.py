@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 from pathlib import Path
 
 import typer
@@ -60,7 +62,8 @@ def register(app: typer.Typer) -> None:
         compare: bool = typer.Option(False, "--compare/--no-compare",
                                      help="atp/eap/eap-ig: also run exact head patching and report Spearman"),
         ig_steps: int = typer.Option(5, "--ig-steps", help="eap-ig interpolation steps"),
-        max_rows: int = typer.Option(1024, "--max-rows", help="batch rows per forward pass"),
+        max_rows: Optional[int] = typer.Option(None, "--max-rows", help="batch rows per forward pass "
+                                                                     "(default: exact 256, path 1024)"),
         seed: int = typer.Option(0, "--seed"),
         figures: str = typer.Option("png", "--figures", help="png, svg, pdf, html or none"),
     ) -> None:
@@ -85,16 +88,17 @@ def register(app: typer.Typer) -> None:
         ds = _task(m, task, n, seed)
         results = []
         exact = None
+        rows = {} if max_rows is None else {"max_rows": max_rows}
         pos = positions if positions in ("auto", "all", "each") else tuple(p for p in positions.split(",") if p)
         if method == "exact" or compare:
             for comp in [c for c in component.split(",") if c] if method == "exact" else ["z"]:
                 exact = activation_patching(m, ds, PatchConfig(component=comp, positions=pos if method == "exact"
-                                                               else "all", direction=direction, max_rows=max_rows,
+                                                               else "all", direction=direction, **rows,
                                                                progress=True))
                 results.append(exact)
         if method == "path":
             results.append(path_patching(m, ds, PathConfig(receivers=tuple(r for r in receivers.split(",") if r),
-                                                           direction=direction, max_rows=max_rows,
+                                                           direction=direction, **rows,
                                                            progress=True)))
         elif method in ("atp", "eap", "eap-ig"):
             steps = ig_steps if method == "eap-ig" else 0

@@ -1,13 +1,15 @@
 """Exact activation patching: one generic, batched sweep over sites.
 
 Clean and corrupted prompts run side by side on one batch axis to record the source
-activations and the baselines; then many patches run per forward pass, each patch a
-block of ``B`` extra batch rows (one per prompt). With ``grow_batch`` (default) a
-patch's rows are *appended at its layer* by a hook, so the layers before the patch
-run once for all patches of a chunk instead of once per patch; chunks bound the rows
-of one pass (``max_rows``). Prompts run in groups of equal real length, each cut to
-that length, so no pass computes right padding (``bucket_lengths``). The forward pass
-stops at ``ln_final`` and only the last real token is unembedded.
+activations, the receiver's residual stream at every patched layer and the baselines;
+then many patches run per forward pass, each patch a block of ``B`` batch rows (one per
+prompt). With ``grow_batch`` (default) a patch's rows *enter the pass at its layer* as
+copies of the receiver's recorded ``resid_pre`` there, so no layer before a patch is
+ever recomputed for it; chunks bound the rows of one pass (``max_rows``; a few hundred
+rows keep the activations cache-sized, which measured faster than bigger passes). Prompts
+run in groups of equal real length, each cut to that length, so no pass computes right
+padding (``bucket_lengths``). The forward pass stops at ``ln_final``, only the last real
+token is unembedded, and the last MLP runs at that token only.
 
 Sites: ``resid_pre``, ``resid_post``, ``attn_out``, ``mlp_out`` per (layer, position)
 or over all positions; ``z`` (head outputs) per (layer, head) over all positions or
@@ -44,7 +46,7 @@ from interp.sites import Site
 
 from interp.patching._run import Counter, last_hidden
 from interp.patching.metrics import (METRICS, Baseline, PairData, block_values, check_metrics, final_logits,
-                                     prepare_pairs, row_stats)
+                                     hidden_stats, prepare_pairs, row_stats)
 
 __all__ = ["PatchConfig", "activation_patching", "Patch", "run_baseline", "COMPONENT_KIND"]
 
@@ -68,8 +70,9 @@ class PatchConfig:
         layers: layers to sweep (``None`` = all).
         heads: heads to sweep for ``z`` (``None`` = all).
         max_rows: most batch rows in one forward pass (bounds memory).
-        grow_batch: append each patch's rows at its own layer (skips recomputing the
-            layers before it); ``False`` replicates the prompts from the start.
+        grow_batch: each patch's rows enter the pass at its own layer from the recorded
+            receiver residual (skips the layers before it); ``False`` replicates the
+            prompts from the tokens up.
         bucket_lengths: run prompts of each real length as their own group, cut to that
             length (no pass computes right padding; patches of absolute positions past a
             group's length are the unpatched run and cost nothing).
@@ -82,7 +85,7 @@ class PatchConfig:
     metrics: tuple[str, ...] = ("logit_diff_norm", "logit_diff", "prob", "kl")
     layers: tuple[int, ...] | None = None
     heads: tuple[int, ...] | None = None
-    max_rows: int = 1024
+    max_rows: int = 256
     grow_batch: bool = True
     bucket_lengths: bool = True
     progress: bool = False
@@ -209,53 +212,68 @@ def _assign(block: torch.Tensor, src: torch.Tensor, head: int | None, pos: Any) 
 
 
 def _chunk_hooks(chunk: list[Patch], component: str, source: dict[int, torch.Tensor], n_b: int,
-                 named: dict[str, torch.Tensor], grow: bool) -> list[tuple[Site, Any]]:
-    """Hooks of one forward pass: grow rows at each patch layer (optional), then write patches."""
+                 named: dict[str, torch.Tensor], entry: dict[int, torch.Tensor] | None) -> list[tuple[Site, Any]]:
+    """Hooks of one forward pass; patch ``k`` of ``chunk`` (sorted by layer) owns rows ``k*B ... (k+1)*B``.
+
+    With ``entry`` (the receiver's ``resid_pre`` at each layer, ``[B, pos, d_model]``) the
+    pass starts from a one-row stub: at a patch's layer its ``B`` rows enter as copies of
+    the receiver's residual stream, so no layer before it is computed for it (the first
+    layer of the chunk replaces the stub). Without ``entry`` every block is replicated
+    from the tokens up.
+    """
     by_layer: dict[int, list[tuple[int, Patch]]] = {}
     for k, p in enumerate(chunk):
         by_layer.setdefault(p.layer, []).append((k, p))
     hooks: list[tuple[Site, Any]] = []
-    for layer, items in by_layer.items():
-        if grow:
-            def expand(act: torch.Tensor, site: Site, n: int = len(items)) -> torch.Tensor:
-                return torch.cat([act, act[:n_b].repeat(n, *([1] * (act.dim() - 1)))])
-            hooks.append((Site("resid_pre", layer), expand))
+    first = min(by_layer, default=None)
+    for layer, items in sorted(by_layer.items()):
+        if entry is not None:
+            def enter(act: torch.Tensor, site: Site, n: int = len(items), start: bool = layer == first,
+                      x: torch.Tensor = entry[layer]) -> torch.Tensor:
+                rows = x.to(device=act.device, dtype=act.dtype).repeat(n, *([1] * (act.dim() - 1)))
+                return rows if start else torch.cat([act, rows])
+            hooks.append((Site("resid_pre", layer), enter))
 
         def write(act: torch.Tensor, site: Site, items: list = items, src: torch.Tensor = source[layer]) -> torch.Tensor:
             out = act.clone()
             for k, p in items:
                 pos = named[p.pos] if isinstance(p.pos, str) else p.pos
-                _assign(out[(k + 1) * n_b:(k + 2) * n_b], src, p.head, pos)
+                _assign(out[k * n_b:(k + 1) * n_b], src, p.head, pos)
             return out
         hooks.append((Site(component, layer), write))
     return hooks
 
 
 def _sweep_bucket(model: Any, sub: PairData, receiver: torch.Tensor, patches: list[Patch], config: PatchConfig,
-                  source: dict[int, torch.Tensor], named: dict[str, torch.Tensor], logp_clean: torch.Tensor | None,
+                  source: dict[int, torch.Tensor], entry: dict[int, torch.Tensor] | None,
+                  named: dict[str, torch.Tensor], logp_clean: torch.Tensor | None,
                   counter: Counter, bar: Any) -> dict[str, torch.Tensor]:
     """Per-row stats ``{name: [n_patches, b]}`` of every patch on one group of prompts.
 
-    ``receiver`` and ``source`` are cut to the group's length; a patch of an absolute
-    position past it changes nothing, so it takes the unpatched block's stats.
+    ``receiver``, ``source`` and ``entry`` are cut to the group's length; a patch of an
+    absolute position past it changes nothing, so it takes the stats of one unpatched pass.
     """
     n_b, length = len(sub), int(receiver.shape[1])
     live = [k for k, p in enumerate(patches) if not (isinstance(p.pos, int) and p.pos >= length)]
-    per_chunk = max(1, config.max_rows // n_b - 1)
-    chunks = [live[i:i + per_chunk] for i in range(0, len(live), per_chunk)] or [[]]
+    per_chunk = max(1, config.max_rows // n_b)
     out: dict[str, torch.Tensor] = {}
-    for chunk in chunks:
-        tokens = receiver if config.grow_batch else receiver.repeat(len(chunk) + 1, 1)
-        hooks = _chunk_hooks([patches[k] for k in chunk], config.component, source, n_b, named, config.grow_batch)
-        hid = last_hidden(model, tokens, sub.last, hooks, grow=config.grow_batch, counter=counter)
-        for name, v in row_stats(final_logits(model, hid), sub, logp_clean).items():
-            if name not in out:  # every patch starts as the unpatched block (block 0)
-                out[name] = v[:n_b].expand(len(patches), n_b).clone()
-            out[name][chunk] = v[n_b:].reshape(len(chunk), n_b)
+    if len(live) < len(patches):
+        hid = last_hidden(model, receiver, sub.last, [], grow=False, counter=counter)
+        stats = hidden_stats(model, hid, sub, logp_clean, tuple(config.metrics))
+        out = {k: v.expand(len(patches), n_b).clone() for k, v in stats.items()}
+        if bar is not None:
+            bar.update(len(patches) - len(live))
+    for i in range(0, len(live), per_chunk):
+        chunk = live[i:i + per_chunk]
+        tokens = receiver[:1] if entry is not None else receiver.repeat(len(chunk), 1)
+        hooks = _chunk_hooks([patches[k] for k in chunk], config.component, source, n_b, named, entry)
+        hid = last_hidden(model, tokens, sub.last, hooks, grow=entry is not None, counter=counter)
+        for name, v in hidden_stats(model, hid, sub, logp_clean, tuple(config.metrics)).items():
+            if name not in out:
+                out[name] = v.new_empty(len(patches), n_b)
+            out[name][chunk] = v.reshape(len(chunk), n_b)
         if bar is not None:
             bar.update(len(chunk))
-    if bar is not None:
-        bar.update(len(patches) - len(live))
     return out
 
 
@@ -286,12 +304,15 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
     layers = sorted({p.layer for p in patches})
     counter = Counter()
     buckets = pairs.length_buckets() if config.bucket_lengths else None
-    base, acts = run_baseline(model, pairs, [Site(config.component, l) for l in layers], counter,
-                              with_logp="kl" in config.metrics, buckets=buckets)
+    entry_sites = [Site("resid_pre", l) for l in layers] if config.grow_batch else []
+    sites = list(dict.fromkeys([*(Site(config.component, l) for l in layers), *entry_sites]))
+    base, acts = run_baseline(model, pairs, sites, counter, with_logp="kl" in config.metrics, buckets=buckets)
     denoise = config.direction == "denoising"
     source = {l: (acts[Site(config.component, l)][:n_b] if denoise else acts[Site(config.component, l)][n_b:])
               for l in layers}
     receiver = pairs.corrupted if denoise else pairs.clean
+    rec = slice(n_b, 2 * n_b) if denoise else slice(0, n_b)
+    entry = {l: acts[s][rec] for l in layers for s in [Site("resid_pre", l)]} if config.grow_batch else None
     named = {k: pairs.named_positions(k) for k in {p.pos for p in patches if isinstance(p.pos, str)}}
     logp_clean = base.logp_clean if "kl" in config.metrics else None
     buckets = buckets or [(torch.arange(n_b), int(pairs.clean.shape[1]))]
@@ -307,8 +328,9 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
             sub = pairs.subset(idx, length)
             sub_source = {l: v[idx, :length] for l, v in source.items()}
             sub_named = {k: v[idx] for k, v in named.items()}
-            stats = _sweep_bucket(model, sub, receiver[idx, :length], patches, config, sub_source, sub_named,
-                                  None if logp_clean is None else logp_clean[idx], counter, bar)
+            sub_entry = None if entry is None else {l: v[idx, :length] for l, v in entry.items()}
+            stats = _sweep_bucket(model, sub, receiver[idx, :length], patches, config, sub_source, sub_entry,
+                                  sub_named, None if logp_clean is None else logp_clean[idx], counter, bar)
             for k, v in stats.items():
                 stats_all.setdefault(k, torch.empty(len(patches), n_b, dtype=v.dtype))[:, idx] = v
     if bar is not None:

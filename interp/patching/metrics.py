@@ -31,7 +31,8 @@ import torch
 
 from interp.errors import ConfigError, DataError
 
-__all__ = ["METRICS", "PairData", "Baseline", "prepare_pairs", "final_logits", "row_stats", "block_values",
+__all__ = ["METRICS", "PairData", "Baseline", "prepare_pairs", "final_logits", "row_stats", "hidden_stats",
+           "block_values",
            "normalize", "check_metrics"]
 
 METRICS = ("logit_diff_norm", "logit_diff", "prob", "kl")
@@ -212,6 +213,27 @@ def row_stats(logits: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | 
         lc = logp_clean[b]
         out["kl"] = (lc.exp() * (lc - logp)).sum(-1)
     return out
+
+
+def hidden_stats(model: Any, hidden: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | None,
+                 metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """:func:`row_stats` from final normalised hidden states ``[rows, d_model]``.
+
+    When the metrics are logit differences only (and the model has no output soft-cap),
+    just the answer and counterfactual columns of the unembedding are used: ``[rows]``
+    dot products instead of ``[rows, d_vocab]`` logits.
+    """
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    w_u = getattr(model, "W_U", None)
+    if set(metrics) <= {"logit_diff", "logit_diff_norm"} and cap <= 0 and isinstance(w_u, torch.Tensor):
+        b = torch.arange(hidden.shape[0], device=hidden.device) % len(pairs)
+        ans, cf = pairs.answer_ids.to(hidden.device)[b], pairs.counter_ids.to(hidden.device)[b]
+        ld = (hidden * (w_u[:, ans] - w_u[:, cf]).T.to(hidden.dtype)).sum(-1)
+        b_u = getattr(model, "b_U", None)
+        if isinstance(b_u, torch.Tensor):
+            ld = ld + (b_u[ans] - b_u[cf]).to(ld.dtype)
+        return {"ld": ld}
+    return row_stats(final_logits(model, hidden), pairs, logp_clean)
 
 
 def normalize(ld: torch.Tensor, *, ld_clean: float, ld_corr: float) -> torch.Tensor:
