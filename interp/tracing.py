@@ -246,7 +246,8 @@ def _restore_hooks(chunk: Sequence[Restoration], blocks: Sequence[int], n_s: int
             r, t = by_site.setdefault(site, ([], []))
             r.extend(range(blocks[k] * n_s, (blocks[k] + 1) * n_s))
             t.extend([tok] * n_s)
-    return [(site, _restore_hook(clean[site], torch.tensor(r), torch.tensor(t))) for site, (r, t) in sorted(by_site.items())]
+    return [(site, _restore_hook(clean[site], torch.tensor(r), torch.tensor(t)))
+            for site, (r, t) in sorted(by_site.items())]
 
 
 def _replicated_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int, noise: torch.Tensor,

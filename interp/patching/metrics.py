@@ -1,8 +1,8 @@
 """Patching metrics at each prompt's last real token, batched over rows.
 
-Rows of a patching run are laid out as ``block * B + b``: block 0 is the unpatched
-receiver run, block ``k + 1`` is patch ``k``, and ``b`` indexes the ``B`` prompts.
-Every metric here works on ``[rows, ...]`` tensors and is reduced per block.
+Rows of a patching run are laid out as ``block * B + b``: one block of ``B`` rows per
+patch (path patching puts its unpatched base run in block 0), ``b`` indexes the ``B``
+prompts. Every metric here works on ``[rows, ...]`` tensors and is reduced per block.
 
 Metrics (METHODS.md section 2):
 
