@@ -109,7 +109,12 @@ class SinksStage:
 
 @dataclass(frozen=True, kw_only=True)
 class GraphStage:
-    """Circuit graph: evidence from every Result, the circuit = nodes of the strongest edges, faithfulness."""
+    """Circuit graph: evidence from every Result, the circuit = nodes of the strongest edges, faithfulness.
+
+    The circuit keeps the nodes of the ``top_k_edges`` strongest edges; with
+    ``faithfulness_target`` it is instead the smallest of the ``sweep_edges`` circuits whose
+    faithfulness (LD(circuit) / LD(full)) reaches the target (the largest when none does).
+    """
 
     enabled: bool = True
     keep_edges: int = 2000
@@ -117,6 +122,7 @@ class GraphStage:
     faithfulness_prompts: int = 16
     random_samples: int = 5
     sweep_edges: tuple[int, ...] = ()
+    faithfulness_target: float | None = None
     ablation: str = "mean"
     ablate_mlps: bool = False
     formats: tuple[str, ...] = ("json", "graphml", "gexf")
@@ -124,6 +130,8 @@ class GraphStage:
 
     def __post_init__(self) -> None:
         _positive(self, "keep_edges", "top_k_edges", "faithfulness_prompts")
+        if self.faithfulness_target is not None and not self.sweep_edges:
+            raise ConfigError("graph.faithfulness_target needs graph.sweep_edges (the circuit sizes to choose from)")
         if self.ablation not in ("mean", "paired"):
             raise ConfigError(f"graph.ablation must be 'mean' or 'paired', got {self.ablation!r}")
         bad = [f for f in self.formats if f not in ("json", "graphml", "gexf")]
@@ -404,8 +412,19 @@ def _stage_graph(job: _Job) -> str:
             g.add_result(r, **({"top_k": c.keep_edges} if r.kind == "patching.edges" else {}))
         job.graphs[task] = g
         has_edges = g.nx.number_of_edges() > 0
-        circuit = prune(g, top_k_edges=c.top_k_edges) if has_edges else prune(g, top_k_nodes=c.top_k_edges,
-                                                                               kinds=["head", "mlp"])
+        fconfig = FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation)
+        top_k = c.top_k_edges
+        if c.sweep_edges and has_edges:
+            from interp.graph import faithfulness
+
+            sizes = {f"top{k}_edges": prune(g, top_k_edges=k) for k in c.sweep_edges}
+            sw = faithfulness(job.model, sizes, job.subset(task, c.faithfulness_prompts), config=fconfig)
+            sw = dataclasses.replace(sw, name=f"{task}_size_sweep")
+            job.save(task, sw)
+            job.sweeps[task] = sw
+            if c.faithfulness_target is not None:
+                top_k = _smallest_faithful(sw.table, c.sweep_edges, c.faithfulness_target)
+        circuit = prune(g, top_k_edges=top_k) if has_edges else prune(g, top_k_nodes=top_k, kinds=["head", "mlp"])
         circuit.nx.graph["name"] = f"{task}_circuit"
         job.circuits[task] = circuit
         for fmt in c.formats:
@@ -414,25 +433,22 @@ def _stage_graph(job: _Job) -> str:
         job.files.append(g.to_html(job.out / f"{task}_explorer.html"))
         job.files.append(circuit.to_html(job.out / f"{task}_circuit_explorer.html"))
         fb = random_baseline(job.model, circuit, job.subset(task, c.faithfulness_prompts),
-                             n_samples=c.random_samples, seed=job.cfg.seed,
-                             config=FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation))
+                             n_samples=c.random_samples, seed=job.cfg.seed, config=fconfig)
         fb = dataclasses.replace(fb, name=f"{task}_random_baseline")
         job.save(task, fb)
         job.faith[task] = fb
-        if c.sweep_edges and has_edges:
-            from interp.graph import faithfulness
-
-            sizes = {f"top{k}_edges": prune(g, top_k_edges=k) for k in c.sweep_edges}
-            sw = faithfulness(job.model, sizes, job.subset(task, c.faithfulness_prompts),
-                              config=FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation))
-            sw = dataclasses.replace(sw, name=f"{task}_size_sweep")
-            job.save(task, sw)
-            job.sweeps[task] = sw
         row = fb.table.iloc[0]
         notes.append(f"{task}: graph {len(g)} nodes / {g.nx.number_of_edges()} edges; circuit "
                      f"{row.n_heads} heads, {row.n_mlps} MLPs, {circuit.nx.number_of_edges()} edges, "
                      f"faithfulness {row.faithfulness:.3f}")
     return "; ".join(notes)
+
+
+def _smallest_faithful(sweep: Any, sizes: tuple[int, ...], target: float) -> int:
+    """The fewest top-k edges whose circuit reaches ``target`` faithfulness (else the largest size swept)."""
+    faith = dict(zip(sweep["circuit"], sweep["faithfulness"]))
+    reached = [k for k in sizes if faith.get(f"top{k}_edges", float("-inf")) >= target]
+    return min(reached) if reached else max(sizes)
 
 
 def _stage_figures(job: _Job) -> str:

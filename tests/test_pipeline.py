@@ -71,7 +71,7 @@ def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
                          gating=GatingStage(steps=2, prompts=4, batch_size=4),
                          sinks=SinksStage(prompt_dir=str(tmp_path / "prompts"), prompts=2, max_len=16),
                          graph=GraphStage(top_k_edges=10, faithfulness_prompts=4, random_samples=2,
-                                          figures=("svg",)))
+                                          sweep_edges=(3, 10), faithfulness_target=-1e9, figures=("svg",)))
     report = run_pipeline(cfg, log=lambda m: None)
     status = {r.name: r.status for r in report.stages}
     notes = {r.name: r.note for r in report.stages}
@@ -91,10 +91,16 @@ def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
 
     g = load_graph(out / "graph" / "toy_graph.json")
     assert g.nx.number_of_edges() > 0 and g.meta["model"] == "toy:llama"
+    from interp.graph import prune
+
+    # every swept size reaches the (trivial) target, so the circuit is the smallest one: top-3 edges
+    circuit = load_graph(out / "graph" / "toy_circuit.json")
+    assert set(circuit.nx.nodes) == set(prune(g, top_k_edges=3).nx.nodes) != set(prune(g, top_k_edges=10).nx.nodes)
     kinds = {r.kind for r in load_results(out / "results").values()}
     assert {"patching.nodes", "patching.edges", "sinks.heads", "graph.faithfulness"} <= kinds
-    faith = [r for r in load_results(out / "results").values() if r.kind == "graph.faithfulness"][0].table
-    assert list(faith.circuit) == ["toy_circuit", "random0", "random1"]
+    faith = {r.name: r.table for r in load_results(out / "results").values() if r.kind == "graph.faithfulness"}
+    assert list(faith["toy_random_baseline"].circuit) == ["toy_circuit", "random0", "random1"]
+    assert list(faith["toy_size_sweep"].circuit) == ["top3_edges", "top10_edges"]
 
 
 def test_failed_stage_is_reported_and_job_continues(tmp_path, monkeypatch):
@@ -115,3 +121,17 @@ def test_failed_stage_is_reported_and_job_continues(tmp_path, monkeypatch):
     assert rec["cache"].status == "failed" and "planted failure" in rec["cache"].note and not report.ok
     assert (tmp_path / "o" / "logs" / "cache.traceback.txt").exists()
     assert "planted failure" in report.path.read_text()
+
+
+def test_smallest_faithful_circuit_size():
+    import pandas as pd
+
+    from interp.pipeline import _smallest_faithful
+
+    sweep = pd.DataFrame({"circuit": ["top100_edges", "top400_edges", "top1000_edges"],
+                          "faithfulness": [-0.2, 0.85, 0.95]})
+    assert _smallest_faithful(sweep, (100, 400, 1000), 0.8) == 400
+    assert _smallest_faithful(sweep, (100, 400, 1000), 0.9) == 1000
+    assert _smallest_faithful(sweep, (100, 400, 1000), 0.99) == 1000      # none reaches it: the largest
+    with pytest.raises(ConfigError, match="sweep_edges"):
+        GraphStage(faithfulness_target=0.8)
