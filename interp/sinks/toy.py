@@ -26,9 +26,26 @@ learning rates 3e-3 and 1e-2, weight decay 0.01 / 0.1 (with and without decay on
 embeddings), tied embeddings, attention-only (MLP removed: peak ~1.6, the largest),
 no loss on the first prediction, a planted large BOS embedding (it decays back
 during training), 2 layers with 1-2 heads for up to 12,000 steps (peak <= 1.6, then falling),
-and a slower first layer (moves sink and drain to layer 1, whose peak is then 0.6). When there is an MLP, its output on BOS ends up *smaller* than on
-the ordinary tokens (norm ~65 vs ~80 in a 1-layer run), so the residual stream shows
-no peak on BOS.
+and a slower first layer (moves sink and drain to layer 1, whose peak is then 0.6). When
+there is an MLP, its output on BOS ends up *smaller* than on the ordinary tokens (norm ~65
+vs ~80 in a 1-layer run), so the residual stream shows no peak on BOS.
+
+Also tried, after Guo et al.'s own training scripts (GPT-2 with the linear biases frozen
+at zero and ReLU MLPs, i.e. their pre-LN model; AdamW weight decay 1e-4; 64-token
+sequences): their "minimal residual peak" layout scaled down (3 layers, attention only
+in the middle one, d_model 64, lr 1e-3 or 3e-3, up to 8000 steps: sink 0.45-0.65 in
+layer 1, peak 0.3-1.0 in every layer) and 3 layers with attention everywhere (peak
+<= 1.5). Llama with 3 layers and no weight decay reached 1.9 in layers 1-2 after
+3000 steps, but every token's residual norm was still growing without bound (BOS ~900,
+others ~500), so that is not a stable checkpoint. Guo et al. train for 10,000-100,000
+steps of 512 sequences of 256 tokens at d_model 256, which is hours, not minutes, on
+this CPU. In a pre-LN model BOS's residual norm does not enter any later computation
+(every reader normalises it first), so the peak can only come from the optimiser's
+dynamics, which these short runs did not reproduce.
+
+For calibration, the bundled SmolLM2-135M shows the peak in most but not all layers:
+first token's norm / the others' median is 1.2 in layer 0, 3-9 in layers 1-8, ~1.0 in
+layers 9-10, 34-157 in layers 11-27 and 7-11 in the last two (16 prose prompts).
 
 Tokens are bytes of the interp toy byte tokenizer (:func:`interp.toy.byte_tokenizer`):
 ordinary tokens are the letters ``a, b, c, ...``, triggers the digits ``0, 1, 2``, so
