@@ -41,7 +41,13 @@ others ~500), so that is not a stable checkpoint. Guo et al. train for 10,000-10
 steps of 512 sequences of 256 tokens at d_model 256, which is hours, not minutes, on
 this CPU. In a pre-LN model BOS's residual norm does not enter any later computation
 (every reader normalises it first), so the peak can only come from the optimiser's
-dynamics, which these short runs did not reproduce.
+dynamics, which these short runs did not reproduce. With 4 heads per layer (3 layers, 6000
+steps): GPT-2 sinks all four layer-0 heads (0.8-1.0, drain 0.04-0.08) while BOS's
+residual there is 0.06x the others'; its layers 1-2 reach only 1.2, and that excess
+disappears (0.2) when BOS's own next-token prediction is left out of the loss, i.e. it
+serves BOS's prediction, not the sink. Llama with 2 layers makes BOS's last residual 12x
+the others' (concentrated in a few dimensions, as in LLMs), but without any sink head
+and with norms still growing (~13,000 at step 6000).
 
 For calibration, the bundled SmolLM2-135M shows the peak in most but not all layers:
 first token's norm / the others' median is 1.2 in layer 0, 3-9 in layers 1-8, ~1.0 in
