@@ -47,7 +47,9 @@ residual there is 0.06x the others'; its layers 1-2 reach only 1.2, and that exc
 disappears (0.2) when BOS's own next-token prediction is left out of the loss, i.e. it
 serves BOS's prediction, not the sink. Llama with 2 layers makes BOS's last residual 12x
 the others' (concentrated in a few dimensions, as in LLMs), but without any sink head
-and with norms still growing (~13,000 at step 6000).
+and with norms still growing (~13,000 at step 6000); without BOS's own prediction in the
+loss it falls to 0.15. Llama with 3 layers and 2 heads: 6.9 in layer 1 at step 7000, with
+a weak sink (0.41) and norms still growing (~5,600).
 
 For calibration, the bundled SmolLM2-135M shows the peak in most but not all layers:
 first token's norm / the others' median is 1.2 in layer 0, 3-9 in layers 1-8, ~1.0 in
