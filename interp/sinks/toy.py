@@ -20,7 +20,8 @@ architecture untrained:
 * residual-state peak: NOT reproduced. BOS's residual norm / the others' median is
   0.73 in layer 0 (untrained 1.01), i.e. BOS is *smaller*, not a peak.
 
-What was tried for the peak, none giving a ratio above ~1.6: Llama (RoPE, RMSNorm)
+What was tried for the peak. None gave a ratio above 2 in every layer together with a sink
+head. First, with no ratio above ~1.6: Llama (RoPE, RMSNorm)
 with 1-3 layers up to 5000 steps (sink, but no drain either); GPT-2 with 1-2 layers,
 learning rates 3e-3 and 1e-2, weight decay 0.01 / 0.1 (with and without decay on the
 embeddings), tied embeddings, attention-only (MLP removed: peak ~1.6, the largest),
