@@ -21,13 +21,14 @@ architecture untrained:
   0.73 in layer 0 (untrained 1.01), i.e. BOS is *smaller*, not a peak.
 
 What was tried for the peak. None gave a ratio above 2 in every layer together with a sink
-head. First, with no ratio above ~1.6: Llama (RoPE, RMSNorm)
+head. First, with no ratio above ~1.6 unless noted: Llama (RoPE, RMSNorm)
 with 1-3 layers up to 5000 steps (sink, but no drain either); GPT-2 with 1-2 layers,
 learning rates 3e-3 and 1e-2, weight decay 0.01 / 0.1 (with and without decay on the
 embeddings), tied embeddings, attention-only (MLP removed: peak ~1.6, the largest),
 no loss on the first prediction, a planted large BOS embedding (it decays back
 during training), 2 layers with 1-2 heads for up to 12,000 steps (peak <= 1.6, then falling),
-and a slower first layer (moves sink and drain to layer 1, whose peak is then 0.6). When
+and a slower first layer (moves sink and drain to layer 1; layer 0's ratio reaches 2.0,
+through attention, while layer 1's is 0.6). When
 there is an MLP, its output on BOS ends up *smaller* than on the ordinary tokens (norm ~65
 vs ~80 in a 1-layer run), so the residual stream shows no peak on BOS.
 
