@@ -35,7 +35,7 @@ vs ~80 in a 1-layer run), so the residual stream shows no peak on BOS.
 Also tried, after Guo et al.'s own training scripts (GPT-2 with the linear biases frozen
 at zero and ReLU MLPs, i.e. their pre-LN model; AdamW weight decay 1e-4; 64-token
 sequences): their "minimal residual peak" layout scaled down (3 layers, attention only
-in the middle one, d_model 64, lr 1e-3 or 3e-3, 1500-5000 steps: sink 0.45-0.65 in
+in the middle one, d_model 64, lr 1e-3 or 3e-3, 1500-5000 steps: sink 0.44-0.69 in
 layer 1, peak 0.3-1.1 in every layer) and 3 layers with attention everywhere (peak
 <= 1.5). Llama with 3 layers and no weight decay reached 1.9 in layers 1-2 after
 3000 steps, but every token's residual norm was still growing without bound (BOS ~900,
