@@ -8,54 +8,55 @@ al. report three phenomena emerging together: an attention sink on BOS, a value-
 drain (BOS's value vectors are small) and a residual-state peak (BOS's residual norm
 is large).
 
-Measured on the committed checkpoint (the :class:`TrainConfig` defaults: GPT-2, 1
-layer, 1 head, d_model 64, MLP 256, 4000 AdamW steps; ~50 s at 1 CPU thread), with
-:func:`interp.sinks.analyze` on 16 held-out sequences, trained vs the same
-architecture untrained:
+Measured on the committed checkpoint (the :class:`TrainConfig` defaults: Guo et al.'s
+minimal layout scaled down, GPT-2 with 2 layers, an MLP-only layer 0 and attention + MLP in
+layer 1, 1000 AdamW steps of 256 sequences at lr 1e-2; ~110 s at 1 CPU thread), with
+:func:`interp.sinks.analyze` on 16 held-out sequences, trained vs the same model untrained:
 
-* attention sink: head L0.H0 puts 0.82 of its attention on BOS (untrained 0.10);
-* value-state drain: BOS's value norm / the other tokens' is 0.08 in that head
-  (untrained 0.93). In the training curves it emerged together with the sink
-  (~1500 steps) and stayed within 0.05-0.2 afterwards;
-* residual-state peak: NOT reproduced. BOS's residual norm / the others' median is
-  0.73 in layer 0 (untrained 1.01), i.e. BOS is *smaller*, not a peak.
+* attention sink: head L1.H0 puts 0.73 of its attention on BOS (untrained 0.09);
+* value-state drain: BOS's value norm / the other tokens' is 0.20 in that head
+  (untrained 1.03);
+* residual-state peak: BOS's residual norm / the others' median is 7.5 in layer 0's
+  ``resid_post``, the stream the sink head reads its keys from (untrained 0.92). It is
+  *not* a peak in every layer: after layer 1 the ratio is 0.85, because layer 1's MLP
+  output (the bigram prediction) grows on every token. The bundled SmolLM2-135M is not
+  peaked in every layer either (first token's norm / the others' median: 1.2 in layer 0,
+  3-9 in layers 1-8, ~1.0 in layers 9-10, 34-157 in layers 11-27, 7-11 in the last two).
 
-What was tried for the peak. None gave a ratio above 2 in every layer together with a sink
-head. First, with no ratio above ~1.6 unless noted: Llama (RoPE, RMSNorm)
-with 1-3 layers up to 5000 steps (sink, but no drain either); GPT-2 with 1-2 layers,
-learning rates 3e-3 and 1e-2, weight decay 0.01 / 0.1 (with and without decay on the
-embeddings), tied embeddings, attention-only (MLP removed: peak ~1.6, the largest),
-no loss on the first prediction, a planted large BOS embedding (it decays back
-during training), 2 layers with 1-2 heads for up to 12,000 steps (peak <= 1.6, then falling),
-and a slower first layer (moves sink and drain to layer 1; layer 0's ratio reaches 2.0,
-through attention, while layer 1's is 0.6). When
-there is an MLP, its output on BOS ends up *smaller* than on the ordinary tokens (norm ~65
-vs ~80 in a 1-layer run), so the residual stream shows no peak on BOS.
+The same configuration with seeds 1 and 2: sink 0.82 / 0.83, drain 0.16 / 0.17, layer-0
+peak 2.4 / 4.0 (the peak is the least settled of the three after 1000 steps).
 
-Also tried, after Guo et al.'s own training scripts (GPT-2 with the linear biases frozen
-at zero and ReLU MLPs, i.e. their pre-LN model; AdamW weight decay 1e-4; 64-token
-sequences): their "minimal residual peak" layout scaled down (3 layers, attention only
-in the middle one, d_model 64, lr 1e-3 or 3e-3, 1500-5000 steps: sink 0.44-0.69 in
-layer 1, peak 0.3-1.1 in every layer) and 3 layers with attention everywhere (peak
-<= 1.5). Llama with 3 layers and no weight decay reached 1.9 in layers 1-2 after
-3000 steps, but every token's residual norm was still growing without bound (BOS ~900,
-others ~500), so that is not a stable checkpoint. Guo et al. train for 10,000-100,000
-steps of 512 sequences of 256 tokens at d_model 256, which is hours, not minutes, on
-this CPU. In a pre-LN model BOS's residual norm does not enter any later computation
-(every reader normalises it first), so the peak can only come from the optimiser's
-dynamics, which these short runs did not reproduce. With 4 heads per layer (3 layers, 6000
-steps): GPT-2 sinks all four layer-0 heads (0.8-1.0, drain 0.04-0.08) while BOS's
-residual there is 0.06x the others'; its layers 1-2 reach only 1.2, and that excess
-disappears (0.2) when BOS's own next-token prediction is left out of the loss, i.e. it
-serves BOS's prediction, not the sink. Llama with 2 layers makes BOS's last residual 12x
-the others' (concentrated in a few dimensions, as in LLMs), but without any sink head
-and with norms still growing (~13,000 at step 6000); without BOS's own prediction in the
-loss it falls to 0.15. Llama with 3 layers and 2 heads: 6.9 in layer 1 at step 7000, with
-a weak sink (0.41) and norms still growing (~5,600).
+What the peak needs (all measured with this module's generator, d_model 64):
 
-For calibration, the bundled SmolLM2-135M shows the peak in most but not all layers:
-first token's norm / the others' median is 1.2 in layer 0, 3-9 in layers 1-8, ~1.0 in
-layers 9-10, 34-157 in layers 11-27 and 7-11 in the last two (16 prose prompts).
+* **Guo et al.'s model and optimiser**: PyTorch's default initialisation (embeddings
+  N(0, 1)), no linear biases, ReLU, AdamW with betas (0.9, 0.99) and weight decay 1e-4,
+  and an MLP-only first layer whose output is the residual stream the sink head reads.
+  With GPT-2's own initialisation (std 0.02) and everything else the default, the peak
+  is 1.2 and the sink 0.47. In a pre-LN model that norm enters no computation (every
+  reader normalises it first), so nothing in the loss asks for it. Guo et al. attribute
+  the peak to Adam (they propose SGD to mitigate it). Our reading, not separately
+  tested: Adam turns the small but steadily signed gradient on BOS's key direction into
+  full-size steps, so BOS's layer-0 state keeps growing along it, while the other
+  tokens' states are pulled many ways.
+* **Enough learning rate x steps.** Guo et al. train 10,000-100,000 steps at lr 3e-4
+  with 512 sequences of 256 tokens (hours on this CPU). Scaled down with 3 layers
+  (attention only in layer 1), 512 sequences of 32 tokens: lr 1e-3 gave 0.92 after 750
+  steps, lr 3e-3 1.5 after 1500 steps, lr 1e-2 4.1-4.3 after 1000-1250 steps (weight
+  decay 0.1 instead: 2.35 after 750). With the default 2 layers at lr 1e-2 and 256
+  sequences it reached 6.4 after 1000 steps and 9.5-10 after 1750-2000 (sink 0.8, drain
+  0.2 throughout). The batch matters less: 32 sequences per step (~20 s) gave 6.3 / 1.2 /
+  5.9 for seeds 0 / 1 / 2 (sink 0.75-0.78, drain 0.16-0.24), so the default keeps 256.
+* The peak stays where it is made: where the last layers' MLP output dominates the
+  residual stream, every token's norm grows the same way (an MLP-only layer 0 feeding an
+  attention-only layer 1 grew all tokens to ~1000 in 2750 steps, ratio 0.86).
+
+Earlier attempts that did not give a peak (HF initialisation, std 0.02; 32 sequences per
+step; lr <= 3e-3): Llama (RoPE, RMSNorm) with 1-3 layers; GPT-2 with 1-3 layers and 1-4
+heads, weight decay 0.01-0.1, tied embeddings, attention-only, no loss on the first
+prediction, a planted large BOS embedding, a slower first layer, and the minimal layout
+itself (0.3-1.1). Where a large ratio did appear there (Llama, 2 layers: 12x in the last
+layer, with no sink head), it served BOS's own next-token prediction and fell to 0.15
+without it; such norms also kept growing without bound.
 
 Tokens are bytes of the interp toy byte tokenizer (:func:`interp.toy.byte_tokenizer`):
 ordinary tokens are the letters ``a, b, c, ...``, triggers the digits ``0, 1, 2``, so
@@ -64,8 +65,9 @@ the trained model is an ordinary local Hugging Face folder that
 
 Example:
     >>> from interp.sinks.toy import BigramBackcopy, TrainConfig, train_bigram_backcopy   # doctest: +SKIP
-    >>> folder = train_bigram_backcopy(TrainConfig(steps=300), "/tmp/bb")                 # doctest: +SKIP
-    >>> llama = TrainConfig(arch="llama", n_layers=2, n_heads=2, d_model=32, d_mlp=64)  # doctest: +SKIP
+    >>> folder = train_bigram_backcopy(TrainConfig(), "/tmp/bb")                          # doctest: +SKIP
+    >>> earlier = TrainConfig(n_layers=1, no_attention=(), activation="gelu_new", linear_biases=True,  # doctest: +SKIP
+    ...                       init="hf", steps=4000, batch_size=32, lr=3e-3, weight_decay=0.01)
     >>> texts = BigramBackcopy().texts(8, seed=1)                                         # doctest: +SKIP
 """
 
@@ -160,37 +162,55 @@ class BigramBackcopy:
 ARCHS = ("gpt2", "llama")
 
 
+ACTIVATIONS = ("relu", "gelu_new", "silu")
+INITS = ("torch", "hf")
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
-    """Model and training settings (the defaults: ~50 s on one CPU thread).
+    """Model and training settings (the defaults: ~2 minutes on one CPU thread).
 
     The defaults produced the checkpoint committed under ``data/toy/bigram_backcopy``:
-    GPT-2, 1 layer, 1 head, d_model 64, MLP 256, untied embeddings, no dropout, AdamW
-    (lr 3e-3, weight decay 0.01, betas (0.9, 0.99)), 100 warm-up steps then a constant
-    learning rate, 4000 steps of 32 sequences.
+    Guo et al.'s minimal layout scaled down. GPT-2 with 2 layers and 1 head, d_model 64,
+    MLP 256; layer 0 has no attention (an MLP only), layer 1 has attention and an MLP;
+    ReLU MLPs, no biases on the linear layers, PyTorch's default initialisation, untied
+    embeddings, no dropout; AdamW (lr 1e-2, weight decay 1e-4, betas (0.9, 0.99)), 100
+    warm-up steps then a constant learning rate, 1000 steps of 256 sequences.
 
     Attributes:
         data: the task.
-        arch: ``"gpt2"`` (learned absolute positions, LayerNorm, GELU MLP, biases; dropout
-            off) or ``"llama"`` (RoPE, RMSNorm, SwiGLU, no biases).
+        arch: ``"gpt2"`` (learned absolute positions, LayerNorm; dropout off) or
+            ``"llama"`` (RoPE, RMSNorm, gated MLP).
         n_layers, n_heads, d_model, d_mlp: model sizes.
+        no_attention: layers without attention (its weights are zero and frozen, so the
+            layer's attention output is 0 and its pattern uniform), Guo et al.'s ``no_attn``.
+        activation: the MLP's activation (for ``"llama"`` the gate's).
+        linear_biases: trainable biases on the linear layers; False: zero and frozen (Guo et
+            al.'s model has none). LayerNorm keeps its bias either way.
+        init: ``"torch"`` (PyTorch's module defaults, as in Guo et al.: embeddings N(0, 1),
+            linear weights U(+-1/sqrt(fan_in))) or ``"hf"`` (the architecture's own, std 0.02).
         tie_embeddings: share the input embedding and the unembedding.
-        steps, batch_size, lr, weight_decay, betas: AdamW training (weight decay on every parameter).
+        steps, batch_size, lr, weight_decay, betas: AdamW training (weight decay on every
+            trained parameter).
         warmup_steps: linear learning-rate warm-up, then constant.
         seed: seed of the initialisation and the data stream.
     """
 
     data: BigramBackcopy = field(default_factory=BigramBackcopy)
     arch: str = "gpt2"
-    n_layers: int = 1
+    n_layers: int = 2
     n_heads: int = 1
     d_model: int = 64
     d_mlp: int = 256
+    no_attention: tuple[int, ...] = (0,)
+    activation: str = "relu"
+    linear_biases: bool = False
+    init: str = "torch"
     tie_embeddings: bool = False
-    steps: int = 4000
-    batch_size: int = 32
-    lr: float = 3e-3
-    weight_decay: float = 0.01
+    steps: int = 1000
+    batch_size: int = 256
+    lr: float = 1e-2
+    weight_decay: float = 1e-4
     betas: tuple[float, float] = (0.9, 0.99)
     warmup_steps: int = 100
     seed: int = 0
@@ -198,8 +218,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ConfigError(f"arch must be one of {ARCHS}, got {self.arch!r}.{nearest(self.arch, ARCHS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ConfigError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}."
+                              f"{nearest(self.activation, ACTIVATIONS)}")
+        if self.init not in INITS:
+            raise ConfigError(f"init must be one of {INITS}, got {self.init!r}.{nearest(self.init, INITS)}")
         if not 1 <= self.n_layers <= 3:
             raise ConfigError(f"n_layers must be in [1, 3] for the toy reproduction, got {self.n_layers}")
+        bad = [layer for layer in self.no_attention if not 0 <= layer < self.n_layers]
+        if bad or len(set(self.no_attention)) == self.n_layers:
+            raise ConfigError(f"no_attention must name distinct layers in [0, {self.n_layers}) and leave at least "
+                              f"one layer with attention, got {self.no_attention}")
         if self.d_model % self.n_heads:
             raise ConfigError(f"d_model={self.d_model} not divisible by n_heads={self.n_heads}")
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
@@ -220,10 +249,46 @@ def _hf_config(cfg: TrainConfig) -> Any:
         return LlamaConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
                            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
                            num_key_value_heads=cfg.n_heads, max_position_embeddings=max(256, cfg.data.seq_len + 1),
+                           hidden_act=cfg.activation, attention_bias=cfg.linear_biases, mlp_bias=cfg.linear_biases,
                            architectures=["LlamaForCausalLM"], **special)
     return GPT2Config(n_embd=cfg.d_model, n_inner=cfg.d_mlp, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                       n_positions=max(64, cfg.data.seq_len + 1), resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                      architectures=["GPT2LMHeadModel"], **special)
+                      activation_function=cfg.activation, architectures=["GPT2LMHeadModel"], **special)
+
+
+def _build(cfg: TrainConfig) -> Any:
+    """The untrained model of ``cfg``: initialised, biases and removed attention zeroed and frozen.
+
+    Seeded with ``cfg.seed`` inside a forked RNG, so the caller's random state is untouched.
+    """
+    import math
+
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = AutoModelForCausalLM.from_config(_hf_config(cfg), dtype=torch.float32)
+        if cfg.init == "torch":
+            with torch.no_grad():
+                for name, prm in model.named_parameters():
+                    if name.endswith(("wte.weight", "wpe.weight", "embed_tokens.weight")):
+                        prm.normal_(0.0, 1.0)
+                    elif name.endswith("weight") and prm.dim() == 2:
+                        # GPT-2's Conv1D stores [in, out]; nn.Linear (lm_head, Llama) stores [out, in]
+                        conv1d = cfg.arch == "gpt2" and not name.startswith("lm_head")
+                        bound = 1.0 / math.sqrt(prm.shape[0] if conv1d else prm.shape[1])
+                        prm.uniform_(-bound, bound)
+    blocks = model.transformer.h if cfg.arch == "gpt2" else model.model.layers
+    frozen = []
+    if not cfg.linear_biases and cfg.arch == "gpt2":
+        frozen += [p for n, p in blocks.named_parameters() if n.endswith("bias") and (".attn." in n or ".mlp." in n)]
+    for layer in cfg.no_attention:
+        frozen += list((blocks[layer].attn if cfg.arch == "gpt2" else blocks[layer].self_attn).parameters())
+    with torch.no_grad():
+        for prm in frozen:
+            prm.zero_()
+            prm.requires_grad_(False)
+    return model
 
 
 def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
@@ -238,17 +303,14 @@ def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
     Returns:
         The folder, loadable with :func:`interp.load_model`.
     """
-    from transformers import AutoModelForCausalLM
-
     from interp._fs import atomic_dir
     from interp.toy import byte_tokenizer
 
     folder = Path(folder)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        model = AutoModelForCausalLM.from_config(_hf_config(config), dtype=torch.float32)
+    model = _build(config)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trained, lr=config.lr, weight_decay=config.weight_decay, betas=config.betas)
     warmup = max(config.warmup_steps, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
     for step in range(config.steps):
