@@ -221,6 +221,8 @@ def test_bigram_backcopy_train_config_rejects_bad_settings():
         TrainConfig(n_layers=1)                              # the default no_attention=(0,) removes the only one
     with pytest.raises(ConfigError, match=r"no_attention must name distinct layers in \[0, 2\)"):
         TrainConfig(no_attention=(2,))
+    with pytest.raises(ConfigError, match="distinct"):
+        TrainConfig(n_layers=3, no_attention=(0, 0))
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -226,7 +226,8 @@ class TrainConfig:
         if not 1 <= self.n_layers <= 3:
             raise ConfigError(f"n_layers must be in [1, 3] for the toy reproduction, got {self.n_layers}")
         bad = [layer for layer in self.no_attention if not 0 <= layer < self.n_layers]
-        if bad or len(set(self.no_attention)) == self.n_layers:
+        distinct = set(self.no_attention)
+        if bad or len(distinct) < len(self.no_attention) or len(distinct) == self.n_layers:
             raise ConfigError(f"no_attention must name distinct layers in [0, {self.n_layers}) and leave at least "
                               f"one layer with attention, got {self.no_attention}")
         if self.d_model % self.n_heads:
