@@ -22,7 +22,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "InterpError": "interp.errors", "ModelNotFoundError": "interp.errors", "SiteError": "interp.errors",
     "ShapeError": "interp.errors", "DataError": "interp.errors", "StoreError": "interp.errors",
-    "ConfigError": "interp.errors",
+    "ConfigError": "interp.errors", "SchemaError": "interp.errors",
     "Site": "interp.sites", "parse_sites": "interp.sites",
     "load_model": "interp.models", "tokenize": "interp.models", "model_info": "interp.models",
     "ToyConfig": "interp.toy",

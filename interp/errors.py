@@ -11,6 +11,7 @@ Tree::
     ├── SiteError            unknown component / hook name, layer or head out of range
     ├── ShapeError           a tensor of the wrong shape at a site
     ├── DataError            empty / malformed / mismatched prompts and datasets
+    │   └── SchemaError      a Result table that does not match its kind's schema
     ├── StoreError           activation store or output folder problems
     └── ConfigError          invalid analysis configuration
 """
@@ -26,6 +27,7 @@ __all__ = [
     "SiteError",
     "ShapeError",
     "DataError",
+    "SchemaError",
     "StoreError",
     "ConfigError",
     "nearest",
@@ -53,6 +55,10 @@ class ShapeError(InterpError, ValueError):
 
 class DataError(InterpError, ValueError):
     """Prompts or datasets that are empty, malformed or inconsistent."""
+
+
+class SchemaError(DataError):
+    """A Result table whose columns, types or values do not match its kind's schema."""
 
 
 class StoreError(InterpError, OSError):

@@ -4,9 +4,19 @@ Ids: ``"EMBED"``, ``"L5.H1"`` (head 1 of layer 5), ``"L3.MLP"``, ``"L7.SAE.1234"
 (feature 1234 of an SAE at layer 7), ``"L4.RESID"`` (a residual-stream site, e.g. a
 steering axis), ``"LOGITS"``.
 
+This module is the one mapping between :class:`~interp.sites.Site` and node ids:
+:func:`site_node` names the node a site belongs to (a head's ``z``/``q``/``k``/``v``/
+``pattern`` -> ``L5.H1``; ``mlp_out``/``mlp_in``/``mlp_post`` -> ``L3.MLP``; residual
+sites -> ``L4.RESID``; ``embed`` -> ``EMBED``; ``ln_final`` -> ``LOGITS``) and
+:func:`node_site` gives a node's canonical output site (``L5.H1`` -> ``z.5`` head 1).
+No other module builds ``"L{layer}.H{head}"`` strings.
+
 Example:
     >>> node_id("head", layer=5, head=1), parse_node_id("L3.MLP")
     ('L5.H1', {'kind': 'mlp', 'layer': 3, 'head': None, 'feature': None})
+    >>> from interp.sites import Site
+    >>> site_node(Site("z", 5, head=1)), node_site("L3.MLP")
+    ('L5.H1', Site(component='mlp_out', layer=3, head=None))
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import Any
 
 from interp.errors import ConfigError
 
-__all__ = ["node_id", "parse_node_id", "NODE_KINDS"]
+__all__ = ["node_id", "parse_node_id", "NODE_KINDS", "site_node", "node_site", "COMPONENT_NODE_KIND"]
 
 NODE_KINDS = ("embed", "head", "mlp", "sae", "resid", "logits")
 _RE = re.compile(r"^L(\d+)\.(?:H(\d+)|(MLP)|SAE\.(\d+)|(RESID))$")
@@ -60,3 +70,44 @@ def parse_node_id(text: str) -> dict[str, Any]:
     if m.group(4) is not None:
         return {"kind": "sae", "layer": layer, "head": None, "feature": int(m.group(4))}
     return {"kind": "resid", "layer": layer, "head": None, "feature": None}
+
+
+#: Site component -> node kind (components absent here have no node of their own).
+COMPONENT_NODE_KIND: dict[str, str] = {
+    **dict.fromkeys(("z", "q", "k", "v", "pattern", "attn_scores", "q_input", "k_input", "v_input"), "head"),
+    **dict.fromkeys(("mlp_out", "mlp_in", "mlp_post"), "mlp"),
+    **dict.fromkeys(("resid_pre", "resid_mid", "resid_post"), "resid"),
+    "embed": "embed", "ln_final": "logits", "final_resid": "logits",
+}
+#: node kind -> the component of its canonical output site
+_OUTPUT_COMPONENT = {"head": "z", "mlp": "mlp_out", "resid": "resid_post", "embed": "embed", "logits": "ln_final"}
+
+
+def site_node(site: Any) -> str:
+    """The node id a :class:`~interp.sites.Site` belongs to (``Site("z", 5, head=1)`` -> ``"L5.H1"``).
+
+    Raises:
+        ConfigError: a component without a node (``attn_out`` is a whole layer, not a head), or a
+            per-head component without a head.
+    """
+    kind = COMPONENT_NODE_KIND.get(site.component)
+    if kind is None:
+        raise ConfigError(f"site {site} has no circuit-graph node (components with nodes: "
+                          f"{', '.join(COMPONENT_NODE_KIND)})")
+    if kind == "head" and site.head is None:
+        raise ConfigError(f"site {site} spans every head of layer {site.layer}; a head node needs Site(..., head=h)")
+    return node_id(kind, layer=site.layer, head=site.head)
+
+
+def node_site(node: str) -> Any:
+    """The canonical output :class:`~interp.sites.Site` of a node id (``"L5.H1"`` -> ``Site("z", 5, head=1)``).
+
+    Raises:
+        ConfigError: not a node id, or an SAE feature node (it has no hook site of its own).
+    """
+    from interp.sites import Site
+
+    parts = parse_node_id(node)
+    if parts["kind"] == "sae":
+        raise ConfigError(f"node {node!r} is an SAE feature; it has no hook site of its own")
+    return Site(_OUTPUT_COMPONENT[parts["kind"]], parts["layer"], head=parts["head"])

@@ -16,6 +16,19 @@ from interp.results import Result, RunMeta
 META = RunMeta(model="toy:llama", model_revision="rev1", tokenizer="bytes")
 
 
+def _evidence(rows, **fill):
+    """Hand-made effect rows in the evidence vocabulary: ``value`` given, reference 0 (so effect = value)."""
+    from interp.schemas import reference_of
+
+    out = []
+    for r in rows:
+        r = {**fill, **r}
+        r.setdefault("direction", "denoising")
+        r.setdefault("metric", "logit_diff")
+        out.append({**r, "reference": reference_of(r["direction"]), "reference_value": 0.0, "effect": r["value"]})
+    return pd.DataFrame(out)
+
+
 def _nodes_result(meta=META):
     rows = [dict(method="atp", direction="denoising", metric="logit_diff", component="head", layer=1, head=0, pos=-1,
                  node="L1.H0", value=0.7),
@@ -27,14 +40,16 @@ def _nodes_result(meta=META):
                  node="L0.H3", value=-0.9),
             dict(method="atp", direction="denoising", metric="logit_diff", component="mlp", layer=0, head=-1, pos=-1,
                  node="L0.MLP", value=0.1)]
-    return Result("patching.nodes", pd.DataFrame(rows), meta)
+    for r in rows:
+        r.update(site={"head": "z", "mlp": "mlp_out"}[r["component"]], pos_label=str(r["pos"]))
+    return Result("patching.nodes", _evidence(rows), meta)
 
 
 def _edges_result(meta=META):
     rows = [dict(method="eap", src="L0.H3", dst="L1.H0", dst_input=i, value=v) for i, v in (("q", .1), ("k", .2), ("v", .3))]
     rows += [dict(method="eap", src="L1.H0", dst="LOGITS", dst_input="logits", value=1.5),
              dict(method="eap", src="EMBED", dst="L0.H3", dst_input="v", value=0.05)]
-    return Result("patching.edges", pd.DataFrame(rows), meta)
+    return Result("patching.edges", _evidence(rows), meta)
 
 
 def _full_graph():
@@ -44,20 +59,23 @@ def _full_graph():
                                                           facilitation=0.8, interference=0.1, irrelevance=0.1,
                                                           role="facilitating")]), META))
     g.add_result(Result("sinks.heads", pd.DataFrame([dict(layer=0, head=3, node="L0.H3", alpha_first=0.8, is_sink=True,
-                                                           top_pos=0, top_alpha=0.8),
+                                                           top_pos=0, top_alpha=0.8, alpha_first_std=0.1, sink_mass=0.8),
                                                       dict(layer=1, head=0, node="L1.H0", alpha_first=0.1,
-                                                           is_sink=False, top_pos=3, top_alpha=0.4)]), META))
+                                                           is_sink=False, top_pos=3, top_alpha=0.4, alpha_first_std=0.1,
+                                                           sink_mass=0.1)]), META))
     g.add_result(Result("sinks.dormancy", pd.DataFrame([dict(layer=0, head=3, node="L0.H3", domain=d, sink_mass=m,
                                                               out_norm=1.0, dormancy=m, switches=True)
                                                          for d, m in (("prose", .9), ("code", .2))]), META))
-    g.add_result(Result("massive.layers", pd.DataFrame([dict(layer=1, rank=0, value=900.0, abs_value=900.0, pos=0,
+    g.add_result(Result("massive.layers", pd.DataFrame([dict(prompt=0, layer=1, rank=0, value=900.0, abs_value=900.0, pos=0,
                                                               token="<s>", dim=5, median=0.5, ratio=1800.0,
                                                               is_massive=True),
-                                                         dict(layer=0, rank=0, value=3.0, abs_value=3.0, pos=0,
+                                                         dict(prompt=0, layer=0, rank=0, value=3.0, abs_value=3.0, pos=0,
                                                               token="<s>", dim=5, median=0.5, ratio=6.0,
                                                               is_massive=False)]), META))
-    g.add_result(Result("sae.dfa", pd.DataFrame([dict(feature=12, layer=1, head=0, node="L1.H0", value=0.25)]), META))
+    g.add_result(Result("sae.dfa", pd.DataFrame([dict(feature=12, layer=1, head=0, node="L1.H0", value=0.25,
+                                                       src="L1.H0", dst="L1.SAE.12", share=1.0, n_active=3)]), META))
     g.add_result(Result("sae.features", pd.DataFrame([dict(feature=12, layer=1, density=0.01, max_act=4.0,
+                                                            site="resid_post.1", mean_act=1.0,
                                                             top_tokens=["<b>", " Mary"])]), META))
     g.add_result(Result("steering.axes", pd.DataFrame([dict(name="sentiment", method="contrast", layer=1,
                                                              site="resid_post", node="L1.RESID", norm=2.0,

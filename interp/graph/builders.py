@@ -71,14 +71,17 @@ def _finite(x: Any) -> bool:
 
 def build_patching_nodes(g: CircuitGraph, result: Any, *, components: tuple[str, ...] = ("head", "mlp", "resid", "attn"),
                          all_positions_only: bool = False) -> None:
-    """Node scores from activation/attribution patching.
+    """Node scores from activation/attribution patching: the signed ``effect`` of each node.
 
-    Each row scores one (node, pos); per (node, method, direction, metric) the score
-    is the row with ``pos == -1`` if present, else the position with the largest
-    ``|value|``. ``component == "attn"`` rows (whole attention layer) are kept as
-    evidence on the layer instead of a node.
+    ``effect`` is ``metric(patched) - metric(reference)`` in the metric's units for every
+    method and direction (exact patching measures it, AtP estimates it; see
+    :mod:`interp.schemas`), so a node's score is how much patching it changes the metric,
+    and ``prune(top_k_nodes=k)`` keeps the nodes that change it most. Each row scores one
+    (node, pos); per (node, method, direction, metric) the score is the row with
+    ``pos == -1`` if present, else the position with the largest ``|effect|``.
+    ``component == "attn"`` rows (whole attention layer) are kept as evidence on the layer.
     """
-    require_columns(result, ("method", "direction", "metric", "component", "layer", "head", "pos", "node", "value"))
+    require_columns(result, ("method", "direction", "metric", "component", "layer", "head", "pos", "node", "effect"))
     g.check_result(result)
     best: dict[tuple[str, str], tuple[int, float]] = {}
     per_node: dict[str, list[dict[str, Any]]] = {}
@@ -88,8 +91,6 @@ def build_patching_nodes(g: CircuitGraph, result: Any, *, components: tuple[str,
         if row["component"] == "attn":
             g.add_layer_info(int(row["layer"]), evidence=[_ev(result, row)])
             continue
-        if not _finite(row["value"]):
-            continue
         node = str(row["node"])
         per_node.setdefault(node, []).append(row)
         src = f"{row['method']}/{row['direction']}/{row['metric']}"
@@ -98,8 +99,8 @@ def build_patching_nodes(g: CircuitGraph, result: Any, *, components: tuple[str,
             continue
         prev = best.get((node, src))
         whole = pos == -1
-        if prev is None or (whole and prev[0] != -1) or (whole == (prev[0] == -1) and abs(row["value"]) > abs(prev[1])):
-            best[(node, src)] = (pos, float(row["value"]))
+        if prev is None or (whole and prev[0] != -1) or (whole == (prev[0] == -1) and abs(row["effect"]) > abs(prev[1])):
+            best[(node, src)] = (pos, float(row["effect"]))
     for node, rows in per_node.items():
         g.add_node(node, evidence=[_ev(result, r) for r in rows])
     for (node, src), (_, value) in best.items():
@@ -107,18 +108,25 @@ def build_patching_nodes(g: CircuitGraph, result: Any, *, components: tuple[str,
 
 
 def build_patching_edges(g: CircuitGraph, result: Any, *, top_k: int | None = None, min_abs: float = 0.0) -> None:
-    """Edges from path patching / EAP / EAP-IG; weights summed over ``dst_input`` (q, k, v, mlp, logits).
+    """Edges from path patching / EAP / EAP-IG: weight = signed ``effect``, summed over ``dst_input`` (q, k, v, mlp,
+    logits).
+
+    Rows of a *joint* receiver set (path patching with ``dst_input == "joint"``: the effect of one
+    sender on several receivers at once) are not an edge: they become evidence on the sender node.
 
     Args:
         top_k: keep only the ``top_k`` edges with the largest ``|weight|`` per method (EAP on a
             real model scores ~10^5 edges; the graph usually wants the strongest few hundred).
         min_abs: drop edges with ``|weight| < min_abs``.
     """
-    require_columns(result, ("method", "src", "dst", "dst_input", "value"))
+    require_columns(result, ("method", "src", "dst", "dst_input", "effect"))
     g.check_result(result)
     t = result.table
-    t = t[t["value"].map(_finite)]
-    sums = t.groupby(["method", "src", "dst"], sort=False)["value"].sum()
+    joint = t[t["dst_input"] == "joint"]
+    for row in _rows(Result_like(result, joint)):
+        g.add_node(str(row["src"]), evidence=[_ev(result, row)])
+    t = t[t["dst_input"] != "joint"]
+    sums = t.groupby(["method", "src", "dst"], sort=False)["effect"].sum()
     sums = sums[sums.abs() >= min_abs]
     if top_k is not None:
         sums = sums.groupby(level="method", group_keys=False).apply(lambda s: s.loc[s.abs().nlargest(top_k).index])

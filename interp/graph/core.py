@@ -247,8 +247,11 @@ class CircuitGraph:
         """Refuse a Result of another model/revision/tokenizer; adopt its model if the graph has none.
 
         Raises:
+            SchemaError: the Result's table does not match its kind's schema (e.g. NaN effects).
             DataError: the Result's model, model_revision or tokenizer differ from the graph's.
         """
+        if hasattr(result, "validate"):
+            result.validate()  # schema: columns, types, no NaN where the kind allows none
         meta = result.meta
         bad = []
         for key in _META_KEYS:

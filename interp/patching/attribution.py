@@ -46,6 +46,7 @@ import torch
 from interp.errors import ConfigError
 from interp.nodes import node_id
 from interp.results import Result, run_meta
+from interp.schemas import add_effect
 from interp.sites import Site
 
 from interp.patching._run import Counter, last_hidden
@@ -183,13 +184,9 @@ def _delta(acts: dict[Site, torch.Tensor], site: Site, n_b: int, direction: str)
     return a_clean - a_corr if direction == "denoising" else a_corr - a_clean
 
 
-def _scale(base: Any, cfg: AttributionConfig) -> tuple[float, float]:
-    """(offset, divisor) turning an estimated metric change into the reported value."""
-    if cfg.metric == "logit_diff_norm":
-        return (0.0 if cfg.direction == "denoising" else 1.0), base.mean_clean - base.mean_corr
-    if cfg.metric == "logit_diff":
-        return (base.mean_corr if cfg.direction == "denoising" else base.mean_clean), 1.0
-    return float((base.p_corr if cfg.direction == "denoising" else base.p_clean).mean()), 1.0
+def _scale(base: Any, cfg: AttributionConfig) -> float:
+    """Divisor turning an estimated change of the raw metric into the change of ``cfg.metric``."""
+    return base.mean_clean - base.mean_corr if cfg.metric == "logit_diff_norm" else 1.0
 
 
 def attribution_patching(model: Any, data: Any, config: AttributionConfig = AttributionConfig(), *,
@@ -219,7 +216,7 @@ def attribution_patching(model: Any, data: Any, config: AttributionConfig = Attr
         base, acts = _atp_single_pass(model, pairs, config, sites, counter)
         grads = acts.pop("__grads__")
     g = _grad_for(grads, config)
-    offset, div = _scale(base, config)
+    div = _scale(base, config)
     rows = []
     tokens0 = pairs.clean[0].tolist()
     for s in sites:
@@ -236,8 +233,8 @@ def attribution_patching(model: Any, data: Any, config: AttributionConfig = Attr
                 rows.append({"method": config.method, "direction": config.direction, "metric": config.metric,
                              "component": kind, "site": s.component, "layer": s.layer,
                              "head": -1 if h is None else h, "pos": p, "pos_label": lab,
-                             "node": _node(kind, s.layer, h), "value": offset + v / div})
-    table = pd.DataFrame(rows)
+                             "node": _node(kind, s.layer, h), "value": v / div})
+    table = add_effect(pd.DataFrame(rows), base.reference(config.direction), estimated=True)
     extra: dict[str, Any] = {"ld_clean": base.mean_clean, "ld_corr": base.mean_corr, "n_prompts": n_b,
                              "forward_passes": counter.forward, "backward_passes": counter.backward,
                              "seconds": round(time.perf_counter() - t0, 3)}
@@ -308,7 +305,7 @@ def _node(kind: str, layer: int, head: int | None) -> str:
 
 
 def agreement(table: pd.DataFrame | Result, exact: pd.DataFrame | Result) -> dict[str, Any]:
-    """Spearman and Pearson correlation of node scores with exact patching, per component.
+    """Spearman and Pearson correlation of estimated node effects with exact patching's, per component.
 
     Edge tables (``src``/``dst`` columns) are first summed over each sender's out-edges.
     Rows are matched on (component, layer, head, pos); ``exact`` is filtered to the
@@ -324,13 +321,13 @@ def agreement(table: pd.DataFrame | Result, exact: pd.DataFrame | Result) -> dic
     metric, direction = t["metric"].iloc[0], t["direction"].iloc[0]
     e = e[(e["metric"] == metric) & (e["direction"] == direction)]
     keys = ["component", "layer", "head", "pos"]
-    j = t.merge(e[keys + ["value"]], on=keys, suffixes=("", "_exact"))
+    j = t.merge(e[keys + ["effect"]], on=keys, suffixes=("", "_exact"))
     out: dict[str, Any] = {}
     for comp, grp in j.groupby("component"):
         if len(grp) < 3:
             continue
-        out[str(comp)] = {"spearman": float(grp["value"].corr(grp["value_exact"], method="spearman")),
-                          "pearson": float(grp["value"].corr(grp["value_exact"], method="pearson")),
+        out[str(comp)] = {"spearman": float(grp["effect"].corr(grp["effect_exact"], method="spearman")),
+                          "pearson": float(grp["effect"].corr(grp["effect_exact"], method="pearson")),
                           "n": int(len(grp))}
     return out
 
@@ -338,13 +335,14 @@ def agreement(table: pd.DataFrame | Result, exact: pd.DataFrame | Result) -> dic
 def node_sums(edges: pd.DataFrame) -> pd.DataFrame:
     """Sum edge scores over each sender's out-edges (k/v edges of GQA groups counted once).
 
-    Returns a node table (component, layer, head, pos=-1, node, value) comparable with
-    :func:`attribution_patching` values after adding the direction's baseline.
+    Returns a node table (component, layer, head, pos=-1, node, effect, value) comparable row by
+    row with :func:`attribution_patching` and exact patching (``effect`` is the summed estimate).
     """
     from interp.nodes import parse_node_id
 
     e = edges[(edges["dst_input"].isin(["q", "mlp", "logits"])) | (edges["first_in_group"])]
-    sums = e.groupby("src", sort=False)["value"].sum()
+    sums = e.groupby("src", sort=False)["effect"].sum()
+    ref = float(edges["reference_value"].iloc[0])
     rows = []
     for src, v in sums.items():
         info = parse_node_id(src)
@@ -352,7 +350,8 @@ def node_sums(edges: pd.DataFrame) -> pd.DataFrame:
         rows.append({"method": edges["method"].iloc[0], "direction": edges["direction"].iloc[0],
                      "metric": edges["metric"].iloc[0], "component": comp,
                      "layer": -1 if info["layer"] is None else info["layer"],
-                     "head": -1 if info["head"] is None else info["head"], "pos": -1, "node": src, "value": float(v)})
+                     "head": -1 if info["head"] is None else info["head"], "pos": -1, "node": src,
+                     "reference_value": ref, "effect": float(v), "value": ref + float(v)})
     return pd.DataFrame(rows)
 
 

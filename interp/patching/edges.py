@@ -21,6 +21,7 @@ import torch
 
 from interp.nodes import node_id
 from interp.results import Result, run_meta
+from interp.schemas import add_effect
 from interp.sites import Site
 
 from interp.patching._run import Counter
@@ -128,7 +129,7 @@ def edge_attribution_patching(model: Any, data: Any, config: Any = None, *, exac
                              "metric": config.metric, "src": src, "dst": dst, "dst_input": inp, "src_layer": sl_,
                              "dst_layer": dl, "kv_head": kv if (inp in ("k", "v") and rep > 1) else -1,
                              "first_in_group": first, "value": v})
-    table = pd.DataFrame(rows)
+    table = add_effect(pd.DataFrame(rows), base.reference(config.direction), estimated=True)
     extra: dict[str, Any] = {"ld_clean": base.mean_clean, "ld_corr": base.mean_corr, "n_prompts": n_b,
                              "forward_passes": counter.forward, "backward_passes": counter.backward,
                              "ig_steps": config.ig_steps, "seconds": round(time.perf_counter() - t0, 3),

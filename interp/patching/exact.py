@@ -42,6 +42,7 @@ import torch
 from interp.errors import ConfigError
 from interp.nodes import node_id
 from interp.results import Result, run_meta
+from interp.schemas import add_effect
 from interp.sites import Site
 
 from interp.patching._run import Counter, last_hidden
@@ -143,6 +144,7 @@ def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counte
     acts: dict[Site, torch.Tensor] = {}
     stats: dict[str, torch.Tensor] = {}
     logp_clean = torch.empty(0)
+    kl_corr = torch.full((n_b,), float("nan"))
     for idx, n_pos in groups:
         sub, k = pairs.subset(idx, n_pos), len(idx)
 
@@ -163,8 +165,11 @@ def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counte
                 if not logp_clean.numel():
                     logp_clean = lp.new_empty(n_b, lp.shape[1])
                 logp_clean[idx] = lp
+                lq = torch.log_softmax(logits[k:].float(), -1)
+                kl_corr[idx] = (lp.exp() * (lp - lq)).sum(-1).to(kl_corr.device, kl_corr.dtype)
     base = Baseline(ld_clean=stats["ld"][:n_b], ld_corr=stats["ld"][n_b:], p_clean=stats["prob"][:n_b],
-                    p_corr=stats["prob"][n_b:], logp_clean=logp_clean)
+                    p_corr=stats["prob"][n_b:], logp_clean=logp_clean,
+                    kl_corr=float(kl_corr.mean()))
     base.check(pairs)
     return base, acts
 
@@ -362,7 +367,8 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
              "frac_ld_positive": float((base.ld_clean > 0).float().mean())}
     meta = run_meta(model, dataset=pairs.dataset.name, data=list(zip(pairs.texts, pairs.corrupted_texts)),
                     config=config, **extra)
-    return Result("patching.nodes", pd.DataFrame(rows), meta, name=f"exact-{config.component}-{config.direction}")
+    table = add_effect(pd.DataFrame(rows), base.reference(config.direction))
+    return Result("patching.nodes", table, meta, name=f"exact-{config.component}-{config.direction}")
 
 
 def _node(kind: str, p: Patch) -> str:

@@ -158,6 +158,7 @@ class Baseline:
         ld_clean, ld_corr: ``[batch]`` logit differences.
         p_clean, p_corr: ``[batch]`` answer probabilities.
         logp_clean: ``[batch, d_vocab]`` clean next-token log-probabilities (for KL).
+        kl_corr: mean ``KL(clean || corrupted)`` of the next-token distributions (NaN if not computed).
     """
 
     ld_clean: torch.Tensor
@@ -165,6 +166,21 @@ class Baseline:
     p_clean: torch.Tensor
     p_corr: torch.Tensor
     logp_clean: torch.Tensor
+    kl_corr: float = float("nan")
+
+    def reference(self, direction: str) -> dict[str, float]:
+        """Metric values of the run a patch is applied to (corrupted for denoising, clean for noising).
+
+        These are the ``reference_value`` of the evidence vocabulary (:mod:`interp.schemas`):
+        ``effect = metric(patched) - reference[metric]``.
+        """
+        from interp.schemas import reference_of
+
+        clean = reference_of(direction) == "clean"
+        return {"logit_diff": self.mean_clean if clean else self.mean_corr,
+                "logit_diff_norm": 1.0 if clean else 0.0,
+                "prob": float((self.p_clean if clean else self.p_corr).mean()),
+                "kl": 0.0 if clean else self.kl_corr}
 
     @property
     def mean_clean(self) -> float:

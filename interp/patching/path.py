@@ -40,6 +40,7 @@ import torch
 from interp.errors import ConfigError
 from interp.nodes import node_id, parse_node_id
 from interp.results import Result, run_meta
+from interp.schemas import add_effect
 from interp.sites import Site
 
 from interp.patching._run import Counter, last_hidden
@@ -195,7 +196,8 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
              "receivers": list(config.receivers)}
     meta = run_meta(model, dataset=pairs.dataset.name, data=list(zip(pairs.texts, pairs.corrupted_texts)),
                     config=config, **extra)
-    return Result("patching.edges", pd.DataFrame(rows), meta, name=f"path-{config.direction}")
+    table = add_effect(pd.DataFrame(rows), base.reference(config.direction))
+    return Result("patching.edges", table, meta, name=f"path-{config.direction}")
 
 
 def _sender_hooks(chunk: list[tuple[int, int]], z_base: dict, z_src: dict, n_b: int, n_layers: int,
