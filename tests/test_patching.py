@@ -218,13 +218,15 @@ def test_atp_passes_and_agreement(toy_llama):
 def test_edge_scores_sum_to_node_scores(toy_llama):
     ds = _toy_ds(toy_llama)
     for steps in (0, 3):
-        for direction, offset in (("denoising", 0.0), ("noising", 1.0)):
+        for direction, reference in (("denoising", 0.0), ("noising", 1.0)):
             cfg = AttributionConfig(components=("z", "mlp_out"), ig_steps=steps, direction=direction)
             edges = node_sums(edge_attribution_patching(toy_llama, ds, cfg).table)
             nodes = attribution_patching(toy_llama, ds, cfg).table
             j = edges.merge(nodes, on=["component", "layer", "head"], suffixes=("_e", ""))
             assert len(j) == toy_llama.cfg.n_layers * (toy_llama.cfg.n_heads + 1)
-            assert (j["value_e"] + offset - j["value"]).abs().max() < 1e-5
+            # one vocabulary: both estimate effect = metric(patched) - metric(reference run)
+            assert (j["effect_e"] - j["effect"]).abs().max() < 1e-5
+            assert (j["reference_value"] == reference).all() and (j["value"] - j["effect"] - reference).abs().max() < 1e-9
 
 
 def test_eap_edge_equals_directional_derivative(toy_llama):
@@ -255,7 +257,7 @@ def test_eap_edge_equals_directional_derivative(toy_llama):
             lg = toy_llama(tb.corrupted.tokens)[rows, tb.clean.last]
             ld = (lg[rows, tb.answer_ids] - lg[rows, tb.counter_ids]).mean()
             (deriv,) = torch.autograd.grad(ld, eps)
-        got = edges.query(f"src == 'L0.H{src_head}' and dst == 'L1.H{dst_head}' and dst_input == '{inp}'")["value"]
+        got = edges.query(f"src == 'L0.H{src_head}' and dst == 'L1.H{dst_head}' and dst_input == '{inp}'")["effect"]
         assert got.iloc[0] == pytest.approx(float(deriv), rel=1e-4, abs=1e-6)
 
 
