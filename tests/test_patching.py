@@ -345,3 +345,33 @@ def test_path_to_logits_from_last_layer_equals_activation_patching(toy3):
     exact = activation_patching(toy3, ds, PatchConfig(component="z", direction="noising", layers=(2,))).table
     exact = exact.query("metric == 'logit_diff_norm'")
     assert path["value"].to_numpy() == pytest.approx(exact["value"].to_numpy(), abs=1e-5)
+
+
+def test_nan_weight_fails_loudly_through_the_public_api(tmp_path):
+    """One NaN weight: patching refuses at the baselines (naming the prompt) instead of returning NaN Results,
+    and a NaN-filled Result cannot be saved or graphed without an explicit opt-out."""
+    import interp
+    from interp.errors import SchemaError
+    from interp.graph import CircuitGraph
+
+    model = interp.load_model("toy:llama")
+    ds = _toy_ds(model)
+    good = interp.activation_patching(model, ds, PatchConfig(component="z"))
+    original = float(model.blocks[1].attn.W_O[0, 0, 0])
+    with torch.no_grad():
+        model.blocks[1].attn.W_O[0, 0, 0] = float("nan")
+    try:
+        with pytest.raises(DataError, match=r"logit difference is nan on 3 prompt\(s\), first #0 'cat on'"):
+            interp.activation_patching(model, ds, PatchConfig(component="z"))
+        with pytest.raises(DataError, match="NaN/inf"):
+            interp.attribution_patching(model, ds)
+    finally:
+        with torch.no_grad():
+            model.blocks[1].attn.W_O[0, 0, 0] = original
+    t = good.table.copy()
+    t.loc[3, "effect"] = float("nan")
+    bad = interp.Result(good.kind, t, good.meta, good.name)
+    with pytest.raises(SchemaError, match=r"column 'effect' holds 1 non-finite value\(s\) .* row 3 \(node="):
+        bad.save(tmp_path)
+    with pytest.raises(SchemaError, match="non-finite"):
+        CircuitGraph().add_result(bad)

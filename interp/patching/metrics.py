@@ -191,10 +191,18 @@ class Baseline:
         return float(self.ld_corr.mean())
 
     def check(self, pairs: PairData) -> None:
-        """Raise :class:`DataError` when clean and corrupted metrics are identical (normalisation by zero).
+        """Raise :class:`DataError` on non-finite baselines, or clean and corrupted metrics that are identical
+        (normalisation by zero).
 
         Names every prompt whose clean and corrupted logit differences coincide.
         """
+        for name, ld in (("clean", self.ld_clean), ("corrupted", self.ld_corr)):
+            bad = (~torch.isfinite(ld)).nonzero().flatten().tolist()
+            if bad:
+                texts = pairs.texts if name == "clean" else pairs.corrupted_texts
+                raise DataError(f"the {name} run's logit difference is {float(ld[bad[0]])} on {len(bad)} prompt(s), "
+                                f"first #{bad[0]} {texts[bad[0]]!r}: the model produces NaN/inf (a NaN weight or "
+                                "activation upstream), so every patching number would be NaN")
         gap = (self.ld_clean - self.ld_corr).abs()
         scale = torch.maximum(self.ld_clean.abs(), self.ld_corr.abs()).clamp_min(1.0)
         same = (gap <= _IDENTICAL * scale).nonzero().flatten().tolist()
