@@ -151,6 +151,28 @@ def export(fig: Any, path: str | Path, *, width: str | int | None = None, height
     if fmt == "html":
         data = fig.to_html(include_plotlyjs=True, full_html=True).encode()
     else:
+        _kaleido_without_mathjax()
         data = fig.to_image(format=fmt, scale=scale if fmt == "png" else 1)
     atomic_write_bytes(path, data)
     return path
+
+
+def _kaleido_without_mathjax() -> None:
+    """Turn off MathJax in kaleido's export scope before a static export.
+
+    kaleido 0.2.1 loads MathJax in its headless Chromium; the first figure exported in a
+    process is rendered before MathJax has finished loading and carries its status box
+    ("Loading [MathJax]/extensions/MathMenu.js") in the PDF. Setting ``mathjax = None`` on
+    kaleido's scope makes it not load MathJax at all. This changes only kaleido's own
+    scope object (no environment variable, no plotly default, nothing else in the process),
+    and it is what interp wants for every export anyway: figure text is plain text (token
+    strings are shown as text), and a token such as ``$x$`` must not be
+    typeset as LaTeX in a PDF when the HTML export (which never includes MathJax) shows it
+    literally. It is set once and left set, because changing a kaleido scope setting
+    restarts kaleido's Chromium; restoring it after each export would cost a restart per file.
+    """
+    import plotly.io as pio
+
+    scope = pio.kaleido.scope
+    if scope is not None and scope.mathjax is not None:
+        scope.mathjax = None
