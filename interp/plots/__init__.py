@@ -4,6 +4,10 @@
 * :func:`figure` — dispatch a Result to the plot function of its family
   (``result.kind`` ``"sinks.alpha"`` -> ``interp.plots.sinks.plot``).
 * :func:`heatmap`, :func:`lines` — the generic building blocks the families use.
+* :func:`escape_text` — the one way data text (token strings, prompts, names) enters a
+  figure: plotly reads ``<br>``, ``<b>``, ``<a href>``, entities and ``$...$`` (LaTeX) in
+  titles, tick labels, hover text, legends and annotations; escaped, a token shows as typed.
+  :func:`heatmap` and :func:`lines` escape their string labels themselves.
 * :func:`export` — ``.pdf``, ``.svg``, ``.png`` (through kaleido 0.2.1, which bundles its
   own headless Chromium, so export works offline on a fresh machine) and ``.html``
   (plotly.js inlined, no CDN).
@@ -17,14 +21,16 @@ Example:
 
 from __future__ import annotations
 
+import html
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from interp.errors import ConfigError, nearest
 
-__all__ = ["Theme", "THEME", "figure", "dispatch", "empty_figure", "heatmap", "lines", "export", "apply_theme"]
+__all__ = ["Theme", "THEME", "escape_text", "figure", "dispatch", "empty_figure", "heatmap", "lines", "export", "apply_theme"]
 
 
 @dataclass(frozen=True)
@@ -46,8 +52,37 @@ class Theme:
 
 THEME = Theme()
 
+_ENTITY_START = re.compile(r"&(?=[#0-9A-Za-z])")
+
 # Families with their own plot module: kind prefix -> module under interp.plots.
 _FAMILIES = ("cache", "sinks", "massive", "tracing", "patching", "gating", "sae", "steering", "graph")
+
+
+def escape_text(text: Any) -> str:
+    """``text`` as plain text in a plotly figure: no markup, entity or LaTeX is interpreted.
+
+    ``<``, ``>`` and ``&`` become ``&lt;``, ``&gt;``, ``&amp;`` (plotly turns them back into the
+    characters when drawing), and ``$`` becomes ``&#36;`` so a label such as ``$x$`` is not
+    typeset by MathJax in a notebook. An ``&`` that starts something entity-like (``&amp;``,
+    ``&#36;``, both real BPE tokens) also gets an invisible word joiner (U+2060) after it:
+    plotly's static export (SVG/PDF/PNG) decodes entities a second time, and would otherwise
+    draw the token ``&amp;`` as ``&``. Non-strings are converted with ``str``.
+
+    Example:
+        >>> escape_text("<b>x</b> <br> a & b")
+        '&lt;b&gt;x&lt;/b&gt; &lt;br&gt; a &amp; b'
+        >>> escape_text("$5 &amp;") == "&#36;5 &amp;\u2060amp;"
+        True
+    """
+    text = _ENTITY_START.sub("&\u2060", str(text))
+    return html.escape(text, quote=False).replace("$", "&#36;")
+
+
+def _labels(values: Sequence[Any] | None) -> list[Any] | None:
+    """Axis values for a figure: strings escaped, numbers kept (so numeric axes stay numeric)."""
+    if values is None:
+        return None
+    return [escape_text(v) if isinstance(v, str) else v for v in values]
 
 
 def apply_theme(fig: Any, *, width: str | int = "single", height: int | None = None, theme: Theme = THEME) -> Any:
@@ -65,7 +100,11 @@ def apply_theme(fig: Any, *, width: str | int = "single", height: int | None = N
 def heatmap(z: Any, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None = None, x_title: str = "",
             y_title: str = "", title: str = "", diverging: bool = False, colorbar_title: str = "",
             width: str | int = "single", height: int | None = None, text: Any = None) -> Any:
-    """A themed heatmap; ``diverging=True`` uses the diverging scale centred at 0."""
+    """A themed heatmap; ``diverging=True`` uses the diverging scale centred at 0.
+
+    String labels in ``x``, ``y`` and ``text`` are data (tokens, node ids, task names) and are
+    escaped with :func:`escape_text`; ``title`` and the axis titles are plotly text as given.
+    """
     import numpy as np
     import plotly.graph_objects as go
 
@@ -77,8 +116,10 @@ def heatmap(z: Any, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None =
         kw = dict(zmid=0, zmin=-lim, zmax=lim, colorscale=THEME.diverging)
     else:
         kw = dict(colorscale=THEME.sequential)
-    fig = go.Figure(go.Heatmap(z=z, x=list(x) if x is not None else None, y=list(y) if y is not None else None,
-                               colorbar=dict(title=colorbar_title), text=text,
+    if text is not None:
+        text = np.vectorize(lambda s: escape_text(s) if isinstance(s, str) else s, otypes=[object])(
+            np.asarray(text, dtype=object)).tolist()
+    fig = go.Figure(go.Heatmap(z=z, x=_labels(x), y=_labels(y), colorbar=dict(title=colorbar_title), text=text,
                                hovertemplate="%{y} / %{x}: %{z:.4g}<extra></extra>", **kw))
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
     return apply_theme(fig, width=width, height=height)
@@ -86,10 +127,11 @@ def heatmap(z: Any, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None =
 
 def lines(x: Sequence[Any], series: dict[str, Sequence[float]], *, x_title: str = "", y_title: str = "",
           title: str = "", log_y: bool = False, width: str | int = "single", height: int | None = None) -> Any:
-    """Themed line plot of named series over a shared x."""
+    """Themed line plot of named series over a shared x (series names and string x values escaped)."""
     import plotly.graph_objects as go
 
-    fig = go.Figure([go.Scatter(x=list(x), y=list(v), mode="lines+markers", name=k) for k, v in series.items()])
+    fig = go.Figure([go.Scatter(x=_labels(list(x)), y=list(v), mode="lines+markers", name=escape_text(k))
+                     for k, v in series.items()])
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title)
     if log_y:
         fig.update_yaxes(type="log")

@@ -35,7 +35,7 @@ def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", he
         which: for ``gating.chg``: one of :data:`CHG_VIEWS` (``"role"`` = taxonomy: +1 facilitating,
             0 irrelevant, -1 interfering); ignored for other kinds.
     """
-    from interp.plots import heatmap
+    from interp.plots import escape_text, heatmap
 
     kind, t = result.kind, result.table
     if kind == "gating.chg":
@@ -49,7 +49,7 @@ def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", he
             import numpy as np
 
             text = np.vectorize(lambda v: {1.0: "F", -1.0: "I"}.get(v, ""))(z)
-        fig = heatmap(z, x=heads, y=layers, x_title="head", y_title="layer", title=f"{title} - {result.meta.model}",
+        fig = heatmap(z, x=heads, y=layers, x_title="head", y_title="layer", title=f"{title} - {escape_text(result.meta.model)}",
                       diverging=which in ("role",), colorbar_title=which, width=width,
                       height=height or max(260, 14 * len(layers) + 80), text=text)
         if text is not None:
@@ -65,12 +65,12 @@ def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", he
 
         from interp.plots import apply_theme
 
-        names = t["what"] if kind == "gating.validation" else t["name"]
+        names = [escape_text(n) for n in (t["what"] if kind == "gating.validation" else t["name"])]
         bars = [go.Bar(x=list(names), y=list(t["metric_value"]), name="ablated")]
         if kind == "gating.validation":
             bars.append(go.Bar(x=list(names), y=list(t["baseline_mean"]), name="random heads (mean, std)",
                                error_y=dict(type="data", array=list(t["baseline_std"].fillna(0)))))
         fig = go.Figure(bars)
-        fig.update_layout(barmode="group", title=kind, yaxis_title=str(t["metric"].iloc[0]) if len(t) else "")
+        fig.update_layout(barmode="group", title=kind, yaxis_title=escape_text(t["metric"].iloc[0]) if len(t) else "")
         return apply_theme(fig, width=width, height=height)
     raise ConfigError(f"no gating figure for Result kind {kind!r}")

@@ -45,12 +45,12 @@ def plot(result: Any, *, metric: str | None = None, component: str | None = None
         component: for node tables with several components (``head``, ``mlp``, ``resid``, ``attn``).
         top: for edge tables, how many senders and receivers to show.
     """
-    from interp.plots import heatmap
+    from interp.plots import escape_text, heatmap
 
     t, metric = _select(result.table, metric, component)
     method = t["method"].iloc[0]
     direction = t["direction"].iloc[0]
-    ttl = title or f"{method} patching ({direction}) - {result.meta.model}"
+    ttl = title or escape_text(f"{method} patching ({direction}) - {result.meta.model}")
     if result.kind == "patching.edges":
         return _edges(t, metric, top, ttl, width)
     comps = sorted(set(t["component"]))

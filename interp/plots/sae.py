@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from interp.errors import ConfigError
+from interp.plots import escape_text
 
 __all__ = ["plot", "training_curve", "l0_vs_ce", "histogram", "density", "dfa_heatmap"]
 
@@ -30,12 +31,13 @@ def training_curve(result: Any, *, metrics: Sequence[str] = ("mse_loss", "l0", "
 
     t = result.table
     metrics = [m for m in metrics if m in t.columns] or ["loss"]
-    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=metrics, horizontal_spacing=0.1)
+    fig = make_subplots(rows=1, cols=len(metrics), subplot_titles=[escape_text(m) for m in metrics],
+                        horizontal_spacing=0.1)
     for i, m in enumerate(metrics):
         fig.add_trace(go.Scatter(x=t["tokens"], y=t[m], mode="lines", name=m, showlegend=False,
                                  line=dict(color=THEME.categorical[i % len(THEME.categorical)])), row=1, col=i + 1)
         fig.update_xaxes(title_text="training tokens", row=1, col=i + 1)
-    fig.update_layout(title=f"SAE training {result.name}")
+    fig.update_layout(title=escape_text(f"SAE training {result.name}"))
     return apply_theme(fig, width=width)
 
 
@@ -50,7 +52,7 @@ def l0_vs_ce(results: Sequence[Any], *, width: str | int = "single") -> Any:
         v = r.table.set_index("metric")["value"]
         xs.append(float(v["l0"]))
         ys.append(float(v["ce_loss_recovered"]))
-        names.append(r.name or r.meta.extra.get("site", ""))
+        names.append(escape_text(r.name or r.meta.extra.get("site", "")))
     fig = go.Figure(go.Scatter(x=xs, y=ys, mode="markers+text", text=names, textposition="top center"))
     fig.update_layout(title="SAE sparsity vs fidelity", xaxis_title="L0 (active latents per token)",
                       yaxis_title="CE loss recovered")
@@ -95,7 +97,7 @@ def dfa_heatmap(result: Any, *, width: str | int = "single") -> Any:
 
     p = result.table.pivot(index="feature", columns="head", values="value")
     return heatmap(p.to_numpy(), x=[f"H{h}" for h in p.columns], y=[str(f) for f in p.index], x_title="head",
-                   y_title="feature", title=f"DFA {result.name}", diverging=True, width=width)
+                   y_title="feature", title=escape_text(f"DFA {result.name}"), diverging=True, width=width)
 
 
 def plot(result: Any, **kwargs: Any) -> Any:

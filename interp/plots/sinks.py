@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from interp.plots import THEME, apply_theme, dispatch, heatmap, lines
+from interp.plots import THEME, apply_theme, dispatch, escape_text, heatmap, lines
 from interp.plots import empty_figure as _empty
 
 __all__ = ["plot"]
@@ -73,7 +73,7 @@ def _secondary(result: Any, **kw: Any) -> Any:
         jitter = np.random.default_rng(i).uniform(-0.2, 0.2, len(g))
         fig.add_trace(go.Scatter(x=g.creation_layer + jitter, y=g.lifetime, mode="markers", name=cls,
                                  marker=dict(color=THEME.categorical[i], size=6, opacity=0.7),
-                                 text=[str(s) for s in g.token], hovertemplate="%{text}: L%{x:.0f}, %{y} layers"))
+                                 text=[escape_text(repr(str(s))) for s in g.token], hovertemplate="%{text}: L%{x:.0f}, %{y} layers"))
     fig.update_layout(title=kw.get("title", "Sink lifetimes by creation layer"), xaxis_title="creation layer",
                       yaxis_title="lifetime (layers)")
     return apply_theme(fig)
@@ -87,8 +87,9 @@ def _dormancy(result: Any, **kw: Any) -> Any:
     nodes = list(dict.fromkeys(t.node))
     z = t.pivot_table(index="domain", columns="node", values="sink_mass").reindex(index=domains, columns=nodes)
     switching = sorted(set(t[t.switches].node))
-    title = kw.get("title", "Sink mass by domain" + (f" (switching: {', '.join(switching[:6])}"
-                                                    f"{'...' if len(switching) > 6 else ''})" if switching else ""))
+    title = kw.get("title", "Sink mass by domain" + (escape_text(f" (switching: {', '.join(switching[:6])}"
+                                                                f"{'...' if len(switching) > 6 else ''})")
+                                                    if switching else ""))
     fig = heatmap(z.to_numpy(), x=nodes, y=domains, x_title="head", y_title="domain", colorbar_title="sink mass",
                   title=title, width=kw.get("width", "double"), height=kw.get("height", 120 + 30 * len(domains)))
     fig.update_xaxes(showticklabels=len(nodes) <= 60)
@@ -120,8 +121,8 @@ def _interventions(result: Any, **kw: Any) -> Any:
     t = result.table
     if t.empty:
         return _empty("interventions")
-    fig = go.Figure(go.Bar(x=t.intervention, y=t.delta, text=[f"{d:+.3g}" for d in t.delta],
-                           hovertext=t.target, marker_color=THEME.categorical[0]))
+    fig = go.Figure(go.Bar(x=[escape_text(i) for i in t.intervention], y=t.delta, text=[f"{d:+.3g}" for d in t.delta],
+                           hovertext=[escape_text(s) for s in t.target], marker_color=THEME.categorical[0]))
     fig.update_layout(title=kw.get("title", "Change in next-token loss"), yaxis_title="delta loss (nats)")
     return apply_theme(fig)
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from interp.plots import dispatch
+from interp.plots import dispatch, escape_text
 
 __all__ = ["plot"]
 
@@ -57,7 +57,7 @@ def _lens(t: Any, **kw: Any) -> Any:
         if "affine_decode_acc" in t:
             series["decodable (affine lens)"] = t.affine_decode_acc
         return lines(t.layer, series, x_title="layer", y_title="accuracy",
-                     title=kw.get("title", f"Decodability vs steerability {tasks[0]}".strip()))
+                     title=kw.get("title", escape_text(f"Decodability vs steerability {tasks[0]}".strip())))
     piv = (t.assign(diff=t.steer_acc - t.decode_acc).pivot(index="task", columns="layer", values="diff"))
     return heatmap(piv.values, x=list(piv.columns), y=list(piv.index), x_title="layer", y_title="task",
                    diverging=True, colorbar_title="steer - decode",
@@ -100,7 +100,8 @@ def _axes(t: Any, **kw: Any) -> Any:
 
     from interp.plots import apply_theme
 
-    fig = go.Figure([go.Bar(x=[f"{n}/{m}/L{l}" for n, m, l in zip(t["name"], t.method, t.layer)], y=t.norm)])
+    fig = go.Figure([go.Bar(x=[escape_text(f"{n}/{m}/L{l}") for n, m, l in zip(t["name"], t.method, t.layer)],
+                            y=t.norm)])
     fig.update_layout(title=kw.get("title", "Axis norms"), yaxis_title="norm")
     return apply_theme(fig)
 

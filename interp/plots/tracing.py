@@ -16,13 +16,13 @@ Example:
 
 from __future__ import annotations
 
-import html
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from interp.errors import ConfigError
+from interp.plots import escape_text
 from interp.tracing import CATEGORIES, aligned_effects
 
 __all__ = ["plot"]
@@ -86,7 +86,7 @@ def plot(result: Any, *, fact: int | None = None, kinds: tuple[str, ...] | None 
         gk = g[g.site_kind == kind]
         p = gk.pivot(index="token_index", columns="layer", values="p_restored").sort_index()
         tok = gk.drop_duplicates("token_index").set_index("token_index")
-        labels = [html.escape(repr(tok.token[i])) + ("*" if tok.is_subject[i] else "") for i in p.index]
+        labels = [escape_text(repr(tok.token[i])) + ("*" if tok.is_subject[i] else "") for i in p.index]
         mats.append((kind, p.to_numpy(dtype=float), [int(x) for x in p.columns], labels))
     return _panels(mats, f"Fact {fact}: p(answer) with the site restored", "p", False)
 
@@ -96,7 +96,7 @@ def _summary(t: pd.DataFrame) -> Any:
 
     from interp.plots import apply_theme
 
-    x = [f"{i}: {html.escape(str(a))}" for i, a in zip(t.fact, t.answer)]
+    x = [f"{i}: {escape_text(a)}" for i, a in zip(t.fact, t.answer)]
     fig = go.Figure([go.Bar(x=x, y=t.p_clean, name="clean"), go.Bar(x=x, y=t.p_corrupt, name="corrupted")])
     fig.update_layout(barmode="group", title="p(answer): clean vs corrupted subject", yaxis_title="p")
     return apply_theme(fig, width="double")
