@@ -12,9 +12,14 @@ Graphs with more than ``max_edges`` edges are pruned to the strongest edges (by
 are dropped the same way, and each node/edge keeps at most ``max_evidence`` rows.
 
 Example:
+    >>> import tempfile
     >>> from interp.graph import CircuitGraph
-    >>> g = CircuitGraph(name="demo"); g.add_node("L0.H1", score=1.0)
-    >>> g.to_html("/tmp/demo.html")                                 # doctest: +SKIP
+    >>> g = CircuitGraph(name="</script> demo"); g.add_node("L0.H1", score=1.0)
+    >>> page = g.to_html(tempfile.mkdtemp() + "/demo.html").read_text()
+    >>> page.count("</script>")                                     # only the page's own two scripts close
+    2
+    >>> print(escape_json({"name": "</script>"}))
+    {"name": "\\u003c/script\\u003e"}
 """
 
 from __future__ import annotations

@@ -13,10 +13,15 @@
   (plotly.js inlined, no CDN).
 
 Example:
+    >>> import tempfile
     >>> import numpy as np
     >>> from interp.plots import heatmap, export
-    >>> fig = heatmap(np.eye(3), x_title="head", y_title="layer", title="demo")
-    >>> export(fig, "/tmp/demo.svg", width="single")       # doctest: +SKIP
+    >>> fig = heatmap(np.eye(3), x=["<bos>", "Hi", " there"], x_title="token", y_title="layer", title="demo")
+    >>> fig.data[0].x                                       # token strings are escaped: shown as typed
+    ('&lt;bos&gt;', 'Hi', ' there')
+    >>> path = export(fig, tempfile.mkdtemp() + "/demo.svg", width="single")
+    >>> path.read_text()[:4]
+    '<svg'
 """
 
 from __future__ import annotations

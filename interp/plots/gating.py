@@ -1,9 +1,14 @@
 """Figures of gating Results: G+, G- and taxonomy heatmaps by layer x head; validation bars.
 
 Example:
-    >>> from interp.plots import export
-    >>> fig = plot(chg_result, which="g_minus")           # doctest: +SKIP
-    >>> export(fig, "/tmp/g_minus.svg")                   # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.gating import CHGConfig, causal_head_gating
+    >>> from interp.models import load_model
+    >>> ds = TaskDataset("next", clean=("ab", "cd", "ef", "gh"), answers=("c", "e", "g", "i"))
+    >>> chg = causal_head_gating(load_model("toy:llama"), ds, config=CHGConfig(steps=5, n_masks=1, progress=False))
+    >>> fig = plot(chg, which="g_minus")                  # layer x head
+    >>> fig.layout.title.text, len(fig.data[0].z), len(fig.data[0].z[0])
+    ('G- (lambda < 0) - toy:llama', 2, 4)
 """
 
 from __future__ import annotations

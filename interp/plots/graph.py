@@ -10,10 +10,15 @@ export with :func:`interp.plots.export` to PDF/SVG.
 ``graph.faithfulness`` -> faithfulness bars per circuit.
 
 Example:
+    >>> import tempfile
     >>> from interp.graph import CircuitGraph
+    >>> from interp.plots import export
     >>> g = CircuitGraph(name="demo"); g.add_edge("L0.H1", "L1.H0", weight=0.5, method="eap")
     >>> fig = plot_graph(g)
-    >>> export(fig, "/tmp/circuit.pdf")                      # doctest: +SKIP
+    >>> node_positions(g)                                    # x = head, y = layer
+    {'L0.H1': (1.0, 0.0), 'L1.H0': (0.0, 1.0)}
+    >>> export(fig, tempfile.mkdtemp() + "/circuit.svg").stat().st_size > 1000
+    True
 """
 
 from __future__ import annotations

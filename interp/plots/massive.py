@@ -5,8 +5,14 @@
 * ``massive.dims``: for each consistently massive dimension, the layers where it is.
 
 Example:
-    >>> from interp.plots import figure                               # doctest: +SKIP
-    >>> fig = figure(massive_layers_result)                           # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.plots import figure
+    >>> from interp.sinks import massive_activations
+    >>> layers, dims = massive_activations(load_model("toy:llama"), ["Hello there"])
+    >>> [tr.name for tr in figure(layers).data]
+    ['top 1', 'top 2', 'top 3', 'median']
+    >>> figure(dims).layout.annotations[0].text                       # a random toy has no massive dims
+    'no data'
 """
 
 from __future__ import annotations

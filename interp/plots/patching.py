@@ -7,9 +7,16 @@
 * ``patching.edges`` -> sender x receiver for the ``top`` senders/receivers by |value|.
 
 Example:
-    >>> from interp.plots import figure, export
-    >>> fig = figure(result, metric="logit_diff_norm")     # doctest: +SKIP
-    >>> export(fig, "heads.pdf")                            # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.models import load_model
+    >>> from interp.patching import PatchConfig, activation_patching
+    >>> from interp.plots import figure
+    >>> ds = TaskDataset("toy", clean=("cat on", "a dog to"), corrupted=("cow on", "a dog at"),
+    ...                  answers=("x", "y"), counterfactuals=("q", "w"))     # one-byte answers: toy tokenizer
+    >>> result = activation_patching(load_model("toy:llama"), ds, PatchConfig(component="z"))
+    >>> fig = figure(result, metric="logit_diff_norm")
+    >>> fig.layout.xaxis.title.text, fig.layout.yaxis.title.text, len(fig.data[0].z), len(fig.data[0].z[0])
+    ('head', 'layer', 2, 4)
 """
 
 from __future__ import annotations

@@ -7,8 +7,13 @@
 * ``sae.dfa`` — heatmap feature x head of direct feature attribution.
 
 Example:
+    >>> import pandas as pd
     >>> from interp.plots import figure
-    >>> fig = figure(trained.history)            # doctest: +SKIP
+    >>> from interp.results import Result
+    >>> history = Result("sae.training", pd.DataFrame({"tokens": [0, 4096, 8192], "mse_loss": [1.0, 0.5, 0.4],
+    ...                                                 "l0": [32.0, 12.0, 9.0], "explained_variance": [0.1, 0.6, 0.7]}))
+    >>> [a.text for a in figure(history).layout.annotations]         # as figure(train_sae(...).history)
+    ['mse_loss', 'l0', 'explained_variance']
 """
 
 from __future__ import annotations

@@ -9,8 +9,16 @@
 * ``sinks.interventions``: change of next-token loss per intervention.
 
 Example:
-    >>> from interp.plots import figure, export                       # doctest: +SKIP
-    >>> export(figure(heads_result), "sinks_heads.pdf")               # doctest: +SKIP
+    >>> import tempfile
+    >>> from interp.models import load_model
+    >>> from interp.plots import export, figure
+    >>> from interp.sinks import sink_scores
+    >>> heads, layers, rate = sink_scores(load_model("toy:llama"), ["Hello there", "A cat."])
+    >>> fig = figure(heads)                                           # layer x head of alpha_first
+    >>> fig.layout.xaxis.title.text, len(fig.data[0].z), len(fig.data[0].z[0])
+    ('head', 2, 4)
+    >>> export(fig, tempfile.mkdtemp() + "/sinks_heads.pdf").read_bytes()[:5]
+    b'%PDF-'
 """
 
 from __future__ import annotations

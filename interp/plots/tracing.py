@@ -9,9 +9,20 @@
 * ``tracing.summary``: p clean vs p corrupted per fact.
 
 Example:
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.models import load_model
     >>> from interp.plots.tracing import plot
-    >>> fig = plot(grid)                 # doctest: +SKIP
-    >>> fig = plot(grid, fact=0)         # doctest: +SKIP
+    >>> from interp.tracing import TracingConfig, causal_trace
+    >>> ds = TaskDataset("facts", ("The Eiffel Tower is in",), answers=("P",),
+    ...                  meta=({"subject_start": 5, "subject_end": 17},))     # token span of "Eiffel Tower"
+    >>> cfg = TracingConfig(n_samples=2, kinds=("resid", "mlp"), window=1)
+    >>> grid, summary = causal_trace(load_model("toy:llama"), ds, cfg, progress=False)
+    >>> fig = plot(grid)                                      # averaged over facts: one panel per site kind
+    >>> [a.text for a in fig.layout.annotations]
+    ['hidden state (block output)', 'MLP output (window)']
+    >>> fig = plot(grid, fact=0)                              # the prompt's tokens, subject marked with *
+    >>> list(fig.layout.yaxis.ticktext[:7])
+    ["'&lt;bos&gt;'", "'T'", "'h'", "'e'", "' '", "'E'*", "'i'*"]
 """
 
 from __future__ import annotations
