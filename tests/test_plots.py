@@ -131,7 +131,8 @@ def _escaped_figures():
     trace = r("tracing.grid", [dict(fact=0, site_kind="resid", layer=l, token_index=i, token=tok, is_subject=i == 1,
                                     is_last_subject=i == 1, p_restored=0.5, indirect_effect=0.1)
                                for l in range(2) for i, tok in enumerate(TOKENS)])
-    summary = r("tracing.summary", [dict(fact=i, answer=tok, p_clean=0.9, p_corrupt=0.1) for i, tok in enumerate(TOKENS)])
+    summary = r("tracing.summary", [dict(fact=i, answer=tok, p_clean=0.9, p_corrupt=0.1)
+                                    for i, tok in enumerate(TOKENS)])
     validation = r("gating.validation", [dict(what=tok, metric_value=1.0, baseline_mean=0.5, baseline_std=0.1,
                                               metric=TOKENS[0]) for tok in TOKENS])
     ablation = r("gating.ablation", [dict(name=tok, metric_value=1.0, metric="loss") for tok in TOKENS])
@@ -140,10 +141,12 @@ def _escaped_figures():
     dormancy = r("sinks.dormancy", [dict(domain=tok, node=f"L0.H{h}", sink_mass=0.5, switches=True)
                                     for tok in TOKENS for h in range(2)])
     interventions = r("sinks.interventions", [dict(intervention=tok, target=tok, delta=0.1) for tok in TOKENS])
-    lens = r("steering.lens", [dict(task=tok, layer=l, decode_acc=0.5, steer_acc=0.6) for tok in TOKENS for l in range(2)])
+    lens = r("steering.lens", [dict(task=tok, layer=l, decode_acc=0.5, steer_acc=0.6)
+                               for tok in TOKENS for l in range(2)])
     lens1 = r("steering.lens", [dict(task=TOKENS[1], layer=l, decode_acc=0.5, steer_acc=0.6) for l in range(2)])
     axes = r("steering.axes", [dict(name=tok, method="mean_diff", layer=1, norm=1.0) for tok in TOKENS])
-    sae_eval = r("sae.eval", [dict(metric="l0", value=3.0), dict(metric="ce_loss_recovered", value=0.9)], name=TOKENS[1])
+    sae_eval = r("sae.eval", [dict(metric="l0", value=3.0), dict(metric="ce_loss_recovered", value=0.9)],
+                 name=TOKENS[1])
     sae_train = r("sae.training", [dict(tokens=t, mse_loss=1.0, l0=2.0, explained_variance=0.5) for t in range(3)],
                   name=TOKENS[0])
     dfa = r("sae.dfa", [dict(feature=f, head=h, value=0.1) for f in range(2) for h in range(2)], name=TOKENS[1])

@@ -31,11 +31,18 @@ import importlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from interp.errors import ConfigError, nearest
 
-__all__ = ["Theme", "THEME", "escape_text", "figure", "dispatch", "empty_figure", "heatmap", "lines", "export", "apply_theme"]
+if TYPE_CHECKING:
+    from numpy.typing import ArrayLike
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
+
+__all__ = ["Theme", "THEME", "escape_text", "figure", "dispatch", "empty_figure", "heatmap", "lines", "export",
+           "apply_theme"]
 
 
 @dataclass(frozen=True)
@@ -90,7 +97,7 @@ def _labels(values: Sequence[Any] | None) -> list[Any] | None:
     return [escape_text(v) if isinstance(v, str) else v for v in values]
 
 
-def apply_theme(fig: Any, *, width: str | int = "single", height: int | None = None, theme: Theme = THEME) -> Any:
+def apply_theme(fig: Figure, *, width: str | int = "single", height: int | None = None, theme: Theme = THEME) -> Figure:
     """Apply the paper theme to a plotly figure in place and return it."""
     w = {"single": theme.single_width, "double": theme.double_width}.get(width, width) if isinstance(width, str) else width
     if isinstance(w, str):
@@ -102,9 +109,9 @@ def apply_theme(fig: Any, *, width: str | int = "single", height: int | None = N
     return fig
 
 
-def heatmap(z: Any, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None = None, x_title: str = "",
+def heatmap(z: ArrayLike, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None = None, x_title: str = "",
             y_title: str = "", title: str = "", diverging: bool = False, colorbar_title: str = "",
-            width: str | int = "single", height: int | None = None, text: Any = None) -> Any:
+            width: str | int = "single", height: int | None = None, text: Any = None) -> Figure:
     """A themed heatmap; ``diverging=True`` uses the diverging scale centred at 0.
 
     String labels in ``x``, ``y`` and ``text`` are data (tokens, node ids, task names) and are
@@ -131,7 +138,7 @@ def heatmap(z: Any, *, x: Sequence[Any] | None = None, y: Sequence[Any] | None =
 
 
 def lines(x: Sequence[Any], series: dict[str, Sequence[float]], *, x_title: str = "", y_title: str = "",
-          title: str = "", log_y: bool = False, width: str | int = "single", height: int | None = None) -> Any:
+          title: str = "", log_y: bool = False, width: str | int = "single", height: int | None = None) -> Figure:
     """Themed line plot of named series over a shared x (series names and string x values escaped)."""
     import plotly.graph_objects as go
 
@@ -143,7 +150,7 @@ def lines(x: Sequence[Any], series: dict[str, Sequence[float]], *, x_title: str 
     return apply_theme(fig, width=width, height=height)
 
 
-def empty_figure(title: str) -> Any:
+def empty_figure(title: str) -> Figure:
     """A themed placeholder saying "no data" (for Results with no rows)."""
     import plotly.graph_objects as go
 
@@ -153,7 +160,7 @@ def empty_figure(title: str) -> Any:
     return apply_theme(fig)
 
 
-def dispatch(result: Any, plots: dict[str, Any], what: str, **kwargs: Any) -> Any:
+def dispatch(result: Result, plots: dict[str, Any], what: str, **kwargs: Any) -> Figure:
     """Call ``plots[result.kind](result, **kwargs)``; a kind without a plot gets the nearest kinds named.
 
     The family modules' ``plot`` functions are this call with their own table of kinds.
@@ -165,7 +172,7 @@ def dispatch(result: Any, plots: dict[str, Any], what: str, **kwargs: Any) -> An
     return fn(result, **kwargs)
 
 
-def figure(result: Any, **kwargs: Any) -> Any:
+def figure(result: Result, **kwargs: Any) -> Figure:
     """The figure of a Result, drawn by ``interp.plots.<family>.plot(result, **kwargs)``."""
     family = result.kind.split(".")[0]
     if family not in _FAMILIES:
@@ -177,7 +184,7 @@ def figure(result: Any, **kwargs: Any) -> Any:
     return module.plot(result, **kwargs)
 
 
-def export(fig: Any, path: str | Path, *, width: str | int | None = None, height: int | None = None,
+def export(fig: Figure, path: str | Path, *, width: str | int | None = None, height: int | None = None,
            scale: float = 2.0) -> Path:
     """Write a figure to ``.pdf``, ``.svg``, ``.png`` or ``.html`` (self-contained), atomically.
 

@@ -13,9 +13,14 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot", "CHG_VIEWS"]
 
@@ -33,7 +38,7 @@ def _grid(table: Any, column: str) -> tuple[Any, list[int], list[int]]:
     return z, layers, heads
 
 
-def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", height: int | None = None) -> Any:
+def plot(result: Result, *, which: str = "g_minus", width: str | int = "single", height: int | None = None) -> Figure:
     """Figure of a gating Result.
 
     Args:
@@ -54,7 +59,8 @@ def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", he
             import numpy as np
 
             text = np.vectorize(lambda v: {1.0: "F", -1.0: "I"}.get(v, ""))(z)
-        fig = heatmap(z, x=heads, y=layers, x_title="head", y_title="layer", title=f"{title} - {escape_text(result.meta.model)}",
+        fig = heatmap(z, x=heads, y=layers, x_title="head", y_title="layer",
+                      title=f"{title} - {escape_text(result.meta.model)}",
                       diverging=which in ("role",), colorbar_title=which, width=width,
                       height=height or max(260, 14 * len(layers) + 80), text=text)
         if text is not None:

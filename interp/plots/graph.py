@@ -23,10 +23,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import ConfigError
 from interp.plots import THEME, apply_theme, escape_text
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.graph import CircuitGraph
+    from interp.results import Result
 
 __all__ = ["plot_graph", "plot", "node_positions"]
 
@@ -35,7 +41,7 @@ _KIND_COLOR = {"embed": "#999999", "head": THEME.categorical[0], "mlp": THEME.ca
 _ROLE_COLOR = {"facilitating": THEME.categorical[2], "interfering": THEME.categorical[1], "irrelevant": "#BBBBBB"}
 
 
-def node_positions(graph: Any) -> dict[str, tuple[float, float]]:
+def node_positions(graph: CircuitGraph) -> dict[str, tuple[float, float]]:
     """``node -> (x, y)``: x = head index / MLP column / extra columns, y = layer (EMBED -1, LOGITS n_layers)."""
     g = graph.nx
     layers = [d["layer"] for _, d in g.nodes(data=True)] + [int(k) for k in graph.layers]
@@ -61,8 +67,8 @@ def node_positions(graph: Any) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def plot_graph(graph: Any, *, title: str | None = None, width: str | int = "double", height: int | None = None,
-               max_edges: int = 2000, labels: bool = True) -> Any:
+def plot_graph(graph: CircuitGraph, *, title: str | None = None, width: str | int = "double",
+               height: int | None = None, max_edges: int = 2000, labels: bool = True) -> Figure:
     """The paper figure of a circuit (plotly). Edges beyond ``max_edges`` (weakest first) are left out."""
     import plotly.graph_objects as go
 
@@ -95,7 +101,8 @@ def plot_graph(graph: Any, *, title: str | None = None, width: str | int = "doub
         d_of = [g.nodes[n] for n in ns]
         traces.append(go.Scatter(
             x=[pos[n][0] for n in ns], y=[pos[n][1] for n in ns], mode="markers+text" if labels else "markers",
-            name=escape_text(key), text=[escape_text(_short(n, d)) for n, d in zip(ns, d_of)] if labels else None, textposition="top center",
+            name=escape_text(key), text=[escape_text(_short(n, d)) for n, d in zip(ns, d_of)] if labels else None,
+            textposition="top center",
             textfont=dict(size=max(6, THEME.font_size - 4)),
             marker=dict(size=[6 + 10 * abs(d["score"]) / smax for d in d_of], color=color,
                         symbol=["square" if d["kind"] in ("mlp", "embed", "logits") else "circle" for d in d_of],
@@ -126,7 +133,7 @@ def _short(n: str, d: dict[str, Any]) -> str:
     return n
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """Figure of a ``graph.*`` Result (compare, faithfulness)."""
     import plotly.graph_objects as go
 

@@ -17,16 +17,21 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.plots import THEME, apply_theme, dispatch, lines
 from interp.plots import empty_figure as _empty
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
 
 
-def _layers(result: Any, **kw: Any) -> Any:
+def _layers(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("massive activations")
@@ -46,7 +51,7 @@ def _layers(result: Any, **kw: Any) -> Any:
     return fig
 
 
-def _dims(result: Any, **kw: Any) -> Any:
+def _dims(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -65,6 +70,6 @@ def _dims(result: Any, **kw: Any) -> Any:
 _PLOTS = {"massive.layers": _layers, "massive.dims": _dims}
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """The figure of a ``massive.*`` Result."""
     return dispatch(result, _PLOTS, "massive-activation", **kwargs)

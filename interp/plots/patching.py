@@ -21,11 +21,16 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from interp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
@@ -43,8 +48,8 @@ def _select(t: Any, metric: str | None, component: str | None) -> tuple[Any, str
     return t, metric
 
 
-def plot(result: Any, *, metric: str | None = None, component: str | None = None, top: int = 30,
-         width: str | int = "double", title: str | None = None) -> Any:
+def plot(result: Result, *, metric: str | None = None, component: str | None = None, top: int = 30,
+         width: str | int = "double", title: str | None = None) -> Figure:
     """Heatmap of a ``patching.nodes`` or ``patching.edges`` Result.
 
     Args:
@@ -87,7 +92,7 @@ def plot(result: Any, *, metric: str | None = None, component: str | None = None
                    colorbar_title=_LABEL.get(metric, metric), width=width, text=text)
 
 
-def _edges(t: Any, metric: str, top: int, title: str, width: str | int) -> Any:
+def _edges(t: Any, metric: str, top: int, title: str, width: str | int) -> Figure:
     from interp.plots import heatmap
 
     t = t.assign(dst_full=t["dst"] + "." + t["dst_input"])

@@ -10,24 +10,30 @@ Example:
     >>> import pandas as pd
     >>> from interp.plots import figure
     >>> from interp.results import Result
-    >>> history = Result("sae.training", pd.DataFrame({"tokens": [0, 4096, 8192], "mse_loss": [1.0, 0.5, 0.4],
-    ...                                                 "l0": [32.0, 12.0, 9.0], "explained_variance": [0.1, 0.6, 0.7]}))
+    >>> history = Result("sae.training", pd.DataFrame({
+    ...     "tokens": [0, 4096, 8192], "mse_loss": [1.0, 0.5, 0.4], "l0": [32.0, 12.0, 9.0],
+    ...     "explained_variance": [0.1, 0.6, 0.7]}))
     >>> [a.text for a in figure(history).layout.annotations]         # as figure(train_sae(...).history)
     ['mse_loss', 'l0', 'explained_variance']
 """
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from interp.errors import ConfigError
 from interp.plots import escape_text
 
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
+
 __all__ = ["plot", "training_curve", "l0_vs_ce", "histogram", "density", "dfa_heatmap"]
 
 
-def training_curve(result: Any, *, metrics: Sequence[str] = ("mse_loss", "l0", "explained_variance"),
-                   width: str | int = "double") -> Any:
+def training_curve(result: Result, *, metrics: Sequence[str] = ("mse_loss", "l0", "explained_variance"),
+                   width: str | int = "double") -> Figure:
     """One subplot per metric over training tokens."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
@@ -46,7 +52,7 @@ def training_curve(result: Any, *, metrics: Sequence[str] = ("mse_loss", "l0", "
     return apply_theme(fig, width=width)
 
 
-def l0_vs_ce(results: Sequence[Any], *, width: str | int = "single") -> Any:
+def l0_vs_ce(results: Sequence[Result], *, width: str | int = "single") -> Figure:
     """Scatter of L0 against CE loss recovered, one labelled point per ``sae.eval`` Result."""
     import plotly.graph_objects as go
 
@@ -64,7 +70,7 @@ def l0_vs_ce(results: Sequence[Any], *, width: str | int = "single") -> Any:
     return apply_theme(fig, width=width)
 
 
-def histogram(result: Any, *, feature: int | None = None, width: str | int = "single") -> Any:
+def histogram(result: Result, *, feature: int | None = None, width: str | int = "single") -> Figure:
     """Bar chart of log10 activation counts (one feature, or summed over features)."""
     import plotly.graph_objects as go
 
@@ -82,7 +88,7 @@ def histogram(result: Any, *, feature: int | None = None, width: str | int = "si
     return apply_theme(fig, width=width)
 
 
-def density(result: Any, *, width: str | int = "single") -> Any:
+def density(result: Result, *, width: str | int = "single") -> Figure:
     """Histogram of log10 feature density (dead features counted at the left edge)."""
     import numpy as np
     import plotly.graph_objects as go
@@ -96,7 +102,7 @@ def density(result: Any, *, width: str | int = "single") -> Any:
     return apply_theme(fig, width=width)
 
 
-def dfa_heatmap(result: Any, *, width: str | int = "single") -> Any:
+def dfa_heatmap(result: Result, *, width: str | int = "single") -> Figure:
     """Features x heads heatmap of mean direct feature attribution."""
     from interp.plots import heatmap
 
@@ -105,7 +111,7 @@ def dfa_heatmap(result: Any, *, width: str | int = "single") -> Any:
                    y_title="feature", title=escape_text(f"DFA {result.name}"), diverging=True, width=width)
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """Dispatch on ``result.kind`` (``interp.plots.figure`` calls this)."""
     kind = result.kind
     if kind == "sae.training":

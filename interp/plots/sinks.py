@@ -23,12 +23,17 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from interp.plots import THEME, apply_theme, dispatch, escape_text, heatmap, lines
 from interp.plots import empty_figure as _empty
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
@@ -43,7 +48,7 @@ def _grid(table: Any, value: str) -> tuple[np.ndarray, list[int], list[int]]:
 
 
 
-def _heads(result: Any, **kw: Any) -> Any:
+def _heads(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("attention sinks")
@@ -54,7 +59,7 @@ def _heads(result: Any, **kw: Any) -> Any:
                    height=kw.get("height", max(260, 14 * len(layers) + 80)))
 
 
-def _layers(result: Any, **kw: Any) -> Any:
+def _layers(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -67,7 +72,7 @@ def _layers(result: Any, **kw: Any) -> Any:
     return apply_theme(fig)
 
 
-def _secondary(result: Any, **kw: Any) -> Any:
+def _secondary(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -81,13 +86,14 @@ def _secondary(result: Any, **kw: Any) -> Any:
         jitter = np.random.default_rng(i).uniform(-0.2, 0.2, len(g))
         fig.add_trace(go.Scatter(x=g.creation_layer + jitter, y=g.lifetime, mode="markers", name=cls,
                                  marker=dict(color=THEME.categorical[i], size=6, opacity=0.7),
-                                 text=[escape_text(repr(str(s))) for s in g.token], hovertemplate="%{text}: L%{x:.0f}, %{y} layers"))
+                                 text=[escape_text(repr(str(s))) for s in g.token],
+                                 hovertemplate="%{text}: L%{x:.0f}, %{y} layers"))
     fig.update_layout(title=kw.get("title", "Sink lifetimes by creation layer"), xaxis_title="creation layer",
                       yaxis_title="lifetime (layers)")
     return apply_theme(fig)
 
 
-def _dormancy(result: Any, **kw: Any) -> Any:
+def _dormancy(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("dormant heads")
@@ -104,7 +110,7 @@ def _dormancy(result: Any, **kw: Any) -> Any:
     return fig
 
 
-def _drain(result: Any, **kw: Any) -> Any:
+def _drain(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("value-state drain")
@@ -114,7 +120,7 @@ def _drain(result: Any, **kw: Any) -> Any:
                    height=kw.get("height", max(260, 14 * len(layers) + 80)))
 
 
-def _peak(result: Any, **kw: Any) -> Any:
+def _peak(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("residual-state peak")
@@ -123,7 +129,7 @@ def _peak(result: Any, **kw: Any) -> Any:
                  title=kw.get("title", "Residual norm of the first token"))
 
 
-def _interventions(result: Any, **kw: Any) -> Any:
+def _interventions(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -135,7 +141,7 @@ def _interventions(result: Any, **kw: Any) -> Any:
     return apply_theme(fig)
 
 
-def _model(result: Any, **kw: Any) -> Any:
+def _model(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -152,6 +158,6 @@ _PLOTS = {"sinks.heads": _heads, "sinks.layers": _layers, "sinks.secondary": _se
           "sinks.interventions": _interventions, "sinks.model": _model}
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """The figure of a ``sinks.*`` Result (see the module docstring for each kind)."""
     return dispatch(result, _PLOTS, "sinks", **kwargs)

@@ -27,7 +27,7 @@ Example:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -36,13 +36,18 @@ from interp.errors import ConfigError
 from interp.plots import escape_text
 from interp.tracing import CATEGORIES, aligned_effects
 
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
+
 __all__ = ["plot"]
 _TITLES = {"resid": "hidden state (block output)", "mlp": "MLP output (window)", "attn": "attention output (window)"}
 _SCALES = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
 def _panels(mats: list[tuple[str, np.ndarray, list[int], list[str]]], title: str, colorbar: str,
-            from_zero: bool) -> Any:
+            from_zero: bool) -> Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -70,7 +75,7 @@ def _panels(mats: list[tuple[str, np.ndarray, list[int], list[str]]], title: str
     return fig
 
 
-def plot(result: Any, *, fact: int | None = None, kinds: tuple[str, ...] | None = None) -> Any:
+def plot(result: Result, *, fact: int | None = None, kinds: tuple[str, ...] | None = None) -> Figure:
     """Figure of a ``tracing.grid`` (averaged, or one ``fact``) or ``tracing.summary`` Result."""
     t = result.table
     if result.kind == "tracing.summary":
@@ -102,7 +107,7 @@ def plot(result: Any, *, fact: int | None = None, kinds: tuple[str, ...] | None 
     return _panels(mats, f"Fact {fact}: p(answer) with the site restored", "p", False)
 
 
-def _summary(t: pd.DataFrame) -> Any:
+def _summary(t: pd.DataFrame) -> Figure:
     import plotly.graph_objects as go
 
     from interp.plots import apply_theme
