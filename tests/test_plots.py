@@ -92,14 +92,20 @@ def _pdf_text(data: bytes) -> list[str]:
 
 
 def test_first_pdf_export_of_a_process_has_no_mathjax_box(tmp_path):
+    import os
     import subprocess
     import sys
+    from pathlib import Path
 
-    # a fresh interpreter: the box appears on the first export of a process (kaleido 0.2.1)
+    import interp
+
+    # a fresh interpreter (importing this interp): the box appears on the first export of a process (kaleido 0.2.1)
     path = tmp_path / "first.pdf"
     code = ("import numpy as np; from interp.plots import heatmap, export; "
             f"export(heatmap(np.eye(3), title='Planted title'), {str(path)!r})")
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(interp.__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH", "")]))
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
     texts = _pdf_text(path.read_bytes())
     assert any("Planted title" in t for t in texts), texts  # the decoder reads this PDF's text
     assert not any("MathJax" in t for t in texts), texts
