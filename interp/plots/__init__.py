@@ -75,8 +75,9 @@ def escape_text(text: Any) -> str:
 
     ``<``, ``>`` and ``&`` become ``&lt;``, ``&gt;``, ``&amp;`` (plotly turns them back into the
     characters when drawing), and ``$`` becomes ``&#36;`` so a label such as ``$x$`` is not
-    typeset by MathJax in a notebook. An ``&`` that starts something entity-like (``&amp;``,
-    ``&#36;``, both real BPE tokens) also gets an invisible word joiner (U+2060) after it:
+    typeset by MathJax in a notebook. An ``&`` that starts something entity-like (web-text BPE
+    vocabularies have tokens such as ``&amp;`` and ``&lt;``) also gets an invisible word joiner
+    (U+2060) after it:
     plotly's static export (SVG/PDF/PNG) decodes entities a second time, and would otherwise
     draw the token ``&amp;`` as ``&``. Non-strings are converted with ``str``.
 
