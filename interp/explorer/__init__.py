@@ -12,9 +12,14 @@ Graphs with more than ``max_edges`` edges are pruned to the strongest edges (by
 are dropped the same way, and each node/edge keeps at most ``max_evidence`` rows.
 
 Example:
+    >>> import tempfile
     >>> from interp.graph import CircuitGraph
-    >>> g = CircuitGraph(name="demo"); g.add_node("L0.H1", score=1.0)
-    >>> g.to_html("/tmp/demo.html")                                 # doctest: +SKIP
+    >>> g = CircuitGraph(name="</script> demo"); g.add_node("L0.H1", score=1.0)
+    >>> page = g.to_html(tempfile.mkdtemp() + "/demo.html").read_text()
+    >>> page.count("</script>")                                     # only the page's own two scripts close
+    2
+    >>> print(escape_json({"name": "</script>"}))
+    {"name": "\\u003c/script\\u003e"}
 """
 
 from __future__ import annotations
@@ -22,7 +27,10 @@ from __future__ import annotations
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from interp.graph import CircuitGraph
 
 __all__ = ["page_data", "render_html", "write_html", "show", "escape_json"]
 
@@ -35,7 +43,8 @@ def escape_json(data: Any) -> str:
     return text
 
 
-def page_data(graph: Any, *, max_edges: int = 3000, max_nodes: int = 3000, max_evidence: int = 200) -> dict[str, Any]:
+def page_data(graph: CircuitGraph, *, max_edges: int = 3000, max_nodes: int = 3000,
+              max_evidence: int = 200) -> dict[str, Any]:
     """The JSON payload of the page: meta, notice, nodes, edges, layers (pruned for huge graphs)."""
     g = graph.nx
     notices = []
@@ -78,7 +87,7 @@ def _asset(name: str) -> str:
     return resources.files("interp.explorer").joinpath(name).read_text(encoding="utf-8")
 
 
-def render_html(graph: Any, **kwargs: Any) -> str:
+def render_html(graph: CircuitGraph, **kwargs: Any) -> str:
     """The page as a string (see :func:`page_data` for the keyword arguments)."""
     page = _asset("template.html")
     css, js = _asset("explorer.css"), _asset("explorer.js")
@@ -91,7 +100,7 @@ def render_html(graph: Any, **kwargs: Any) -> str:
     return head + data + tail
 
 
-def write_html(graph: Any, path: str | Path, **kwargs: Any) -> Path:
+def write_html(graph: CircuitGraph, path: str | Path, **kwargs: Any) -> Path:
     """Write the self-contained explorer page to ``path`` (atomically)."""
     from interp._fs import atomic_write_bytes
 
@@ -100,7 +109,7 @@ def write_html(graph: Any, path: str | Path, **kwargs: Any) -> Path:
     return path
 
 
-def show(graph: Any, *, height: int = 640, **kwargs: Any) -> Any:
+def show(graph: CircuitGraph, *, height: int = 640, **kwargs: Any) -> Any:
     """An ``IPython.display.HTML`` iframe (``srcdoc`` = the page, attribute-escaped) for Jupyter."""
     import html
 

@@ -6,11 +6,14 @@ list/dict attributes of the schema (``scores``, ``roles``, ``flags``, ``evidence
 restored on load: ``load_graph(to_graphml(g, p))`` equals ``g``.
 
 Example:
+    >>> import tempfile
     >>> from interp.graph import CircuitGraph, load_graph
     >>> g = CircuitGraph(model="toy:llama"); g.add_node("L0.H1", score=0.5, roles=["facilitating"])
-    >>> h = load_graph(g.to_graphml("/tmp/g.graphml"))                        # doctest: +SKIP
-    >>> h.node("L0.H1")["roles"]                                              # doctest: +SKIP
+    >>> h = load_graph(g.to_graphml(tempfile.mkdtemp() + "/g.graphml"))
+    >>> h.node("L0.H1")["roles"]
     ['facilitating']
+    >>> graphs_equal(g, h)
+    True
 """
 
 from __future__ import annotations

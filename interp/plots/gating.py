@@ -1,16 +1,26 @@
 """Figures of gating Results: G+, G- and taxonomy heatmaps by layer x head; validation bars.
 
 Example:
-    >>> from interp.plots import export
-    >>> fig = plot(chg_result, which="g_minus")           # doctest: +SKIP
-    >>> export(fig, "/tmp/g_minus.svg")                   # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.gating import CHGConfig, causal_head_gating
+    >>> from interp.models import load_model
+    >>> ds = TaskDataset("next", clean=("ab", "cd", "ef", "gh"), answers=("c", "e", "g", "i"))
+    >>> chg = causal_head_gating(load_model("toy:llama"), ds, config=CHGConfig(steps=5, n_masks=1, progress=False))
+    >>> fig = plot(chg, which="g_minus")                  # layer x head
+    >>> fig.layout.title.text, len(fig.data[0].z), len(fig.data[0].z[0])
+    ('G- (lambda < 0) - toy:llama', 2, 4)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot", "CHG_VIEWS"]
 
@@ -28,14 +38,14 @@ def _grid(table: Any, column: str) -> tuple[Any, list[int], list[int]]:
     return z, layers, heads
 
 
-def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", height: int | None = None) -> Any:
+def plot(result: Result, *, which: str = "g_minus", width: str | int = "single", height: int | None = None) -> Figure:
     """Figure of a gating Result.
 
     Args:
         which: for ``gating.chg``: one of :data:`CHG_VIEWS` (``"role"`` = taxonomy: +1 facilitating,
             0 irrelevant, -1 interfering); ignored for other kinds.
     """
-    from interp.plots import heatmap
+    from interp.plots import escape_text, heatmap
 
     kind, t = result.kind, result.table
     if kind == "gating.chg":
@@ -49,7 +59,8 @@ def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", he
             import numpy as np
 
             text = np.vectorize(lambda v: {1.0: "F", -1.0: "I"}.get(v, ""))(z)
-        fig = heatmap(z, x=heads, y=layers, x_title="head", y_title="layer", title=f"{title} - {result.meta.model}",
+        fig = heatmap(z, x=heads, y=layers, x_title="head", y_title="layer",
+                      title=f"{title} - {escape_text(result.meta.model)}",
                       diverging=which in ("role",), colorbar_title=which, width=width,
                       height=height or max(260, 14 * len(layers) + 80), text=text)
         if text is not None:
@@ -65,12 +76,12 @@ def plot(result: Any, *, which: str = "g_minus", width: str | int = "single", he
 
         from interp.plots import apply_theme
 
-        names = t["what"] if kind == "gating.validation" else t["name"]
+        names = [escape_text(n) for n in (t["what"] if kind == "gating.validation" else t["name"])]
         bars = [go.Bar(x=list(names), y=list(t["metric_value"]), name="ablated")]
         if kind == "gating.validation":
             bars.append(go.Bar(x=list(names), y=list(t["baseline_mean"]), name="random heads (mean, std)",
                                error_y=dict(type="data", array=list(t["baseline_std"].fillna(0)))))
         fig = go.Figure(bars)
-        fig.update_layout(barmode="group", title=kind, yaxis_title=str(t["metric"].iloc[0]) if len(t) else "")
+        fig.update_layout(barmode="group", title=kind, yaxis_title=escape_text(t["metric"].iloc[0]) if len(t) else "")
         return apply_theme(fig, width=width, height=height)
     raise ConfigError(f"no gating figure for Result kind {kind!r}")

@@ -10,18 +10,29 @@ export with :func:`interp.plots.export` to PDF/SVG.
 ``graph.faithfulness`` -> faithfulness bars per circuit.
 
 Example:
+    >>> import tempfile
     >>> from interp.graph import CircuitGraph
+    >>> from interp.plots import export
     >>> g = CircuitGraph(name="demo"); g.add_edge("L0.H1", "L1.H0", weight=0.5, method="eap")
     >>> fig = plot_graph(g)
-    >>> export(fig, "/tmp/circuit.pdf")                      # doctest: +SKIP
+    >>> node_positions(g)                                    # x = head, y = layer
+    {'L0.H1': (1.0, 0.0), 'L1.H0': (0.0, 1.0)}
+    >>> export(fig, tempfile.mkdtemp() + "/circuit.svg").stat().st_size > 1000
+    True
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import ConfigError
-from interp.plots import THEME, apply_theme
+from interp.plots import THEME, apply_theme, escape_text
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.graph import CircuitGraph
+    from interp.results import Result
 
 __all__ = ["plot_graph", "plot", "node_positions"]
 
@@ -30,7 +41,7 @@ _KIND_COLOR = {"embed": "#999999", "head": THEME.categorical[0], "mlp": THEME.ca
 _ROLE_COLOR = {"facilitating": THEME.categorical[2], "interfering": THEME.categorical[1], "irrelevant": "#BBBBBB"}
 
 
-def node_positions(graph: Any) -> dict[str, tuple[float, float]]:
+def node_positions(graph: CircuitGraph) -> dict[str, tuple[float, float]]:
     """``node -> (x, y)``: x = head index / MLP column / extra columns, y = layer (EMBED -1, LOGITS n_layers)."""
     g = graph.nx
     layers = [d["layer"] for _, d in g.nodes(data=True)] + [int(k) for k in graph.layers]
@@ -56,8 +67,8 @@ def node_positions(graph: Any) -> dict[str, tuple[float, float]]:
     return pos
 
 
-def plot_graph(graph: Any, *, title: str | None = None, width: str | int = "double", height: int | None = None,
-               max_edges: int = 2000, labels: bool = True) -> Any:
+def plot_graph(graph: CircuitGraph, *, title: str | None = None, width: str | int = "double",
+               height: int | None = None, max_edges: int = 2000, labels: bool = True) -> Figure:
     """The paper figure of a circuit (plotly). Edges beyond ``max_edges`` (weakest first) are left out."""
     import plotly.graph_objects as go
 
@@ -90,19 +101,20 @@ def plot_graph(graph: Any, *, title: str | None = None, width: str | int = "doub
         d_of = [g.nodes[n] for n in ns]
         traces.append(go.Scatter(
             x=[pos[n][0] for n in ns], y=[pos[n][1] for n in ns], mode="markers+text" if labels else "markers",
-            name=key, text=[_short(n, d) for n, d in zip(ns, d_of)] if labels else None, textposition="top center",
+            name=escape_text(key), text=[escape_text(_short(n, d)) for n, d in zip(ns, d_of)] if labels else None,
+            textposition="top center",
             textfont=dict(size=max(6, THEME.font_size - 4)),
             marker=dict(size=[6 + 10 * abs(d["score"]) / smax for d in d_of], color=color,
                         symbol=["square" if d["kind"] in ("mlp", "embed", "logits") else "circle" for d in d_of],
                         line=dict(width=0.5, color="#333")),
-            hovertext=[f"{n} score {d['score']:.3g}" for n, d in zip(ns, d_of)], hoverinfo="text"))
+            hovertext=[escape_text(f"{n} score {d['score']:.3g}") for n, d in zip(ns, d_of)], hoverinfo="text"))
     fig = go.Figure(traces)
     ys = [p[1] for p in pos.values()] or [0]
     ticks = list(range(int(min(ys)), int(max(ys)) + 1))
     tick_text = ["embed" if t == -1 else ("logits" if t == max(ys) and "LOGITS" in g else f"L{t}") for t in ticks]
     n_heads = max((d["head"] for _, d in g.nodes(data=True)), default=-1) + 1
     xt = list(range(n_heads + 1))
-    fig.update_layout(title=title if title is not None else (graph.name or "circuit"),
+    fig.update_layout(title=title if title is not None else escape_text(graph.name or "circuit"),
                       xaxis=dict(title="component", showgrid=False, zeroline=False, tickvals=xt,
                                  ticktext=[f"H{h}" for h in range(n_heads)] + ["MLP"]),
                       yaxis=dict(title="layer", tickvals=ticks, ticktext=tick_text, showgrid=True, zeroline=False),
@@ -121,20 +133,21 @@ def _short(n: str, d: dict[str, Any]) -> str:
     return n
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """Figure of a ``graph.*`` Result (compare, faithfulness)."""
     import plotly.graph_objects as go
 
     t = result.table
     if result.kind == "graph.compare":
         t = t[t["what"] == "nodes"]
-        fig = go.Figure([go.Bar(x=list(t["cls"]), y=list(t["jaccard"]), name="Jaccard"),
-                         go.Bar(x=list(t["cls"]), y=list(t["overlap"]), name="overlap coefficient")])
+        cls = [escape_text(c) for c in t["cls"]]
+        fig = go.Figure([go.Bar(x=cls, y=list(t["jaccard"]), name="Jaccard"),
+                         go.Bar(x=cls, y=list(t["overlap"]), name="overlap coefficient")])
         fig.update_layout(title=kwargs.get("title", "circuit overlap"), yaxis=dict(title="overlap", range=[0, 1]),
                           barmode="group", xaxis_title="node class")
         return apply_theme(fig, width=kwargs.get("width", "single"))
     if result.kind == "graph.faithfulness":
-        fig = go.Figure(go.Bar(x=list(t["circuit"]), y=list(t["faithfulness"]),
+        fig = go.Figure(go.Bar(x=[escape_text(c) for c in t["circuit"]], y=list(t["faithfulness"]),
                                text=[f"{h}h" for h in t["n_heads"]]))
         fig.update_layout(title=kwargs.get("title", "faithfulness (mean ablation)"),
                           yaxis_title="LD circuit / LD full", xaxis_title="circuit")

@@ -5,22 +5,33 @@
 * ``massive.dims``: for each consistently massive dimension, the layers where it is.
 
 Example:
-    >>> from interp.plots import figure                               # doctest: +SKIP
-    >>> fig = figure(massive_layers_result)                           # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.plots import figure
+    >>> from interp.sinks import massive_activations
+    >>> layers, dims = massive_activations(load_model("toy:llama"), ["Hello there"])
+    >>> [tr.name for tr in figure(layers).data]
+    ['top 1', 'top 2', 'top 3', 'median']
+    >>> figure(dims).layout.annotations[0].text                       # a random toy has no massive dims
+    'no data'
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.plots import THEME, apply_theme, dispatch, lines
 from interp.plots import empty_figure as _empty
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
 
 
-def _layers(result: Any, **kw: Any) -> Any:
+def _layers(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("massive activations")
@@ -40,7 +51,7 @@ def _layers(result: Any, **kw: Any) -> Any:
     return fig
 
 
-def _dims(result: Any, **kw: Any) -> Any:
+def _dims(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -59,6 +70,6 @@ def _dims(result: Any, **kw: Any) -> Any:
 _PLOTS = {"massive.layers": _layers, "massive.dims": _dims}
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """The figure of a ``massive.*`` Result."""
     return dispatch(result, _PLOTS, "massive-activation", **kwargs)

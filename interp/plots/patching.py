@@ -7,18 +7,30 @@
 * ``patching.edges`` -> sender x receiver for the ``top`` senders/receivers by |value|.
 
 Example:
-    >>> from interp.plots import figure, export
-    >>> fig = figure(result, metric="logit_diff_norm")     # doctest: +SKIP
-    >>> export(fig, "heads.pdf")                            # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.models import load_model
+    >>> from interp.patching import PatchConfig, activation_patching
+    >>> from interp.plots import figure
+    >>> ds = TaskDataset("toy", clean=("cat on", "a dog to"), corrupted=("cow on", "a dog at"),
+    ...                  answers=("x", "y"), counterfactuals=("q", "w"))     # one-byte answers: toy tokenizer
+    >>> result = activation_patching(load_model("toy:llama"), ds, PatchConfig(component="z"))
+    >>> fig = figure(result, metric="logit_diff_norm")
+    >>> fig.layout.xaxis.title.text, fig.layout.yaxis.title.text, len(fig.data[0].z), len(fig.data[0].z[0])
+    ('head', 'layer', 2, 4)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from interp.errors import ConfigError
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
@@ -36,8 +48,8 @@ def _select(t: Any, metric: str | None, component: str | None) -> tuple[Any, str
     return t, metric
 
 
-def plot(result: Any, *, metric: str | None = None, component: str | None = None, top: int = 30,
-         width: str | int = "double", title: str | None = None) -> Any:
+def plot(result: Result, *, metric: str | None = None, component: str | None = None, top: int = 30,
+         width: str | int = "double", title: str | None = None) -> Figure:
     """Heatmap of a ``patching.nodes`` or ``patching.edges`` Result.
 
     Args:
@@ -45,12 +57,12 @@ def plot(result: Any, *, metric: str | None = None, component: str | None = None
         component: for node tables with several components (``head``, ``mlp``, ``resid``, ``attn``).
         top: for edge tables, how many senders and receivers to show.
     """
-    from interp.plots import heatmap
+    from interp.plots import escape_text, heatmap
 
     t, metric = _select(result.table, metric, component)
     method = t["method"].iloc[0]
     direction = t["direction"].iloc[0]
-    ttl = title or f"{method} patching ({direction}) - {result.meta.model}"
+    ttl = title or escape_text(f"{method} patching ({direction}) - {result.meta.model}")
     if result.kind == "patching.edges":
         return _edges(t, metric, top, ttl, width)
     comps = sorted(set(t["component"]))
@@ -80,7 +92,7 @@ def plot(result: Any, *, metric: str | None = None, component: str | None = None
                    colorbar_title=_LABEL.get(metric, metric), width=width, text=text)
 
 
-def _edges(t: Any, metric: str, top: int, title: str, width: str | int) -> Any:
+def _edges(t: Any, metric: str, top: int, title: str, width: str | int) -> Figure:
     from interp.plots import heatmap
 
     t = t.assign(dst_full=t["dst"] + "." + t["dst_input"])

@@ -9,18 +9,31 @@
 * ``sinks.interventions``: change of next-token loss per intervention.
 
 Example:
-    >>> from interp.plots import figure, export                       # doctest: +SKIP
-    >>> export(figure(heads_result), "sinks_heads.pdf")               # doctest: +SKIP
+    >>> import tempfile
+    >>> from interp.models import load_model
+    >>> from interp.plots import export, figure
+    >>> from interp.sinks import sink_scores
+    >>> heads, layers, rate = sink_scores(load_model("toy:llama"), ["Hello there", "A cat."])
+    >>> fig = figure(heads)                                           # layer x head of alpha_first
+    >>> fig.layout.xaxis.title.text, len(fig.data[0].z), len(fig.data[0].z[0])
+    ('head', 2, 4)
+    >>> export(fig, tempfile.mkdtemp() + "/sinks_heads.pdf").read_bytes()[:5]
+    b'%PDF-'
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from interp.plots import THEME, apply_theme, dispatch, heatmap, lines
+from interp.plots import THEME, apply_theme, dispatch, escape_text, heatmap, lines
 from interp.plots import empty_figure as _empty
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
@@ -35,7 +48,7 @@ def _grid(table: Any, value: str) -> tuple[np.ndarray, list[int], list[int]]:
 
 
 
-def _heads(result: Any, **kw: Any) -> Any:
+def _heads(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("attention sinks")
@@ -46,7 +59,7 @@ def _heads(result: Any, **kw: Any) -> Any:
                    height=kw.get("height", max(260, 14 * len(layers) + 80)))
 
 
-def _layers(result: Any, **kw: Any) -> Any:
+def _layers(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -59,7 +72,7 @@ def _layers(result: Any, **kw: Any) -> Any:
     return apply_theme(fig)
 
 
-def _secondary(result: Any, **kw: Any) -> Any:
+def _secondary(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -73,13 +86,14 @@ def _secondary(result: Any, **kw: Any) -> Any:
         jitter = np.random.default_rng(i).uniform(-0.2, 0.2, len(g))
         fig.add_trace(go.Scatter(x=g.creation_layer + jitter, y=g.lifetime, mode="markers", name=cls,
                                  marker=dict(color=THEME.categorical[i], size=6, opacity=0.7),
-                                 text=[str(s) for s in g.token], hovertemplate="%{text}: L%{x:.0f}, %{y} layers"))
+                                 text=[escape_text(repr(str(s))) for s in g.token],
+                                 hovertemplate="%{text}: L%{x:.0f}, %{y} layers"))
     fig.update_layout(title=kw.get("title", "Sink lifetimes by creation layer"), xaxis_title="creation layer",
                       yaxis_title="lifetime (layers)")
     return apply_theme(fig)
 
 
-def _dormancy(result: Any, **kw: Any) -> Any:
+def _dormancy(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("dormant heads")
@@ -87,15 +101,16 @@ def _dormancy(result: Any, **kw: Any) -> Any:
     nodes = list(dict.fromkeys(t.node))
     z = t.pivot_table(index="domain", columns="node", values="sink_mass").reindex(index=domains, columns=nodes)
     switching = sorted(set(t[t.switches].node))
-    title = kw.get("title", "Sink mass by domain" + (f" (switching: {', '.join(switching[:6])}"
-                                                    f"{'...' if len(switching) > 6 else ''})" if switching else ""))
+    title = kw.get("title", "Sink mass by domain" + (escape_text(f" (switching: {', '.join(switching[:6])}"
+                                                                f"{'...' if len(switching) > 6 else ''})")
+                                                    if switching else ""))
     fig = heatmap(z.to_numpy(), x=nodes, y=domains, x_title="head", y_title="domain", colorbar_title="sink mass",
                   title=title, width=kw.get("width", "double"), height=kw.get("height", 120 + 30 * len(domains)))
     fig.update_xaxes(showticklabels=len(nodes) <= 60)
     return fig
 
 
-def _drain(result: Any, **kw: Any) -> Any:
+def _drain(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("value-state drain")
@@ -105,7 +120,7 @@ def _drain(result: Any, **kw: Any) -> Any:
                    height=kw.get("height", max(260, 14 * len(layers) + 80)))
 
 
-def _peak(result: Any, **kw: Any) -> Any:
+def _peak(result: Result, **kw: Any) -> Figure:
     t = result.table
     if t.empty:
         return _empty("residual-state peak")
@@ -114,19 +129,19 @@ def _peak(result: Any, **kw: Any) -> Any:
                  title=kw.get("title", "Residual norm of the first token"))
 
 
-def _interventions(result: Any, **kw: Any) -> Any:
+def _interventions(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
     if t.empty:
         return _empty("interventions")
-    fig = go.Figure(go.Bar(x=t.intervention, y=t.delta, text=[f"{d:+.3g}" for d in t.delta],
-                           hovertext=t.target, marker_color=THEME.categorical[0]))
+    fig = go.Figure(go.Bar(x=[escape_text(i) for i in t.intervention], y=t.delta, text=[f"{d:+.3g}" for d in t.delta],
+                           hovertext=[escape_text(s) for s in t.target], marker_color=THEME.categorical[0]))
     fig.update_layout(title=kw.get("title", "Change in next-token loss"), yaxis_title="delta loss (nats)")
     return apply_theme(fig)
 
 
-def _model(result: Any, **kw: Any) -> Any:
+def _model(result: Result, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     t = result.table
@@ -143,6 +158,6 @@ _PLOTS = {"sinks.heads": _heads, "sinks.layers": _layers, "sinks.secondary": _se
           "sinks.interventions": _interventions, "sinks.model": _model}
 
 
-def plot(result: Any, **kwargs: Any) -> Any:
+def plot(result: Result, **kwargs: Any) -> Figure:
     """The figure of a ``sinks.*`` Result (see the module docstring for each kind)."""
     return dispatch(result, _PLOTS, "sinks", **kwargs)

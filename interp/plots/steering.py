@@ -6,18 +6,34 @@ Kinds: ``steering.probe`` (probe and control accuracy by layer), ``steering.swee
 ``steering.projection`` (projection of labelled data on the axis, by layer),
 ``steering.fv`` (AIE heatmap layer x head), ``steering.fv_sweep`` (zero-shot accuracy with the
 FV by layer), ``steering.axes`` (axis norms), ``steering.cylinder`` (effect vs angle).
+
+Example:
+    >>> import torch
+    >>> from interp.plots import figure
+    >>> from interp.sites import Site
+    >>> from interp.steering.axes import axes_result, contrast_axis
+    >>> g = torch.Generator().manual_seed(0)
+    >>> pos, neg = torch.randn(8, 16, generator=g) + 1, torch.randn(8, 16, generator=g)
+    >>> ax = contrast_axis(pos, neg, site=Site("resid_post", 1), name="<sentiment>")
+    >>> figure(axes_result([ax])).data[0].x                  # one bar per axis; names escaped
+    ('&lt;sentiment&gt;/contrast/L1',)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from interp.plots import dispatch
+from interp.plots import dispatch, escape_text
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 
 
-def _probe(t: Any, **kw: Any) -> Any:
+def _probe(t: Any, **kw: Any) -> Figure:
     from interp.plots import lines
 
     t = t.sort_values("layer")
@@ -27,7 +43,7 @@ def _probe(t: Any, **kw: Any) -> Any:
     return lines(t.layer, series, x_title="layer", y_title="accuracy", title=kw.get("title", "Linear probe by layer"))
 
 
-def _sweep(t: Any, **kw: Any) -> Any:
+def _sweep(t: Any, **kw: Any) -> Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -47,7 +63,7 @@ def _sweep(t: Any, **kw: Any) -> Any:
     return apply_theme(fig, width="double")
 
 
-def _lens(t: Any, **kw: Any) -> Any:
+def _lens(t: Any, **kw: Any) -> Figure:
     from interp.plots import heatmap, lines
 
     tasks = list(dict.fromkeys(t.task)) if "task" in t else [""]
@@ -57,14 +73,14 @@ def _lens(t: Any, **kw: Any) -> Any:
         if "affine_decode_acc" in t:
             series["decodable (affine lens)"] = t.affine_decode_acc
         return lines(t.layer, series, x_title="layer", y_title="accuracy",
-                     title=kw.get("title", f"Decodability vs steerability {tasks[0]}".strip()))
+                     title=kw.get("title", escape_text(f"Decodability vs steerability {tasks[0]}".strip())))
     piv = (t.assign(diff=t.steer_acc - t.decode_acc).pivot(index="task", columns="layer", values="diff"))
     return heatmap(piv.values, x=list(piv.columns), y=list(piv.index), x_title="layer", y_title="task",
                    diverging=True, colorbar_title="steer - decode",
                    title=kw.get("title", "Steerable minus decodable"))
 
 
-def _projection(t: Any, **kw: Any) -> Any:
+def _projection(t: Any, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     from interp.plots import THEME, apply_theme
@@ -79,7 +95,7 @@ def _projection(t: Any, **kw: Any) -> Any:
     return apply_theme(fig, width="double")
 
 
-def _fv(t: Any, **kw: Any) -> Any:
+def _fv(t: Any, **kw: Any) -> Figure:
     from interp.plots import heatmap
 
     piv = t.pivot(index="layer", columns="head", values="aie")
@@ -87,7 +103,7 @@ def _fv(t: Any, **kw: Any) -> Any:
                    diverging=True, colorbar_title="AIE", title=kw.get("title", "Average indirect effect"))
 
 
-def _fv_sweep(t: Any, **kw: Any) -> Any:
+def _fv_sweep(t: Any, **kw: Any) -> Figure:
     from interp.plots import lines
 
     t = t.sort_values("layer")
@@ -95,17 +111,18 @@ def _fv_sweep(t: Any, **kw: Any) -> Any:
                  y_title="zero-shot accuracy", title=kw.get("title", "Function vector by layer"))
 
 
-def _axes(t: Any, **kw: Any) -> Any:
+def _axes(t: Any, **kw: Any) -> Figure:
     import plotly.graph_objects as go
 
     from interp.plots import apply_theme
 
-    fig = go.Figure([go.Bar(x=[f"{n}/{m}/L{l}" for n, m, l in zip(t["name"], t.method, t.layer)], y=t.norm)])
+    fig = go.Figure([go.Bar(x=[escape_text(f"{n}/{m}/L{l}") for n, m, l in zip(t["name"], t.method, t.layer)],
+                            y=t.norm)])
     fig.update_layout(title=kw.get("title", "Axis norms"), yaxis_title="norm")
     return apply_theme(fig)
 
 
-def _cylinder(t: Any, **kw: Any) -> Any:
+def _cylinder(t: Any, **kw: Any) -> Figure:
     from interp.plots import lines
 
     t = t.sort_values("angle_deg")
@@ -120,6 +137,6 @@ _KINDS = {"steering.probe": _probe, "steering.sweep": _sweep, "steering.lens": _
 _BY_KIND = {kind: (lambda result, _fn=fn, **kw: _fn(result.table, **kw)) for kind, fn in _KINDS.items()}
 
 
-def plot(result: Any, **kw: Any) -> Any:
+def plot(result: Result, **kw: Any) -> Figure:
     """Figure of a ``steering.*`` Result (see the module docstring for the kinds)."""
     return dispatch(result, _BY_KIND, "steering", **kw)

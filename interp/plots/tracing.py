@@ -9,21 +9,37 @@
 * ``tracing.summary``: p clean vs p corrupted per fact.
 
 Example:
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.models import load_model
     >>> from interp.plots.tracing import plot
-    >>> fig = plot(grid)                 # doctest: +SKIP
-    >>> fig = plot(grid, fact=0)         # doctest: +SKIP
+    >>> from interp.tracing import TracingConfig, causal_trace
+    >>> ds = TaskDataset("facts", ("The Eiffel Tower is in",), answers=("P",),
+    ...                  meta=({"subject_start": 5, "subject_end": 17},))     # token span of "Eiffel Tower"
+    >>> cfg = TracingConfig(n_samples=2, kinds=("resid", "mlp"), window=1)
+    >>> grid, summary = causal_trace(load_model("toy:llama"), ds, cfg, progress=False)
+    >>> fig = plot(grid)                                      # averaged over facts: one panel per site kind
+    >>> [a.text for a in fig.layout.annotations]
+    ['hidden state (block output)', 'MLP output (window)']
+    >>> fig = plot(grid, fact=0)                              # the prompt's tokens, subject marked with *
+    >>> list(fig.layout.yaxis.ticktext[:7])
+    ["'&lt;bos&gt;'", "'T'", "'h'", "'e'", "' '", "'E'*", "'i'*"]
 """
 
 from __future__ import annotations
 
-import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from interp.errors import ConfigError
+from interp.plots import escape_text
 from interp.tracing import CATEGORIES, aligned_effects
+
+if TYPE_CHECKING:
+    from plotly.graph_objects import Figure
+
+    from interp.results import Result
 
 __all__ = ["plot"]
 _TITLES = {"resid": "hidden state (block output)", "mlp": "MLP output (window)", "attn": "attention output (window)"}
@@ -31,7 +47,7 @@ _SCALES = {"resid": "Purples", "mlp": "Greens", "attn": "Reds"}
 
 
 def _panels(mats: list[tuple[str, np.ndarray, list[int], list[str]]], title: str, colorbar: str,
-            from_zero: bool) -> Any:
+            from_zero: bool) -> Figure:
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -59,7 +75,7 @@ def _panels(mats: list[tuple[str, np.ndarray, list[int], list[str]]], title: str
     return fig
 
 
-def plot(result: Any, *, fact: int | None = None, kinds: tuple[str, ...] | None = None) -> Any:
+def plot(result: Result, *, fact: int | None = None, kinds: tuple[str, ...] | None = None) -> Figure:
     """Figure of a ``tracing.grid`` (averaged, or one ``fact``) or ``tracing.summary`` Result."""
     t = result.table
     if result.kind == "tracing.summary":
@@ -86,17 +102,17 @@ def plot(result: Any, *, fact: int | None = None, kinds: tuple[str, ...] | None 
         gk = g[g.site_kind == kind]
         p = gk.pivot(index="token_index", columns="layer", values="p_restored").sort_index()
         tok = gk.drop_duplicates("token_index").set_index("token_index")
-        labels = [html.escape(repr(tok.token[i])) + ("*" if tok.is_subject[i] else "") for i in p.index]
+        labels = [escape_text(repr(tok.token[i])) + ("*" if tok.is_subject[i] else "") for i in p.index]
         mats.append((kind, p.to_numpy(dtype=float), [int(x) for x in p.columns], labels))
     return _panels(mats, f"Fact {fact}: p(answer) with the site restored", "p", False)
 
 
-def _summary(t: pd.DataFrame) -> Any:
+def _summary(t: pd.DataFrame) -> Figure:
     import plotly.graph_objects as go
 
     from interp.plots import apply_theme
 
-    x = [f"{i}: {html.escape(str(a))}" for i, a in zip(t.fact, t.answer)]
+    x = [f"{i}: {escape_text(a)}" for i, a in zip(t.fact, t.answer)]
     fig = go.Figure([go.Bar(x=x, y=t.p_clean, name="clean"), go.Bar(x=x, y=t.p_corrupt, name="corrupted")])
     fig.update_layout(barmode="group", title="p(answer): clean vs corrupted subject", yaxis_title="p")
     return apply_theme(fig, width="double")

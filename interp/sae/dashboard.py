@@ -7,8 +7,26 @@ activation histogram (inline SVG) and its logit effects; a search box filters fe
 ``html.escape`` before it reaches the page, so tokens such as ``</script>`` show as text.
 
 Example:
+    >>> import torch
+    >>> from sae_lens import SAE
+    >>> from interp.models import load_model
+    >>> from interp.sae.features import FeatureConfig, analyze_features
+    >>> model = load_model("toy:llama")
+    >>> with torch.random.fork_rng():                 # an untrained SAE on z.1 (4 heads x 16 = 64 inputs)
+    ...     _ = torch.manual_seed(0)
+    ...     sae = SAE.from_dict({"architecture": "standard", "d_in": 64, "d_sae": 32, "dtype": "float32",
+    ...                          "device": "cpu", "reshape_activations": "hook_z",
+    ...                          "metadata": {"hook_name": "blocks.1.attn.hook_z"}})
+    >>> tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))   # [rows, pos]
+    >>> fa = analyze_features(model, sae, "z.1", tokens, FeatureConfig(n_examples=3))
+    >>> import tempfile
     >>> from interp.sae.dashboard import write_dashboard
-    >>> write_dashboard("out/sae/dashboard.html", fa, eval_result=ev, title="resid_post.15")  # doctest: +SKIP
+    >>> path = write_dashboard(tempfile.mkdtemp() + "/dashboard.html", fa, title="<z.1> of toy:llama")
+    >>> "<h1>&lt;z.1&gt; of toy:llama</h1>" in path.read_text()          # text from data is escaped
+    True
+
+    With the SAE's evaluation and training history: ``write_dashboard(path, fa, eval_result=ev,
+    training=trained.history, title="resid_post.15")``.
 """
 
 from __future__ import annotations

@@ -14,11 +14,23 @@ query head ``h`` reads key/value head ``h // (n_heads / n_kv_heads)``). ``pre_f`
 ``hook_sae_acts_pre`` (before any top-k or threshold).
 
 Example:
+    >>> import torch
+    >>> from sae_lens import SAE
+    >>> from interp.models import load_model
     >>> from interp.sae.features import FeatureConfig, analyze_features, direct_feature_attribution
-    >>> fa = analyze_features(model, sae, "z.15", split.held_out)                 # doctest: +SKIP
-    >>> fa.features.table.sort_values("density").tail(3)                          # doctest: +SKIP
-    >>> dfa = direct_feature_attribution(model, sae, "z.15", split.held_out, features=[3, 7])  # doctest: +SKIP
-    >>> dfa.table[["feature", "node", "value"]].head()                            # doctest: +SKIP
+    >>> model = load_model("toy:llama")
+    >>> with torch.random.fork_rng():                 # an untrained SAE on z.1 (4 heads x 16 = 64 inputs)
+    ...     _ = torch.manual_seed(0)
+    ...     sae = SAE.from_dict({"architecture": "standard", "d_in": 64, "d_sae": 32, "dtype": "float32",
+    ...                          "device": "cpu", "reshape_activations": "hook_z",
+    ...                          "metadata": {"hook_name": "blocks.1.attn.hook_z"}})
+    >>> tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))   # [rows, pos]
+    >>> fa = analyze_features(model, sae, "z.1", tokens, FeatureConfig(n_examples=3))
+    >>> len(fa.features.table), fa.features.table.columns[:5].tolist()        # one row per latent
+    (32, ['feature', 'layer', 'site', 'density', 'max_act'])
+    >>> dfa = direct_feature_attribution(model, sae, "z.1", tokens, features=[3, 7])
+    >>> sorted(set(dfa.table.node)), sorted(set(dfa.table.dst))      # edges head -> latent
+    (['L1.H0', 'L1.H1', 'L1.H2', 'L1.H3'], ['L1.SAE.3', 'L1.SAE.7'])
 """
 
 from __future__ import annotations

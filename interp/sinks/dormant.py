@@ -17,9 +17,11 @@
   with more sink mass has the smaller output norm.
 
 Example:
-    >>> from interp.models import load_model                                         # doctest: +SKIP
-    >>> from interp.sinks import dormant_heads                                        # doctest: +SKIP
-    >>> dormant_heads(load_model("toy:llama"), {"prose": ["Hi there"], "code": ["x = 1"]})  # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.sinks import dormant_heads
+    >>> r = dormant_heads(load_model("toy:llama"), {"prose": ["Hi there"], "code": ["x = 1"]})
+    >>> r.kind, len(r.table), sorted(set(r.table.domain))        # every head (2 x 4) in each domain
+    ('sinks.dormancy', 16, ['code', 'prose'])
 """
 
 from __future__ import annotations

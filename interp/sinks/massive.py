@@ -8,9 +8,13 @@ when ``|value| > min_value`` (100) and ``|value| / median|hidden state| > min_ra
 dimensions that are massive consistently, with the first and last layer where they are.
 
 Example:
-    >>> from interp.models import load_model                                    # doctest: +SKIP
-    >>> from interp.sinks import massive_activations                            # doctest: +SKIP
-    >>> layers, dims = massive_activations(load_model("toy:llama"), ["Hello"])  # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.sinks import massive_activations
+    >>> layers, dims = massive_activations(load_model("toy:llama"), ["Hello"])
+    >>> layers.kind, dims.kind
+    ('massive.layers', 'massive.dims')
+    >>> dims.table.columns.tolist()             # empty: a random toy model has no massive activations
+    ['dim', 'n_layers', 'first_layer', 'last_layer', 'fraction']
 """
 
 from __future__ import annotations

@@ -21,9 +21,11 @@ Definitions (METHODS.md section 4):
   distinct rounded (creation_layer, lifetime) pairs, most frequent first [U].
 
 Example:
-    >>> from interp.models import load_model                                    # doctest: +SKIP
-    >>> from interp.sinks import secondary_sinks                                # doctest: +SKIP
-    >>> secondary_sinks(load_model("toy:llama"), ["Hello. World."]).table       # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.sinks import secondary_sinks
+    >>> r = secondary_sinks(load_model("toy:llama"), ["Hello. World."])
+    >>> r.kind, r.table.columns.tolist()
+    ('sinks.secondary', ['prompt', 'pos', 'token', 'creation_layer', 'lifetime', 'class', 'mlp_cos', 'level'])
 """
 
 from __future__ import annotations

@@ -15,11 +15,13 @@ exists and is never stored. Memory: ``prompts x layer x head`` for the per-promp
 first-key scores plus ``layer x head x pos`` running sums.
 
 Example:
-    >>> from interp.models import load_model                                   # doctest: +SKIP
-    >>> from interp.sinks import sink_scores, SinkConfig                       # doctest: +SKIP
-    >>> heads, layers, model_rate = sink_scores(load_model("toy:llama"), ["Hello there"])  # doctest: +SKIP
-    >>> heads.table.columns[:4].tolist()                                       # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.sinks import sink_scores, SinkConfig
+    >>> heads, layers, model_rate = sink_scores(load_model("toy:llama"), ["Hello there"])
+    >>> heads.table.columns[:4].tolist()
     ['layer', 'head', 'node', 'alpha_first']
+    >>> len(heads.table), layers.table.layer.tolist()      # 2 layers x 4 heads of the toy model
+    (8, [0, 1])
 """
 
 from __future__ import annotations

@@ -64,11 +64,20 @@ the trained model is an ordinary local Hugging Face folder that
 :func:`interp.load_model` loads and whose prompts are plain strings.
 
 Example:
-    >>> from interp.sinks.toy import BigramBackcopy, TrainConfig, train_bigram_backcopy   # doctest: +SKIP
-    >>> folder = train_bigram_backcopy(TrainConfig(), "/tmp/bb")                          # doctest: +SKIP
-    >>> earlier = TrainConfig(n_layers=1, no_attention=(), activation="gelu_new", linear_biases=True,  # doctest: +SKIP
-    ...                       init="hf", steps=4000, batch_size=32, lr=3e-3, weight_decay=0.01)
-    >>> texts = BigramBackcopy().texts(8, seed=1)                                         # doctest: +SKIP
+    >>> import tempfile
+    >>> from interp.models import load_model
+    >>> from interp.sinks.toy import BigramBackcopy, TrainConfig, train_bigram_backcopy
+    >>> BigramBackcopy().texts(2, seed=1)          # letters follow the bigram chain; after a digit, a copy
+    ['b1blcfji1iaelcelcfj2j0j2j1jcfjgh', 'lcfjiadjcel2lc1ce2elc0c0cfjcghfj']
+    >>> folder = train_bigram_backcopy(TrainConfig(steps=2, batch_size=4), tempfile.mkdtemp() + "/bb")  # 2 steps
+    >>> load_model(str(folder)).cfg.n_layers
+    2
+
+    The committed checkpoint is ``train_bigram_backcopy(TrainConfig(), folder)`` (~2 minutes);
+    Guo et al.'s earlier one-layer setting, for comparison::
+
+        TrainConfig(n_layers=1, no_attention=(), activation="gelu_new", linear_biases=True,
+                    init="hf", steps=4000, batch_size=32, lr=3e-3, weight_decay=0.01)
 """
 
 from __future__ import annotations

@@ -441,8 +441,12 @@ def axis_from_store(store: Any, site: Site, labels: Any, method: str, *, positio
     """Fit an axis on the rows of an :class:`~interp.cache.ActivationStore` (see :func:`rows_from_store`).
 
     Example:
-        >>> store = interp.collect(model, texts, [Site("resid_post", 3)])       # doctest: +SKIP
-        >>> ax = axis_from_store(store, Site("resid_post", 3), labels, "probe")  # doctest: +SKIP
+        >>> from interp.cache import collect
+        >>> texts, labels = ["a good day", "a great day", "a bad day", "an awful day"], [1, 1, 0, 0]
+        >>> store = collect(model, texts, [Site("resid_post", 1)], progress=False)   # model: the toy Llama
+        >>> ax = axis_from_store(store, Site("resid_post", 1), labels, "contrast")
+        >>> ax.node, ax.method, tuple(ax.vector.shape)
+        ('L1.RESID', 'contrast', (64,))
     """
     model = getattr(store, "model", "") or ""
     return fit_axis(method, rows_from_store(store, site, position=position), labels, site=site, name=name,

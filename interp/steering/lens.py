@@ -10,11 +10,12 @@
   task's function vector at that layer (``steer_acc``). Result ``steering.lens``.
 
 Example:
+    >>> import torch
     >>> from interp import load_model
     >>> from interp.steering.lens import logit_lens_logits
-    >>> model = load_model("toy:llama")                                           # doctest: +SKIP
-    >>> logit_lens_logits(model, torch.zeros(2, 64)).shape                        # doctest: +SKIP
-    torch.Size([2, 256])
+    >>> model = load_model("toy:llama")
+    >>> logit_lens_logits(model, torch.zeros(2, 64)).shape              # [2, d_model] -> [2, d_vocab]
+    torch.Size([2, 259])
 """
 
 from __future__ import annotations
