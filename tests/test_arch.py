@@ -33,6 +33,7 @@ EXPECTED = {
     "neox": dict(family="gpt_neox", parallel_attn_mlp=True, post_attn_norm=False, positional="rope", gqa=False,
                  norm="layernorm"),
 }
+PATH_BLOCKED = {"gemma2": "sliding-window attention", "gemma3": "sliding-window attention"}
 EAP_BLOCKED = {"gemma2": "a norm after attention", "gemma3": "a norm after attention",
                "neox": "parallel attention/MLP"}
 
@@ -177,6 +178,45 @@ def test_eap_runs_or_refuses_naming_the_fact(toy):
     else:
         table = edge_attribution_patching(model, _ds(), AttributionConfig()).table
         assert len(table) and table["value"].abs().max() > 0
+
+
+def test_path_patching_equals_a_naive_three_step_loop_or_refuses(toy):
+    """Noising, sender L0.H1 -> receivers q/k/v of L1.H0: Wang et al.'s three steps with run_with_hooks."""
+    from interp.patching import PathConfig, path_patching
+
+    arch, model = toy
+    cfg = PathConfig(receivers=("L1.H0.q", "L1.H0.k", "L1.H0.v"), senders=("L0.H1",), metric="logit_diff",
+                     joint=False)
+    if arch in PATH_BLOCKED:
+        with pytest.raises(ConfigError, match=f"^path patching: {PATH_BLOCKED[arch]}.* is not supported: "):
+            path_patching(model, _ds(), cfg)
+        return
+    got = path_patching(model, _ds(), cfg).table.set_index("dst_input")["value"]
+    clean, corr, last, ans, cf = _batch(model)
+    L = model.cfg.n_layers
+    zn = [Site("z", l).hook_name for l in range(L)]
+    with torch.inference_mode():
+        _, cc = model.run_with_cache(clean, names_filter=lambda n: n in zn)
+        _, ck = model.run_with_cache(corr, names_filter=lambda n: n in zn)
+
+        def freeze(act, hook, l):  # step 2: every head at its clean value, the sender from corrupted
+            out = cc[zn[l]].clone()
+            if l == 0:
+                out[:, :, 1] = ck[zn[0]][:, :, 1]
+            return out
+
+        for inp in ("q", "k", "v"):
+            name, rec = Site(inp, 1).hook_name, {}
+            model.run_with_hooks(clean, fwd_hooks=[(zn[l], lambda a, hook, l=l: freeze(a, hook, l)) for l in range(L)]
+                                 + [(name, lambda a, hook: rec.setdefault("x", a.clone()))])
+
+            def put(act, hook):  # step 3: only the receiver's input (head 0 / its KV head 0) replaced
+                act = act.clone()
+                act[:, :, 0] = rec["x"][:, :, 0]
+                return act
+
+            want = float(_ld(model.run_with_hooks(clean, fwd_hooks=[(name, put)]), last, ans, cf))
+            assert got[inp] == pytest.approx(want, abs=1e-5), (arch, inp)
 
 
 def test_parallel_residual_mlp_input_ignores_this_layers_attention():
