@@ -177,8 +177,10 @@ def build_toy_folder(cfg: ToyConfig, root: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     with atomic_dir(folder) as tmp:
+        # CPU generator only: torch.manual_seed would also reseed every CUDA generator, which
+        # fork_rng(devices=[]) does not restore
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.random.default_generator.manual_seed(cfg.seed)
             model = AutoModelForCausalLM.from_config(_hf_config(cfg), dtype=torch.float32)
         model.save_pretrained(tmp)
         byte_tokenizer().save_pretrained(tmp)

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 _THIRD_PARTY = ("transformers", "transformer_lens", "sae_lens", "plotly", "networkx", "pandas", "datasets", "sklearn",
                 "sklearn.linear_model", "sklearn.model_selection", "sklearn.decomposition", "typer", "rich.style",
-                "safetensors", "huggingface_hub")
+                "safetensors", "huggingface_hub", "torch._dynamo")
 
 
 def _import_third_party() -> None:
@@ -34,7 +34,8 @@ def _import_third_party() -> None:
 
     (scikit-learn, imported lazily by the steering axes, sets ``KMP_DUPLICATE_LIB_OK`` and
     ``KMP_INIT_AT_FORK`` in ``os.environ`` when first imported; ``rich.style`` draws from
-    ``random``'s global RNG at import.)
+    ``random``'s global RNG at import; ``torch._dynamo``, imported lazily by transformers
+    when a model is built, sets ``TORCHINDUCTOR_CACHE_DIR``.)
     """
     import importlib
 
@@ -209,3 +210,19 @@ def test_pipeline_leaves_thread_count_unchanged(tmp_path):
         assert torch.get_num_threads() == threads, "the pipeline changed torch's thread count"
     finally:
         torch.set_num_threads(threads)
+
+
+def test_building_a_toy_leaves_every_rng_alone(tmp_path, monkeypatch):
+    """The toy's weights come from a forked CPU generator; CUDA generators (on GPU machines) are not reseeded."""
+    from interp.toy import build_toy_folder, parse_toy_spec
+
+    _import_third_party()
+    calls = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: calls.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: calls.append(seed))
+    before = _process_state()
+    a = build_toy_folder(parse_toy_spec("toy:gpt2,d_model=32,d_mlp=32,seed=5"), tmp_path / "a")
+    b = build_toy_folder(parse_toy_spec("toy:gpt2,d_model=32,d_mlp=32,seed=5"), tmp_path / "b")
+    _assert_same_state(before, _process_state())
+    assert calls == []
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()  # still seeded
