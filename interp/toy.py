@@ -1,11 +1,23 @@
 """Tiny models built from a config, for tests and examples (seconds on CPU).
 
-A toy model is a real Hugging Face architecture (Llama with GQA/RoPE/RMSNorm, or
-GPT-2 with absolute positions/LayerNorm) with random weights drawn from a seeded
+A toy model is a real Hugging Face architecture with random weights drawn from a seeded
 generator, plus a byte-level tokenizer (256 byte tokens + ``<bos>``, ``<eos>``,
 ``<pad>``) so that any text can be tokenized. It is written once to a local Hugging
 Face folder under the interp cache and loaded through the same path as any local
 model, so toy models exercise the real loading code.
+
+Architectures (one per family of :data:`interp.arch.FAMILIES` that methods must handle):
+
+* ``llama``: RoPE, RMSNorm, SwiGLU, grouped-query attention.
+* ``gpt2``: absolute positions, LayerNorm, GELU MLP.
+* ``gemma2``: Gemma-2 style: RMSNorm before *and after* attention and MLP (post-norms),
+  GQA, attention and final-logit soft-caps, sliding window (layer 0) + global layers.
+* ``gemma3``: Gemma-3 text style: post-norms, query/key norms, GQA, sliding + global layers.
+* ``neox``: GPT-NeoX style: parallel attention and MLP (``use_parallel_residual=True``),
+  LayerNorm, partial RoPE.
+
+Gemma toys use a sliding window of :data:`SLIDING_WINDOW` tokens so that short prompts
+already exercise local attention.
 
 Example:
     >>> from interp.models import load_model
@@ -26,7 +38,10 @@ from interp.errors import ConfigError, ModelNotFoundError, nearest
 
 __all__ = ["ToyConfig", "parse_toy_spec", "build_toy_folder", "byte_tokenizer"]
 
-ARCHS = ("llama", "gpt2")
+ARCHS = ("llama", "gpt2", "gemma2", "gemma3", "neox")
+#: archs whose config has key/value heads (grouped-query attention)
+_GQA = ("llama", "gemma2", "gemma3")
+SLIDING_WINDOW = 4
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -34,9 +49,9 @@ class ToyConfig:
     """Shape of a toy model.
 
     Attributes:
-        arch: ``"llama"`` (RoPE, RMSNorm, SwiGLU, grouped-query attention) or ``"gpt2"``.
+        arch: one of :data:`ARCHS` (see the module docstring).
         n_layers, n_heads, d_model, d_mlp, n_ctx: sizes.
-        n_kv_heads: key/value heads (Llama only); ``None`` = ``n_heads``.
+        n_kv_heads: key/value heads (llama, gemma2, gemma3); ``None`` = ``n_heads``.
         seed: seed of the weight initialisation (a private generator; global RNG untouched).
     """
 
@@ -58,7 +73,7 @@ class ToyConfig:
         if self.d_model % self.n_heads:
             raise ConfigError(f"toy d_model={self.d_model} is not divisible by n_heads={self.n_heads}")
         kv = self.n_kv_heads or self.n_heads
-        if self.arch == "llama" and self.n_heads % kv:
+        if self.arch in _GQA and self.n_heads % kv:
             raise ConfigError(f"toy n_heads={self.n_heads} is not a multiple of n_kv_heads={kv}")
 
     @property
@@ -122,18 +137,33 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _hf_config(cfg: ToyConfig):
-    from transformers import GPT2Config, LlamaConfig
+    from transformers import GPT2Config, GPTNeoXConfig, LlamaConfig
 
-    vocab = 259
+    ids = dict(vocab_size=259, bos_token_id=256, eos_token_id=257, pad_token_id=258)
+    kv = cfg.n_kv_heads or cfg.n_heads
     if cfg.arch == "llama":
-        return LlamaConfig(vocab_size=vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        return LlamaConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
                            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-                           num_key_value_heads=cfg.n_kv_heads or cfg.n_heads, max_position_embeddings=cfg.n_ctx,
-                           bos_token_id=256, eos_token_id=257, pad_token_id=258, tie_word_embeddings=False,
-                           architectures=["LlamaForCausalLM"])
-    return GPT2Config(vocab_size=vocab, n_embd=cfg.d_model, n_inner=cfg.d_mlp, n_layer=cfg.n_layers,
-                      n_head=cfg.n_heads, n_positions=cfg.n_ctx, bos_token_id=256, eos_token_id=257,
-                      pad_token_id=258, architectures=["GPT2LMHeadModel"])
+                           num_key_value_heads=kv, max_position_embeddings=cfg.n_ctx,
+                           tie_word_embeddings=False, architectures=["LlamaForCausalLM"], **ids)
+    if cfg.arch in ("gemma2", "gemma3"):
+        from transformers import Gemma2Config, Gemma3TextConfig
+
+        cls, arch = (Gemma2Config, "Gemma2ForCausalLM") if cfg.arch == "gemma2" else \
+            (Gemma3TextConfig, "Gemma3ForCausalLM")
+        # layer 0 local (sliding window), the rest global: both attention kinds in two layers
+        types = ["sliding_attention"] + ["full_attention"] * (cfg.n_layers - 1)
+        return cls(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp, num_hidden_layers=cfg.n_layers,
+                   num_attention_heads=cfg.n_heads, num_key_value_heads=kv, head_dim=cfg.d_model // cfg.n_heads,
+                   max_position_embeddings=cfg.n_ctx, sliding_window=SLIDING_WINDOW, layer_types=types,
+                   architectures=[arch], **ids)
+    if cfg.arch == "neox":
+        return GPTNeoXConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp, num_hidden_layers=cfg.n_layers,
+                             num_attention_heads=cfg.n_heads, max_position_embeddings=cfg.n_ctx,
+                             use_parallel_residual=True, tie_word_embeddings=False,
+                             architectures=["GPTNeoXForCausalLM"], **ids)
+    return GPT2Config(n_embd=cfg.d_model, n_inner=cfg.d_mlp, n_layer=cfg.n_layers, n_head=cfg.n_heads,
+                      n_positions=cfg.n_ctx, architectures=["GPT2LMHeadModel"], **ids)
 
 
 def build_toy_folder(cfg: ToyConfig, root: Path) -> Path:
@@ -147,8 +177,10 @@ def build_toy_folder(cfg: ToyConfig, root: Path) -> Path:
     if (folder / "config.json").exists():
         return folder
     with atomic_dir(folder) as tmp:
+        # CPU generator only: torch.manual_seed would also reseed every CUDA generator, which
+        # fork_rng(devices=[]) does not restore
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.random.default_generator.manual_seed(cfg.seed)
             model = AutoModelForCausalLM.from_config(_hf_config(cfg), dtype=torch.float32)
         model.save_pretrained(tmp)
         byte_tokenizer().save_pretrained(tmp)

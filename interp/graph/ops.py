@@ -332,7 +332,9 @@ def faithfulness(model: Any, circuits: CircuitGraph | Iterable[str] | Mapping[st
         >>> faithfulness(model, {"ioi": graph}, ioi_dataset).table          # doctest: +SKIP
     """
     from interp.results import run_meta
+    from interp.arch import require_arch
 
+    require_arch(model, method="faithfulness (right-padded batches)", causal=True)
     batch = data.tokenize(model, same_length=False) if hasattr(data, "tokenize") else data
     if batch.answer_ids is None or batch.counter_ids is None:
         raise DataError("faithfulness needs a dataset with answers and counterfactuals (logit difference)")

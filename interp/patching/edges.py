@@ -64,7 +64,9 @@ def edge_attribution_patching(model: Any, data: Any, config: Any = None, *, exac
     """
     from interp.patching.attribution import (AttributionConfig, _gradients, _grad_for, agreement, split_qkv)
     from interp.patching.metrics import prepare_pairs
+    from interp.arch import require_arch
 
+    require_arch(model, method="EAP edges", parallel_attn_mlp=False, post_attn_norm=False, post_mlp_norm=False)
     config = config or AttributionConfig()
     t0 = time.perf_counter()
     pairs = prepare_pairs(model, data)

@@ -119,11 +119,14 @@ class TrainedSAE:
         return float(self.history.meta.extra.get("tokens", 0)) / max(self.seconds, 1e-9)
 
 
-def _offline_env() -> None:
-    # SAE-Lens / transformers / wandb must never reach the network from here.
-    for key, val in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("WANDB_MODE", "disabled"),
-                     ("HF_DATASETS_OFFLINE", "1")):
-        os.environ.setdefault(key, val)
+def _offline() -> Any:
+    """Scoped: SAE-Lens / transformers / datasets / wandb must never reach the network from here.
+
+    The environment is restored on exit (no process-wide ``HF_HUB_OFFLINE`` left behind).
+    """
+    from interp.models import offline_env
+
+    return offline_env(WANDB_MODE="disabled", HF_DATASETS_OFFLINE="1")
 
 
 def _sae_config(cfg: SAETrainConfig, site: Site, d_in: int, model_name: str, context_size: int | None) -> Any:
@@ -154,12 +157,12 @@ def make_training_sae(cfg: SAETrainConfig, *, site: Site | str, d_in: int, model
     """A fresh SAE-Lens training SAE for ``site`` (weights drawn from a private RNG seeded by ``cfg.seed``)."""
     from sae_lens import TrainingSAE
 
-    _offline_env()
     site = site if isinstance(site, Site) else Site.parse(site)
-    sc = _sae_config(cfg, site, d_in, model_name, context_size)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
-        sae = TrainingSAE.from_dict(sc.to_dict())
+    with _offline():
+        sc = _sae_config(cfg, site, d_in, model_name, context_size)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            sae = TrainingSAE.from_dict(sc.to_dict())
     return sae
 
 
@@ -273,7 +276,8 @@ def train_sae(provider: Iterator[torch.Tensor], cfg: SAETrainConfig, *, site: Si
         provider = _prepend(first, provider)
     provider = _checked(provider, d_in)
     t0 = time.perf_counter()
-    trained, records = _fit(sae, provider, cfg, device)
+    with _offline():
+        trained, records = _fit(sae, provider, cfg, device)
     seconds = time.perf_counter() - t0
     history = _history(records, cfg, site, model, model_name, data_desc or {}, seconds)
     return TrainedSAE(_to_inference(trained, device), history, site, seconds)
@@ -309,7 +313,6 @@ def train_streaming(model: Any, tokens: torch.Tensor, cfg: SAETrainConfig, *, si
 
     from interp.sae.data import check_sae_site, site_width
 
-    _offline_env()
     site = site if isinstance(site, Site) else Site.parse(site)
     d_in = site_width(model, site)
     check_sae_site(model, site, d_in)
@@ -322,18 +325,19 @@ def train_streaming(model: Any, tokens: torch.Tensor, cfg: SAETrainConfig, *, si
                           f"{cfg.batch_size}; raise n_batches_in_buffer")
     info = getattr(model, "interp_info", None)
     name = info.spec if info else "model"
-    sc = _sae_config(cfg, site, d_in, name, ctx)
-    device = cfg.device or str(next(model.parameters()).device)
-    lcfg = LanguageModelSAERunnerConfig(
-        sae=sc, model_name=name, hook_name=site.hook_name, hook_head_index=site.head, dataset_path="",
-        streaming=False, is_dataset_tokenized=True, context_size=ctx, n_batches_in_buffer=n_batches_in_buffer,
-        training_tokens=cfg.steps * cfg.batch_size, store_batch_size_prompts=store_batch_size_prompts,
-        seqpos_slice=(start_pos, None), device=device, seed=cfg.seed, prepend_bos=False,
-        train_batch_size_tokens=cfg.batch_size, logger=LoggingConfig(log_to_wandb=False),
-        model_from_pretrained_kwargs={}, exclude_special_tokens=False, output_path=None, checkpoint_path=None,
-        n_checkpoints=0, verbose=False)
-    ds = datasets.Dataset.from_dict({"tokens": tokens.tolist()})
-    store = ActivationsStore.from_config(model, lcfg, override_dataset=ds)
-    store.batch_size = cfg.batch_size  # store.d_in and store.device exist already
-    return train_sae(store, cfg, site=site, model=model, context_size=ctx,
-                     data_desc={"dataset": "tokens", "source": "sae_lens.ActivationsStore (model in the loop)"})
+    with _offline():
+        sc = _sae_config(cfg, site, d_in, name, ctx)
+        device = cfg.device or str(next(model.parameters()).device)
+        lcfg = LanguageModelSAERunnerConfig(
+            sae=sc, model_name=name, hook_name=site.hook_name, hook_head_index=site.head, dataset_path="",
+            streaming=False, is_dataset_tokenized=True, context_size=ctx, n_batches_in_buffer=n_batches_in_buffer,
+            training_tokens=cfg.steps * cfg.batch_size, store_batch_size_prompts=store_batch_size_prompts,
+            seqpos_slice=(start_pos, None), device=device, seed=cfg.seed, prepend_bos=False,
+            train_batch_size_tokens=cfg.batch_size, logger=LoggingConfig(log_to_wandb=False),
+            model_from_pretrained_kwargs={}, exclude_special_tokens=False, output_path=None, checkpoint_path=None,
+            n_checkpoints=0, verbose=False)
+        ds = datasets.Dataset.from_dict({"tokens": tokens.tolist()})
+        store = ActivationsStore.from_config(model, lcfg, override_dataset=ds)
+        store.batch_size = cfg.batch_size  # store.d_in and store.device exist already
+        return train_sae(store, cfg, site=site, model=model, context_size=ctx,
+                         data_desc={"dataset": "tokens", "source": "sae_lens.ActivationsStore (model in the loop)"})
