@@ -177,7 +177,7 @@ def test_eap_runs_or_refuses_naming_the_fact(toy):
             edge_attribution_patching(model, _ds(), AttributionConfig())
     else:
         table = edge_attribution_patching(model, _ds(), AttributionConfig()).table
-        assert len(table) and table["value"].abs().max() > 0
+        assert len(table) and table["effect"].abs().max() > 0
 
 
 def test_path_patching_equals_a_naive_three_step_loop_or_refuses(toy):
