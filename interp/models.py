@@ -330,8 +330,9 @@ def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | No
         max_len: maximum tokens per prompt; ``None`` = the model's context length.
 
     Raises:
-        DataError: no prompts, an empty prompt, or a prompt longer than ``max_len``
-            (the message names the prompt's index and length).
+        DataError: no prompts, a prompt that is not a string or not encodable as UTF-8
+            (a lone surrogate), an empty prompt, or a prompt longer than ``max_len`` (the
+            message names the prompt's index and length).
     """
     import torch
 
@@ -340,6 +341,14 @@ def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | No
     prompts = list(prompts)
     if not prompts:
         raise DataError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise DataError(f"prompt {i} is {type(p).__name__} {str(p)[:60]!r}; expected a string")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"prompt {i} is not valid Unicode text: {e.reason} at character {e.start} "
+                            f"({p[max(0, e.start - 20):e.start]!r} + {p[e.start]!r})") from e
     tok = model.tokenizer
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     max_len = max_len or model.cfg.n_ctx

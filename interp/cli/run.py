@@ -17,11 +17,13 @@ def register(app: typer.Typer) -> None:
         """
         import dataclasses
 
+        from interp.cli._common import check_out_dir
         from interp.pipeline import load_config, run_pipeline
 
         cfg = load_config(config)
         if out is not None:
             cfg = dataclasses.replace(cfg, out=str(out))
+        check_out_dir(Path.cwd() / cfg.out, "--out" if out is not None else f"{config}: out")
         report = run_pipeline(cfg, base=Path.cwd(), log=lambda m: typer.echo(m, err=True))
         for r in report.stages:
             typer.echo(f"{r.name:<10} {r.status:<8} {r.seconds:7.1f}s  {r.note}")

@@ -39,11 +39,13 @@ def _site_of(sae, site: str):
 
 
 def _check_out(out: Path, overwrite: bool, names: tuple[str, ...]) -> None:
+    from interp.cli._common import check_out_dir
     from interp.errors import StoreError
 
     clash = [n for n in names if (out / n).exists()]
     if clash and not overwrite:
         raise StoreError(f"{out} already holds {', '.join(clash)}; pass --overwrite or choose another --out")
+    check_out_dir(out, "--out")
 
 
 @sae_app.command("train")
@@ -91,6 +93,10 @@ def train(
     cfg = SAETrainConfig(architecture=architecture, k=k, l1_coefficient=l1, l0_coefficient=l0, expansion=expansion,
                          batch_size=batch_size, training_tokens=tokens, lr=lr, seed=seed)
     _check_out(out, overwrite, ("sae",))
+    if acts is not None:
+        from interp.cli._common import check_out_dir
+
+        check_out_dir(acts, "--acts")
     m = load_model(model)
     s = check_sae_site(m, site, site_width(m, site))
     split = _corpus(m, context_size, sources, max_chars)
@@ -161,6 +167,7 @@ def evaluate(
     from interp.sae.io import load_sae
 
     model_sae = load_sae(sae)
+    _check_out(out, True, ())
     m = load_model(model)
     s = _site_of(model_sae, site)
     split = _corpus(m, context_size, sources, None)
@@ -192,6 +199,7 @@ def dashboard(
     from interp.sae.io import load_sae
 
     model_sae = load_sae(sae)
+    _check_out(out, True, ())
     m = load_model(model)
     s = _site_of(model_sae, site)
     split = _corpus(m, context_size, sources, None)
