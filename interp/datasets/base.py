@@ -17,6 +17,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
+from interp.datasets._align import encode
 from interp.errors import DataError
 
 __all__ = ["TaskDataset", "TaskBatch", "load_prompts", "iter_jsonl"]
@@ -141,7 +142,7 @@ class TaskDataset:
         return self.tokenize(model, same_length=True)
 
     def _single_tokens(self, model: Any, words: tuple[str, ...], what: str) -> list[int]:
-        ids = model.tokenizer(list(words), add_special_tokens=False).input_ids
+        ids = encode(model, list(words)).input_ids
         bad = [(i, w, row) for i, (w, row) in enumerate(zip(words, ids)) if len(row) != 1]
         if bad:
             lines = [f"  #{i}: {w!r} -> {len(row)} tokens" for i, w, row in bad[:5]]
@@ -207,7 +208,11 @@ class TaskDataset:
 
 
 def _read_text(path: Path) -> str:
-    """The UTF-8 text of ``path``.
+    """The UTF-8 text of ``path``; a UTF-8 byte-order mark at the start is dropped.
+
+    Editors on Windows and copied chat transcripts often start with a BOM (``EF BB BF``);
+    kept, it would become part of the first prompt (its own tokens), so it is removed
+    (the ``utf-8-sig`` codec). A BOM anywhere else is kept as text.
 
     Raises:
         DataError: a missing path, a folder, an unreadable file or bytes that are not UTF-8.
@@ -221,7 +226,7 @@ def _read_text(path: Path) -> str:
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
 
@@ -243,6 +248,10 @@ def iter_jsonl(text: str, where: str) -> Iterator[tuple[int, Any]]:
 
 def load_prompts(path: str | Path) -> list[str]:
     """Read prompts: a text file with one prompt a line, or JSONL with a ``"prompt"`` or ``"text"`` key.
+
+    The file must be UTF-8; a byte-order mark at its start is dropped. Text that looks
+    like a special token (``<|im_start|>``) stays plain text when tokenized (see
+    :func:`interp.models.tokenize`, ``allow_special``).
 
     Raises:
         DataError: missing file, not UTF-8, no prompts, or JSONL rows without a prompt.

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from interp.datasets._align import char_span_to_tokens, single_token_id, task_data_text
+from interp.datasets._align import char_span_to_tokens, encode, single_token_id, task_data_text
 from interp.datasets.base import TaskDataset, _read_text, iter_jsonl
 from interp.errors import ConfigError, DataError
 
@@ -98,7 +98,6 @@ def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token:
         warnings.warn(msg + " (dropped)", stacklevel=2)
     if not keep:
         raise DataError(f"facts: empty after filtering: no fact has a single-token answer ({len(facts)} read)")
-    tok = model.tokenizer
     metas = []
     for f in keep:
         start = f["prompt"].index(f["subject"])
@@ -107,7 +106,7 @@ def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token:
     if not pairs:
         return TaskDataset("facts", tuple(f["prompt"] for f in keep), (), tuple(f["answer"] for f in keep), (),
                            tuple(metas))
-    lengths = [len(tok(f["prompt"], add_special_tokens=False).input_ids) for f in keep]
+    lengths = [len(encode(model, f["prompt"]).input_ids) for f in keep]
     rng = random.Random(seed)
     rows, unpaired = [], []
     for i, f in enumerate(keep):
