@@ -31,14 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from interp.datasets.registry import build_task, check_task
 from interp.errors import ConfigError, nearest
 
 __all__ = ["CacheStage", "PatchingStage", "GatingStage", "SinksStage", "GraphStage", "CompareStage",
            "PipelineConfig", "StageRecord", "PipelineReport", "load_config", "run_pipeline"]
 
-TASKS = {"ioi": ("interp.datasets.ioi", "ioi_dataset"),
-         "colored_objects": ("interp.datasets.colored_objects", "colored_objects_dataset"),
-         "facts": ("interp.datasets.facts", "facts_dataset")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -172,8 +170,7 @@ class PipelineConfig:
         if not self.tasks:
             raise ConfigError("tasks is empty; e.g. tasks = [\"ioi\"]")
         for t in self.tasks:
-            if t not in TASKS:
-                raise ConfigError(f"unknown task {t!r}.{nearest(t, TASKS)} Known: {', '.join(TASKS)}")
+            check_task(t, "tasks")      # the one task registry: unknown names get the nearest
 
     @property
     def max_prompts(self) -> int:
@@ -320,8 +317,7 @@ def _stage_load(job: _Job) -> str:
     job.model = load_model(job.cfg.model)
     notes = []
     for task in job.cfg.tasks:
-        (builder,) = _need(TASKS[task][0], TASKS[task][1])
-        job.data[task] = builder(job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
+        job.data[task] = build_task(task, model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
         notes.append(f"{task}: {len(job.data[task])} prompts")
     return f"model {job.cfg.model}; " + ", ".join(notes)
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from interp.datasets import registry
 from interp.errors import ConfigError
 from interp.pipeline import (GatingStage, GraphStage, PatchingStage, PipelineConfig, SinksStage, load_config,
                              run_pipeline)
@@ -54,7 +55,7 @@ def test_config_errors(tmp_path):
 def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
     import interp.pipeline as pl
 
-    monkeypatch.setitem(pl.TASKS, "toy", ("test_pipeline", "toy_task"))
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "prose.txt").write_text("The cat sat on the mat.\nA dog ran in the park today.\n")
     (tmp_path / "prompts" / "code.txt").write_text("def f(x): return x + 1\nfor i in range(3): print(i)\n")
@@ -106,7 +107,7 @@ def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
 def test_failed_stage_is_reported_and_job_continues(tmp_path, monkeypatch):
     import interp.pipeline as pl
 
-    monkeypatch.setitem(pl.TASKS, "toy", ("test_pipeline", "toy_task"))
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
 
     def boom(job):
         raise RuntimeError("planted failure")

@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("gate")
     def gate(
         model: str = typer.Argument(..., help="model spec, e.g. smollm2 or toy:llama"),
-        task: str = typer.Option("ioi", "--task", help="ioi, facts, or a TaskDataset JSONL file"),
+        task: str = typer.Option("ioi", "--task", help="a registered task (ioi, facts, colored_objects) or a TaskDataset JSONL file"),
         out: Path = typer.Option(..., "--out", help="output folder for Results and figures"),
         steps: int = typer.Option(500, "--steps", help="optimizer updates per stage"),
         masks: int = typer.Option(4, "--masks", help="masks (seeds) fitted at once"),
@@ -29,8 +29,7 @@ def register(app: typer.Typer) -> None:
         Example: interp gate smollm2 --task ioi --out out/gate --steps 200 --masks 3 --n 32
         """
         from interp.cli._common import check_formats, check_out_dir
-        from interp.datasets.base import TaskDataset
-        from interp.errors import ConfigError
+        from interp.datasets.registry import build_task, check_task
         from interp.gating import CHGConfig, causal_head_gating
         from interp.gating.validate import ValidationConfig, validate_chg
         from interp.models import load_model
@@ -39,23 +38,10 @@ def register(app: typer.Typer) -> None:
         fig_formats = check_formats(figures, "--figures")
         cfg = CHGConfig(steps=steps, n_masks=masks, lam=lam, seed=seed, batch_size=batch_size or None)
         vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
-        if task not in ("ioi", "facts") and not Path(task).exists():
-            raise ConfigError(f"--task must be 'ioi', 'facts' or a TaskDataset JSONL file, got {task!r}")
-        file_ds = TaskDataset.from_jsonl(task) if task not in ("ioi", "facts") else None
+        check_task(task, "--task")
         check_out_dir(out, "--out")
         m = load_model(model)
-        if task == "ioi":
-            from interp.datasets.ioi import ioi_dataset
-
-            ds = ioi_dataset(m, n=n, seed=seed)
-        elif task == "facts":
-            from interp.datasets.facts import facts_dataset, known_facts
-
-            ds = known_facts(m, facts_dataset(m, pairs=True, seed=seed))
-        else:
-            ds = file_ds
-        if len(ds) > n:
-            ds = ds.subset(slice(0, n))
+        ds = build_task(task, model=m, n=n, seed=seed)
         if validate and ds.corrupted:
             ds.check_pairs(m)        # equal lengths, not identical: before the fit, not after it
         res = causal_head_gating(m, ds, config=cfg)

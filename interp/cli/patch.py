@@ -11,52 +11,22 @@ import typer
 METHODS = ("exact", "path", "atp", "eap", "eap-ig")
 
 
-TASKS = ("ioi", "facts", "colored-objects")
-
-
-def _check_task(task: str) -> None:
-    """A known task name or an existing TaskDataset JSONL file (before the model loads)."""
-    from interp.datasets.base import TaskDataset
-    from interp.errors import ConfigError, nearest
-
-    if task in TASKS:
-        return
-    if not Path(task).exists():
-        raise ConfigError(f"--task must be {', '.join(TASKS)} or a TaskDataset JSONL file, got {task!r}."
-                          f"{nearest(task, TASKS)}")
-    TaskDataset.from_jsonl(task)      # DataError naming file:line
-
-
 def _task(m, task: str, n: int, seed: int):
-    """The task's TaskDataset, keeping only clean/corrupted pairs of equal token length."""
-    from interp.datasets.base import TaskDataset
+    """The task's TaskDataset (from the task registry), keeping only clean/corrupted pairs of equal token length."""
+    from interp.datasets.registry import build_task
     from interp.errors import DataError
-
-    if task == "ioi":
-        from interp.datasets.ioi import ioi_dataset
-
-        ds = ioi_dataset(m, n=n, seed=seed)
-    elif task == "facts":
-        from interp.datasets.facts import facts_dataset, known_facts
-
-        ds = known_facts(m, facts_dataset(m, pairs=True, seed=seed))
-    elif task == "colored-objects":
-        from interp.datasets.colored_objects import colored_objects_dataset
-
-        ds = colored_objects_dataset(m, n=n, seed=seed)
-    else:
-        ds = TaskDataset.from_jsonl(task)
-    if not ds.corrupted:
-        raise DataError(f"task {task!r} has no corrupted prompts; patching needs pairs")
     from interp.models import tokenize
 
+    ds = build_task(task, model=m, n=n, seed=seed)
+    if not ds.corrupted:
+        raise DataError(f"--task {task!r} has no corrupted prompts; patching needs clean/corrupted pairs")
     clean, corr = tokenize(m, ds.clean), tokenize(m, ds.corrupted)
     keep = [i for i in range(len(ds)) if int(clean.lengths[i]) == int(corr.lengths[i])]
     if not keep:
-        raise DataError(f"task {task!r}: no clean/corrupted pair has equal token lengths")
+        raise DataError(f"--task {task!r}: no clean/corrupted pair has equal token lengths")
     if len(keep) < len(ds):
         typer.echo(f"kept {len(keep)} of {len(ds)} pairs with equal clean/corrupted token lengths")
-    ds = ds.subset(keep[:n])
+    ds = ds.subset(keep)
     ds.check_pairs(m)       # identical pairs, multi-token answers: refused before any sweep
     return ds
 
@@ -65,7 +35,7 @@ def register(app: typer.Typer) -> None:
     @app.command("patch")
     def patch(
         model: str = typer.Argument(..., help="model spec, e.g. smollm2 or toy:llama"),
-        task: str = typer.Option("ioi", "--task", help="ioi, facts, colored-objects, or a TaskDataset JSONL file"),
+        task: str = typer.Option("ioi", "--task", help="a registered task (ioi, facts, colored_objects) or a TaskDataset JSONL file"),
         method: str = typer.Option("exact", "--method", help="exact, path, atp, eap or eap-ig"),
         out: Path = typer.Option(..., "--out", help="output folder for Results and figures"),
         n: int = typer.Option(32, "--n", help="number of prompt pairs"),
@@ -94,6 +64,7 @@ def register(app: typer.Typer) -> None:
           interp patch smollm2 --task ioi --method path --receivers L9.H6.q,logits --out out/patch
         """
         from interp.cli._common import check_choice, check_formats, check_out_dir
+        from interp.datasets.registry import check_task
         from interp.models import load_model
         from interp.patching import (AttributionConfig, PatchConfig, PathConfig, activation_patching,
                                      attribution_patching, edge_attribution_patching, path_patching)
@@ -116,7 +87,7 @@ def register(app: typer.Typer) -> None:
         attr_cfg = AttributionConfig(direction=direction, ig_steps=ig_steps if method == "eap-ig" else 0,
                                      batch_size=8 if method != "atp" else 32) \
             if method in ("atp", "eap", "eap-ig") else None
-        _check_task(task)
+        check_task(task, "--task")
         check_out_dir(out, "--out")
         m = load_model(model)
         ds = _task(m, task, n, seed)
