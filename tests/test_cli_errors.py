@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from interp.cli import run
+from interp.cli import invoke
 from interp.errors import DataError, SiteError
 
 
 def _cli(capsys, *args: str) -> tuple[int, str]:
-    code = run([str(a) for a in args])
+    code = invoke([str(a) for a in args])
     err = capsys.readouterr().err
     return code, err
 
@@ -84,6 +84,16 @@ def test_out_under_a_file(capsys, tmp_path, prompts, no_model):
     msg = _one_line_error(err)
     assert code == 2 and "--out" in msg and str(f) in msg and "not a folder" in msg
     assert f.read_text() == "x"
+
+
+def test_check_out_dir_leaves_nothing_behind(tmp_path):
+    from interp.cli._common import check_out_dir
+
+    assert check_out_dir(tmp_path / "a" / "b", "--out") == tmp_path / "a" / "b"
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    check_out_dir(tmp_path / "kept", "--out")
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"] and list((tmp_path / "kept").iterdir()) == []
 
 
 def test_out_in_a_read_only_folder(capsys, tmp_path, prompts, no_model, monkeypatch):
@@ -195,7 +205,7 @@ def test_gate_checks_pairs_before_fitting(capsys, tmp_path, monkeypatch, corrupt
     assert code == 2 and "pairs" in msg
     for w in words:
         assert w in msg
-    assert not [p for p in out.iterdir()], "nothing may be written before the check"
+    assert not out.exists(), "nothing may be written before the check"
 
 
 def test_patch_refuses_identical_pairs_before_the_sweep(capsys, tmp_path, monkeypatch):

@@ -48,14 +48,16 @@ def _register_all() -> None:
             _registered.append(name)
 
 
-def run(argv: list[str] | None = None) -> int:
+def invoke(argv: list[str] | None = None) -> int:
     """Run ``interp ARGV`` in this process and return its exit code (the one error boundary).
+
+    (Not named ``run``: the ``interp.cli.run`` command module would shadow it.)
 
     Expected failures (:class:`~interp.errors.InterpError`, a full or read-only disk)
     print one line ``interp: error: ...`` and give 2; bugs keep their traceback.
 
     Example:
-        >>> run(["models"])            # doctest: +SKIP
+        >>> invoke(["models"])         # doctest: +SKIP
         0
     """
     from interp.cli._common import run as boundary
@@ -68,4 +70,4 @@ def main() -> None:
     """Entry point of the ``interp`` script."""
     import sys
 
-    sys.exit(run())
+    sys.exit(invoke())

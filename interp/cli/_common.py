@@ -80,7 +80,11 @@ def run(app, argv: Sequence[str] | None = None) -> int:
 
 
 def check_out_dir(path: str | Path, arg_name: str = "--out") -> Path:
-    """Create the output folder ``path`` and probe that a file can be written in it.
+    """Probe that the output folder ``path`` can be created and written, before any model work.
+
+    The folder (and missing parents) is created, a probe file written and removed, and
+    the folders this check created are removed again: a command that fails later leaves
+    nothing behind; the command creates the folder when it writes its results.
 
     Args:
         path: the folder (created with its parents when missing).
@@ -101,6 +105,7 @@ def check_out_dir(path: str | Path, arg_name: str = "--out") -> Path:
                 what = "is" if p == path else f"is under {p}, which is"
                 raise StoreError(f"{arg_name} {path}: {what} a file, not a folder")
             break
+    created = [p for p in [path, *path.parents] if not (p.exists() or p.is_symlink())]
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".interp-write-probe-{os.getpid()}"
@@ -116,6 +121,12 @@ def check_out_dir(path: str | Path, arg_name: str = "--out") -> Path:
     except OSError as e:
         why = EXPECTED_ERRNOS.get(e.errno or 0) or e.strerror or str(e)
         raise StoreError(f"{arg_name} {path}: cannot write there ({why})") from e
+    finally:
+        for p in created:            # deepest first; only folders this check made, only if still empty
+            try:
+                p.rmdir()
+            except OSError:
+                break
     _OUT_DIRS[arg_name] = path
     return path
 

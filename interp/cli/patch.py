@@ -102,6 +102,7 @@ def register(app: typer.Typer) -> None:
             results.append(attribution_patching(m, ds, attr_cfg, exact=exact))
             if method != "atp":
                 results.append(edge_attribution_patching(m, ds, attr_cfg, exact=exact))
+        out.mkdir(parents=True, exist_ok=True)
         first = results[0].meta.extra
         typer.echo(f"{method} patching on {ds.name} ({len(ds)} pairs): LD clean {first['ld_clean']:+.3f}, "
                    f"corrupted {first['ld_corr']:+.3f}")

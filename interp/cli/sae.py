@@ -93,10 +93,6 @@ def train(
     cfg = SAETrainConfig(architecture=architecture, k=k, l1_coefficient=l1, l0_coefficient=l0, expansion=expansion,
                          batch_size=batch_size, training_tokens=tokens, lr=lr, seed=seed)
     _check_out(out, overwrite, ("sae",))
-    if acts is not None:
-        from interp.cli._common import check_out_dir
-
-        check_out_dir(acts, "--acts")
     m = load_model(model)
     s = check_sae_site(m, site, site_width(m, site))
     split = _corpus(m, context_size, sources, max_chars)

@@ -143,6 +143,7 @@ def register(app: typer.Typer) -> None:
                 controls[name] = Result(rate.kind, rate.table, rate.meta, name=name)
         for w in caught:
             typer.echo(f"warning: {w.message}", err=True)
+        out.mkdir(parents=True, exist_ok=True)
         fig_dir = out / "figures"
         by_kind = {r.kind: r for r in results}
         for r in [*results, *controls.values()]:

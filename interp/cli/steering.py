@@ -92,6 +92,7 @@ def register(app: typer.Typer) -> None:
             cs = load_contrast(concept)          # DataError before the model loads
         check_out_dir(out, "--out")
         m = load_model(model)
+        out.mkdir(parents=True, exist_ok=True)
         if method == "fv":
             from interp.datasets.icl import load_icl
             from interp.steering.fv import FVConfig, fit_function_vector, fv_layer_sweep
@@ -176,6 +177,7 @@ def register(app: typer.Typer) -> None:
                 ng = [t for t in negatives.split(",") if t] if negatives else []
         check_out_dir(out, "--out")
         m = load_model(model)
+        out.mkdir(parents=True, exist_ok=True)
         meta = run_meta(m, dataset=ax.name, seed=None, axis=str(axis), positions=str(pos))
         if ax.method == "fv":
             from interp.datasets.icl import load_icl

@@ -98,6 +98,7 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{len(known)} of {len(ds)} facts known by {model}")
         sel = _round_robin(known, n_facts)
         grid, summary = causal_trace(m, sel, cfg)
+        out.mkdir(parents=True, exist_ok=True)
         grid.save(out)
         summary.save(out)
         peaks = trace_peaks(grid)

@@ -63,8 +63,8 @@ def _facts(model: Any, *, n: int, seed: int) -> TaskDataset:
 
     with warnings.catch_warnings():  # dropped multi-token / unpaired facts: expected for any tokenizer
         warnings.simplefilter("ignore")
-        ds = known_facts(model, facts_dataset(model, pairs=True, seed=seed))
-    return ds.subset(range(min(n, len(ds))))
+        return known_facts(model, facts_dataset(model, pairs=True, seed=seed), limit=n,
+                           batch_size=min(32, max(8, n)))
 
 
 #: name -> Task. Add one with :func:`register_task`.
