@@ -131,6 +131,21 @@ def test_full_disk_during_a_write_names_the_out_folder(capsys, tmp_path, prompts
     assert code == 2 and "no space left" in msg and f"--out {out}" in msg
 
 
+def test_full_disk_as_safetensors_reports_it(capsys, tmp_path, prompts, monkeypatch):
+    """A real full disk reaches the CLI as safetensors' SafetensorError('... (os error 28)'), not an OSError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full(*a, **k):
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
+    out = tmp_path / "store"
+    code, err = _cli(capsys, "cache", "toy:llama", "--prompts", prompts, "--out", out, "--no-progress")
+    msg = _one_line_error(err)
+    assert code == 2 and msg == f"interp: error: writing under --out {out}: no space left on the device"
+
+
 def test_oserror_with_a_file_name_names_that_file(capsys, tmp_path, prompts, monkeypatch):
     import safetensors.torch
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -37,10 +38,27 @@ FIGURE_FORMATS = ("png", "svg", "pdf", "html")
 _OUT_DIRS: dict[str, Path] = {}
 
 
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def as_os_error(e: BaseException) -> OSError | None:
+    """``e`` as an OSError: itself, or the errno inside a Rust I/O error that safetensors raises
+    as ``SafetensorError("... No space left on device (os error 28)")`` (not an OSError)."""
+    if isinstance(e, OSError) and not isinstance(e, InterpError):
+        return e
+    if type(e).__name__ == "SafetensorError":
+        m = _RUST_OS_ERROR.search(str(e))
+        if m:
+            code = int(m.group(1))
+            return OSError(code, os.strerror(code))
+    return None
+
+
 def error_line(e: BaseException) -> str:
     """``interp: error: <message>`` on one line (detail lines of the message joined with ``; ``)."""
-    if isinstance(e, OSError) and not isinstance(e, InterpError):
-        return "interp: error: " + _os_message(e)
+    os_error = as_os_error(e)
+    if os_error is not None:
+        return "interp: error: " + _os_message(os_error)
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
     text = lines[0] + (" " + "; ".join(lines[1:]) if len(lines) > 1 else "")
     return f"interp: error: {text}"
@@ -60,7 +78,8 @@ def is_expected(e: BaseException) -> bool:
     """An InterpError, or an OSError whose errno says the file system refused (full, read-only, ...)."""
     if isinstance(e, InterpError):
         return True
-    return isinstance(e, OSError) and e.errno in EXPECTED_ERRNOS
+    os_error = as_os_error(e)
+    return os_error is not None and os_error.errno in EXPECTED_ERRNOS
 
 
 def run(app, argv: Sequence[str] | None = None) -> int:

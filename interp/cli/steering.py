@@ -86,18 +86,21 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"unknown --method {method!r}.{nearest(method, methods)} Expected one of {methods}")
         from interp.cli._common import check_out_dir
 
-        if method != "fv":
+        if method == "fv":
+            from interp.datasets.icl import load_icl
+
+            icl = load_icl(concept)              # DataError before the model loads
+        else:
             from interp.datasets.contrast import load_contrast
 
-            cs = load_contrast(concept)          # DataError before the model loads
+            cs = load_contrast(concept)
         check_out_dir(out, "--out")
         m = load_model(model)
         out.mkdir(parents=True, exist_ok=True)
         if method == "fv":
-            from interp.datasets.icl import load_icl
             from interp.steering.fv import FVConfig, fit_function_vector, fv_layer_sweep
 
-            task = load_icl(concept).for_model(m)
+            task = icl.for_model(m)
             fit_task, held = task.split(fit_pairs or len(task.pairs) // 2, seed=seed)
             cfg = FVConfig(n_prompts=n_prompts, top_k=top_k, layer=fv_layer, seed=seed)
             fv = fit_function_vector(m, fit_task, cfg)
