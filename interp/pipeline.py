@@ -42,7 +42,6 @@ __all__ = ["CacheStage", "PatchingStage", "GatingStage", "SinksStage", "GraphSta
            "PipelineConfig", "StageRecord", "PipelineReport", "load_config", "run_pipeline"]
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class CacheStage:
     """Collect activations of the task prompts into an on-disk store (``out/cache/<task>``)."""
@@ -220,8 +219,12 @@ def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"no config file {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; expected a TOML config file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}

@@ -164,6 +164,8 @@ def test_oserror_with_a_file_name_names_that_file(capsys, tmp_path, prompts, mon
     (["patch", "toy:llama", "--figures", "jpg"], ["--figures", "'jpg'"]),
     (["patch", "toy:llama", "--direction", "nosing"], ["--direction", "'noising'"]),
     (["patch", "toy:llama", "--task", "iio"], ["--task", "'ioi'"]),
+    (["patch", "toy:llama", "--n", "0"], ["--n", "got 0"]),
+    (["gate", "toy:llama", "--n", "-3"], ["--n", "got -3"]),
     (["gate", "toy:llama", "--figures", "gif"], ["--figures"]),
     (["gate", "toy:llama", "--task", "fatcs"], ["--task", "'facts'"]),
     (["cache", "toy:llama", "--sites", "resid_pots"], ["--sites", "'resid_post'"]),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from interp.errors import ConfigError, InterpError, StoreError, nearest
 
-__all__ = ["run", "error_line", "check_out_dir", "check_choice", "check_formats", "FIGURE_FORMATS"]
+__all__ = ["run", "error_line", "check_out_dir", "check_choice", "check_positive", "check_formats", "FIGURE_FORMATS"]
 
 #: OSErrors that are the environment's answer, not a bug: reported in one line, exit 2.
 EXPECTED_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -148,6 +148,13 @@ def check_out_dir(path: str | Path, arg_name: str = "--out") -> Path:
                 break
     _OUT_DIRS[arg_name] = path
     return path
+
+
+def check_positive(value: int, arg_name: str) -> int:
+    """``value`` if it is an integer >= 1, else a ConfigError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{arg_name}: expected an integer >= 1, got {value!r}")
+    return value
 
 
 def check_choice(value: str, choices: Iterable[str], arg_name: str) -> str:

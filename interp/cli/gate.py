@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
 
         Example: interp gate smollm2 --task ioi --out out/gate --steps 200 --masks 3 --n 32
         """
-        from interp.cli._common import check_formats, check_out_dir
+        from interp.cli._common import check_formats, check_out_dir, check_positive
         from interp.datasets.registry import build_task, check_task
         from interp.gating import CHGConfig, causal_head_gating
         from interp.gating.validate import ValidationConfig, validate_chg
@@ -38,6 +38,7 @@ def register(app: typer.Typer) -> None:
         fig_formats = check_formats(figures, "--figures")
         cfg = CHGConfig(steps=steps, n_masks=masks, lam=lam, seed=seed, batch_size=batch_size or None)
         vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
+        check_positive(n, "--n")
         check_task(task, "--task")
         check_out_dir(out, "--out")
         m = load_model(model)

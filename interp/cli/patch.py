@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
           interp patch smollm2 --task ioi --method eap-ig --compare --out out/patch
           interp patch smollm2 --task ioi --method path --receivers L9.H6.q,logits --out out/patch
         """
-        from interp.cli._common import check_choice, check_formats, check_out_dir
+        from interp.cli._common import check_choice, check_formats, check_out_dir, check_positive
         from interp.datasets.registry import check_task
         from interp.models import load_model
         from interp.patching import (AttributionConfig, PatchConfig, PathConfig, activation_patching,
@@ -87,6 +87,7 @@ def register(app: typer.Typer) -> None:
         attr_cfg = AttributionConfig(direction=direction, ig_steps=ig_steps if method == "eap-ig" else 0,
                                      batch_size=8 if method != "atp" else 32) \
             if method in ("atp", "eap", "eap-ig") else None
+        check_positive(n, "--n")
         check_task(task, "--task")
         check_out_dir(out, "--out")
         m = load_model(model)
