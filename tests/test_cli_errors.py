@@ -288,3 +288,15 @@ def test_multi_line_messages_are_joined_on_one_line():
 
     line = error_line(DataError("3 pairs differ:\n  #0: a\n  #1: b"))
     assert line == "interp: error: 3 pairs differ: #0: a; #1: b"
+
+
+def test_threads_flag_is_applied_by_the_entry_point(capsys):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert invoke(["--threads", "1", "models"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    capsys.readouterr()
