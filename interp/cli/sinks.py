@@ -129,10 +129,10 @@ def register(app: typer.Typer) -> None:
         domains = {name: load_prompts(path) for name, path in files.items()}
         control_prompts = {name: load_prompts(path) for name, path in controls_files.items()}
         fmts = check_formats(formats, "--formats", none_ok=False)
-        check_out_dir(out, "--out")
-        m = load_model(model)
         cfg = AnalysisConfig(sinks=SinkConfig(eps=eps, max_len=max_len), max_len=max_len, batch_size=batch_size,
                              run_interventions=interventions)
+        check_out_dir(out, "--out")
+        m = load_model(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = analyze(m, domains, cfg, progress=progress)
