@@ -411,8 +411,13 @@ class TokenBatch:
 
 
 def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | None = None,
-             max_len: int | None = None) -> TokenBatch:
+             max_len: int | None = None, allow_special: bool = False) -> TokenBatch:
     """Tokenize prompts the interp way: explicit BOS, right padding, lengths kept.
+
+    Special-token text in a prompt is plain text by default: ``"<|im_start|>"`` written in
+    a prompt (a copied chat transcript) is split into ordinary tokens, never turned into
+    the control token. Pass ``allow_special=True`` to let the tokenizer map such text to
+    its special tokens (to build chat-formatted prompts on purpose).
 
     Args:
         model: a model from :func:`load_model` (any object with ``tokenizer`` and ``cfg``).
@@ -420,10 +425,12 @@ def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | No
         prepend_bos: prepend the tokenizer's BOS; ``None`` = the model's default
             (``model.cfg.default_prepend_bos``).
         max_len: maximum tokens per prompt; ``None`` = the model's context length.
+        allow_special: map special-token text in prompts to the special tokens.
 
     Raises:
-        DataError: no prompts, an empty prompt, or a prompt longer than ``max_len``
-            (the message names the prompt's index and length).
+        DataError: no prompts, a prompt that is not a string or not encodable as UTF-8
+            (a lone surrogate), an empty prompt, or a prompt longer than ``max_len`` (the
+            message names the prompt's index and length).
     """
     import torch
 
@@ -432,10 +439,18 @@ def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | No
     prompts = list(prompts)
     if not prompts:
         raise DataError("no prompts given")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, str):
+            raise DataError(f"prompt {i} is {type(p).__name__} {str(p)[:60]!r}; expected a string")
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise DataError(f"prompt {i} is not valid Unicode text: {e.reason} at character {e.start} "
+                            f"({p[max(0, e.start - 20):e.start]!r} + {p[e.start]!r})") from e
     tok = model.tokenizer
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     max_len = max_len or model.cfg.n_ctx
-    ids = tok(prompts, add_special_tokens=False).input_ids
+    ids = tok(prompts, add_special_tokens=False, split_special_tokens=not allow_special).input_ids
     rows = []
     for i, (p, row) in enumerate(zip(prompts, ids)):
         if bos:

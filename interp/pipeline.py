@@ -2,9 +2,14 @@
 
 Each stage has a frozen config with its budget (prompts, steps); ``run_pipeline``
 runs the enabled stages in order, times them, writes every Result, the circuit graph
-in JSON/GraphML/GEXF, the explorer page, PDF/SVG figures and ``report.md``. A stage
-whose analysis module is missing is skipped with a note in the report; a stage that
-fails is recorded with its error, and the later stages run on what exists.
+in JSON/GraphML/GEXF, the explorer page, PDF/SVG figures and ``report.md``.
+
+The pipeline fails loudly: a stage runs unless the config disables it; a stage that
+raises is recorded as failed, its traceback written to ``<out>/logs/<stage>.traceback.txt``
+(the path is in ``report.md``), the stages that need it are not run, and
+``report.ok`` is False (``interp run`` exits non-zero). Inputs (tasks, prompt files,
+the output folder) are checked before the model loads. The library never sets thread
+counts: ``interp --threads N run CONFIG`` does.
 
 Example (``analyses/ioi_circuit.toml``)::
 
@@ -23,7 +28,6 @@ Example (``analyses/ioi_circuit.toml``)::
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import time
 import tomllib
 import traceback
@@ -31,14 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from interp.datasets.registry import build_task, check_task
 from interp.errors import ConfigError, nearest
 
 __all__ = ["CacheStage", "PatchingStage", "GatingStage", "SinksStage", "GraphStage", "CompareStage",
            "PipelineConfig", "StageRecord", "PipelineReport", "load_config", "run_pipeline"]
-
-TASKS = {"ioi": ("interp.datasets.ioi", "ioi_dataset"),
-         "colored_objects": ("interp.datasets.colored_objects", "colored_objects_dataset"),
-         "facts": ("interp.datasets.facts", "facts_dataset")}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -160,7 +161,6 @@ class PipelineConfig:
     tasks: tuple[str, ...] = ("ioi",)
     out: str = "out/ioi_circuit"
     seed: int = 0
-    threads: int = 0
     cache: CacheStage = field(default_factory=CacheStage)
     patching: PatchingStage = field(default_factory=PatchingStage)
     gating: GatingStage = field(default_factory=GatingStage)
@@ -172,13 +172,19 @@ class PipelineConfig:
         if not self.tasks:
             raise ConfigError("tasks is empty; e.g. tasks = [\"ioi\"]")
         for t in self.tasks:
-            if t not in TASKS:
-                raise ConfigError(f"unknown task {t!r}.{nearest(t, TASKS)} Known: {', '.join(TASKS)}")
+            check_task(t, "tasks")      # the one task registry: unknown names get the nearest
+        if self.compare.enabled and len(self.tasks) < 2:
+            raise ConfigError(f"[compare] needs two tasks, got tasks = {list(self.tasks)}; add a task or set "
+                              "compare.enabled = false")
 
     @property
     def max_prompts(self) -> int:
-        return max(self.patching.prompts, self.patching.exact_prompts, self.gating.prompts, self.cache.prompts,
-                   self.graph.faithfulness_prompts)
+        """Prompts built per task: the most any enabled stage uses."""
+        p = self.patching
+        used = [(p.enabled, p.prompts), (p.enabled and p.exact, p.exact_prompts), (self.gating.enabled,
+                self.gating.prompts), (self.cache.enabled, self.cache.prompts),
+                (self.graph.enabled, self.graph.faithfulness_prompts)]
+        return max([n for on, n in used if on], default=1)
 
 
 def _positive(cfg: Any, *names: str) -> None:
@@ -195,6 +201,9 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name: f for f in dataclasses.fields(cls)}
     kw = {}
     for k, v in data.items():
+        if k == "threads" and cls is PipelineConfig:
+            raise ConfigError(f"{where}: 'threads' is not a config key (the library never sets thread counts); "
+                              "run `interp --threads N run CONFIG` instead")
         if k not in names:
             raise ConfigError(f"{where}: unknown key {k!r}.{nearest(k, names)} Known: {', '.join(names)}")
         kw[k] = tuple(v) if isinstance(v, list) else v
@@ -210,8 +219,12 @@ def load_config(path: str | Path) -> PipelineConfig:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"no config file {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; expected a TOML config file")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
     top = {k: v for k, v in data.items() if not isinstance(v, dict)}
@@ -231,10 +244,11 @@ class StageRecord:
     """What happened in one stage."""
 
     name: str
-    status: str            # ok | skipped | failed | disabled
+    status: str            # ok | failed | not run (a stage it needs failed) | disabled (by the config)
     seconds: float
     note: str = ""
     cpu_seconds: float = 0.0   # process CPU time (all threads): compare runs on a shared, loaded machine
+    traceback: Path | None = None   # <out>/logs/<stage>.traceback.txt of a failed stage
 
 
 @dataclass
@@ -248,22 +262,13 @@ class PipelineReport:
 
     @property
     def ok(self) -> bool:
-        return all(s.status in ("ok", "skipped", "disabled") for s in self.stages)
+        """True when every stage the config enabled ran and succeeded."""
+        return all(s.status in ("ok", "disabled") for s in self.stages)
 
-
-class _Skip(Exception):
-    """A stage cannot run here (module missing); not an error of the job."""
-
-
-def _need(module: str, *names: str) -> list[Any]:
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        raise _Skip(f"module {module} is not available ({e})") from e
-    missing = [n for n in names if not hasattr(mod, n)]
-    if missing:
-        raise _Skip(f"{module} lacks {', '.join(missing)}")
-    return [getattr(mod, n) for n in names]
+    @property
+    def failed(self) -> list[StageRecord]:
+        """The stages that raised or could not run because one they need failed."""
+        return [s for s in self.stages if s.status not in ("ok", "disabled")]
 
 
 class _Job:
@@ -283,21 +288,31 @@ class _Job:
         self.sweeps: dict[str, Any] = {}
         self.compare: list[Any] = []
 
-    def stage(self, name: str, enabled: bool, fn: Callable[[], str | None]) -> None:
+    def stage(self, name: str, enabled: bool, fn: Callable[[], str | None], needs: tuple[str, ...] = ()) -> None:
+        """Run one stage: disabled only by the config; not run when a stage in ``needs`` did not succeed."""
         if not enabled:
             self.records.append(StageRecord(name, "disabled", 0.0, "disabled in the config"))
             return
+        done = {r.name: r.status for r in self.records}
+        missing = [n for n in needs if done.get(n) != "ok"]
+        if missing:
+            rec = StageRecord(name, "not run", 0.0, f"needs {', '.join(missing)}, which did not succeed")
+            self.records.append(rec)
+            self.log(f"[{name}] not run: {rec.note}")
+            return
         self.log(f"[{name}] ...")
         t0, c0 = time.perf_counter(), time.process_time()
+        tb_path = None
         try:
             note, status = fn() or "", "ok"
-        except _Skip as e:
-            note, status = str(e), "skipped"
-        except Exception as e:  # noqa: BLE001 - a failed stage is reported, the job goes on
-            note, status = f"{type(e).__name__}: {e}", "failed"
-            (self.out / "logs").mkdir(parents=True, exist_ok=True)
-            (self.out / "logs" / f"{name}.traceback.txt").write_text(traceback.format_exc())
-        rec = StageRecord(name, status, time.perf_counter() - t0, note, time.process_time() - c0)
+        except Exception as e:  # noqa: BLE001 - recorded as failed (traceback on disk); the job exits non-zero
+            status = "failed"
+            tb_path = self.out / "logs" / f"{name}.traceback.txt"
+            tb_path.parent.mkdir(parents=True, exist_ok=True)
+            tb_path.write_text(traceback.format_exc(), encoding="utf-8")
+            first = (str(e).splitlines() or [""])[0]
+            note = f"{type(e).__name__}: {first} (traceback: {tb_path.relative_to(self.out)})"
+        rec = StageRecord(name, status, time.perf_counter() - t0, note, time.process_time() - c0, tb_path)
         self.records.append(rec)
         self.log(f"[{name}] {status} in {rec.seconds:.1f}s {note}")
 
@@ -311,23 +326,19 @@ class _Job:
 
 
 def _stage_load(job: _Job) -> str:
-    import torch
-
     from interp.models import load_model
 
-    if job.cfg.threads:
-        torch.set_num_threads(job.cfg.threads)
     job.model = load_model(job.cfg.model)
     notes = []
     for task in job.cfg.tasks:
-        (builder,) = _need(TASKS[task][0], TASKS[task][1])
-        job.data[task] = builder(job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
+        job.data[task] = build_task(task, model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
         notes.append(f"{task}: {len(job.data[task])} prompts")
     return f"model {job.cfg.model}; " + ", ".join(notes)
 
 
 def _stage_cache(job: _Job) -> str:
-    (collect,) = _need("interp.cache", "collect")
+    from interp.cache import collect
+
     notes = []
     for task in job.cfg.tasks:
         ds = job.subset(task, job.cfg.cache.prompts)
@@ -343,8 +354,10 @@ def _stage_patching(job: _Job) -> str:
     for task in job.cfg.tasks:
         ds = job.subset(task, c.prompts)
         if c.atp or c.eap:
-            AttributionConfig, atp, eap = _need("interp.patching", "AttributionConfig", "attribution_patching",
-                                                "edge_attribution_patching")
+            from interp.patching import AttributionConfig
+            from interp.patching import attribution_patching as atp
+            from interp.patching import edge_attribution_patching as eap
+
             acfg = AttributionConfig(components=("z", "mlp_out"), direction=c.direction, metric=c.metric,
                                      ig_steps=c.ig_steps, batch_size=c.batch_size)
             if c.atp:
@@ -355,7 +368,9 @@ def _stage_patching(job: _Job) -> str:
                 job.save(task, r)
                 notes.append(f"{task}: {r.table['method'].iloc[0] if len(r.table) else 'eap'} {len(r.table)} edge rows")
         if c.exact:
-            PatchConfig, patch = _need("interp.patching", "PatchConfig", "activation_patching")
+            from interp.patching import PatchConfig
+            from interp.patching import activation_patching as patch
+
             r = patch(job.model, job.subset(task, c.exact_prompts),
                       PatchConfig(component="z", positions="all", direction=c.direction, metrics=(c.metric,)))
             job.save(task, r)
@@ -364,7 +379,9 @@ def _stage_patching(job: _Job) -> str:
 
 
 def _stage_gating(job: _Job) -> str:
-    CHGConfig, chg = _need("interp.gating", "CHGConfig", "causal_head_gating")
+    from interp.gating import CHGConfig
+    from interp.gating import causal_head_gating as chg
+
     c = job.cfg.gating
     notes = []
     for task in job.cfg.tasks:
@@ -378,22 +395,41 @@ def _stage_gating(job: _Job) -> str:
 
 
 def _stage_sinks(job: _Job) -> str:
-    AnalysisConfig, analyze = _need("interp.sinks", "AnalysisConfig", "analyze")
     from interp.datasets.base import load_prompts
+    from interp.sinks import AnalysisConfig, analyze
 
     c = job.cfg.sinks
-    domains = {}
-    for d in c.domains:
-        path = Path(c.prompt_dir) / f"{d}.txt"
-        if not path.is_absolute() and not path.exists():
-            candidates = [job.base / path, Path(__file__).resolve().parents[1] / path]
-            path = next((p for p in candidates if p.exists()), path)
-        domains[d] = load_prompts(path)[: c.prompts]
+    domains = {d: load_prompts(path)[: c.prompts] for d, path in _sink_files(job).items()}
     rs = analyze(job.model, domains, AnalysisConfig(max_len=c.max_len, run_interventions=c.interventions))
     for r in rs:
         job.save(None, r)
     kinds = sorted({r.kind for r in rs})
     return f"{sum(len(v) for v in domains.values())} prompts in {len(domains)} domains -> {', '.join(kinds)}"
+
+
+def _sink_files(job: _Job) -> dict[str, Path]:
+    """The sinks stage's prompt file per domain (``<prompt_dir>/<domain>.txt``), checked to exist.
+
+    A relative ``prompt_dir`` is looked up under ``base`` and then next to the package
+    (the checkout's ``data/prompts``).
+
+    Raises:
+        DataError: a domain without a prompt file (every place looked is named).
+    """
+    from interp.errors import DataError
+
+    c = job.cfg.sinks
+    if not c.enabled:
+        return {}
+    files = {}
+    for d in c.domains:
+        path = Path(c.prompt_dir) / f"{d}.txt"
+        candidates = [path] if path.is_absolute() else [job.base / path, Path(__file__).resolve().parents[1] / path]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise DataError(f"sinks: no prompt file for domain {d!r}; looked at {', '.join(map(str, candidates))}")
+        files[d] = found
+    return files
 
 
 def _stage_graph(job: _Job) -> str:
@@ -464,8 +500,8 @@ def _stage_figures(job: _Job) -> str:
     for r in [r for rs in job.results.values() for r in rs] + job.shared + job.compare:
         try:
             fig = figure(r)
-        except Exception as e:  # noqa: BLE001 - a family without a figure is noted, not fatal
-            missing.add(f"{r.kind} ({type(e).__name__})")
+        except ConfigError:  # interp.plots has no figure for this Result kind: noted; any other error fails
+            missing.add(r.kind)
             continue
         for ext in job.cfg.graph.figures:
             job.files.append(export(fig, fdir / f"{r.id}.{ext}"))
@@ -476,10 +512,7 @@ def _stage_figures(job: _Job) -> str:
 def _stage_compare(job: _Job) -> str:
     from interp.graph import compare, prune
 
-    tasks = list(job.circuits)
-    if len(tasks) < 2:
-        raise _Skip(f"needs two task circuits, have {tasks}")
-    a, b = tasks[:2]
+    a, b = job.cfg.tasks[:2]         # PipelineConfig checks there are two
     r1 = compare(job.circuits[a], job.circuits[b])
     k = job.cfg.compare.top_k_heads
     ha = prune(job.graphs[a], top_k_nodes=k, kinds=["head"])
@@ -506,87 +539,19 @@ def run_pipeline(config: PipelineConfig, *, base: str | Path = ".", log: Callabl
         :class:`PipelineReport` (``report.path`` is ``<out>/report.md``).
     """
     job = _Job(config, Path(base), log)
+    _sink_files(job)                 # inputs are checked before the model loads
     job.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    evidence = tuple(n for n, on in (("patching", config.patching.enabled), ("gating", config.gating.enabled)) if on)
     job.stage("load", True, lambda: _stage_load(job))
-    if job.model is None:
-        for name in ("cache", "patching", "gating", "sinks", "graph", "figures", "compare"):
-            job.records.append(StageRecord(name, "skipped", 0.0, "no model (load failed)"))
-    else:
-        job.stage("cache", config.cache.enabled, lambda: _stage_cache(job))
-        job.stage("patching", config.patching.enabled, lambda: _stage_patching(job))
-        job.stage("gating", config.gating.enabled, lambda: _stage_gating(job))
-        job.stage("sinks", config.sinks.enabled, lambda: _stage_sinks(job))
-        job.stage("graph", config.graph.enabled, lambda: _stage_graph(job))
-        job.stage("compare", config.compare.enabled, lambda: _stage_compare(job))
-        job.stage("figures", config.graph.enabled, lambda: _stage_figures(job))
-    path = _write_report(job, time.perf_counter() - t0)
+    job.stage("cache", config.cache.enabled, lambda: _stage_cache(job), needs=("load",))
+    job.stage("patching", config.patching.enabled, lambda: _stage_patching(job), needs=("load",))
+    job.stage("gating", config.gating.enabled, lambda: _stage_gating(job), needs=("load",))
+    job.stage("sinks", config.sinks.enabled, lambda: _stage_sinks(job), needs=("load",))
+    job.stage("graph", config.graph.enabled, lambda: _stage_graph(job), needs=("load", *evidence))
+    job.stage("compare", config.compare.enabled, lambda: _stage_compare(job), needs=("graph",))
+    job.stage("figures", config.graph.enabled, lambda: _stage_figures(job), needs=("graph",))
+    from interp.pipeline_report import write_report
+
+    path = write_report(job, time.perf_counter() - t0)
     return PipelineReport(config, job.records, path, job.files)
-
-
-# --------------------------------------------------------------------------- report
-def _md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.3f}"
-        return str(v).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def _write_report(job: _Job, total: float) -> Path:
-    import json
-
-    from interp._fs import atomic_write_bytes
-
-    cfg = job.cfg
-    out = [f"# {cfg.name}", "", f"Model `{cfg.model}`, tasks {', '.join(cfg.tasks)}, seed {cfg.seed}. "
-           f"Total time {total:.1f} s (model loading included).", "", "## Stages", ""]
-    out.append(_md_table([{"stage": r.name, "status": r.status, "seconds": round(r.seconds, 1),
-                           "cpu_seconds": round(r.cpu_seconds, 1), "note": r.note}
-                          for r in job.records], ["stage", "status", "seconds", "cpu_seconds", "note"]))
-    out += ["", "`seconds` is wall-clock time; `cpu_seconds` the process CPU time over all threads (on a shared, "
-            "loaded machine wall time can be many times the unloaded time).", ""]
-    out += ["", "## Budgets (frozen config)", "", "```json",
-            json.dumps(dataclasses.asdict(cfg), indent=1, default=str), "```", ""]
-    if job.faith:
-        out += ["## Circuit faithfulness", "",
-                "Metric: mean logit difference (answer - counterfactual) at the last token; every head outside "
-                "the circuit ablated through `z` " + ("to its per-position mean over the corrupted prompts of the same "
-                "template" if cfg.graph.ablation == "mean" else "to its value on the paired corrupted prompt") +
-                (" and every MLP outside it through `mlp_out`" if cfg.graph.ablate_mlps else " (MLPs kept)") +
-                ". faithfulness = LD(circuit) / LD(full); normalized = (LD(circuit) - LD(all ablated)) / "
-                "(LD(full) - LD(all ablated)). Random circuits have the same numbers of heads and MLPs.", ""]
-        for task, r in job.faith.items():
-            t = r.table
-            rows = t.to_dict("records")
-            rand = t[t.circuit.str.startswith("random")]
-            out += [f"### {task}", "", _md_table(rows, ["circuit", "n_heads", "n_mlps", "n_edges", "ld_full",
-                                                        "ld_circuit", "ld_ablated", "faithfulness", "normalized"]), ""]
-            if len(rand):
-                out.append(f"Circuit faithfulness {t.faithfulness.iloc[0]:.3f} vs random "
-                           f"{rand.faithfulness.mean():.3f} +/- {rand.faithfulness.std(ddof=0):.3f} "
-                           f"(n={len(rand)}).")
-            if task in job.sweeps:
-                out += ["", "Faithfulness against circuit size (nodes of the top-k edges):", "",
-                        _md_table(job.sweeps[task].table.to_dict("records"),
-                                  ["circuit", "n_heads", "n_mlps", "n_edges", "ld_circuit", "faithfulness",
-                                   "normalized"])]
-            heads = sorted(job.circuits[task].nodes_of("head"), key=lambda n: tuple(map(int, n[1:].split(".H"))))
-            out += ["", f"Circuit heads ({len(heads)}): " + ", ".join(heads), ""]
-    if job.compare:
-        out += ["## Circuit comparison", ""]
-        for r in job.compare:
-            out += [f"### {r.name}", "", _md_table(r.table.to_dict("records"),
-                                                   ["what", "cls", "n_a", "n_b", "intersection", "union", "jaccard",
-                                                    "overlap"]), ""]
-    skipped = [r for r in job.records if r.status in ("skipped", "failed")]
-    if skipped:
-        out += ["## Missing or failed", ""] + [f"- **{r.name}** {r.status}: {r.note}" for r in skipped] + [""]
-    out += ["## Files", ""] + [f"- `{p.relative_to(job.out) if p.is_relative_to(job.out) else p}`"
-                               for p in sorted(set(job.files))] + ["- `results/` (every Result: parquet + json)", ""]
-    path = job.out / "report.md"
-    atomic_write_bytes(path, "\n".join(out).encode())
-    return path

@@ -28,7 +28,7 @@ from typing import Any
 
 from interp.errors import SiteError, ShapeError, nearest
 
-__all__ = ["Component", "COMPONENTS", "Site", "parse_sites", "validate_site", "expected_shape"]
+__all__ = ["Component", "COMPONENTS", "Site", "parse_sites", "check_sites", "validate_site", "expected_shape"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +116,21 @@ class Site:
     head: int | None = None
 
     def __post_init__(self) -> None:
+        if not isinstance(self.component, str):
+            raise SiteError(f"Site component must be a string such as 'resid_post', got "
+                            f"{type(self.component).__name__} {self.component!r}")
+        for what in ("layer", "head"):
+            v = getattr(self, what)
+            if v is None or (isinstance(v, int) and not isinstance(v, bool)):
+                continue
+            try:  # numpy / torch integer scalars
+                index = None if isinstance(v, (bool, str)) else int(v.__index__())
+            except (AttributeError, TypeError, ValueError, RuntimeError):
+                index = None
+            if index is None:
+                raise SiteError(f"Site({self.component!r}): {what} must be an int or None, got "
+                                f"{type(v).__name__} {v!r}")
+            object.__setattr__(self, what, index)
         comp = COMPONENTS.get(self.component)
         if comp is None:
             raise SiteError(f"unknown component {self.component!r}.{nearest(self.component, COMPONENTS)} "
@@ -205,11 +220,8 @@ def parse_sites(spec: str | Iterable[str | Site], n_layers: int) -> list[Site]:
     Raises:
         SiteError: unknown names (with suggestions) or layers >= n_layers.
     """
-    items: list[str | Site] = [s for s in spec.split(",") if s.strip()] if isinstance(spec, str) else list(spec)
-    if not items:
-        raise SiteError("no sites given; e.g. 'resid_post,pattern'")
     out: list[Site] = []
-    for item in items:
+    for item in _site_items(spec):
         if isinstance(item, Site):
             sites = [item]
         elif item.strip() in COMPONENTS and COMPONENTS[item.strip()].per_layer:
@@ -222,6 +234,39 @@ def parse_sites(spec: str | Iterable[str | Site], n_layers: int) -> list[Site]:
             if s not in out:
                 out.append(s)
     return out
+
+
+def check_sites(spec: str | Iterable[str | Site]) -> None:
+    """Check a user's site list without a model (names, types); layer ranges need :func:`parse_sites`.
+
+    The CLI calls this before loading a model, so a misspelled site fails at once.
+
+    Raises:
+        SiteError: as :func:`parse_sites`, except for layer ranges.
+    """
+    for item in _site_items(spec):
+        if isinstance(item, str) and not (item.strip() in COMPONENTS and COMPONENTS[item.strip()].per_layer):
+            Site.parse(item)
+
+
+def _site_items(spec: Any) -> list[str | Site]:
+    """The entries of a site list, each a string or a Site (else a SiteError naming the entry)."""
+    if isinstance(spec, str):
+        items: list[Any] = [s for s in spec.split(",") if s.strip()]
+    elif isinstance(spec, Site):
+        items = [spec]
+    elif isinstance(spec, Iterable):
+        items = list(spec)
+    else:
+        raise SiteError(f"sites: expected a comma-separated string or a list of strings / Sites, got "
+                        f"{type(spec).__name__} {spec!r}")
+    if not items:
+        raise SiteError("no sites given; e.g. 'resid_post,pattern'")
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, Site)):
+            raise SiteError(f"site list entry {i} is {type(item).__name__} {item!r}; expected a string "
+                            "('resid_post', 'z.3', 'z.3.1', a hook name) or a Site")
+    return items
 
 
 def validate_site(site: Site, model: Any, *, hook_dict: Any = None) -> Site:

@@ -39,9 +39,9 @@ from interp.cache import collect
 store = collect(model, list(batch.texts), "resid_post", progress=False)
 store[Site("resid_post", 3)].shape"""),
         ("md", "## One analysis, one Result\nAttribution patching (AtP) on a few IOI prompts: a tidy table, one row per node."),
-        ("code", """from interp.datasets import ioi_dataset
+        ("code", """from interp.datasets import build_task
 from interp.patching import attribution_patching, AttributionConfig
-ds = ioi_dataset(model, n=8, seed=0)
+ds = build_task("ioi", model=model, n=8, seed=0)
 atp = attribution_patching(model, ds, AttributionConfig(components=("z", "mlp_out")))
 atp.table.sort_values("value", key=abs, ascending=False).head(8)[["node", "value"]]"""),
         ("md", "## Into a circuit graph\nEvery node keeps the rows of the Results that mention it."),
@@ -56,8 +56,8 @@ top"""),
                "the nodes of the strongest edges; its faithfulness (heads outside it mean-ablated) is compared "
                "with random circuits of the same size. The full job is `interp run analyses/ioi_circuit.toml`."),
         ("code", SETUP),
-        ("code", """from interp.datasets import ioi_dataset
-ds = ioi_dataset(model, n=12, seed=0)
+        ("code", """from interp.datasets import build_task
+ds = build_task("ioi", model=model, n=12, seed=0)
 ds.clean[0], ds.answers[0], ds.counterfactuals[0]"""),
         ("md", "## Node scores (AtP) and edge scores (EAP)"),
         ("code", """from interp.patching import attribution_patching, edge_attribution_patching, AttributionConfig

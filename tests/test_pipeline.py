@@ -1,4 +1,4 @@
-"""The main-job runner: TOML configs, every stage on the toy model, skipped stages, report.md."""
+"""The main-job runner: TOML configs, every stage on the toy model, failing loudly, report.md."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from interp.datasets import registry
 from interp.errors import ConfigError
 from interp.pipeline import (GatingStage, GraphStage, PatchingStage, PipelineConfig, SinksStage, load_config,
                              run_pipeline)
@@ -51,21 +52,11 @@ def test_config_errors(tmp_path):
         GatingStage(steps=0)
 
 
-def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
-    import interp.pipeline as pl
-
-    monkeypatch.setitem(pl.TASKS, "toy", ("test_pipeline", "toy_task"))
+def test_runs_every_stage_on_toy(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
     (tmp_path / "prompts").mkdir()
     (tmp_path / "prompts" / "prose.txt").write_text("The cat sat on the mat.\nA dog ran in the park today.\n")
     (tmp_path / "prompts" / "code.txt").write_text("def f(x): return x + 1\nfor i in range(3): print(i)\n")
-    real_need = pl._need
-
-    def need(module, *names):       # pretend the gating module has not landed
-        if module == "interp.gating":
-            raise pl._Skip("module interp.gating is not available (test)")
-        return real_need(module, *names)
-
-    monkeypatch.setattr(pl, "_need", need)
     cfg = PipelineConfig(name="toyjob", model="toy:llama", tasks=("toy",), out=str(tmp_path / "out"),
                          patching=PatchingStage(prompts=4, exact_prompts=2, batch_size=4),
                          gating=GatingStage(steps=2, prompts=4, batch_size=4),
@@ -74,15 +65,14 @@ def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
                                           sweep_edges=(3, 10), faithfulness_target=-1e9, figures=("svg",)))
     report = run_pipeline(cfg, log=lambda m: None)
     status = {r.name: r.status for r in report.stages}
-    notes = {r.name: r.note for r in report.stages}
-    assert status["gating"] == "skipped" and "interp.gating" in notes["gating"]
-    assert all(status[s] == "ok" for s in ("load", "cache", "patching", "sinks", "graph", "figures")), report.stages
-    assert status["compare"] == "disabled"
+    assert all(status[s] == "ok" for s in ("load", "cache", "patching", "gating", "sinks", "graph", "figures")), \
+        report.stages
+    assert status["compare"] == "disabled" and report.ok and not report.failed
     out = tmp_path / "out"
     text = report.path.read_text()
     for stage in ("load", "cache", "patching", "gating", "sinks", "graph", "figures"):
         assert f"| {stage} |" in text
-    assert "## Missing or failed" in text and "interp.gating" in text and "faithfulness" in text
+    assert "FAILED" not in text and "faithfulness" in text
     for f in ("graph/toy_graph.json", "graph/toy_circuit.graphml", "graph/toy_circuit.gexf",
               "toy_explorer.html", "figures/toy_circuit.svg", "results/manifest.json"):
         assert (out / f).exists(), f
@@ -103,24 +93,77 @@ def test_runs_every_stage_on_toy_and_skips_missing(tmp_path, monkeypatch):
     assert list(faith["toy_size_sweep"].circuit) == ["top3_edges", "top10_edges"]
 
 
-def test_failed_stage_is_reported_and_job_continues(tmp_path, monkeypatch):
+def _small(tmp_path, **kw):
+    base = dict(patching=PatchingStage(enabled=False), gating=GatingStage(enabled=False),
+                sinks=SinksStage(enabled=False))
+    return PipelineConfig(name="t", model="toy:llama", tasks=("toy",), out=str(tmp_path / "o"), **{**base, **kw})
+
+
+def test_failed_stage_fails_the_job_and_blocks_what_needs_it(tmp_path, monkeypatch):
     import interp.pipeline as pl
 
-    monkeypatch.setitem(pl.TASKS, "toy", ("test_pipeline", "toy_task"))
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
 
     def boom(job):
         raise RuntimeError("planted failure")
 
-    monkeypatch.setattr(pl, "_stage_cache", boom)
-    cfg = PipelineConfig(name="t", model="toy:llama", tasks=("toy",), out=str(tmp_path / "o"),
-                         patching=dataclasses.replace(PatchingStage(), enabled=False),
-                         gating=GatingStage(enabled=False), sinks=SinksStage(enabled=False),
-                         graph=GraphStage(enabled=False))
+    monkeypatch.setattr(pl, "_stage_patching", boom)
+    cfg = _small(tmp_path, cache=pl.CacheStage(prompts=2), patching=PatchingStage(prompts=2),
+                 graph=GraphStage(faithfulness_prompts=2, random_samples=1, figures=("html",)))
     report = run_pipeline(cfg, log=lambda m: None)
     rec = {r.name: r for r in report.stages}
-    assert rec["cache"].status == "failed" and "planted failure" in rec["cache"].note and not report.ok
-    assert (tmp_path / "o" / "logs" / "cache.traceback.txt").exists()
-    assert "planted failure" in report.path.read_text()
+    assert rec["cache"].status == "ok"                      # independent stages still run
+    assert rec["patching"].status == "failed" and "planted failure" in rec["patching"].note and not report.ok
+    assert rec["graph"].status == "not run" and "patching" in rec["graph"].note
+    assert rec["figures"].status == "not run" and rec["gating"].status == "disabled"
+    tb = tmp_path / "o" / "logs" / "patching.traceback.txt"
+    assert rec["patching"].traceback == tb and "RuntimeError: planted failure" in tb.read_text()
+    text = report.path.read_text()
+    assert "**FAILED**" in text and str(tb) in text and "planted failure" in text
+    assert [r.name for r in report.failed] == ["patching", "graph", "figures"]
+
+
+def test_no_skipping_but_by_config(tmp_path, monkeypatch):
+    """A missing analysis module is a failure (plain imports), not a silent 'skipped'."""
+    import builtins
+
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
+    real_import = builtins.__import__
+
+    def no_gating(name, *a, **k):
+        if name == "interp.gating":
+            raise ImportError("planted: no interp.gating")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_gating)
+    report = run_pipeline(_small(tmp_path, cache=pl_cache(enabled=False), gating=GatingStage(steps=1, prompts=2),
+                                 graph=GraphStage(enabled=False)), log=lambda m: None)
+    rec = {r.name: r for r in report.stages}
+    assert rec["gating"].status == "failed" and "ImportError" in rec["gating"].note and not report.ok
+    assert {r.status for r in report.stages} <= {"ok", "failed", "disabled"}
+
+
+def pl_cache(**kw):
+    from interp.pipeline import CacheStage
+
+    return CacheStage(**kw)
+
+
+def test_config_refusals(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('threads = 4\n')
+    with pytest.raises(ConfigError, match=r"interp --threads N run"):
+        load_config(p)
+    with pytest.raises(ConfigError, match=r"\[compare\] needs two tasks"):
+        PipelineConfig(tasks=("ioi",), compare=dataclasses.replace(PipelineConfig().compare, enabled=True))
+
+
+def test_library_sets_no_thread_count():
+    import inspect
+
+    import interp.pipeline as pl
+
+    assert "set_num_threads" not in inspect.getsource(pl)
 
 
 def test_smallest_faithful_circuit_size():
@@ -135,3 +178,65 @@ def test_smallest_faithful_circuit_size():
     assert _smallest_faithful(sweep, (100, 400, 1000), 0.99) == 1000      # none reaches it: the largest
     with pytest.raises(ConfigError, match="sweep_edges"):
         GraphStage(faithfulness_target=0.8)
+def _toml(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_interp_run_exits_nonzero_when_a_stage_raises(tmp_path, monkeypatch, capsys):
+    import interp.pipeline as pl
+    from interp.cli import invoke
+
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
+
+    def boom(job):
+        raise RuntimeError("planted failure")
+
+    monkeypatch.setattr(pl, "_stage_cache", boom)
+    cfg = _toml(tmp_path / "job.toml", f'name = "t"\nmodel = "toy:llama"\ntasks = ["toy"]\nout = "{tmp_path / "o"}"\n'
+                "[cache]\nprompts = 2\n[patching]\nenabled = false\n[gating]\nenabled = false\n"
+                "[sinks]\nenabled = false\n[graph]\nenabled = false\n")
+    code = invoke(["run", str(cfg)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "stage cache failed" in err and "planted failure" in err
+    tb = tmp_path / "o" / "logs" / "cache.traceback.txt"
+    assert tb.exists() and str(tb) in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_interp_run_checks_prompt_files_before_the_model(tmp_path, monkeypatch, capsys):
+    import interp.models
+    from interp.cli import invoke
+
+    def refuse(*a, **k):
+        raise AssertionError("model loaded before the inputs were checked")
+
+    monkeypatch.setattr(interp.models, "load_model", refuse)
+    cfg = _toml(tmp_path / "job.toml", f'model = "toy:llama"\nout = "{tmp_path / "o"}"\n'
+                f'[sinks]\nprompt_dir = "{tmp_path}"\ndomains = ["nosuch"]\n')
+    code = invoke(["run", str(cfg)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("interp: error: sinks: no prompt file for domain 'nosuch'")
+
+
+@pytest.mark.bundled
+@pytest.mark.slow
+def test_interp_run_facts_on_the_bundled_model(tmp_path, capsys):
+    """Every registered task runs through `interp run`; facts used to fail (facts_dataset has no n)."""
+    from interp.cli import invoke
+    from interp.results import load_results
+
+    cfg = _toml(tmp_path / "facts.toml", f'name = "facts_job"\nmodel = "smollm2"\ntasks = ["facts"]\n'
+                f'out = "{tmp_path / "o"}"\n'
+                "[cache]\nprompts = 2\nsites = \"resid_post.3\"\n"
+                "[patching]\nprompts = 4\neap = false\nexact = false\nbatch_size = 4\n"
+                "[gating]\nenabled = false\n[sinks]\nenabled = false\n"
+                "[graph]\ntop_k_edges = 5\nfaithfulness_prompts = 4\nrandom_samples = 1\nformats = [\"json\"]\n"
+                "figures = [\"html\"]\n")
+    code = invoke(["run", str(cfg)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "facts: 4 prompts" in out
+    kinds = {r.kind for r in load_results(tmp_path / "o" / "results").values()}
+    assert {"patching.nodes", "graph.faithfulness"} <= kinds
+    assert "FAILED" not in (tmp_path / "o" / "report.md").read_text()

@@ -16,6 +16,10 @@ Examples:
   interp models                                         # what can be loaded here
   interp cache smollm2 --prompts data/prompts/prose.txt --sites resid_post,pattern --out out/cache
   interp run analyses/ioi_circuit.toml                  # the main job (README)
+  interp --threads 4 run analyses/ioi_circuit.toml      # torch CPU threads for this run
+
+Errors: bad input, arguments or output folders print one line "interp: error: ..." and
+exit 2, before any model is loaded where possible; a traceback (exit 1) means a bug.
 """
 
 app = typer.Typer(help="interp: a mechanistic-interpretability workbench.", epilog=EPILOG,
@@ -23,28 +27,47 @@ app = typer.Typer(help="interp: a mechanistic-interpretability workbench.", epil
                   pretty_exceptions_enable=False)
 
 @app.callback()
-def _root() -> None:
+def _root(threads: int = typer.Option(0, "--threads", min=0, help="torch CPU threads for this run (0: torch's "
+                                      "default)")) -> None:
     """interp: a mechanistic-interpretability workbench (see the examples below)."""
+    if threads:
+        import torch  # the entry point, not the library, sets process-wide thread counts
+
+        torch.set_num_threads(threads)
 
 
 # One module per command family; each defines register(app).
 COMMAND_MODULES = ["models", "cache", "sinks", "sae", "run", "steering", "gate", "trace", "patch"]
+_registered: list[str] = []
 
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        importlib.import_module(f"interp.cli.{name}").register(app)
+        if name not in _registered:
+            importlib.import_module(f"interp.cli.{name}").register(app)
+            _registered.append(name)
+
+
+def invoke(argv: list[str] | None = None) -> int:
+    """Run ``interp ARGV`` in this process and return its exit code (the one error boundary).
+
+    (Not named ``run``: the ``interp.cli.run`` command module would shadow it.)
+
+    Expected failures (:class:`~interp.errors.InterpError`, a full or read-only disk)
+    print one line ``interp: error: ...`` and give 2; bugs keep their traceback.
+
+    Example:
+        >>> invoke(["models"])         # doctest: +SKIP
+        0
+    """
+    from interp.cli._common import run as boundary
+
+    _register_all()
+    return boundary(app, argv)
 
 
 def main() -> None:
-    """Entry point of the ``interp`` script: clean one-line errors for InterpError."""
+    """Entry point of the ``interp`` script."""
     import sys
 
-    from interp.errors import InterpError
-
-    _register_all()
-    try:
-        app()  # standalone: click prints usage errors and exits itself
-    except InterpError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
+    sys.exit(invoke())

@@ -31,12 +31,21 @@ def register(app: typer.Typer) -> None:
 
         from interp.cache import collect
         from interp.cache.store import dtype_from_name, parse_bytes
+        from interp.cli._common import check_out_dir
         from interp.datasets import load_prompts
         from interp.models import load_model
+        from interp.errors import SiteError
+        from interp.sites import check_sites
 
-        texts = load_prompts(prompts)            # DataError: missing, empty, not UTF-8, bad JSONL
-        budget = parse_bytes(max_memory)         # checked before the model loads
+        # every argument is checked before the model loads
+        texts = load_prompts(prompts)            # DataError: missing, a folder, empty, not UTF-8, bad JSONL
+        budget = parse_bytes(max_memory)
         store_dtype = dtype_from_name(dtype) if dtype else None
+        try:
+            check_sites(sites)
+        except SiteError as e:
+            raise SiteError(f"--sites: {e}") from e
+        check_out_dir(out, "--out")
         t0 = time.perf_counter()
         m = load_model(model)
         store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,

@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("gate")
     def gate(
         model: str = typer.Argument(..., help="model spec, e.g. smollm2 or toy:llama"),
-        task: str = typer.Option("ioi", "--task", help="ioi, facts, or a TaskDataset JSONL file"),
+        task: str = typer.Option("ioi", "--task", help="a registered task (ioi, facts, colored_objects) or a TaskDataset JSONL file"),
         out: Path = typer.Option(..., "--out", help="output folder for Results and figures"),
         steps: int = typer.Option(500, "--steps", help="optimizer updates per stage"),
         masks: int = typer.Option(4, "--masks", help="masks (seeds) fitted at once"),
@@ -28,28 +28,23 @@ def register(app: typer.Typer) -> None:
 
         Example: interp gate smollm2 --task ioi --out out/gate --steps 200 --masks 3 --n 32
         """
-        from interp.datasets.base import TaskDataset
-        from interp.errors import ConfigError
+        from interp.cli._common import check_formats, check_out_dir, check_positive
+        from interp.datasets.registry import build_task, check_task
         from interp.gating import CHGConfig, causal_head_gating
         from interp.gating.validate import ValidationConfig, validate_chg
         from interp.models import load_model
 
-        m = load_model(model)
-        if task == "ioi":
-            from interp.datasets.ioi import ioi_dataset
-
-            ds = ioi_dataset(m, n=n, seed=seed)
-        elif task == "facts":
-            from interp.datasets.facts import facts_dataset, known_facts
-
-            ds = known_facts(m, facts_dataset(m, pairs=True, seed=seed))
-        elif Path(task).suffix in (".jsonl", ".json") or Path(task).exists():
-            ds = TaskDataset.from_jsonl(task)
-        else:
-            raise ConfigError(f"--task must be 'ioi', 'facts' or a TaskDataset JSONL file, got {task!r}")
-        if len(ds) > n:
-            ds = ds.subset(slice(0, n))
+        # arguments and the output folder first: nothing below runs on a typo
+        fig_formats = check_formats(figures, "--figures")
         cfg = CHGConfig(steps=steps, n_masks=masks, lam=lam, seed=seed, batch_size=batch_size or None)
+        vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
+        check_positive(n, "--n")
+        check_task(task, "--task")
+        check_out_dir(out, "--out")
+        m = load_model(model)
+        ds = build_task(task, model=m, n=n, seed=seed)
+        if validate and ds.corrupted:
+            ds.check_pairs(m)        # equal lengths, not identical: before the fit, not after it
         res = causal_head_gating(m, ds, config=cfg)
         res.save(out)
         roles = res.table.role.value_counts().to_dict()
@@ -62,7 +57,6 @@ def register(app: typer.Typer) -> None:
         if validate:
             from interp.gating.validate import patching_for
 
-            vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
             patch = patching_for(m, ds, vcfg) if ds.corrupted else None
             if patch is not None:
                 patch.save(out)
@@ -73,11 +67,11 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  {r.what:<22} n={r.n_heads:<3} {r.metric}={r.metric_value:+.3f}"
                            + (f"  random {r.baseline_mean:+.3f} +/- {r.baseline_std:.3f}" if r.baseline_mean == r.baseline_mean else "")
                            + (f"  p={r.p_value:.2g}" if r.p_value == r.p_value else ""))
-        if figures != "none":
+        for fmt in fig_formats:
             from interp.plots import export, figure
 
             for which in ("g_plus", "g_minus", "role"):
-                export(figure(res, which=which), out / f"chg_{ds.name}_{which}.{figures}")
+                export(figure(res, which=which), out / f"chg_{ds.name}_{which}.{fmt}")
             if validate:
-                export(figure(results[1]), out / f"validation_{ds.name}.{figures}")
+                export(figure(results[1]), out / f"validation_{ds.name}.{fmt}")
         typer.echo(f"wrote {out}")

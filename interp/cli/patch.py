@@ -12,43 +12,30 @@ METHODS = ("exact", "path", "atp", "eap", "eap-ig")
 
 
 def _task(m, task: str, n: int, seed: int):
-    """The task's TaskDataset, keeping only clean/corrupted pairs of equal token length."""
-    from interp.datasets.base import TaskDataset
-    from interp.errors import ConfigError, DataError
+    """The task's TaskDataset (from the task registry), keeping only clean/corrupted pairs of equal token length."""
+    from interp.datasets.registry import build_task
+    from interp.errors import DataError
+    from interp.models import tokenize
 
-    if task == "ioi":
-        from interp.datasets.ioi import ioi_dataset
-
-        ds = ioi_dataset(m, n=n, seed=seed)
-    elif task == "facts":
-        from interp.datasets.facts import facts_dataset, known_facts
-
-        ds = known_facts(m, facts_dataset(m, pairs=True, seed=seed))
-    elif task == "colored-objects":
-        from interp.datasets.colored_objects import colored_objects_dataset
-
-        ds = colored_objects_dataset(m, n=n, seed=seed)
-    elif Path(task).exists():
-        ds = TaskDataset.from_jsonl(task)
-    else:
-        raise ConfigError(f"--task must be ioi, facts, colored-objects or a TaskDataset JSONL file, got {task!r}")
+    ds = build_task(task, model=m, n=n, seed=seed)
     if not ds.corrupted:
-        raise DataError(f"task {task!r} has no corrupted prompts; patching needs pairs")
-    tok = m.tokenizer
-    keep = [i for i in range(len(ds)) if len(tok(ds.clean[i], add_special_tokens=False).input_ids)
-            == len(tok(ds.corrupted[i], add_special_tokens=False).input_ids)]
+        raise DataError(f"--task {task!r} has no corrupted prompts; patching needs clean/corrupted pairs")
+    clean, corr = tokenize(m, ds.clean), tokenize(m, ds.corrupted)
+    keep = [i for i in range(len(ds)) if int(clean.lengths[i]) == int(corr.lengths[i])]
     if not keep:
-        raise DataError(f"task {task!r}: no clean/corrupted pair has equal token lengths")
+        raise DataError(f"--task {task!r}: no clean/corrupted pair has equal token lengths")
     if len(keep) < len(ds):
         typer.echo(f"kept {len(keep)} of {len(ds)} pairs with equal clean/corrupted token lengths")
-    return ds.subset(keep[:n])
+    ds = ds.subset(keep)
+    ds.check_pairs(m)       # identical pairs, multi-token answers: refused before any sweep
+    return ds
 
 
 def register(app: typer.Typer) -> None:
     @app.command("patch")
     def patch(
         model: str = typer.Argument(..., help="model spec, e.g. smollm2 or toy:llama"),
-        task: str = typer.Option("ioi", "--task", help="ioi, facts, colored-objects, or a TaskDataset JSONL file"),
+        task: str = typer.Option("ioi", "--task", help="a registered task (ioi, facts, colored_objects) or a TaskDataset JSONL file"),
         method: str = typer.Option("exact", "--method", help="exact, path, atp, eap or eap-ig"),
         out: Path = typer.Option(..., "--out", help="output folder for Results and figures"),
         n: int = typer.Option(32, "--n", help="number of prompt pairs"),
@@ -76,37 +63,46 @@ def register(app: typer.Typer) -> None:
           interp patch smollm2 --task ioi --method eap-ig --compare --out out/patch
           interp patch smollm2 --task ioi --method path --receivers L9.H6.q,logits --out out/patch
         """
-        from interp.errors import ConfigError, nearest
+        from interp.cli._common import check_choice, check_formats, check_out_dir, check_positive
+        from interp.datasets.registry import check_task
         from interp.models import load_model
         from interp.patching import (AttributionConfig, PatchConfig, PathConfig, activation_patching,
                                      attribution_patching, edge_attribution_patching, path_patching)
 
-        if method not in METHODS:
-            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.{nearest(method, METHODS)}")
+        # every argument and the output folder are checked before the model loads
+        check_choice(method, METHODS, "--method")
+        if direction:
+            check_choice(direction, ("denoising", "noising"), "--direction")
         direction = direction or ("noising" if method == "path" else "denoising")
+        fig_formats = check_formats(figures, "--figures")
+        rows = {} if max_rows is None else {"max_rows": max_rows}
+        pos = positions if positions in ("auto", "all", "each") else tuple(p for p in positions.split(",") if p)
+        exact_cfgs = []
+        if method == "exact" or compare:
+            exact_cfgs = [PatchConfig(component=comp, positions=pos if method == "exact" else "all",
+                                      direction=direction, **rows, progress=True)
+                          for comp in ([c for c in component.split(",") if c] if method == "exact" else ["z"])]
+        path_cfg = PathConfig(receivers=tuple(r for r in receivers.split(",") if r), direction=direction, **rows,
+                              progress=True) if method == "path" else None
+        attr_cfg = AttributionConfig(direction=direction, ig_steps=ig_steps if method == "eap-ig" else 0,
+                                     batch_size=8 if method != "atp" else 32) \
+            if method in ("atp", "eap", "eap-ig") else None
+        check_positive(n, "--n")
+        check_task(task, "--task")
+        check_out_dir(out, "--out")
         m = load_model(model)
         ds = _task(m, task, n, seed)
         results = []
         exact = None
-        rows = {} if max_rows is None else {"max_rows": max_rows}
-        pos = positions if positions in ("auto", "all", "each") else tuple(p for p in positions.split(",") if p)
-        if method == "exact" or compare:
-            for comp in [c for c in component.split(",") if c] if method == "exact" else ["z"]:
-                exact = activation_patching(m, ds, PatchConfig(component=comp, positions=pos if method == "exact"
-                                                               else "all", direction=direction, **rows,
-                                                               progress=True))
-                results.append(exact)
-        if method == "path":
-            results.append(path_patching(m, ds, PathConfig(receivers=tuple(r for r in receivers.split(",") if r),
-                                                           direction=direction, **rows,
-                                                           progress=True)))
-        elif method in ("atp", "eap", "eap-ig"):
-            steps = ig_steps if method == "eap-ig" else 0
-            cfg = AttributionConfig(direction=direction, ig_steps=steps,
-                                    batch_size=8 if method != "atp" else 32)
-            results.append(attribution_patching(m, ds, cfg, exact=exact))
+        for pcfg in exact_cfgs:
+            exact = activation_patching(m, ds, pcfg)
+            results.append(exact)
+        if path_cfg is not None:
+            results.append(path_patching(m, ds, path_cfg))
+        elif attr_cfg is not None:
+            results.append(attribution_patching(m, ds, attr_cfg, exact=exact))
             if method != "atp":
-                results.append(edge_attribution_patching(m, ds, cfg, exact=exact))
+                results.append(edge_attribution_patching(m, ds, attr_cfg, exact=exact))
         out.mkdir(parents=True, exist_ok=True)
         first = results[0].meta.extra
         typer.echo(f"{method} patching on {ds.name} ({len(ds)} pairs): LD clean {first['ld_clean']:+.3f}, "
@@ -130,8 +126,8 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"  {r.id}: top " + ", ".join(f"{a} {v:+.3f}" for a, v in zip(label, top["value"])))
             if "agreement" in r.meta.extra:
                 typer.echo(f"    agreement with exact: {r.meta.extra['agreement']}")
-            if figures != "none":
+            for fmt in fig_formats:
                 from interp.plots import export, figure
 
-                export(figure(r), out / f"{r.id}.{figures}")
+                export(figure(r), out / f"{r.id}.{fmt}")
         typer.echo(f"wrote {out}")

@@ -13,18 +13,24 @@ def register(app: typer.Typer) -> None:
             out: Path = typer.Option(None, "--out", help="output folder (default: the config's `out`)")) -> None:
         """Run an analysis pipeline and write Results, graphs, explorer pages, figures and report.md.
 
+        Exits 1 when a stage fails; its traceback is in OUT/logs/<stage>.traceback.txt (named in report.md).
+
         Example: interp run analyses/ioi_circuit.toml --out out/ioi
         """
         import dataclasses
 
+        from interp.cli._common import check_out_dir
         from interp.pipeline import load_config, run_pipeline
 
         cfg = load_config(config)
         if out is not None:
             cfg = dataclasses.replace(cfg, out=str(out))
+        check_out_dir(Path.cwd() / cfg.out, "--out" if out is not None else f"{config}: out")
         report = run_pipeline(cfg, base=Path.cwd(), log=lambda m: typer.echo(m, err=True))
         for r in report.stages:
             typer.echo(f"{r.name:<10} {r.status:<8} {r.seconds:7.1f}s  {r.note}")
         typer.echo(f"report: {report.path}")
-        if not report.ok:
+        if not report.ok:   # a stage raised (or could not run because one it needs did): exit non-zero
+            for r in report.failed:
+                typer.echo(f"interp: stage {r.name} {r.status}: {r.note}", err=True)
             raise typer.Exit(1)

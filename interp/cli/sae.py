@@ -39,11 +39,13 @@ def _site_of(sae, site: str):
 
 
 def _check_out(out: Path, overwrite: bool, names: tuple[str, ...]) -> None:
+    from interp.cli._common import check_out_dir
     from interp.errors import StoreError
 
     clash = [n for n in names if (out / n).exists()]
     if clash and not overwrite:
         raise StoreError(f"{out} already holds {', '.join(clash)}; pass --overwrite or choose another --out")
+    check_out_dir(out, "--out")
 
 
 @sae_app.command("train")
@@ -156,11 +158,13 @@ def evaluate(
 
     Example: interp sae eval smollm2 --sae out/sae/resid15/sae --out out/sae/resid15
     """
+    from interp.cli._common import check_out_dir
     from interp.models import load_model
     from interp.sae.evaluate import SAEEvalConfig, evaluate_sae
     from interp.sae.io import load_sae
 
     model_sae = load_sae(sae)
+    check_out_dir(out, "--out")
     m = load_model(model)
     s = _site_of(model_sae, site)
     split = _corpus(m, context_size, sources, None)
@@ -185,6 +189,7 @@ def dashboard(
 
     Example: interp sae dashboard smollm2 --sae out/sae/z15/sae --out out/sae/z15
     """
+    from interp.cli._common import check_out_dir
     from interp.models import load_model
     from interp.results import load_results
     from interp.sae.dashboard import write_dashboard
@@ -192,6 +197,7 @@ def dashboard(
     from interp.sae.io import load_sae
 
     model_sae = load_sae(sae)
+    check_out_dir(out, "--out")
     m = load_model(model)
     s = _site_of(model_sae, site)
     split = _corpus(m, context_size, sources, None)

@@ -108,6 +108,7 @@ def register(app: typer.Typer) -> None:
         """
         import warnings
 
+        from interp.cli._common import check_formats, check_out_dir
         from interp.datasets.base import load_prompts
         from interp.errors import DataError
         from interp.models import load_model
@@ -126,15 +127,18 @@ def register(app: typer.Typer) -> None:
                 raise DataError("no --prompts given and no data/prompts folder next to this checkout; "
                                 "pass --prompts FILE (one prompt a line)")
         domains = {name: load_prompts(path) for name, path in files.items()}
-        m = load_model(model)
+        control_prompts = {name: load_prompts(path) for name, path in controls_files.items()}
+        fmts = check_formats(formats, "--formats", none_ok=False)
         cfg = AnalysisConfig(sinks=SinkConfig(eps=eps, max_len=max_len), max_len=max_len, batch_size=batch_size,
                              run_interventions=interventions)
+        check_out_dir(out, "--out")
+        m = load_model(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = analyze(m, domains, cfg, progress=progress)
             controls = {}
-            for name, path in controls_files.items():
-                heads, layers, rate = sink_scores(m, load_prompts(path), SinkConfig(eps=eps, max_len=max_len),
+            for name, texts in control_prompts.items():
+                heads, layers, rate = sink_scores(m, texts, SinkConfig(eps=eps, max_len=max_len),
                                                   dataset=name)
                 controls[name] = Result(rate.kind, rate.table, rate.meta, name=name)
         for w in caught:
@@ -148,7 +152,7 @@ def register(app: typer.Typer) -> None:
             if r.kind == "sinks.model":
                 continue
             fig = r.figure()
-            for fmt in [f.strip() for f in formats.split(",") if f.strip()]:
+            for fmt in fmts:
                 export(fig, fig_dir / f"{r.id}.{fmt}")
         text = summary_markdown(model, by_kind, controls)
         (out / "summary.md").write_text(text)

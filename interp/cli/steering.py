@@ -84,13 +84,23 @@ def register(app: typer.Typer) -> None:
         methods = ("contrast", "pca", "ica", "probe", "fv")
         if method not in methods:
             raise ConfigError(f"unknown --method {method!r}.{nearest(method, methods)} Expected one of {methods}")
+        from interp.cli._common import check_out_dir
+
+        if method == "fv":
+            from interp.datasets.icl import load_icl
+
+            icl = load_icl(concept)              # DataError before the model loads
+        else:
+            from interp.datasets.contrast import load_contrast
+
+            cs = load_contrast(concept)
+        check_out_dir(out, "--out")
         m = load_model(model)
         out.mkdir(parents=True, exist_ok=True)
         if method == "fv":
-            from interp.datasets.icl import load_icl
             from interp.steering.fv import FVConfig, fit_function_vector, fv_layer_sweep
 
-            task = load_icl(concept).for_model(m)
+            task = icl.for_model(m)
             fit_task, held = task.split(fit_pairs or len(task.pairs) // 2, seed=seed)
             cfg = FVConfig(n_prompts=n_prompts, top_k=top_k, layer=fv_layer, seed=seed)
             fv = fit_function_vector(m, fit_task, cfg)
@@ -108,9 +118,6 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  FV at L{r.layer} (alpha {alpha:g}): zero-shot accuracy {r.accuracy:.2f} on "
                            f"{len(held.pairs)} held-out pairs (unsteered {r.baseline:.2f})")
             return
-        from interp.datasets.contrast import load_contrast
-
-        cs = load_contrast(concept)
         ls = _ints(layers, m.cfg.n_layers)
         acts = A.residual_activations(m, cs.texts, ls, progress=True)
         y = np.asarray(cs.labels)
@@ -151,6 +158,7 @@ def register(app: typer.Typer) -> None:
         """
         import pandas as pd
 
+        from interp.cli._common import check_out_dir
         from interp.datasets.base import load_prompts
         from interp.datasets.contrast import SENTIMENT_TARGETS, neutral_texts, sentiment_prompts
         from interp.errors import ConfigError
@@ -161,6 +169,16 @@ def register(app: typer.Typer) -> None:
         ax = load_axis(axis)
         pos: str | int = int(positions) if positions.lstrip("-").isdigit() else positions
         al = _floats(alphas)
+        if ax.method != "fv":               # prompts and targets are checked before the model loads
+            if ax.name == "sentiment" and prompts is None and targets is None:
+                ps, tg = sentiment_prompts(), list(SENTIMENT_TARGETS["positive"])
+                ng = list(SENTIMENT_TARGETS["negative"])
+            else:
+                if prompts is None or targets is None:
+                    raise ConfigError("give --prompts and --targets (defaults exist only for the sentiment concept)")
+                ps, tg = load_prompts(prompts), [t for t in targets.split(",") if t]
+                ng = [t for t in negatives.split(",") if t] if negatives else []
+        check_out_dir(out, "--out")
         m = load_model(model)
         out.mkdir(parents=True, exist_ok=True)
         meta = run_meta(m, dataset=ax.name, seed=None, axis=str(axis), positions=str(pos))
@@ -176,13 +194,6 @@ def register(app: typer.Typer) -> None:
             for r in rows:
                 typer.echo(f"alpha {r['alpha']:+g}: zero-shot accuracy {r['accuracy']:.2f}")
             return
-        if ax.name == "sentiment" and prompts is None and targets is None:
-            ps, tg, ng = sentiment_prompts(), list(SENTIMENT_TARGETS["positive"]), list(SENTIMENT_TARGETS["negative"])
-        else:
-            if prompts is None or targets is None:
-                raise ConfigError("give --prompts and --targets (defaults exist only for the sentiment concept)")
-            ps, tg = load_prompts(prompts), [t for t in targets.split(",") if t]
-            ng = [t for t in negatives.split(",") if t] if negatives else []
         res = sweep(m, [ax], al, ps, tg, neutral_texts(), negatives=ng, positions=pos, meta=meta, name=ax.name)
         res.save(out)
         _save_fig(res, out, "sweep")

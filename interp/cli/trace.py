@@ -79,9 +79,15 @@ def register(app: typer.Typer) -> None:
         from interp.plots import export
         from interp.tracing import TracingConfig, causal_trace, trace_peaks
 
+        from interp.cli._common import check_out_dir
+        from interp.datasets import load_facts
+
+        if facts is not None:
+            load_facts(facts)               # DataError naming file:line, before the model loads
         cfg = TracingConfig(n_samples=samples, noise=noise, window=window, tokens=tokens,
                             layer_stride=layer_stride, batch_size=batch_size, seed=seed, uniform=uniform,
                             replace=replace)
+        check_out_dir(out, "--out")
         m = load_model(model)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -14,7 +14,7 @@ from typing import Any
 
 from interp.errors import DataError
 
-__all__ = ["bos_offset", "char_span_to_tokens", "single_token_id", "task_data_text", "task_data_json"]
+__all__ = ["encode", "bos_offset", "char_span_to_tokens", "single_token_id", "task_data_text", "task_data_json"]
 
 
 def bos_offset(model: Any, prepend_bos: bool | None = None) -> int:
@@ -23,14 +23,20 @@ def bos_offset(model: Any, prepend_bos: bool | None = None) -> int:
     return 1 if bos else 0
 
 
+def encode(model: Any, text: str | list[str], **kwargs: Any) -> Any:
+    """The tokenizer's encoding of ``text`` as :func:`interp.models.tokenize` does it: no added
+    special tokens, special-token text split into plain tokens (``split_special_tokens``)."""
+    return model.tokenizer(text, add_special_tokens=False, split_special_tokens=True, **kwargs)
+
+
 def single_token_id(model: Any, word: str) -> int | None:
     """The id of ``word`` if the tokenizer encodes it as exactly one token, else ``None``."""
-    ids = model.tokenizer(word, add_special_tokens=False).input_ids
+    ids = encode(model, word).input_ids
     return ids[0] if len(ids) == 1 else None
 
 
 def _prompt_ids(model: Any, prompt: str) -> list[int]:
-    return list(model.tokenizer(prompt, add_special_tokens=False).input_ids)
+    return list(encode(model, prompt).input_ids)
 
 
 def char_span_to_tokens(model: Any, prompt: str, start: int, end: int,
@@ -48,9 +54,8 @@ def char_span_to_tokens(model: Any, prompt: str, start: int, end: int,
     if not 0 <= start < end <= len(prompt):
         raise DataError(f"character span [{start}, {end}) is empty or outside the prompt {prompt!r}")
     off = bos_offset(model, prepend_bos)
-    tok = model.tokenizer
     try:
-        enc = tok(prompt, add_special_tokens=False, return_offsets_mapping=True)
+        enc = encode(model, prompt, return_offsets_mapping=True)
         offsets = enc["offset_mapping"]
     except (NotImplementedError, TypeError, ValueError, KeyError):
         offsets = None

@@ -17,6 +17,7 @@ from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
+from interp.datasets._align import encode
 from interp.errors import DataError
 
 __all__ = ["TaskDataset", "TaskBatch", "load_prompts", "iter_jsonl"]
@@ -119,8 +120,29 @@ class TaskDataset:
                          torch.tensor(answer_ids, device=dev) if answer_ids is not None else None,
                          torch.tensor(counter_ids, device=dev) if counter_ids is not None else None, self)
 
+    def check_pairs(self, model: Any) -> TaskBatch:
+        """Check a patching dataset before any sweep: every clean/corrupted pair has equal token
+        lengths and differs, answers and counterfactuals are single tokens.
+
+        Returns:
+            The validated :class:`TaskBatch` (``same_length=True``).
+
+        Raises:
+            DataError: no corrupted prompts, a pair of different token lengths, a pair
+                whose clean and corrupted prompts are the same text (no contrast to
+                patch), or answers that are not single tokens; the message names the pairs.
+        """
+        if not self.corrupted:
+            raise DataError(f"dataset {self.name!r} has no corrupted prompts; patching needs clean/corrupted pairs")
+        same = [i for i in range(len(self)) if self.clean[i] == self.corrupted[i]]
+        if same:
+            lines = [f"  #{i}: {self.clean[i]!r}" for i in same[:5]]
+            raise DataError(f"dataset {self.name!r}: {len(same)} of {len(self)} pairs have identical clean and "
+                            "corrupted prompts (nothing to patch):\n" + "\n".join(lines))
+        return self.tokenize(model, same_length=True)
+
     def _single_tokens(self, model: Any, words: tuple[str, ...], what: str) -> list[int]:
-        ids = model.tokenizer(list(words), add_special_tokens=False).input_ids
+        ids = encode(model, list(words)).input_ids
         bad = [(i, w, row) for i, (w, row) in enumerate(zip(words, ids)) if len(row) != 1]
         if bad:
             lines = [f"  #{i}: {w!r} -> {len(row)} tokens" for i, w, row in bad[:5]]
@@ -143,24 +165,68 @@ class TaskDataset:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, name: str | None = None) -> "TaskDataset":
-        """Read a file written by :meth:`to_jsonl` (keys clean, corrupted, answer, counterfactual, meta)."""
-        rows = [json.loads(line) for line in _read_text(Path(path)).splitlines() if line.strip()]
+        """Read a file written by :meth:`to_jsonl` (keys clean, corrupted, answer, counterfactual, meta).
+
+        Each line is a JSON object with a string ``clean``; ``corrupted``, ``answer`` and
+        ``counterfactual`` are strings or null, ``meta`` an object or null.
+
+        Raises:
+            DataError: a missing or unreadable file, invalid JSON, a row that is not an
+                object, a missing ``clean`` or a value of the wrong type; the message names
+                ``file:line`` and the key.
+        """
+        path = Path(path)
+        rows = []
+        for n, row in iter_jsonl(_read_text(path), str(path)):
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{n}: expected a JSON object with a 'clean' key, got "
+                                f"{type(row).__name__} {str(row)[:60]!r}")
+            if not isinstance(row.get("clean"), str):
+                got = "no 'clean' key" if "clean" not in row else f"'clean' = {row['clean']!r}"
+                raise DataError(f"{path}:{n}: expected a string 'clean' prompt, got {got}")
+            for key in ("corrupted", "answer", "counterfactual"):
+                if row.get(key) is not None and not isinstance(row[key], str):
+                    raise DataError(f"{path}:{n}: expected {key!r} to be a string or null, got "
+                                    f"{type(row[key]).__name__} {row[key]!r}")
+            if row.get("meta") is not None and not isinstance(row["meta"], dict):
+                raise DataError(f"{path}:{n}: expected 'meta' to be an object or null, got {type(row['meta']).__name__}")
+            rows.append((n, row))
         if not rows:
             raise DataError(f"{path}: no rows")
 
         def col(key: str) -> tuple:
-            vals = [r.get(key) for r in rows]
-            return () if all(v is None for v in vals) else tuple(vals)
+            vals = [r.get(key) for _, r in rows]
+            if all(v is None for v in vals):
+                return ()
+            missing = [n for n, r in rows if r.get(key) is None]
+            if missing:
+                raise DataError(f"{path}:{missing[0]}: no {key!r}, which other rows have (give it on every row or none)")
+            return tuple(vals)
 
-        return cls(name or Path(path).stem, tuple(r["clean"] for r in rows), col("corrupted"), col("answer"),
-                   col("counterfactual"), tuple(r.get("meta") or {} for r in rows))
+        return cls(name or path.stem, tuple(r["clean"] for _, r in rows), col("corrupted"), col("answer"),
+                   col("counterfactual"), tuple(r.get("meta") or {} for _, r in rows))
 
 
 def _read_text(path: Path) -> str:
+    """The UTF-8 text of ``path``; a UTF-8 byte-order mark at the start is dropped.
+
+    Editors on Windows and copied chat transcripts often start with a BOM (``EF BB BF``);
+    kept, it would become part of the first prompt (its own tokens), so it is removed
+    (the ``utf-8-sig`` codec). A BOM anywhere else is kept as text.
+
+    Raises:
+        DataError: a missing path, a folder, an unreadable file or bytes that are not UTF-8.
+    """
     if not path.exists():
         raise DataError(f"no such file: {path}")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; expected a file")
     try:
-        return path.read_bytes().decode("utf-8")
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from e
 
@@ -182,6 +248,10 @@ def iter_jsonl(text: str, where: str) -> Iterator[tuple[int, Any]]:
 
 def load_prompts(path: str | Path) -> list[str]:
     """Read prompts: a text file with one prompt a line, or JSONL with a ``"prompt"`` or ``"text"`` key.
+
+    The file must be UTF-8; a byte-order mark at its start is dropped. Text that looks
+    like a special token (``<|im_start|>``) stays plain text when tokenized (see
+    :func:`interp.models.tokenize`, ``allow_special``).
 
     Raises:
         DataError: missing file, not UTF-8, no prompts, or JSONL rows without a prompt.

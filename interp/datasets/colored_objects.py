@@ -30,7 +30,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from interp.datasets._align import bos_offset, char_span_to_tokens, single_token_id, task_data_json
+from interp.datasets._align import bos_offset, char_span_to_tokens, encode, single_token_id, task_data_json
 from interp.datasets.base import TaskDataset
 from interp.errors import ConfigError, DataError
 
@@ -109,7 +109,7 @@ def colored_objects_dataset(model: Any, n: int = 64, seed: int = 0, *, shots: in
         if b - a != 1:
             raise DataError(f"colored objects: asked object {sc['objects'][k]!r} is {b - a} tokens in context "
                             f"(expected 1) in prompt {c_text!r}")
-        end = len(model.tokenizer(c_text, add_special_tokens=False).input_ids) - 1 + off
+        end = len(encode(model, c_text).input_ids) - 1 + off
         clean.append(c_text)
         corrupted.append(x_text)
         answers.append(" " + sc["colors"][k].capitalize())

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from interp.datasets.base import _read_text
 from interp.errors import DataError, nearest
 
 __all__ = ["ContrastSet", "load_contrast", "contrast_names", "steering_data_dir", "neutral_texts",
@@ -113,10 +114,8 @@ def load_contrast(name_or_path: str | Path) -> ContrastSet:
         if not path.exists():
             raise DataError(f"no contrast set {str(name_or_path)!r}.{nearest(str(name_or_path), contrast_names())} "
                             f"Bundled: {', '.join(contrast_names())}")
-    if not path.exists():
-        raise DataError(f"no such file: {path}")
     texts, labels, pairs = [], [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")

@@ -26,7 +26,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from interp.datasets._align import char_span_to_tokens, single_token_id, task_data_text
+from interp.datasets._align import char_span_to_tokens, encode, single_token_id, task_data_text
 from interp.datasets.base import TaskDataset, _read_text, iter_jsonl
 from interp.errors import ConfigError, DataError
 
@@ -98,7 +98,6 @@ def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token:
         warnings.warn(msg + " (dropped)", stacklevel=2)
     if not keep:
         raise DataError(f"facts: empty after filtering: no fact has a single-token answer ({len(facts)} read)")
-    tok = model.tokenizer
     metas = []
     for f in keep:
         start = f["prompt"].index(f["subject"])
@@ -107,7 +106,7 @@ def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token:
     if not pairs:
         return TaskDataset("facts", tuple(f["prompt"] for f in keep), (), tuple(f["answer"] for f in keep), (),
                            tuple(metas))
-    lengths = [len(tok(f["prompt"], add_special_tokens=False).input_ids) for f in keep]
+    lengths = [len(encode(model, f["prompt"]).input_ids) for f in keep]
     rng = random.Random(seed)
     rows, unpaired = [], []
     for i, f in enumerate(keep):
@@ -128,13 +127,16 @@ def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token:
                        tuple(m for _, _, m in rows))
 
 
-def known_facts(model: Any, ds: TaskDataset, *, min_prob: float | None = None, batch_size: int = 32) -> TaskDataset:
+def known_facts(model: Any, ds: TaskDataset, *, min_prob: float | None = None, batch_size: int = 32,
+                limit: int | None = None) -> TaskDataset:
     """The facts of ``ds`` the model gets right at the last position.
 
     Args:
         min_prob: ``None`` = keep facts whose answer is the argmax next token; a float
             = keep facts whose answer has at least this probability.
         batch_size: prompts per forward pass.
+        limit: stop once this many known facts are found (the first ones in ``ds``
+            order); ``None`` = check every fact.
 
     Returns:
         The kept facts; their meta gains ``p_answer`` and ``top_token``.
@@ -151,10 +153,14 @@ def known_facts(model: Any, ds: TaskDataset, *, min_prob: float | None = None, b
         raise ConfigError(f"min_prob must be in [0, 1], got {min_prob}")
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit must be >= 1 or None, got {limit}")
     answer_ids = ds._single_tokens(model, ds.answers, "answer")
     keep, misses, metas = [], [], {}
     with torch.inference_mode():
         for lo in range(0, len(ds), batch_size):
+            if limit is not None and len(keep) >= limit:
+                break
             idx = list(range(lo, min(lo + batch_size, len(ds))))
             tb = tokenize(model, [ds.clean[i] for i in idx])
             logits = model(tb.tokens)
@@ -174,6 +180,7 @@ def known_facts(model: Any, ds: TaskDataset, *, min_prob: float | None = None, b
     if not keep:
         raise DataError(f"{ds.name}: empty after filtering: the model gets none of {len(ds)} facts right "
                         f"({'argmax' if min_prob is None else f'p >= {min_prob}'}), e.g. " + "; ".join(misses[:4]))
+    keep = keep[:limit] if limit is not None else keep
     sub = ds.subset(keep)
     return TaskDataset(sub.name, sub.clean, sub.corrupted, sub.answers, sub.counterfactuals,
                        tuple(metas[i] for i in keep))

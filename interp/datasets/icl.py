@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from interp.datasets._align import single_token_id
 from interp.datasets.contrast import steering_data_dir
+from interp.datasets.base import _read_text
 from interp.errors import ConfigError, DataError, nearest
 
 __all__ = ["IclTask", "IclPrompts", "load_icl", "icl_names"]
@@ -72,8 +74,7 @@ class IclTask:
 
     def for_model(self, model: Any) -> "IclTask":
         """Keep the pairs whose answer ``" " + output`` is a single token for ``model``'s tokenizer."""
-        tok = model.tokenizer
-        keep = tuple(p for p in self.pairs if len(tok(" " + p[1], add_special_tokens=False).input_ids) == 1)
+        keep = tuple(p for p in self.pairs if single_token_id(model, " " + p[1]) is not None)
         if len(keep) < 2:
             raise DataError(f"ICL task {self.name!r}: only {len(keep)} single-token answers for this tokenizer")
         return IclTask(self.name, keep, self.query, self.joiner)
@@ -136,11 +137,9 @@ def load_icl(name_or_path: str | Path) -> IclTask:
         if not path.exists():
             raise DataError(f"no ICL task {str(name_or_path)!r}.{nearest(str(name_or_path), icl_names())} "
                             f"Bundled: {', '.join(icl_names())}")
-    if not path.exists():
-        raise DataError(f"no such file: {path}")
     pairs: list[tuple[str, str]] = []
     seen: set[str] = set()
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         parts = line.split("\t")

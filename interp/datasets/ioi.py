@@ -31,7 +31,7 @@ import random
 import string
 from typing import Any
 
-from interp.datasets._align import char_span_to_tokens, single_token_id, task_data_json
+from interp.datasets._align import char_span_to_tokens, encode, single_token_id, task_data_json
 from interp.datasets.base import TaskDataset
 from interp.errors import ConfigError, DataError
 
@@ -53,7 +53,7 @@ def ioi_names(model: Any, names: list[str] | None = None) -> list[str]:
     for name in names:
         tid = single_token_id(model, " " + name)
         if tid is None:
-            rejected.append(f"{name!r} ({len(model.tokenizer(' ' + name, add_special_tokens=False).input_ids)} tokens)")
+            rejected.append(f"{name!r} ({len(encode(model, ' ' + name).input_ids)} tokens)")
         elif tid not in seen:
             seen.add(tid)
             keep.append(name)
@@ -134,7 +134,7 @@ def ioi_dataset(model: Any, n: int = 64, seed: int = 0, order: str = "both", *,
                 raise DataError(f"IOI template {tid} lacks the field {{{f}}}: {templates[tid]!r}")
         pos = {f: _name_pos(model, c_text, spans[f], name)
                for f, name in (("N1", n1), ("N2", n2), ("S2", s))}
-        end_pos = len(model.tokenizer(c_text, add_special_tokens=False).input_ids) - 1 \
+        end_pos = len(encode(model, c_text).input_ids) - 1 \
             + (1 if model.cfg.default_prepend_bos else 0)
         io_pos, s1_pos = (pos["N1"], pos["N2"]) if o == "ABBA" else (pos["N2"], pos["N1"])
         clean.append(c_text)
@@ -150,7 +150,7 @@ def ioi_dataset(model: Any, n: int = 64, seed: int = 0, order: str = "both", *,
 
 def _name_pos(model: Any, prompt: str, span: tuple[int, int], name: str) -> int:
     a, b = char_span_to_tokens(model, prompt, *span)
-    ids = model.tokenizer(prompt, add_special_tokens=False).input_ids
+    ids = encode(model, prompt).input_ids
     off = 1 if model.cfg.default_prepend_bos else 0
     want = single_token_id(model, " " + name)
     if b - a != 1 or ids[a - off] != want:
