@@ -113,17 +113,15 @@ def register(app: typer.Typer) -> None:
             if "metric" in t.columns and "logit_diff_norm" in set(t["metric"]):
                 t = t[t["metric"] == "logit_diff_norm"]
             key = "node" if "node" in t.columns else "src"
-            # exact and path values are normalised metrics (noising: 1 = unchanged); attributions are effects
-            exact_like = r.kind == "patching.nodes" and set(t.get("method", ["exact"])) == {"exact"} \
-                or set(t.get("method", [])) == {"path"}
-            score = t["value"] - (1.0 if t["direction"].iloc[0] == "noising" and exact_like else 0.0)
+            # every method states effect = metric(patched) - metric(reference run): rank by its size
+            score = t["effect"]
             top = t.assign(_s=score.abs()).nlargest(8, "_s")
             if key == "node":
                 label = [nd or f"{s}.{l}" for nd, s, l in zip(top["node"], top["site"], top["layer"])]
                 label = [f"{a}@{p}" if p != "all" else a for a, p in zip(label, top["pos_label"])]
             else:
                 label = top["src"] + " -> " + top["dst"] + "." + top["dst_input"]
-            typer.echo(f"  {r.id}: top " + ", ".join(f"{a} {v:+.3f}" for a, v in zip(label, top["value"])))
+            typer.echo(f"  {r.id}: top effects " + ", ".join(f"{a} {v:+.3f}" for a, v in zip(label, top["effect"])))
             if "agreement" in r.meta.extra:
                 typer.echo(f"    agreement with exact: {r.meta.extra['agreement']}")
             for fmt in fig_formats:
