@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from interp._fs import atomic_write_json
+from interp._fs import atomic_write_json, folder_lock
 from interp.cache.reducers import Reducer
 from interp.cache.store import (FORMAT, MANIFEST, ActivationStore, _Chunk, _dtype_name, _pos_axes, completed_shards,
                                 dtype_from_name, parse_bytes, read_manifest, shard_name)
@@ -172,6 +172,13 @@ def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> dict[s
     return manifest
 
 
+def _fault(point: str, path: Path) -> None:
+    """Test hook, called at each named step of a shard write; does nothing.
+
+    Fault-injection tests replace it in a subprocess (e.g. ``os._exit`` at ``"renamed"``).
+    """
+
+
 def _write_shard(out: Path, shard: _Shard, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
     """Write one shard atomically (temp file + rename), then record it in the manifest atomically."""
     from safetensors.torch import save_file
@@ -181,6 +188,7 @@ def _write_shard(out: Path, shard: _Shard, tensors: dict[str, torch.Tensor], man
         # one metadata key only: safetensors writes metadata from a hash map, so several keys
         # would come out in a random order and identical shards would differ in bytes
         save_file(tensors, str(tmp), metadata={"format": "pt"})
+        _fault("shard_written", tmp)
         os.replace(tmp, out / shard.name)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -311,10 +319,26 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
 
     manifest = _new_manifest(model, keep, dtype, prompts, token_rows, order, batch_size, budget, shards,
                              library_versions())
-    done: set[str] = set()
-    if out_path is not None:
-        manifest = _prepare_out(out_path, manifest, overwrite)
-        done = completed_shards(out_path, manifest)
+    with contextlib.ExitStack() as held:
+        done: set[str] = set()
+        if out_path is not None:
+            if out_path.exists() and not out_path.is_dir():
+                raise StoreError(f"output {out_path} exists and is not a folder")
+            held.enter_context(folder_lock(out_path, what="activation store"))
+            manifest = _prepare_out(out_path, manifest, overwrite)
+            done = completed_shards(out_path, manifest)
+        return _fill(model, batch, lengths, token_rows, prompts, order, shards, done, keep, capture, reducers, dtype,
+                     out_path, manifest, progress)
+
+
+def _fill(model: Any, batch: Any, lengths: list[int], token_rows: list[list[int]], prompts: list[str],
+          order: list[int], shards: list[_Shard], done: set[str], keep: list[Site], capture: list[Site],
+          reducers: dict[str, Reducer], dtype: torch.dtype, out_path: Path | None, manifest: dict[str, Any],
+          progress: bool) -> ActivationStore:
+    """Run the forward passes of the shards not yet ``done``; return the store (in RAM or opened from disk)."""
+    from tqdm.auto import tqdm
+
+    param = next(model.parameters())
 
     # Each batch's captured tensors are kept as they are (no copy unless a dtype cast or a
     # compacting clone is needed), padding zeroed in place: one chunk per batch in RAM, or
