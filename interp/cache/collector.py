@@ -11,8 +11,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -21,10 +19,11 @@ from typing import Any
 
 import torch
 
-from interp._fs import atomic_write_json, folder_lock
+from interp._fs import atomic_write_bytes, atomic_write_json, confined_path, folder_lock, sha256_file
+from interp.cache.layout import (FORMAT, MANIFEST, RECORD, TEXTS, TOKENS, encode_texts, encode_tokens, read_manifest,
+                                 repair, shard_name, write_shard)
 from interp.cache.reducers import Reducer
-from interp.cache.store import (FORMAT, MANIFEST, ActivationStore, _Chunk, _dtype_name, _pos_axes, completed_shards,
-                                dtype_from_name, parse_bytes, read_manifest, shard_name)
+from interp.cache.store import ActivationStore, _Chunk, _dtype_name, _pos_axes, dtype_from_name, parse_bytes
 from interp.errors import ConfigError, DataError, StoreError
 from interp.sites import Site, expected_shape, parse_sites, validate_site
 
@@ -34,7 +33,7 @@ __all__ = ["collect", "DEFAULT_SHARD_BYTES"]
 DEFAULT_SHARD_BYTES = 256 * 2**20
 
 # Identity of a store: a rerun with the same values resumes; other values are a different store.
-_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "batch_size", "shards")
+_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "texts", "batch_size", "shards")
 
 
 @dataclass(frozen=True)
@@ -139,70 +138,62 @@ def _model_meta(model: Any) -> dict[str, Any]:
 
 def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {"model_spec": manifest["model"].get("spec"), "model_revision": manifest["model"].get("revision"),
-            "sites": manifest["sites"], "dtype": manifest["dtype"], "tokens": manifest["tokens"],
-            "batch_size": manifest["batch_size"], "shards": [[s["first"], s["last"]] for s in manifest["shards"]]}
+            "sites": manifest["sites"], "dtype": manifest["dtype"], "tokens": manifest["tokens"]["sha256"],
+            "texts": manifest["texts"]["sha256"], "batch_size": manifest["batch_size"],
+            "shards": [[s["first"], s["last"]] for s in manifest["shards"]]}
 
 
-def _prepare_out(out: Path, manifest: dict[str, Any], overwrite: bool) -> dict[str, Any]:
-    """Create or reuse the store folder; returns the manifest to continue from."""
-    if out.exists() and not out.is_dir():
-        raise StoreError(f"output {out} exists and is not a folder")
+def _prepare_out(out: Path, manifest: dict[str, Any], files: Mapping[str, bytes],
+                 overwrite: bool) -> tuple[dict[str, Any], set[str]]:
+    """With the folder lock held: create, resume or replace the store in ``out``.
+
+    Returns the manifest to continue from and the names of the shards already complete.
+    A new store writes its token and text files first and the manifest last, so a store
+    exists once its manifest does; the manifest is never rewritten afterwards.
+    """
     try:
-        old = read_manifest(out) if out.exists() else None
+        old = read_manifest(out)
     except StoreError:
         if not overwrite:
             raise
         old = None
     if old is not None and not overwrite:
-        mine, theirs = _identity(manifest), _identity(old)
-        if mine == theirs:
-            return old  # resume
-        diff = [k for k in _IDENTITY if mine[k] != theirs[k]]
-        raise StoreError(f"{out} holds a different activation store (differs in: {', '.join(diff)}); "
-                         "choose another folder, pass the same arguments to resume it, or overwrite=True / "
-                         "--overwrite to replace it")
-    if overwrite and out.exists():
-        (out / MANIFEST).unlink(missing_ok=True)
-        for p in out.glob("shard-*.safetensors"):
-            p.unlink()
-        for p in out.glob(".shard-*.tmp"):
-            p.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        if old.get("format") != FORMAT:
+            raise StoreError(f"{out} holds an activation store of the older format {old.get('format')!r} (token ids "
+                             f"in the manifest, no checksums); pass overwrite=True / --overwrite to rebuild it as "
+                             f"{FORMAT!r}, or choose another folder (reading it still works)")
+        try:
+            theirs = _identity(old)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise StoreError(f"{out / MANIFEST}: malformed activation-store manifest ({e!r}); pass overwrite=True / "
+                             "--overwrite to replace it") from e
+        mine = _identity(manifest)
+        if mine != theirs:
+            diff = [k for k in _IDENTITY if mine[k] != theirs[k]]
+            raise StoreError(f"{out} holds a different activation store (differs in: {', '.join(diff)}); "
+                             "choose another folder, pass the same arguments to resume it, or overwrite=True / "
+                             "--overwrite to replace it")
+        for key, data in files.items():  # resume: the same data, so rewrite a damaged token / text file
+            f = confined_path(out, old[key]["file"], source=out / MANIFEST, entry=f"{key}.file")
+            if not f.is_file() or f.stat().st_size != len(data) or sha256_file(f) != old[key]["sha256"]:
+                atomic_write_bytes(f, data)
+        return old, repair(out, old)
+    for name in (MANIFEST, RECORD, TOKENS, TEXTS):
+        (out / name).unlink(missing_ok=True)
+    for p in [*out.glob("shard-*.safetensors"), *out.glob(".shard-*.tmp")]:
+        p.unlink()
+    for key, data in files.items():
+        atomic_write_bytes(out / manifest[key]["file"], data)
     atomic_write_json(out / MANIFEST, manifest)
-    return manifest
+    return manifest, set()
 
 
-def _fault(point: str, path: Path) -> None:
-    """Test hook, called at each named step of a shard write; does nothing.
+def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, lengths: Sequence[int],
+                  files: Mapping[str, bytes], batch_size: int, budget: int | None, shards: Sequence[_Shard],
+                  versions: Mapping[str, str]) -> dict[str, Any]:
+    """The manifest of a new store: provenance, sites and dims, counts, checksummed token/text files, shard plan."""
+    import hashlib
 
-    Fault-injection tests replace it in a subprocess (e.g. ``os._exit`` at ``"renamed"``).
-    """
-
-
-def _write_shard(out: Path, shard: _Shard, tensors: dict[str, torch.Tensor], manifest: dict[str, Any]) -> None:
-    """Write one shard atomically (temp file + rename), then record it in the manifest atomically."""
-    from safetensors.torch import save_file
-
-    tmp = out / f".{shard.name}.{os.getpid()}.tmp"
-    try:
-        # one metadata key only: safetensors writes metadata from a hash map, so several keys
-        # would come out in a random order and identical shards would differ in bytes
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        _fault("shard_written", tmp)
-        os.replace(tmp, out / shard.name)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    done = set(manifest.get("completed", [])) | {shard.name}
-    manifest["completed"] = [s["file"] for s in manifest["shards"] if s["file"] in done]
-    atomic_write_json(out / MANIFEST, manifest)
-
-
-def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, prompts: Sequence[str],
-                  token_rows: Sequence[Sequence[int]], order: Sequence[int], batch_size: int, budget: int | None,
-                  shards: Sequence[_Shard], versions: Mapping[str, str]) -> dict[str, Any]:
-    """The manifest of a new store: provenance, sites and dims, prompts, tokens, shard plan."""
     cfg = model.cfg
     site_info = {}
     for s in keep:
@@ -213,16 +204,17 @@ def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, prompts:
             "dims": [d for i, d in enumerate(dims) if i != drop],
             "shape": [d if d in ("batch", "pos", "query_pos", "key_pos") else n
                       for i, (d, n) in enumerate(zip(dims, sizes)) if i != drop]}
+    names = {"tokens": TOKENS, "texts": TEXTS}
     return {
         "format": FORMAT, "model": _model_meta(model), "sites": [str(s) for s in keep], "site_info": site_info,
-        "dtype": _dtype_name(dtype), "n_prompts": len(prompts), "prompts": list(prompts),
-        "tokens": [list(r) for r in token_rows], "lengths": [len(r) for r in token_rows],
+        "dtype": _dtype_name(dtype), "n_prompts": len(lengths), "n_tokens": int(sum(lengths)),
+        **{k: {"file": names[k], "bytes": len(v), "sha256": hashlib.sha256(v).hexdigest()} for k, v in files.items()},
         "prepend_bos": bool(getattr(cfg, "default_prepend_bos", False)),
         "padding": "right-padded to the longest prompt of each shard; positions >= length hold zeros",
-        "order": list(order), "batch_size": batch_size, "max_memory": budget,
+        "batch_size": batch_size, "max_memory": budget,
         "shards": [{"file": sh.name, "first": sh.first, "last": sh.last, "width": sh.width,
                     "batches": [[b.rows[0], b.rows[-1], b.width] for b in sh.batches]} for sh in shards],
-        "completed": [], "versions": dict(versions),
+        "versions": dict(versions),
     }
 
 
@@ -265,8 +257,6 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
         StoreError: RAM bound exceeded without ``out``; ``out`` holds another store.
         ConfigError: bad batch_size or reducers.
     """
-    from tqdm.auto import tqdm
-
     from interp.models import tokenize
     from interp.results import library_versions
 
@@ -303,7 +293,7 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
 
     batch = tokenize(model, prompts)  # DataError on empty / too long prompts, before anything is written
     lengths = batch.lengths.tolist()
-    token_rows = [batch.tokens[i, : lengths[i]].tolist() for i in range(len(prompts))]
+    flat_ids = batch.tokens[batch.mask]            # [n_tokens] every prompt's ids, concatenated
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
     itemsize = torch.empty((), dtype=dtype).element_size()
     out_path = Path(out) if out is not None else None
@@ -317,21 +307,20 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
                              f"tokens, more than max_memory={_fmt(budget)}; pass out=<folder> to stream shards to "
                              "disk (or request fewer sites / prompts)")
 
-    manifest = _new_manifest(model, keep, dtype, prompts, token_rows, order, batch_size, budget, shards,
-                             library_versions())
-    with contextlib.ExitStack() as held:
-        done: set[str] = set()
-        if out_path is not None:
-            if out_path.exists() and not out_path.is_dir():
-                raise StoreError(f"output {out_path} exists and is not a folder")
-            held.enter_context(folder_lock(out_path, what="activation store"))
-            manifest = _prepare_out(out_path, manifest, overwrite)
-            done = completed_shards(out_path, manifest)
-        return _fill(model, batch, lengths, token_rows, prompts, order, shards, done, keep, capture, reducers, dtype,
+    files = ({"tokens": encode_tokens(flat_ids, lengths, order), "texts": encode_texts(prompts)}
+             if out_path is not None else {})
+    manifest = _new_manifest(model, keep, dtype, lengths, files, batch_size, budget, shards, library_versions())
+    if out_path is None:
+        return _fill(model, batch, flat_ids, lengths, prompts, order, shards, set(), keep, capture, reducers, dtype,
+                     None, manifest, progress)
+    with folder_lock(out_path, what="activation store"):
+        manifest, done = _prepare_out(out_path, manifest, files, overwrite)
+        del files
+        return _fill(model, batch, flat_ids, lengths, prompts, order, shards, done, keep, capture, reducers, dtype,
                      out_path, manifest, progress)
 
 
-def _fill(model: Any, batch: Any, lengths: list[int], token_rows: list[list[int]], prompts: list[str],
+def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], prompts: list[str],
           order: list[int], shards: list[_Shard], done: set[str], keep: list[Site], capture: list[Site],
           reducers: dict[str, Reducer], dtype: torch.dtype, out_path: Path | None, manifest: dict[str, Any],
           progress: bool) -> ActivationStore:
@@ -383,7 +372,7 @@ def _fill(model: Any, batch: Any, lengths: list[int], token_rows: list[list[int]
                 if pending is not None:
                     pending.result()  # at most one shard being written while the next one fills
                 assert pool is not None and out_path is not None
-                pending = pool.submit(_write_shard, out_path, sh, buf, manifest)
+                pending = pool.submit(_write_shard, out_path, sh, buf)
                 del buf
         if pending is not None:
             pending.result()
@@ -397,7 +386,8 @@ def _fill(model: Any, batch: Any, lengths: list[int], token_rows: list[list[int]
         store = ActivationStore.open(out_path)
         store.reductions.update(reductions)
         return store
-    return ActivationStore(sites=keep, token_rows=token_rows, texts=prompts, model=manifest["model"], dtype=dtype,
+    return ActivationStore(sites=keep, ids=flat_ids, lengths=torch.tensor(lengths), texts=prompts,
+                           model=manifest["model"], dtype=dtype,
                            chunks=chunks, manifest=manifest, reductions=reductions)
 
 
@@ -406,3 +396,8 @@ def _run(model: Any, tokens: torch.Tensor, capture: Sequence[Site]) -> dict[Site
 
     return run_capture(model, tokens, capture, clone=False, stop_early=True)
 
+
+
+def _write_shard(out: Path, shard: _Shard, tensors: dict[str, torch.Tensor]) -> None:
+    """Write one shard and its record (see :func:`interp.cache.layout.write_shard`)."""
+    write_shard(out, shard.name, tensors)
