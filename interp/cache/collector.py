@@ -21,7 +21,7 @@ import torch
 
 from interp._fs import atomic_write_bytes, atomic_write_json, confined_path, folder_lock, sha256_file
 from interp.cache.layout import (FORMAT, MANIFEST, RECORD, TEXTS, TOKENS, encode_texts, encode_tokens, read_manifest,
-                                 repair, shard_name, write_shard)
+                                 repair, shard_name, sort_records, write_shard)
 from interp.cache.reducers import Reducer
 from interp.cache.store import ActivationStore, _Chunk, _dtype_name, _pos_axes, dtype_from_name, parse_bytes
 from interp.errors import ConfigError, DataError, StoreError
@@ -383,6 +383,7 @@ def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], pr
 
     reductions = {name: red.result() for name, red in reducers.items()}
     if out_path is not None:
+        sort_records(out_path, manifest)
         store = ActivationStore.open(out_path)
         store.reductions.update(reductions)
         return store

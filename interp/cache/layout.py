@@ -40,7 +40,7 @@ from interp.errors import StoreError
 
 __all__ = ["FORMAT", "FORMAT_V1", "MANIFEST", "TOKENS", "TEXTS", "RECORD", "shard_name", "read_manifest",
            "encode_tokens", "encode_texts", "load_tokens", "load_texts", "shard_entries", "read_records",
-           "shard_problem", "write_shard", "repair", "dtype_name"]
+           "shard_problem", "write_shard", "repair", "sort_records", "dtype_name"]
 
 FORMAT = "interp.activation_store/2"
 FORMAT_V1 = "interp.activation_store/1"
@@ -283,8 +283,24 @@ def repair(path: Path, manifest: Mapping[str, Any]) -> set[str]:
             kept.append(rec)  # type: ignore[arg-type]
         else:
             (path / sh["file"]).unlink(missing_ok=True)
-    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept).encode()
+    _rewrite_records(path, kept)
+    return done
+
+
+def sort_records(path: Path, manifest: Mapping[str, Any]) -> None:
+    """After a run (the folder lock held): ``completed.jsonl`` in plan order, one record per shard.
+
+    A resumed run appends the shards it recomputed after the ones kept; sorting makes the
+    record, like every other file, equal byte for byte to that of an uninterrupted run.
+    """
+    records = read_records(path, manifest)
+    _rewrite_records(Path(path), [records[sh["file"]] for sh in shard_entries(path, manifest)
+                                  if sh["file"] in records])
+
+
+def _rewrite_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Replace ``completed.jsonl`` atomically by ``records``, unless it already holds exactly them."""
+    text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode()
     rpath = path / RECORD
     if (rpath.read_bytes() if rpath.exists() else b"") != text:
         atomic_write_bytes(rpath, text)
-    return done
