@@ -371,3 +371,53 @@ def test_cli_bad_prompt_files_write_nothing(tmp_path, content):
     assert res.exit_code != 0
     assert isinstance(res.exception, DataError) and ("UTF-8" in str(res.exception) or "no prompts" in str(res.exception))
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- non-finite activations
+def _spoiled(name, index):
+    """A private toy Llama with one weight element set to NaN (the session fixture stays clean)."""
+    from interp.models import load_model
+
+    model = load_model("toy:llama")
+    with torch.no_grad():
+        dict(model.named_parameters())[name][index] = float("nan")
+    return model
+
+
+def test_nan_weight_is_refused_naming_site_prompt_and_position(tmp_path):
+    prompts = ["abc", "hello", "xyz", "a zebra", "zz top"]
+    z = 122                                                              # the byte tokenizer's id of "z"
+    model = _spoiled("model.embed_tokens._original_component.weight", (z, 5))
+    assert model.tokenizer("z", add_special_tokens=False).input_ids == [z]
+    toks = [model.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    first = min(i for i, t in enumerate(toks) if z in t)                  # prompt 2
+    pos = toks[first].index(z) + int(model.cfg.default_prepend_bos)      # the embedding is NaN exactly there
+    out = tmp_path / "s"
+    with pytest.raises(DataError, match=rf"resid_pre.0 \(blocks.0.hook_resid_pre\) has NaN activations at prompt "
+                                        rf"{first}, position {pos} \('xyz'\).*allow_nonfinite=True"):
+        collect(model, prompts, "resid_pre.0,resid_post", out=out, progress=False)
+    assert not list(out.glob("shard-*"))                                  # nothing stored
+    with pytest.raises(DataError, match="resid_pre.0 .* at prompt 2"):
+        collect(model, prompts, "resid_pre.0", progress=False)           # in RAM too
+    store = collect(model, prompts, "resid_pre.0", out=out, overwrite=True, allow_nonfinite=True, progress=False)
+    kept = store["resid_pre.0", first]
+    assert torch.isnan(kept[pos, 5]) and int(torch.isnan(kept).sum()) == 1 and torch.isfinite(store["resid_pre.0", 0]).all()
+
+
+def test_nan_in_a_later_layer_names_that_layer(tmp_path):
+    model = _spoiled("model.layers.1._original_component.mlp._original_component.down_proj._original_component.weight",
+                     (7, 3))
+    with pytest.raises(DataError, match=r"collect: resid_post.1 .* NaN activations at prompt 0, position 0"):
+        collect(model, PROMPTS, "resid_post", batch_size=8, progress=False)   # resid_post.0 is finite
+    red = {"m": Mean(["resid_post.1"])}
+    with pytest.raises(DataError, match="resid_post.1"):
+        collect(model, PROMPTS, None, reducers=red, progress=False)           # reducer inputs are checked too
+
+
+def test_float16_overflow_is_refused():
+    model = _spoiled("model.norm._original_component.weight", 0)
+    with torch.no_grad():
+        dict(model.named_parameters())["model.norm._original_component.weight"][0] = 1e9   # finite in fp32
+    assert torch.isfinite(collect(model, PROMPTS, "ln_final", progress=False)["ln_final"]).all()
+    with pytest.raises(DataError, match=r"ln_final .* inf activations .*overflow in float16"):
+        collect(model, PROMPTS, "ln_final", dtype="float16", progress=False)

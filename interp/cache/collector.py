@@ -118,11 +118,37 @@ def _own(act: torch.Tensor, dtype: torch.dtype, site: Site, lengths: Sequence[in
     return a
 
 
-def _zero_padding(t: torch.Tensor, site: Site, lengths: Sequence[int]) -> None:
-    """Zero positions at or beyond each row's length along every position axis, in place."""
+def _site_pos_axes(site: Site) -> list[int]:
+    """Position axes (batch first) of ``site``'s captured tensor (a head of a per-layer site has no head axis)."""
     axes = _pos_axes(site.layer_site)
     if site.head is not None and site.head_axis is not None:
         axes = [a - (1 if a > site.head_axis else 0) for a in axes]
+    return axes
+
+
+def _check_finite(t: torch.Tensor, site: Site, ids: Sequence[int], prompts: Sequence[str], dtype: torch.dtype) -> None:
+    """Raise DataError naming ``site``, the first prompt and position where ``t`` holds NaN/inf."""
+    if bool(torch.isfinite(t).all()):
+        return
+    bad = ~torch.isfinite(t)
+    rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+    r = min(rows, key=lambda i: ids[i])
+    where = ""
+    axes = _site_pos_axes(site)
+    if axes:
+        per_pos = bad[r].movedim(axes[0] - 1, 0).flatten(1).any(1)
+        where = f", position {int(per_pos.nonzero()[0])}"
+    kind = "NaN" if bool(torch.isnan(t[r]).any()) else "inf"
+    text = prompts[ids[r]]
+    raise DataError(f"collect: {site} ({site.hook_name}) has {kind} activations at prompt {ids[r]}{where} "
+                    f"({text[:40]!r}{'...' if len(text) > 40 else ''}): the model produces non-finite values "
+                    f"(a NaN/inf weight, or an overflow in {_dtype_name(dtype)}). Pass allow_nonfinite=True to "
+                    "store them anyway")
+
+
+def _zero_padding(t: torch.Tensor, site: Site, lengths: Sequence[int]) -> None:
+    """Zero positions at or beyond each row's length along every position axis, in place."""
+    axes = _site_pos_axes(site)
     for r, n in enumerate(lengths):
         for ax in axes:
             if n < t.shape[ax]:
@@ -221,7 +247,7 @@ def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, lengths:
 def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str | Site] | None, *,
             batch_size: int = 8, out: str | Path | None = None, max_memory: int | str | None = None,
             dtype: torch.dtype | str | None = None, reducers: Mapping[str, Reducer] | None = None,
-            progress: bool = True, overwrite: bool = False) -> ActivationStore:
+            progress: bool = True, overwrite: bool = False, allow_nonfinite: bool = False) -> ActivationStore:
     """Run batched forward passes and keep the activations at ``sites`` (and/or streaming statistics).
 
     Prompts are tokenized with :func:`interp.models.tokenize` (BOS per the model's
@@ -247,12 +273,16 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
             ``store.reductions[name]``. Pass fresh reducers (they keep state).
         progress: show a tqdm progress bar.
         overwrite: replace a different store in ``out``.
+        allow_nonfinite: store NaN/inf activations instead of raising DataError.
 
     Returns:
         An :class:`ActivationStore` (in RAM, or backed by ``out``).
 
     Raises:
-        DataError: no prompts, an empty prompt, a prompt longer than the context (named).
+        DataError: no prompts, an empty prompt, a prompt longer than the context (named); NaN/inf
+            activations (the site and the first prompt and position where they appear: the lowest
+            prompt index of the first batch that has any; prompts run longest first), checked after
+            the cast to ``dtype`` so an overflow to inf counts, unless ``allow_nonfinite``.
         SiteError: unknown sites (nearest names suggested).
         StoreError: RAM bound exceeded without ``out``; ``out`` holds another store.
         ConfigError: bad batch_size or reducers.
@@ -312,18 +342,18 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
     manifest = _new_manifest(model, keep, dtype, lengths, files, batch_size, budget, shards, library_versions())
     if out_path is None:
         return _fill(model, batch, flat_ids, lengths, prompts, order, shards, set(), keep, capture, reducers, dtype,
-                     None, manifest, progress)
+                     None, manifest, progress, allow_nonfinite)
     with folder_lock(out_path, what="activation store"):
         manifest, done = _prepare_out(out_path, manifest, files, overwrite)
         del files
         return _fill(model, batch, flat_ids, lengths, prompts, order, shards, done, keep, capture, reducers, dtype,
-                     out_path, manifest, progress)
+                     out_path, manifest, progress, allow_nonfinite)
 
 
 def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], prompts: list[str],
           order: list[int], shards: list[_Shard], done: set[str], keep: list[Site], capture: list[Site],
           reducers: dict[str, Reducer], dtype: torch.dtype, out_path: Path | None, manifest: dict[str, Any],
-          progress: bool) -> ActivationStore:
+          progress: bool, allow_nonfinite: bool) -> ActivationStore:
     """Run the forward passes of the shards not yet ``done``; return the store (in RAM or opened from disk)."""
     from tqdm.auto import tqdm
 
@@ -351,6 +381,10 @@ def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], pr
                 tokens = batch.tokens[ids, : b.width].to(device)
                 with torch.inference_mode():
                     acts = _run(model, tokens, capture)
+                    kept = {} if skip_store else {str(s): _own(acts[s], dtype, s, blen) for s in keep}
+                    if not allow_nonfinite:  # before any of it is stored or reduced
+                        for s in capture:
+                            _check_finite(kept.get(str(s), acts[s]), s, ids, prompts, dtype)
                     if reducers:
                         mask = (torch.arange(b.width, device=device)[None, :]
                                 < torch.tensor(blen, device=device)[:, None])
@@ -359,14 +393,13 @@ def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], pr
                             for s in red.sites:
                                 red.update(s, acts[s], mask, pid)
                     if not skip_store:
-                        kept = {str(s): _own(acts[s], dtype, s, blen) for s in keep}
                         if out_path is None:
                             chunks.append(_Chunk(tuple(ids), b.width, tensors=kept))
                         else:
                             buf.update({f"{k}@{j}": v for k, v in kept.items()})
                             buf[f"prompt_ids@{j}"] = torch.tensor(ids, dtype=torch.long)
                             buf[f"lengths@{j}"] = torch.tensor(blen, dtype=torch.long)
-                del acts
+                del acts, kept
                 bar.update(sum(blen))
             if buf:
                 if pending is not None:
