@@ -176,7 +176,7 @@ def test_shard_write_is_atomic(toy_llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(st, "save_file", half_then_die)
     out = tmp_path / "s"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreError, match=r"cannot write shard shard-\d{8}-\d{8}\.safetensors in .*: disk full"):
         collect(toy_llama, PROMPTS * 4, "resid_post", batch_size=4, out=out, max_memory="400kB", progress=False)
     files = sorted(p.name for p in out.iterdir())
     assert [f for f in files if f.startswith("shard-")] == _done(out) and len(_done(out)) == 1

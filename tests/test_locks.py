@@ -152,3 +152,20 @@ def test_confined_path_refuses_escapes_and_allows_inside_links(tmp_path):
                      ("", "relative file name"), (3, "relative file name")]:
         with pytest.raises(StoreError, match=rf"{src} \(shards\[2\]\): .*{why}"):
             confined_path(folder, bad, source=src, entry="shards[2]")
+
+
+def test_unwritable_destinations_are_store_errors_naming_the_path(tmp_path, monkeypatch):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(StoreError, match=rf"cannot write {tmp_path}/file/x: "):
+        atomic_write_bytes(tmp_path / "file" / "x", b"data")
+    with pytest.raises(StoreError, match=rf"cannot create out folder {tmp_path}/file/store: "):
+        with folder_lock(tmp_path / "file" / "store", what="out"):
+            pass
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(StoreError, match=rf"cannot write {tmp_path}/a.json: No space left on device"):
+        atomic_write_json(tmp_path / "a.json", {"a": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]          # no temp file left behind

@@ -107,6 +107,8 @@ def _batches(tokens: torch.Tensor, lengths: torch.Tensor | None, batch_size: int
 
 def _check_finite(act: torch.Tensor, mask: torch.Tensor, site: Site, first_row: int) -> None:
     """Raise DataError naming ``site``, the first row and position whose activations are NaN/inf."""
+    if bool(torch.isfinite(act.sum())):   # any NaN/inf makes the sum non-finite (fast path)
+        return
     bad = ~torch.isfinite(act.flatten(2)).all(-1) & mask          # [batch, pos]
     if not bool(bad.any()):
         return
