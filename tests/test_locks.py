@@ -117,6 +117,7 @@ def test_two_concurrent_processes_exactly_one_wins(tmp_path):
         import os, sys, time
         from interp._fs import folder_lock
         from interp.errors import StoreError
+        print("ready", flush=True)
         while not os.path.exists(sys.argv[2]):
             time.sleep(0.001)
         try:
@@ -127,7 +128,7 @@ def test_two_concurrent_processes_exactly_one_wins(tmp_path):
             print("refused", e, flush=True)
     """
     procs = [_py(script, out, go) for _ in range(2)]
-    time.sleep(1.0)                                 # both interpreters started and waiting
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]   # both started and waiting
     go.write_text("")
     outs = [p.communicate(timeout=60)[0].strip() for p in procs]
     assert sorted(o.split()[0] for o in outs) == ["refused", "won"], outs

@@ -274,3 +274,14 @@ def test_old_format_is_read_but_not_resumed(reference, tmp_path):
     assert torch_equal(old["resid_post.1"], new["resid_post.1"]) and old.texts == new.texts
     with pytest.raises(StoreError, match="older format"):
         collect(load_model("toy:llama"), PROMPTS, SITES, out=out, **KW)
+
+
+def test_rerun_of_a_complete_store_rewrites_nothing(reference, tmp_path):
+    from interp.cache import collect
+    from interp.models import load_model
+
+    ref, ref_files = reference
+    out = _copy(ref, tmp_path)
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    store = collect(load_model("toy:llama"), PROMPTS, SITES, out=out, **KW)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before and store.complete

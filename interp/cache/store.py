@@ -145,6 +145,7 @@ class ActivationStore:
         dtype: dtype of stored activations.
         reductions: results of streaming reducers, by reducer name (RAM only, not saved).
         path: the store folder, or ``None`` for an in-RAM store.
+        verify: check each shard's sha256 on its first read (disk stores; sizes are always checked).
     """
 
     def __init__(self, *, sites: Sequence[Site], ids: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str],
