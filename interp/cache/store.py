@@ -263,7 +263,7 @@ class ActivationStore:
             raise StoreError(f"{len(missing)} prompts (first: #{missing[0]}) have no activations in this store; "
                              "it is incomplete (an interrupted collect?). Rerun collect with the same arguments "
                              "to resume.")
-        width = max((int(self._lengths[p]) for p in rows), default=0)
+        width = int(self._lengths[rows].max()) if rows else 0
         pos_idx = range(width)[positions]
         dims = [d for i, d in enumerate(site.dims) if not (key != str(site) and i == site.head_axis)]
         axes = [i for i, d in enumerate(dims) if d in ("pos", "query_pos", "key_pos")]
