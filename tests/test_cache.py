@@ -20,6 +20,12 @@ from interp.sites import Site
 PROMPTS = ["The cat sat on the mat.", "Hi", "A somewhat longer prompt, with punctuation!", "ok then", "x"]
 
 
+def _done(out):
+    """Shard files recorded as complete in the store's completed.jsonl, in record order."""
+    rec = out / "completed.jsonl"
+    return [json.loads(line)["file"] for line in rec.read_text().splitlines()] if rec.exists() else []
+
+
 def _collect_module():
     import importlib
 
@@ -120,10 +126,11 @@ def test_disk_store_equals_ram_manifest_and_lazy_loading(toy_llama, tmp_path):
     ram = collect(toy_llama, PROMPTS * 4, "resid_post,pattern.1", batch_size=4, progress=False)
     shards = sorted(p.name for p in out.glob("shard-*.safetensors"))
     man = json.loads((out / "manifest.json").read_text())
-    assert len(shards) > 1 and shards == sorted(man["completed"]) == sorted(s["file"] for s in man["shards"])
+    assert len(shards) > 1 and shards == _done(out) == [s["file"] for s in man["shards"]]
     assert man["model"]["spec"] == "toy:llama" and man["model"]["revision"] == toy_llama.interp_info.revision
     assert man["sites"] == ["resid_post.0", "resid_post.1", "pattern.1"] and man["dtype"] == "float32"
-    assert man["prompts"] == PROMPTS * 4 and [len(t) for t in man["tokens"]] == man["lengths"]
+    assert disk.texts == ram.texts == tuple(PROMPTS * 4) and torch.equal(disk.tokens, ram.tokens)
+    assert man["n_prompts"] == 20 and man["n_tokens"] == int(ram.lengths.sum()) and "prompts" not in man
     assert "torch" in man["versions"] and man["site_info"]["pattern.1"]["dims"][1] == "head"
     assert not list(out.glob("*.tmp"))
     assert all((out / f).stat().st_size <= 300_000 + 8192 for f in shards)  # <= max_memory / 2 (+ header)
@@ -133,7 +140,10 @@ def test_disk_store_equals_ram_manifest_and_lazy_loading(toy_llama, tmp_path):
     # lazy: opening reads the manifest only; a deleted shard only breaks the prompts it held
     reopened = ActivationStore.open(out)
     victim = man["shards"][0]
-    held = set(man["order"][victim["first"]: victim["last"] + 1])
+    from safetensors.torch import load_file
+
+    order = load_file(str(out / "tokens.safetensors"))["order"].tolist()
+    held = set(order[victim["first"]: victim["last"] + 1])
     (out / victim["file"]).unlink()
     other = next(i for i in range(len(reopened)) if i not in held)
     assert torch.equal(reopened[Site("resid_post", 0), other], ram[Site("resid_post", 0), other])
@@ -166,11 +176,10 @@ def test_shard_write_is_atomic(toy_llama, tmp_path, monkeypatch):
 
     monkeypatch.setattr(st, "save_file", half_then_die)
     out = tmp_path / "s"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(StoreError, match=r"cannot write shard shard-\d{8}-\d{8}\.safetensors in .*: disk full"):
         collect(toy_llama, PROMPTS * 4, "resid_post", batch_size=4, out=out, max_memory="400kB", progress=False)
     files = sorted(p.name for p in out.iterdir())
-    man = json.loads((out / "manifest.json").read_text())
-    assert [f for f in files if f.startswith("shard-")] == man["completed"] and len(man["completed"]) == 1
+    assert [f for f in files if f.startswith("shard-")] == _done(out) and len(_done(out)) == 1
     assert not [f for f in files if f.endswith(".tmp")]
 
 
@@ -189,10 +198,10 @@ def test_interrupted_run_resumes_with_identical_shards(toy_llama, tmp_path, monk
     real = mod._write_shard
     written = []
 
-    def die_after_two(out, shard, tensors, manifest):
+    def die_after_two(out, shard, tensors):
         if len(written) == 2:
             raise KeyboardInterrupt("simulated kill")
-        real(out, shard, tensors, manifest)
+        real(out, shard, tensors)
         written.append(shard.name)
 
     monkeypatch.setattr(mod, "_write_shard", die_after_two)
@@ -242,14 +251,13 @@ def test_killed_process_resumes_with_identical_shards(toy_llama, tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline:
             assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
-            m = out / "manifest.json"
-            if m.exists() and len(json.loads(m.read_text())["completed"]) >= 2:
+            if len(_done(out)) >= 2:
                 break
             time.sleep(0.05)
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    n_done = len(json.loads((out / "manifest.json").read_text())["completed"])
+    n_done = len(_done(out))
     assert 2 <= n_done < len(_shard_bytes(ref))
     collect(toy_llama, prompts, "resid_post,pattern", out=out, **kw)
     assert _shard_bytes(out) == _shard_bytes(ref)
@@ -363,3 +371,53 @@ def test_cli_bad_prompt_files_write_nothing(tmp_path, content):
     assert res.exit_code != 0
     assert isinstance(res.exception, DataError) and ("UTF-8" in str(res.exception) or "no prompts" in str(res.exception))
     assert not (tmp_path / "s").exists()
+
+
+# ---------------------------------------------------------------- non-finite activations
+def _spoiled(name, index):
+    """A private toy Llama with one weight element set to NaN (the session fixture stays clean)."""
+    from interp.models import load_model
+
+    model = load_model("toy:llama")
+    with torch.no_grad():
+        dict(model.named_parameters())[name][index] = float("nan")
+    return model
+
+
+def test_nan_weight_is_refused_naming_site_prompt_and_position(tmp_path):
+    prompts = ["abc", "hello", "xyz", "a zebra", "zz top"]
+    z = 122                                                              # the byte tokenizer's id of "z"
+    model = _spoiled("model.embed_tokens._original_component.weight", (z, 5))
+    assert model.tokenizer("z", add_special_tokens=False).input_ids == [z]
+    toks = [model.tokenizer(p, add_special_tokens=False).input_ids for p in prompts]
+    first = min(i for i, t in enumerate(toks) if z in t)                  # prompt 2
+    pos = toks[first].index(z) + int(model.cfg.default_prepend_bos)      # the embedding is NaN exactly there
+    out = tmp_path / "s"
+    with pytest.raises(DataError, match=rf"resid_pre.0 \(blocks.0.hook_resid_pre\) has NaN activations at prompt "
+                                        rf"{first}, position {pos} \('xyz'\).*allow_nonfinite=True"):
+        collect(model, prompts, "resid_pre.0,resid_post", out=out, progress=False)
+    assert not list(out.glob("shard-*"))                                  # nothing stored
+    with pytest.raises(DataError, match="resid_pre.0 .* at prompt 2"):
+        collect(model, prompts, "resid_pre.0", progress=False)           # in RAM too
+    store = collect(model, prompts, "resid_pre.0", out=out, overwrite=True, allow_nonfinite=True, progress=False)
+    kept = store["resid_pre.0", first]
+    assert torch.isnan(kept[pos, 5]) and int(torch.isnan(kept).sum()) == 1 and torch.isfinite(store["resid_pre.0", 0]).all()
+
+
+def test_nan_in_a_later_layer_names_that_layer(tmp_path):
+    model = _spoiled("model.layers.1._original_component.mlp._original_component.down_proj._original_component.weight",
+                     (7, 3))
+    with pytest.raises(DataError, match=r"collect: resid_post.1 .* NaN activations at prompt 0, position 0"):
+        collect(model, PROMPTS, "resid_post", batch_size=8, progress=False)   # resid_post.0 is finite
+    red = {"m": Mean(["resid_post.1"])}
+    with pytest.raises(DataError, match="resid_post.1"):
+        collect(model, PROMPTS, None, reducers=red, progress=False)           # reducer inputs are checked too
+
+
+def test_float16_overflow_is_refused():
+    model = _spoiled("model.norm._original_component.weight", 0)
+    with torch.no_grad():
+        dict(model.named_parameters())["model.norm._original_component.weight"][0] = 1e9   # finite in fp32
+    assert torch.isfinite(collect(model, PROMPTS, "ln_final", progress=False)["ln_final"]).all()
+    with pytest.raises(DataError, match=r"ln_final .* inf activations .*overflow in float16"):
+        collect(model, PROMPTS, "ln_final", dtype="float16", progress=False)

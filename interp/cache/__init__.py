@@ -2,7 +2,11 @@
 
 * :func:`collect` — batched, padding-aware forward passes that keep only the requested
   sites, stop after the deepest one, bound RAM (``max_memory``) and stream shards to
-  disk (``out=``), resumably; optional streaming reducers.
+  disk (``out=``), resumably; optional streaming reducers. One writer per folder (a lock);
+  NaN/inf activations are refused unless ``allow_nonfinite=True``.
+* on disk (:mod:`interp.cache.layout`) — a manifest written once, token ids and texts in their
+  own checksummed files, an append-only record of finished shards with a sha256 each; reads
+  refuse truncated, altered or out-of-folder files, a resume recomputes them.
 * :class:`ActivationStore` — token ids, lengths, ``{Site: tensor}`` and the model id;
   ``store[site]``, ``store[site, prompts, positions]``; lazy loading from disk.
 * reducers — :class:`Mean`, :class:`MeanNorm`, :class:`TopK`, :class:`FnReducer`.

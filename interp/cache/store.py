@@ -1,11 +1,7 @@
-"""ActivationStore: cached activations, in RAM or as safetensors shards plus a JSON manifest.
+"""ActivationStore: cached activations, in RAM or as safetensors shards on disk.
 
-Layout of a store folder (written by :func:`interp.cache.collect` with ``out=``)::
-
-    DIR/manifest.json                       format, model spec + revision, sites, dims,
-                                            dtype, token ids, prompt texts, lengths,
-                                            library versions, shard plan, completed shards
-    DIR/shard-00000000-00000015.safetensors rows 0..15 (inclusive) of the processing order
+The folder layout (manifest, token and text files, shards, the append-only completion
+record with a checksum per shard) is described in :mod:`interp.cache.layout`.
 
 Prompts are processed in an *order* (longest first, to cut padding); a shard holds a
 contiguous range of that order, so its name is fixed by the plan in the manifest and
@@ -13,8 +9,11 @@ independent workers could write disjoint shards in parallel. A shard holds whole
 batches: for batch ``j`` of the shard and each site, a tensor ``"<site>@<j>"`` (e.g.
 ``"resid_post.3@0"``, ``[batch rows, batch width, ...]``, padded to the longest prompt of
 the batch), plus ``"prompt_ids@<j>"`` (original prompt indices) and ``"lengths@<j>"``;
-the manifest lists each shard's batches. Shards are written to a temporary file and
-renamed (never half-written); the manifest is rewritten atomically after each shard.
+the manifest lists each shard's batches.
+
+Reading checks what it reads: the token and text files against their checksums when the
+store is opened, each shard's size when opened and its sha256 on first use (``verify``).
+A truncated, altered or missing shard is refused, naming it.
 
 Padding: every tensor returned by the store is right-padded to the longest selected
 prompt; positions at or beyond a prompt's length (``store.lengths``) hold zeros
@@ -32,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -41,14 +39,14 @@ from typing import Any
 
 import torch
 
+from interp.cache.layout import (FORMAT, FORMAT_V1, MANIFEST, dtype_name, load_texts, load_tokens,
+                                 read_manifest, read_records, shard_entries, shard_name, shard_problem)
+from interp._fs import confined_path
 from interp.errors import SiteError, StoreError, nearest
 from interp.sites import Site
 
-__all__ = ["ActivationStore", "FORMAT", "MANIFEST", "shard_name", "parse_bytes", "dtype_from_name"]
-
-FORMAT = "interp.activation_store/1"
-MANIFEST = "manifest.json"
-_SHARD_RE = re.compile(r"^shard-(\d{8})-(\d{8})\.safetensors$")
+__all__ = ["ActivationStore", "FORMAT", "MANIFEST", "shard_name", "parse_bytes", "dtype_from_name",
+           "read_manifest"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64,
            "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "half": torch.float16,
@@ -66,13 +64,7 @@ def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
     return _DTYPES[key]
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def shard_name(first: int, last: int) -> str:
-    """File name of the shard holding rows ``first..last`` (inclusive) of the processing order."""
-    return f"shard-{first:08d}-{last:08d}.safetensors"
+_dtype_name = dtype_name
 
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9,
@@ -125,6 +117,8 @@ class _Chunk:
     path: Path | None = None
     tensors: Mapping[str, torch.Tensor] | None = None
     suffix: str = ""        # tensor names in the shard are f"{site}{suffix}" (one batch of the shard)
+    shard: Mapping[str, Any] | None = None    # its entry of the manifest's plan (disk stores)
+    record: Mapping[str, Any] | None = None   # its line of completed.jsonl (None: format 1, unchecked)
 
 
 class ActivationStore:
@@ -151,15 +145,20 @@ class ActivationStore:
         dtype: dtype of stored activations.
         reductions: results of streaming reducers, by reducer name (RAM only, not saved).
         path: the store folder, or ``None`` for an in-RAM store.
+        verify: check each shard's sha256 on its first read (disk stores; sizes are always checked).
     """
 
-    def __init__(self, *, sites: Sequence[Site], token_rows: Sequence[Sequence[int]], texts: Sequence[str],
-                 model: Mapping[str, Any], dtype: torch.dtype, chunks: Sequence[_Chunk],
-                 site_dims: Mapping[str, Sequence[str]] | None = None, path: Path | None = None,
-                 manifest: Mapping[str, Any] | None = None, reductions: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, *, sites: Sequence[Site], ids: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str],
+                 model: Mapping[str, Any], dtype: torch.dtype, chunks: Sequence[_Chunk], path: Path | None = None,
+                 manifest: Mapping[str, Any] | None = None, reductions: Mapping[str, Any] | None = None,
+                 verify: bool = True) -> None:
         self.sites: tuple[Site, ...] = tuple(sites)
-        self._token_rows = [list(r) for r in token_rows]
+        self._ids = ids.to(torch.long)                       # [n_tokens] every prompt's ids, concatenated
+        self._lengths = lengths.to(torch.long)               # [n_prompts]
+        self._starts = torch.cumsum(self._lengths, 0) - self._lengths
         self.texts: tuple[str, ...] = tuple(texts)
+        self.verify = verify
+        self._checked: set[Path] = set()
         self.model: dict[str, Any] = dict(model)
         self.dtype = dtype
         self._chunks = list(chunks)
@@ -175,20 +174,18 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ basics
     def __len__(self) -> int:
-        return len(self._token_rows)
+        return len(self._lengths)
 
     @property
     def lengths(self) -> torch.Tensor:
         """``[batch]`` int64 number of real tokens of each prompt."""
-        return torch.tensor([len(r) for r in self._token_rows], dtype=torch.long)
+        return self._lengths.clone()
 
     @property
     def tokens(self) -> torch.Tensor:
         """``[batch, pos]`` int64 token ids, right-padded with 0 (see :attr:`mask`)."""
-        width = max(len(r) for r in self._token_rows)
-        out = torch.zeros(len(self), width, dtype=torch.long)
-        for i, r in enumerate(self._token_rows):
-            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        out = torch.zeros(len(self), int(self._lengths.max()), dtype=torch.long)
+        out[self.mask] = self._ids
         return out
 
     @property
@@ -199,8 +196,13 @@ class ActivationStore:
 
     @property
     def complete(self) -> bool:
-        """Whether every prompt's activations are present."""
-        return len(self._where) == len(self) or not self.sites
+        """Whether every prompt's activations are present (shards recorded, on disk, of their recorded size)."""
+        if not self.sites:
+            return True
+        if len(self._where) != len(self):
+            return False
+        return all(ch.path is None or ch.record is None or ch.path in self._checked
+                   or (ch.path.is_file() and ch.path.stat().st_size == ch.record["bytes"]) for ch in self._chunks)
 
     def __contains__(self, site: object) -> bool:
         try:
@@ -261,7 +263,7 @@ class ActivationStore:
             raise StoreError(f"{len(missing)} prompts (first: #{missing[0]}) have no activations in this store; "
                              "it is incomplete (an interrupted collect?). Rerun collect with the same arguments "
                              "to resume.")
-        width = max((len(self._token_rows[p]) for p in rows), default=0)
+        width = int(self._lengths[rows].max()) if rows else 0
         pos_idx = range(width)[positions]
         dims = [d for i, d in enumerate(site.dims) if not (key != str(site) and i == site.head_axis)]
         axes = [i for i, d in enumerate(dims) if d in ("pos", "query_pos", "key_pos")]
@@ -296,19 +298,38 @@ class ActivationStore:
         if chunk.tensors is not None:
             t = chunk.tensors[key]
             return t if rows == list(range(t.shape[0])) else t[torch.tensor(rows, dtype=torch.long)]
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
         assert chunk.path is not None
-        if not chunk.path.exists():
-            raise StoreError(f"shard {chunk.path.name} listed in {self.path}/{MANIFEST} is missing; rerun collect "
-                             "with the same arguments to recompute it")
+        self._check(chunk)
         name = key + chunk.suffix
-        with safe_open(str(chunk.path), framework="pt") as f:
-            if name not in f.keys():
-                raise StoreError(f"shard {chunk.path} has no tensor {name!r}")
-            if rows == list(range(rows[0], rows[-1] + 1)):
-                return f.get_slice(name)[rows[0]: rows[-1] + 1]
-            return f.get_tensor(name)[torch.tensor(rows, dtype=torch.long)]
+        try:
+            with safe_open(str(chunk.path), framework="pt") as f:
+                if name not in f.keys():
+                    raise StoreError(f"shard {chunk.path} has no tensor {name!r}")
+                if rows == list(range(rows[0], rows[-1] + 1)):
+                    return f.get_slice(name)[rows[0]: rows[-1] + 1]
+                return f.get_tensor(name)[torch.tensor(rows, dtype=torch.long)]
+        except (SafetensorError, OSError) as e:
+            raise StoreError(f"cannot read shard {chunk.path}: {e}; rerun collect with the same arguments to "
+                             "recompute it") from e
+
+    def _check(self, chunk: _Chunk) -> None:
+        """Refuse a shard that is missing, truncated or altered (checksum once per shard and store object)."""
+        assert chunk.path is not None and self.path is not None
+        if chunk.path in self._checked:
+            return
+        if chunk.record is None:  # format 1: no record, no checksum
+            if not chunk.path.is_file():
+                raise StoreError(f"shard {chunk.path.name} listed in {self.path}/{MANIFEST} is missing; rerun "
+                                 "collect with the same arguments to recompute it")
+        else:
+            assert chunk.shard is not None
+            problem = shard_problem(self.path, self.manifest, chunk.shard, chunk.record, checksum=self.verify)
+            if problem:
+                raise StoreError(f"{self.path}: {problem}; refusing to read it. Rerun collect with the same "
+                                 "arguments to recompute it")
+        self._checked.add(chunk.path)
 
     def to_dict(self) -> dict[Site, torch.Tensor]:
         """Every stored site as one full tensor (reads everything into RAM)."""
@@ -316,56 +337,56 @@ class ActivationStore:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path) -> "ActivationStore":
-        """Open a store folder written by :func:`~interp.cache.collect` (lazy: reads only the manifest).
+    def open(cls, path: str | Path, *, verify: bool = True) -> "ActivationStore":
+        """Open a store folder written by :func:`~interp.cache.collect` (lazy: reads no activations).
+
+        The token and text files are checked against their checksums now; each shard's size
+        now and its sha256 on first use (``verify=False`` skips the sha256, not the size).
+        Stores of the older format 1 (tokens in the manifest, no checksums) are read unchecked.
 
         Raises:
-            StoreError: no manifest, or a manifest of another format.
+            StoreError: no manifest, a manifest of another format, a path in it that leaves the
+                folder, or a token / text file that does not match its checksum.
         """
         path = Path(path)
         manifest = read_manifest(path)
         if manifest is None:
             raise StoreError(f"{path} holds no activation store (no {MANIFEST}); create one with `interp cache` "
                              "or interp.collect(..., out=...)")
-        sites = [Site.parse(s) for s in manifest["sites"]]
-        order = manifest["order"]
-        done = completed_shards(path, manifest)
-        chunks = []
-        for sh in manifest["shards"]:
-            name = shard_name(sh["first"], sh["last"])
-            if name in done:
+        try:
+            sites = [Site.parse(s) for s in manifest["sites"]]
+            if manifest["format"] == FORMAT_V1:
+                return cls._open_v1(path, manifest, sites)
+            ids, lengths, order = load_tokens(path, manifest)
+            texts = load_texts(path, manifest)
+            records = read_records(path, manifest)
+            chunks = []
+            for sh in shard_entries(path, manifest):
+                rec = records.get(sh["file"])
+                if rec is None:
+                    continue  # never finished: its prompts are reported missing
                 for j, (first, last, width) in enumerate(sh["batches"]):
-                    chunks.append(_Chunk(tuple(order[first: last + 1]), width, path=path / name, suffix=f"@{j}"))
-        return cls(sites=sites, token_rows=manifest["tokens"], texts=manifest["prompts"], model=manifest["model"],
-                   dtype=dtype_from_name(manifest["dtype"]), chunks=chunks, path=path, manifest=manifest)
+                    chunks.append(_Chunk(tuple(order[first: last + 1]), width, path=path / sh["file"],
+                                         suffix=f"@{j}", shard=sh, record=rec))
+            return cls(sites=sites, ids=ids, lengths=lengths, texts=texts, model=manifest["model"],
+                       dtype=dtype_from_name(manifest["dtype"]), chunks=chunks, path=path, manifest=manifest,
+                       verify=verify)
+        except (KeyError, TypeError, ValueError) as e:
+            raise StoreError(f"{path / MANIFEST}: malformed activation-store manifest ({type(e).__name__}: {e})") from e
 
-
-def read_manifest(path: Path) -> dict[str, Any] | None:
-    """The store manifest in ``path``, ``None`` if there is none.
-
-    Raises:
-        StoreError: ``manifest.json`` exists but is not an activation-store manifest.
-    """
-    mpath = Path(path) / MANIFEST
-    if not mpath.exists():
-        return None
-    try:
-        data = json.loads(mpath.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise StoreError(f"{mpath} is not valid JSON ({e})") from e
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        got = data.get("format") if isinstance(data, dict) else type(data).__name__
-        raise StoreError(f"{mpath} is not an activation-store manifest (format={got!r}, expected {FORMAT!r}); "
-                         "choose another output folder, or pass overwrite=True / --overwrite to replace it")
-    return data
-
-
-def completed_shards(path: Path, manifest: Mapping[str, Any]) -> set[str]:
-    """Names of planned shards that are complete, i.e. present on disk.
-
-    A shard file only exists once fully written (temp file + rename), so a planned
-    shard present on disk is complete even if the manifest update was interrupted.
-    """
-    planned = {shard_name(sh["first"], sh["last"]) for sh in manifest["shards"]}
-    present = {p.name for p in Path(path).glob("shard-*.safetensors") if _SHARD_RE.match(p.name)}
-    return planned & present
+    @classmethod
+    def _open_v1(cls, path: Path, manifest: Mapping[str, Any], sites: list[Site]) -> "ActivationStore":
+        """A format-1 store: tokens and texts in the manifest, shards complete when present (unchecked)."""
+        rows = manifest["tokens"]
+        order = manifest["order"]
+        chunks = []
+        for sh in shard_entries(path, manifest):
+            f = path / sh["file"]
+            if f.is_file() or f.is_symlink():
+                confined_path(path, sh["file"], source=path / MANIFEST, entry=sh["file"])
+                for j, (first, last, width) in enumerate(sh["batches"]):
+                    chunks.append(_Chunk(tuple(order[first: last + 1]), width, path=f, suffix=f"@{j}"))
+        ids = torch.tensor([t for r in rows for t in r], dtype=torch.long)
+        return cls(sites=sites, ids=ids, lengths=torch.tensor([len(r) for r in rows], dtype=torch.long),
+                   texts=manifest["prompts"], model=manifest["model"], dtype=dtype_from_name(manifest["dtype"]),
+                   chunks=chunks, path=path, manifest=manifest)

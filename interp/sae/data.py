@@ -8,7 +8,9 @@ Padding (``lengths``) and the first ``start_pos`` positions of each row (BOS, or
 SmolLM2's massive-activation first token) are masked out.
 
 On disk (:func:`cache_activations`): ``folder/manifest.json`` plus, per site,
-``<site>/shard_00000.safetensors`` holding ``acts [n_tokens, d_in]``. Any object with
+``<site>/shard_00000.safetensors`` holding ``acts [n_tokens, d_in]``; the manifest records
+each shard's size, sha256, shape and dtype, and :class:`ActivationShards` checks them (and
+that every path stays inside the folder) before using a shard. Any object with
 ``__getitem__(site) -> [batch, pos, ...]`` (such as ``interp.cache.ActivationStore``) can be
 used instead through :func:`flatten_store`.
 
@@ -24,18 +26,21 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from interp.errors import ConfigError, DataError, ShapeError, SiteError, StoreError
+from interp.errors import ConfigError, DataError, ShapeError, SiteError, StoreError, nearest
 from interp.sites import Site
 
 __all__ = ["SAE_COMPONENTS", "site_width", "flatten_site", "unflatten_site", "capture_activations",
            "cache_activations", "ActivationShards", "ActivationBatches", "flatten_store", "check_sae_site"]
+
+FORMAT = "interp.sae.acts/2"
 
 #: Components an SAE can be trained on here (flattened per token).
 SAE_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "mlp_out", "attn_out", "z", "mlp_post")
@@ -100,9 +105,24 @@ def _batches(tokens: torch.Tensor, lengths: torch.Tensor | None, batch_size: int
         yield tokens[i:i + batch_size], (lengths[i:i + batch_size] if lengths is not None else None)
 
 
+def _check_finite(act: torch.Tensor, mask: torch.Tensor, site: Site, first_row: int) -> None:
+    """Raise DataError naming ``site``, the first row and position whose activations are NaN/inf."""
+    if bool(torch.isfinite(act.sum())):   # any NaN/inf makes the sum non-finite (fast path)
+        return
+    bad = ~torch.isfinite(act.flatten(2)).all(-1) & mask          # [batch, pos]
+    if not bool(bad.any()):
+        return
+    row = int(bad.any(1).nonzero()[0])
+    pos = int(bad[row].nonzero()[0])
+    kind = "NaN" if bool(torch.isnan(act[row, pos]).any()) else "inf"
+    raise DataError(f"{site} ({site.hook_name}) has {kind} activations at row {first_row + row} of the tokens, "
+                    f"position {pos}: the model produces non-finite values (a NaN/inf weight, or an overflow). "
+                    "Pass allow_nonfinite=True to keep them anyway")
+
+
 def _iter_captures(model: Any, tokens: torch.Tensor, sites: Sequence[Site], *, batch_size: int,
                    lengths: torch.Tensor | None, start_pos: int, dtype: torch.dtype | None,
-                   desc: str) -> Iterator[dict[Site, torch.Tensor]]:
+                   desc: str, allow_nonfinite: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
     from tqdm.auto import tqdm
 
     from interp.hooks import run_capture
@@ -113,13 +133,16 @@ def _iter_captures(model: Any, tokens: torch.Tensor, sites: Sequence[Site], *, b
         raise ConfigError(f"start_pos={start_pos} leaves no positions of rows of {tokens.shape[1]} tokens")
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for toks, lens in tqdm(list(_batches(tokens, lengths, batch_size)), desc=desc, leave=False):
+        for b, (toks, lens) in enumerate(tqdm(list(_batches(tokens, lengths, batch_size)), desc=desc, leave=False)):
             acts = run_capture(model, toks.to(device), sites)
             mask = _positions_mask(toks.shape[0], toks.shape[1], lens, start_pos).to(device)
             out = {}
             for s in sites:
-                a = flatten_site(acts[s], s)[mask]
-                out[s] = a.to(dtype) if dtype is not None else a.clone()
+                a = flatten_site(acts[s], s)
+                a = a.to(dtype) if dtype is not None else a
+                if not allow_nonfinite:  # after the cast: an overflow to inf in float16 counts too
+                    _check_finite(a, mask, s, b * batch_size)
+                out[s] = a[mask]   # boolean indexing copies
             yield out
 
 
@@ -151,107 +174,183 @@ def _site_dir(site: Site) -> str:
     return str(site)
 
 
+_STAGING = ".staging"
+
+
+def _holds_cache(folder: Path) -> bool:
+    """Whether ``folder`` holds anything besides a lock file and a staging folder."""
+    from interp._fs import LOCK_NAME
+
+    return folder.is_dir() and any(p.name not in (LOCK_NAME, _STAGING) for p in folder.iterdir())
+
+
 def cache_activations(model: Any, tokens: torch.Tensor, sites: Sequence[Site | str], folder: str | Path, *,
                       batch_size: int = 8, lengths: torch.Tensor | None = None, start_pos: int = 1,
                       shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
-                      overwrite: bool = False, meta: dict[str, Any] | None = None) -> Path:
+                      overwrite: bool = False, meta: dict[str, Any] | None = None,
+                      allow_nonfinite: bool = False) -> Path:
     """Capture ``sites`` once (forward stopped at the deepest) and write flat safetensors shards.
 
-    The folder is written atomically: on any error nothing is left behind and an
-    existing folder is untouched.
+    One writer per folder (:func:`interp._fs.folder_lock`). The cache is built in
+    ``folder/.staging`` and moved into place at the end, the manifest last, so on any error
+    an existing cache is untouched and a new folder is removed. The manifest records each
+    shard's path, size, sha256, shape and dtype.
+
+    Args:
+        allow_nonfinite: keep NaN/inf activations instead of raising DataError.
 
     Raises:
-        StoreError: ``folder`` exists and ``overwrite`` is False.
+        StoreError: ``folder`` holds a cache and ``overwrite`` is False, or another process writes it.
+        DataError: NaN/inf activations (site, row and position named), unless ``allow_nonfinite``.
     """
     import shutil
 
     from safetensors.torch import save_file
 
-    from interp._fs import atomic_dir, atomic_write_json
+    from interp._fs import atomic_write_json, folder_lock, fsync_dir, sha256_file
 
     folder = Path(folder)
-    if folder.exists() and not overwrite:
+    if _holds_cache(folder) and not overwrite:
         raise StoreError(f"{folder} exists; pass overwrite=True (--overwrite) or choose another folder")
     sites = [_as_site(s) for s in sites]
     widths = {s: site_width(model, s) for s in sites}
-    staging = folder.with_name(folder.name + ".new")
-    shutil.rmtree(staging, ignore_errors=True)   # a stale staging folder from an interrupted run
-    with atomic_dir(staging) as tmp:
-        pending: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
-        counts = {s: 0 for s in sites}
-        shards: dict[Site, list[str]] = {s: [] for s in sites}
-        for s in sites:
-            (tmp / _site_dir(s)).mkdir()
+    created = not folder.exists()
+    try:
+        with folder_lock(folder, what="SAE activation cache"):
+            if _holds_cache(folder) and not overwrite:
+                raise StoreError(f"{folder} exists; pass overwrite=True (--overwrite) or choose another folder")
+            tmp = folder / _STAGING
+            shutil.rmtree(tmp, ignore_errors=True)   # left by an interrupted run (we hold the lock)
+            tmp.mkdir()
+            try:
+                pending: dict[Site, list[torch.Tensor]] = {s: [] for s in sites}
+                counts = {s: 0 for s in sites}
+                shards: dict[Site, list[dict[str, Any]]] = {s: [] for s in sites}
+                for s in sites:
+                    (tmp / _site_dir(s)).mkdir()
 
-        def flush(s: Site, final: bool) -> None:
-            while pending[s] and (final or sum(x.shape[0] for x in pending[s]) >= shard_tokens):
-                allx = torch.cat(pending[s])
-                take = allx if final else allx[:shard_tokens]
-                rest = allx[take.shape[0]:]
-                name = f"{_site_dir(s)}/shard_{len(shards[s]):05d}.safetensors"
-                save_file({"acts": take.contiguous().cpu()}, str(tmp / name))
-                shards[s].append(name)
-                counts[s] += take.shape[0]
-                pending[s] = [rest] if rest.shape[0] else []
+                def flush(s: Site, final: bool) -> None:
+                    while pending[s] and (final or sum(x.shape[0] for x in pending[s]) >= shard_tokens):
+                        allx = torch.cat(pending[s])
+                        take = allx if final else allx[:shard_tokens]
+                        rest = allx[take.shape[0]:]
+                        name = f"{_site_dir(s)}/shard_{len(shards[s]):05d}.safetensors"
+                        save_file({"acts": take.contiguous().cpu()}, str(tmp / name))
+                        shards[s].append({"file": name, "bytes": (tmp / name).stat().st_size,
+                                          "sha256": sha256_file(tmp / name), "shape": list(take.shape),
+                                          "dtype": str(take.dtype).replace("torch.", "")})
+                        counts[s] += take.shape[0]
+                        pending[s] = [rest] if rest.shape[0] else []
 
-        for chunk in _iter_captures(model, tokens, sites, batch_size=batch_size, lengths=lengths,
-                                    start_pos=start_pos, dtype=dtype, desc="cache activations"):
-            for s, a in chunk.items():
-                pending[s].append(a.cpu())
-                flush(s, final=False)
-        for s in sites:
-            flush(s, final=True)
-        info = getattr(model, "interp_info", None)
-        atomic_write_json(tmp / "manifest.json", {
-            "format": "interp.sae.acts/1", "model": info.spec if info else "", "start_pos": start_pos,
-            "dtype": str(dtype).replace("torch.", ""), "n_rows": int(tokens.shape[0]), "context_size": int(tokens.shape[1]),
-            "sites": {str(s): {"hook_name": s.hook_name, "d_in": widths[s], "n_tokens": counts[s], "shards": shards[s]}
-                      for s in sites},
-            "meta": meta or {}})
-    if folder.exists():
-        shutil.rmtree(folder)
-    staging.rename(folder)
+                for chunk in _iter_captures(model, tokens, sites, batch_size=batch_size, lengths=lengths,
+                                            start_pos=start_pos, dtype=dtype, desc="cache activations",
+                                            allow_nonfinite=allow_nonfinite):
+                    for s, a in chunk.items():
+                        pending[s].append(a.cpu())
+                        flush(s, final=False)
+                for s in sites:
+                    flush(s, final=True)
+                info = getattr(model, "interp_info", None)
+                atomic_write_json(tmp / "manifest.json", {
+                    "format": FORMAT, "model": info.spec if info else "", "start_pos": start_pos,
+                    "dtype": str(dtype).replace("torch.", ""), "n_rows": int(tokens.shape[0]),
+                    "context_size": int(tokens.shape[1]),
+                    "sites": {str(s): {"hook_name": s.hook_name, "d_in": widths[s], "n_tokens": counts[s],
+                                       "shards": shards[s]} for s in sites},
+                    "meta": meta or {}})
+                # swap in: the old manifest goes first (no cache), the new one last (the new cache)
+                (folder / "manifest.json").unlink(missing_ok=True)
+                for p in folder.iterdir():
+                    if p.name not in (_STAGING, ".lock"):
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+                for p in tmp.iterdir():
+                    if p.name != "manifest.json":
+                        p.rename(folder / p.name)
+                (tmp / "manifest.json").rename(folder / "manifest.json")
+                fsync_dir(folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()   # empty once the lock is released
+        raise
     return folder
 
 
 class ActivationShards:
     """Read-only view of one site in a :func:`cache_activations` folder.
 
+    Every shard path of the manifest is confined to the folder (``..``, absolute paths and
+    symlinks leaving it are refused); each shard's size, sha256, shape and dtype are checked
+    against the manifest when it is loaded.
+
     Attributes:
         site, d_in, n_tokens, shards (paths), manifest.
     """
 
     def __init__(self, folder: str | Path, site: Site | str) -> None:
+        from interp._fs import confined_path
+
         self.folder = Path(folder)
         path = self.folder / "manifest.json"
         if not path.exists():
             raise StoreError(f"{self.folder} is not an SAE activation cache (no manifest.json); "
                              "write one with `interp sae cache` / interp.sae.data.cache_activations")
-        self.manifest = json.loads(path.read_text())
-        if self.manifest.get("format") != "interp.sae.acts/1":
-            raise StoreError(f"{path}: unknown format {self.manifest.get('format')!r}")
+        try:
+            self.manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise StoreError(f"{path} is not valid JSON ({e})") from e
+        got = self.manifest.get("format") if isinstance(self.manifest, dict) else type(self.manifest).__name__
+        if got != FORMAT:
+            hint = (" (an older cache without checksums: rebuild it with --overwrite)"
+                    if got == "interp.sae.acts/1" else "")
+            raise StoreError(f"{path}: unknown format {got!r}, expected {FORMAT!r}{hint}")
         self.site = _as_site(site)
         entry = self.manifest["sites"].get(str(self.site))
         if entry is None:
-            from interp.errors import nearest
-
             raise SiteError(f"site {self.site} is not in {self.folder} (has {list(self.manifest['sites'])})."
                             f"{nearest(str(self.site), self.manifest['sites'])}")
         self.d_in = int(entry["d_in"])
         self.n_tokens = int(entry["n_tokens"])
-        self.shards = [self.folder / p for p in entry["shards"]]
+        self._entries: list[Mapping[str, Any]] = []
+        for i, sh in enumerate(entry["shards"]):
+            where = f"sites[{str(self.site)!r}].shards[{i}]"
+            if not isinstance(sh, dict) or not {"file", "bytes", "sha256", "shape", "dtype"} <= set(sh):
+                raise StoreError(f"{path} ({where}): expected file, bytes, sha256, shape and dtype, got {sh!r}")
+            confined_path(self.folder, sh["file"], source=path, entry=f"{where}.file")
+            if len(sh["shape"]) != 2 or sh["shape"][1] != self.d_in:
+                raise StoreError(f"{path} ({where}): shape {sh['shape']} does not match d_in={self.d_in}")
+            self._entries.append(sh)
+        if sum(sh["shape"][0] for sh in self._entries) != self.n_tokens:
+            raise StoreError(f"{path}: the shards of {self.site} hold "
+                             f"{sum(sh['shape'][0] for sh in self._entries)} tokens, n_tokens says {self.n_tokens}")
+        self.shards = [self.folder / sh["file"] for sh in self._entries]
 
     def load(self, i: int) -> torch.Tensor:
-        """Shard ``i`` as ``[n, d_in]``."""
+        """Shard ``i`` as ``[n, d_in]``, after checking its size, sha256, shape and dtype.
+
+        Raises:
+            StoreError: the shard is missing, truncated, altered or unreadable (named).
+        """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from interp._fs import confined_path, sha256_file
+
+        sh, p = self._entries[i], self.shards[i]
+        confined_path(self.folder, sh["file"], source=self.folder / "manifest.json", entry=sh["file"])
+        if not p.is_file():
+            raise StoreError(f"activation shard {p} is missing; rebuild the cache with --overwrite")
+        if p.stat().st_size != sh["bytes"] or sha256_file(p) != sh["sha256"]:
+            raise StoreError(f"activation shard {p} is truncated or altered ({p.stat().st_size} bytes, the manifest "
+                             f"records {sh['bytes']} and a different sha256); rebuild the cache with --overwrite")
         try:
-            t = load_file(str(self.shards[i]))["acts"]
+            t = load_file(str(p))["acts"]
         except (SafetensorError, OSError, KeyError) as e:
-            raise StoreError(f"cannot read activation shard {self.shards[i]}: {e}") from e
-        if t.ndim != 2 or t.shape[1] != self.d_in:
-            raise ShapeError(f"{self.shards[i]}: expected (n, {self.d_in}), got {tuple(t.shape)}")
+            raise StoreError(f"cannot read activation shard {p}: {e}") from e
+        if list(t.shape) != list(sh["shape"]) or str(t.dtype).replace("torch.", "") != sh["dtype"]:
+            raise ShapeError(f"{p}: expected {sh['dtype']} {tuple(sh['shape'])}, got {t.dtype} {tuple(t.shape)}")
         return t
 
     def __len__(self) -> int:
@@ -372,13 +471,5 @@ class ActivationBatches:
 
 
 def _shard_sizes(shards: ActivationShards) -> list[int]:
-    from safetensors import safe_open
-
-    out = []
-    for p in shards.shards:
-        try:
-            with safe_open(str(p), framework="pt") as f:
-                out.append(f.get_slice("acts").get_shape()[0])
-        except Exception as e:  # safetensors raises several types for broken files
-            raise StoreError(f"cannot read activation shard {p}: {e}") from e
-    return out
+    """Tokens per shard, as the (checked) manifest records them."""
+    return [int(sh["shape"][0]) for sh in shards._entries]
