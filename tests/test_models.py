@@ -186,8 +186,6 @@ def test_graph_refuses_another_identity_naming_both(toy_llama, tmp_path):
     assert toy_llama.interp_info.revision in str(e.value) and other.interp_info.revision in str(e.value)
 
 
-@pytest.mark.xfail(strict=True, reason="interp/cache/collector.py _prepare_out names the differing keys "
-                                        "('model_revision') but not the two identities (not this helper's file)")
 def test_store_refuses_another_identity_naming_both(toy_llama, tmp_path):
     from interp.cache import collect
     from interp.errors import StoreError

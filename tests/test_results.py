@@ -161,3 +161,13 @@ def test_not_a_results_folder(tmp_path):
     (tmp_path / "manifest.json").write_text("[1, 2]")
     with pytest.raises(StoreError, match="not an interp results manifest"):
         load_results(tmp_path)
+
+
+def test_cache_overwrite_never_replaces_a_results_manifest(toy_llama, tmp_path):
+    """`interp cache --overwrite --out <a results folder>` used to replace its manifest (load_results then failed)."""
+    from interp.cache import collect
+
+    _result("a", model="toy:llama", revision=toy_llama.interp_info.revision).save(tmp_path)
+    with pytest.raises(StoreError, match="is not an activation store"):
+        collect(toy_llama, ["ab", "cd"], "resid_post", out=tmp_path, progress=False, overwrite=True)
+    assert set(load_results(tmp_path)) == {"sinks.layers-a"}

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -171,6 +173,19 @@ def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
             "shards": [[s["first"], s["last"]] for s in manifest["shards"]]}
 
 
+def _refuse_foreign_folder(out: Path) -> None:
+    """Refuse, even with ``overwrite``, a folder whose ``manifest.json`` belongs to something else (a results
+    folder): overwriting replaces an activation store, never another kind of folder's manifest."""
+    path = out / MANIFEST
+    try:
+        fmt = json.loads(path.read_text(encoding="utf-8")).get("format", "") if path.is_file() else ""
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(fmt, str) and fmt.startswith("interp.") and not fmt.startswith("interp.activation_store"):
+        raise StoreError(f"{out} is not an activation store ({path} is a {fmt!r} manifest); overwrite only "
+                         "replaces an activation store: choose another folder")
+
+
 def _prepare_out(out: Path, manifest: dict[str, Any], files: Mapping[str, bytes],
                  overwrite: bool) -> tuple[dict[str, Any], set[str]]:
     """With the folder lock held: create, resume or replace the store in ``out``.
@@ -179,6 +194,7 @@ def _prepare_out(out: Path, manifest: dict[str, Any], files: Mapping[str, bytes]
     A new store writes its token and text files first and the manifest last, so a store
     exists once its manifest does; the manifest is never rewritten afterwards.
     """
+    _refuse_foreign_folder(out)
     try:
         old = read_manifest(out)
     except StoreError:
@@ -198,7 +214,9 @@ def _prepare_out(out: Path, manifest: dict[str, Any], files: Mapping[str, bytes]
         mine = _identity(manifest)
         if mine != theirs:
             diff = [k for k in _IDENTITY if mine[k] != theirs[k]]
-            raise StoreError(f"{out} holds a different activation store (differs in: {', '.join(diff)}); "
+            who = (f" (model identity: the store's {theirs['model_revision']}, this model's "
+                   f"{mine['model_revision']})" if "model_revision" in diff else "")
+            raise StoreError(f"{out} holds a different activation store (differs in: {', '.join(diff)}){who}; "
                              "choose another folder, pass the same arguments to resume it, or overwrite=True / "
                              "--overwrite to replace it")
         for key, data in files.items():  # resume: the same data, so rewrite a damaged token / text file
