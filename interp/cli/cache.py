@@ -19,6 +19,7 @@ def register(app: typer.Typer) -> None:
         dtype: str = typer.Option("", "--dtype", help="stored dtype (float32, float16, bfloat16); default the model's"),
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a different store in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
+        allow_nan: bool = typer.Option(False, "--allow-nan", help="store NaN/inf activations instead of refusing them"),
     ) -> None:
         """Cache activations at SITES for every prompt in a file, as a resumable on-disk store.
 
@@ -49,7 +50,7 @@ def register(app: typer.Typer) -> None:
         t0 = time.perf_counter()
         m = load_model(model)
         store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,
-                        progress=progress, overwrite=overwrite)
+                        progress=progress, overwrite=overwrite, allow_nonfinite=allow_nan)
         n_tok = int(store.lengths.sum())
         n_shards = len(store.manifest["shards"])
         size = sum(p.stat().st_size for p in Path(out).glob("shard-*.safetensors"))
