@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from interp import metrics
 from interp.errors import ConfigError, DataError
 from interp.hooks import StopForward, capturing, hooked
 from interp.sites import Site
@@ -233,6 +234,11 @@ def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int]
     return out
 
 
+def _ids(answer_id: int, n: int) -> torch.Tensor:
+    """The answer id repeated for ``n`` rows."""
+    return torch.full((n,), answer_id, dtype=torch.long)
+
+
 def _first_layer(rest: Restoration) -> int:
     return min((s.layer for s, _ in rest), default=-1)
 
@@ -260,7 +266,7 @@ def _replicated_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int],
     hooks: list = [(Site("embed"), _noise_hook(noise, rows, rows % n_s, subject, replace))]
     hooks += _restore_hooks(chunk, range(len(chunk)), n_s, clean)
     logits = _last_logits(model, tokens[None].expand(n_rows, -1), tokens.shape[0] - 1, hooks, fast)
-    return logits.softmax(-1)[:, answer_id].view(len(chunk), n_s).mean(1)
+    return metrics.prob(logits, _ids(answer_id, n_rows)).view(len(chunk), n_s).mean(1)
 
 
 def _grown_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int, noise: torch.Tensor,
@@ -290,7 +296,7 @@ def _grown_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answ
     hooks += _restore_hooks(chunk, blocks, n_s, clean)
     last = torch.full((n_s,), tokens.shape[0] - 1)
     hid = last_hidden(model, tokens[None].expand(n_s, -1), last, hooks, grow=True)
-    p = final_logits(model, hid).float().softmax(-1)[:, answer_id].view(n_blocks, n_s).mean(1)
+    p = metrics.prob(final_logits(model, hid), _ids(answer_id, hid.shape[0])).view(n_blocks, n_s).mean(1)
     return p[torch.tensor(blocks, dtype=torch.long)]
 
 
@@ -447,9 +453,9 @@ def causal_trace(model: Any, ds: Any, config: TracingConfig | None = None, *, pr
             if fast is None:
                 quick = model.unembed(acts[Site("ln_final")][:, n - 1:n])[:, 0].float()
                 fast = bool(torch.allclose(quick, full, atol=1e-4, rtol=1e-4))
-            probs = full.softmax(-1)
             answer = int(full[0].argmax())
-            p_clean, p_corr = float(probs[0, answer]), float(probs[1:, answer].mean())
+            probs = metrics.prob(full, _ids(answer, full.shape[0]))
+            p_clean, p_corr = float(probs[0]), float(probs[1:].mean())
             clean = {s: acts[s][0] for s in sites}
             rests = [site_kind_restoration(kind, t, l, n_layers, cfg.window) for kind, t, l in cells]
             p = restoration_probs(model, tokens, (a, b), answer, noise, rests, clean, replace=cfg.replace,

@@ -242,25 +242,27 @@ def ablating(model: Any, ablations: Sequence[Ablation], *, tokens: Any = None) -
 # ---------------------------------------------------------------- metrics and evaluation
 
 def _last_logits(model: Any, tokens: Any) -> torch.Tensor:
-    logits = model(tokens.tokens)
-    rows = torch.arange(len(tokens), device=logits.device)
-    return logits[rows, tokens.last.to(logits.device)]
+    from interp.metrics import at_positions
+
+    return at_positions(model(tokens.tokens), tokens.last)
 
 
 def logit_diff(logits: torch.Tensor, batch: Any) -> torch.Tensor:
     """``logit[answer] - logit[counterfactual]`` per prompt (``[batch]``)."""
     if batch.answer_ids is None or batch.counter_ids is None:
         raise DataError("logit_diff needs answers and counterfactuals in the dataset")
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, batch.answer_ids.to(logits.device)] - logits[rows, batch.counter_ids.to(logits.device)]
+    from interp import metrics
+
+    return metrics.logit_diff(logits, batch.answer_ids, batch.counter_ids)
 
 
 def answer_logprob(logits: torch.Tensor, batch: Any) -> torch.Tensor:
     """``log p(answer)`` at the last token per prompt (``[batch]``)."""
     if batch.answer_ids is None:
         raise DataError("answer_logprob needs answers in the dataset")
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return torch.log_softmax(logits.float(), -1)[rows, batch.answer_ids.to(logits.device)]
+    from interp import metrics
+
+    return metrics.logprob(logits, batch.answer_ids)
 
 
 def default_metric(batch: Any) -> tuple[str, Metric]:

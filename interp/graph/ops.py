@@ -266,6 +266,7 @@ def _metric(model: Any, batch: Any, values: dict[Any, Any] | None, keep_heads: s
     """Mean logit difference (answer - counterfactual) at the last token, with non-kept nodes ablated to ``values``."""
     import torch
 
+    from interp import metrics
     from interp.hooks import patched
     from interp.sites import Site
 
@@ -296,10 +297,8 @@ def _metric(model: Any, batch: Any, values: dict[Any, Any] | None, keep_heads: s
         for i in range(0, len(tb), batch_size):
             rows["i"] = i
             toks = tb.tokens[i:i + batch_size]
-            logits = model(toks)
-            idx = torch.arange(toks.shape[0], device=toks.device)
-            last = logits[idx, tb.lengths[i:i + batch_size] - 1]
-            ld = last[idx, batch.answer_ids[i:i + batch_size]] - last[idx, batch.counter_ids[i:i + batch_size]]
+            last = metrics.at_positions(model(toks), tb.lengths[i:i + batch_size] - 1)
+            ld = metrics.logit_diff(last, batch.answer_ids[i:i + batch_size], batch.counter_ids[i:i + batch_size])
             total += float(ld.sum())
             n += toks.shape[0]
     return total / n

@@ -40,6 +40,7 @@ import pandas as pd
 import torch
 
 from interp.errors import ConfigError
+from interp.metrics import log_probs
 from interp.nodes import node_id
 from interp.results import Result, run_meta
 from interp.sites import Site
@@ -159,7 +160,7 @@ def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counte
             for name, v in row_stats(logits, sub, None).items():
                 stats.setdefault(name, v.new_empty(2 * n_b))[torch.cat([idx, idx + n_b])] = v
             if with_logp:
-                lp = torch.log_softmax(logits[:k].float(), -1)
+                lp = log_probs(logits[:k])
                 if not logp_clean.numel():
                     logp_clean = lp.new_empty(n_b, lp.shape[1])
                 logp_clean[idx] = lp

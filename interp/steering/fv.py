@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from interp import metrics
 from interp.errors import ConfigError, DataError
 from interp.nodes import node_id
 from interp.sites import Site
@@ -201,7 +202,7 @@ def indirect_effects(model: Any, prompts: Any, answers: Any, mean_z: torch.Tenso
 
             with torch.inference_mode(), hooked(model, {s: wrap(f) for s, f in hooks.items()}):
                 logits = model(tb.tokens)
-            p = logits[torch.arange(len(tb)), tb.last].float().softmax(-1)[torch.arange(len(tb)), a.to(logits.device)]
+            p = metrics.prob(metrics.at_positions(logits, tb.last), a)
             tot += float(p.sum())
         return tot / len(ids)
 
@@ -238,9 +239,9 @@ def _cache_reproduces_forward(model: Any, prompt: str) -> bool:
         return False
     hf, cache = got
     with torch.inference_mode():
-        full = model(tokens)[0, -1].float().log_softmax(-1)
+        full = metrics.log_probs(model(tokens)[0, -1])
         last = hf(tokens[:, -1:].to(full.device), past_key_values=cache, use_cache=True).logits[0, -1]
-    return bool((last.float().log_softmax(-1).to(full.device) - full).abs().max() < 1e-3)
+    return bool((metrics.log_probs(last).to(full.device) - full).abs().max() < 1e-3)
 
 
 def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z: torch.Tensor, layers: list[int],
@@ -262,7 +263,7 @@ def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z
         with torch.inference_mode():
             device = next(hf.parameters()).device
             last = tokens[:, -1:].to(device)
-            base = hf(last, past_key_values=cache, use_cache=True).logits[0, -1].float().softmax(-1)[a]
+            base = metrics.probs(hf(last, past_key_values=cache, use_cache=True).logits[0, -1])[a]
             cache.crop(-1)
             cache.batch_repeat_interleave(n_heads)              # row h patches head h
             last = last.expand(n_heads, 1)
@@ -272,7 +273,7 @@ def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z
                     out[rows.to(act.device), -1, rows.to(act.device)] = mean_z[_l].to(act.device, act.dtype)
                     return out
                 with hooked(model, {Site("z", l): patch}):
-                    p = hf(last, past_key_values=cache, use_cache=True).logits[:, -1].float().softmax(-1)[:, a]
+                    p = metrics.probs(hf(last, past_key_values=cache, use_cache=True).logits[:, -1])[:, a]
                 cache.crop(-1)
                 gain[l] += (p - base).cpu()
     aie = torch.full((n_layers, n_heads), float("nan"))

@@ -30,6 +30,7 @@ from typing import Any, ContextManager, Union
 import numpy as np
 import torch
 
+from interp import metrics
 from interp.errors import ConfigError, DataError, ShapeError, SiteError
 from interp.sites import Site
 from interp.steering.axes import Axis
@@ -145,8 +146,7 @@ def next_token_probs(model: Any, prompts: Sequence[str], *, steer: SteerFactory 
             tb = tokenize(model, list(prompts[i:i + batch_size]))
             with _ctx(steer, tb):
                 logits = model(tb.tokens)
-            last = logits[torch.arange(len(tb), device=logits.device), tb.last].float()
-            out.append(last.softmax(-1).cpu())
+            out.append(metrics.probs(metrics.at_positions(logits, tb.last)).cpu())
     return torch.cat(out)
 
 
@@ -164,8 +164,7 @@ def accuracy(model: Any, prompts: Sequence[str], answers: Sequence[str] | Sequen
         raise DataError(f"{len(prompts)} prompts but {len(answers)} answers")
     ids = torch.tensor([a if isinstance(a, (int, np.integer)) else model.tokenizer(a, add_special_tokens=False)
                         .input_ids[0] for a in answers])
-    pred = next_token_probs(model, prompts, steer=steer, batch_size=batch_size).argmax(-1)
-    return float((pred == ids).float().mean())
+    return float(metrics.accuracy(next_token_probs(model, prompts, steer=steer, batch_size=batch_size), ids).mean())
 
 
 def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None = None, batch_size: int = 8) -> float:
@@ -180,11 +179,8 @@ def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None =
             tb = tokenize(model, list(texts[i:i + batch_size]))
             with _ctx(steer, tb):
                 logits = model(tb.tokens)
-            logp = logits[:, :-1].float().log_softmax(-1)
-            tgt = tb.tokens[:, 1:]
             mask = tb.mask[:, 1:]
-            tok_lp = logp.gather(-1, tgt[..., None])[..., 0]
-            nll -= float(tok_lp[mask].sum())
+            nll += float(metrics.next_token_nll(logits, tb.tokens)[mask].sum())
             count += int(mask.sum())
     if count == 0:
         raise DataError("texts too short for perplexity (need >= 2 tokens)")
