@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from interp.engine import causal_mask, final_logits  # noqa: F401  (re-exported: patching's names)
 from interp.errors import ConfigError, DataError
 
 __all__ = ["METRICS", "PairData", "Baseline", "prepare_pairs", "final_logits", "row_stats", "hidden_stats",
@@ -127,31 +128,6 @@ def prepare_pairs(model: Any, data: Any) -> PairData:
     batch = data.tokenize(model, same_length=True)
     return PairData(batch.clean.tokens, batch.corrupted.tokens, batch.clean.last, batch.answer_ids,
                     batch.counter_ids, tuple(data.clean), tuple(data.corrupted), data)
-
-
-def causal_mask(n_pos: int, device: Any) -> torch.Tensor:
-    """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward)."""
-    return torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
-
-
-def final_logits(model: Any, hidden: torch.Tensor, columns: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits from final normalised hidden states ``[rows, d_model] -> [rows, d_vocab]``.
-
-    With ``columns`` (``[rows, k]`` token ids) only those logits are computed: ``[rows, k]``.
-    Applies the model's unembedding (and its output soft-cap, where the config has one).
-    """
-    if columns is None:
-        logits = model.unembed(hidden[:, None, :])[:, 0, :]
-    else:
-        w = model.W_U.T[columns.to(model.W_U.device)].to(hidden.dtype)              # [rows, k, d_model]
-        logits = (hidden[:, None, :] * w).sum(-1)
-        b_u = getattr(model, "b_U", None)
-        if isinstance(b_u, torch.Tensor):
-            logits = logits + b_u[columns.to(b_u.device)].to(logits.dtype)
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
 
 
 @dataclass(frozen=True)
