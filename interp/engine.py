@@ -61,7 +61,7 @@ from interp.errors import ConfigError, ShapeError, nearest
 from interp.hooks import HookFn, StopForward, hooked
 from interp.sites import Site
 
-__all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "intervening", "forward_hidden",
+__all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "intervening", "as_hook", "forward_hidden",
            "final_logits", "causal_mask", "tail_ok"]
 
 #: Intervention types.
@@ -241,6 +241,16 @@ def _apply(block: Tensor, iv: Intervention) -> None:
         raise ShapeError(f"{op} {site}: value {shape} does not fit the region {tuple(region[idx].shape)}") from e
 
 
+def as_hook(interventions: Sequence[Intervention]) -> HookFn:
+    """A hook ``fn(act, site)`` applying ``interventions`` (all at one hook point) to every row."""
+    def fn(act: Tensor, site: Site) -> Tensor:
+        out = act.clone()
+        for iv in interventions:
+            _apply(out, iv)
+        return out
+    return fn
+
+
 @contextlib.contextmanager
 def intervening(model: Any, interventions: Iterable[Intervention]) -> Iterator[None]:
     """Apply interventions to every row of every forward pass in the block (hooks removed in ``finally``).
@@ -252,14 +262,7 @@ def intervening(model: Any, interventions: Iterable[Intervention]) -> Iterator[N
     by_point: dict[Site, list[Intervention]] = {}
     for iv in interventions:
         by_point.setdefault(iv.site.layer_site, []).append(iv)
-
-    def fn(act: Tensor, site: Site, _ivs: list[Intervention]) -> Tensor:
-        out = act.clone()
-        for iv in _ivs:
-            _apply(out, iv)
-        return out
-
-    with hooked(model, [(p, (lambda a, s, _i=ivs: fn(a, s, _i))) for p, ivs in by_point.items()]):
+    with hooked(model, [(p, as_hook(ivs)) for p, ivs in by_point.items()]):
         yield
 
 
