@@ -13,7 +13,7 @@ A *pass* runs a set of **worlds** side by side on one batch axis (Penzai's
   clean run's activation in a corrupted world.
 
 The *region* is the site's head slice (``Site("z", 3, head=1)``) at ``positions``: all
-(``None``), one (``int``), several (``tuple``) or one per row (a ``[batch]`` tensor),
+(``None``), one (``int``), several (``tuple``), a ``slice``, or one per row (a ``[batch]`` tensor),
 indexing axis 1 after the head selection. Values longer than the pass along a position axis
 are cut to it (values recorded on longer prompts).
 
@@ -89,7 +89,8 @@ class Intervention:
         site: a Site or its string (``"z.3.1"``); a head selects that head's slice.
         value: scalar or tensor (``set``/``ablate``/``add``/``scale``/``gate``), or the recorded
             activation of the site's hook (``restore``).
-        positions: ``None`` (all), an ``int``, a tuple of ints, or a ``[batch]`` tensor (one per row).
+        positions: ``None`` (all), an ``int``, a tuple of ints, a ``slice`` (e.g. ``slice(-1, None)``: the
+            last column), or a ``[batch]`` tensor (one per row).
     """
 
     op: str
@@ -107,6 +108,9 @@ class Intervention:
             pos = tuple(int(p) for p in pos)
             if not pos or min(pos) < 0:
                 raise ConfigError(f"{self.op} {site}: positions must be a non-empty tuple of indices >= 0, got {pos}")
+        elif isinstance(pos, slice):
+            if pos.step not in (None, 1):
+                raise ConfigError(f"{self.op} {site}: position slices must have step 1, got {pos}")
         elif isinstance(pos, Tensor):
             if pos.dim() != 1 or pos.is_floating_point():
                 raise ConfigError(f"{self.op} {site}: per-row positions must be a [batch] integer tensor, "
@@ -182,6 +186,8 @@ def _fit(v: Tensor, dims: Sequence[str], shape: Sequence[int]) -> Tensor:
 def _index(positions: Any, n: int, n_pos: int, site: Site, device: Any) -> tuple:
     if positions is None:
         return (slice(None),)
+    if isinstance(positions, slice):
+        return (slice(None), positions)
     if isinstance(positions, Tensor):
         if positions.shape[0] != n:
             raise ShapeError(f"{site}: {positions.shape[0]} per-row positions for a block of {n} rows")

@@ -148,3 +148,14 @@ def test_no_state_on_the_model(model):
 
     assert tail_ok(model) is True
     assert model in _TAIL_OK and not hasattr(model, "_interp_tail_ok")
+
+
+def test_slice_positions_add_from_a_position_on(model):
+    vec = torch.full((model.cfg.d_model,), 0.5)
+    out = run(model, TOKENS, [World((Intervention("add", Site("resid_pre", 1), vec, positions=slice(2, None)),))],
+              positions=LAST, record=[Site("resid_pre", 1)])
+    with torch.inference_mode(), capturing(model, [Site("resid_pre", 1)]) as acts:
+        model(TOKENS)
+    want = acts[Site("resid_pre", 1)].clone()
+    want[:, 2:] += vec
+    torch.testing.assert_close(out.recorded[0][Site("resid_pre", 1)], want)

@@ -84,24 +84,15 @@ def steered(model: Any, axis: Axis, alpha: float, *, positions: Positions = "all
     if not (positions in ("all", "last") or (isinstance(positions, int) and not isinstance(positions, bool)
                                              and positions >= 0)):
         raise ConfigError(f"positions must be 'all', 'last' or an int >= 0, got {positions!r}")
-    from interp.hooks import hooked
+    from interp.engine import Intervention, intervening
 
-    def add(act: torch.Tensor, _site: Site) -> torch.Tensor:
-        v = (a * axis.vector).to(device=act.device, dtype=act.dtype)
-        out = act.clone()
-        if positions == "all":
-            out += v
-        elif positions == "last":
-            if lengths is None:
-                out[:, -1] += v
-            else:
-                idx = torch.as_tensor(lengths, device=act.device).long() - 1
-                out[torch.arange(act.shape[0], device=act.device), idx] += v
-        else:
-            out[:, positions:] += v
-        return out
-
-    with hooked(model, {axis.site: add}):
+    if positions == "all":
+        where: Any = None
+    elif positions == "last":
+        where = slice(-1, None) if lengths is None else torch.as_tensor(lengths).long() - 1
+    else:
+        where = slice(positions, None)
+    with intervening(model, [Intervention("add", axis.site, a * axis.vector, positions=where)]):
         yield
 
 
