@@ -14,7 +14,8 @@ corrupted rows at chosen (site, token) pairs:
 Total effect ``TE = p_clean - p_corrupt``; indirect effect of a site
 ``IE = p_restored - p_corrupt``. Many restorations share one forward pass: rows =
 restorations x noise copies, ``batch_size`` rows a pass (the noise copies are the same
-for every restoration, as in ROME). A restoration's rows join the pass at its first
+for every restoration, as in ROME). Every pass runs on :mod:`interp.engine`: the noise is
+an intervention on ``embed``, each restoration a world of ``restore`` interventions. A restoration's rows join the pass at its first
 restored layer (the layers before it are the corrupted run, computed once per pass), and
 logits are computed at the last position only.
 
@@ -43,7 +44,6 @@ import torch
 from interp import metrics
 from interp.engine import Intervention, World, run
 from interp.errors import ConfigError, DataError
-from interp.hooks import capturing, hooked
 from interp.sites import Site
 
 __all__ = ["TracingConfig", "Restoration", "causal_trace", "subject_noise_std", "draw_noise",
@@ -153,19 +153,6 @@ def site_kind_restoration(kind: str, token: int, layer: int, n_layers: int, wind
     """The restoration of one grid cell: ``resid`` at (token, layer), or ``mlp``/``attn`` over the window."""
     comp = _COMPONENT[kind]
     return tuple((Site(comp, l), token) for l in _layers_of(kind, layer, n_layers, window))
-
-
-def _noise_hook(noise: torch.Tensor, rows: torch.Tensor, sample: torch.Tensor, span: tuple[int, int],
-                replace: bool):
-    a, b = span
-
-    def fn(act: torch.Tensor, site: Site) -> torch.Tensor:
-        out = act.clone()
-        add = noise.to(device=act.device, dtype=act.dtype)[sample.to(act.device)]
-        r = rows.to(act.device)
-        out[r, a:b] = add if replace else out[r, a:b] + add
-        return out
-    return fn
 
 
 def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int,
@@ -373,19 +360,21 @@ def causal_trace(model: Any, ds: Any, config: TracingConfig | None = None, *, pr
             noise = draw_noise((cfg.n_samples, b - a, model.cfg.d_model), nu, uniform=cfg.uniform, generator=gen)
             sites = sorted({s for kind, t, l in cells for s, _ in site_kind_restoration(kind, t, l, n_layers,
                                                                                           cfg.window)})
-            # pass 1: clean row + corrupted copies, capturing clean activations and checking the fast logits
-            rows = torch.arange(1, cfg.n_samples + 1)
-            hooks = [(Site("embed"), _noise_hook(noise, rows, rows - 1, (a, b), cfg.replace))]
-            batch = tokens[None].expand(cfg.n_samples + 1, -1)
-            with hooked(model, hooks), capturing(model, [*sites, Site("ln_final")]) as acts:
-                full = model(batch)[:, n - 1].float()
+            # pass 1: the clean world and one corrupted world per noise copy, recording the clean activations
+            # (and, once, the final norm to check the fast logits)
+            span, op, fin = tuple(range(a, b)), "set" if cfg.replace else "add", Site("ln_final")
+            worlds = [World()] + [World((Intervention(op, Site("embed"), noise[k:k + 1], positions=span),))
+                                  for k in range(cfg.n_samples)]
+            out = run(model, tokens[None, :n], worlds, positions=torch.tensor([n - 1]), stop_early=False,
+                      record=[*sites, fin] if fast is None else sites)
+            full = out.worlds[:, 0].float()
             if fast is None:
-                quick = model.unembed(acts[Site("ln_final")][:, n - 1:n])[:, 0].float()
-                fast = bool(torch.allclose(quick, full, atol=1e-4, rtol=1e-4))
+                hid = torch.cat([rec[fin][:, n - 1] for rec in out.recorded])
+                fast = bool(torch.allclose(model.unembed(hid[:, None])[:, 0].float(), full, atol=1e-4, rtol=1e-4))
             answer = int(full[0].argmax())
             probs = metrics.prob(full, _ids(answer, full.shape[0]))
             p_clean, p_corr = float(probs[0]), float(probs[1:].mean())
-            clean = {s: acts[s][0] for s in sites}
+            clean = {s: out.recorded[0][s][0] for s in sites}
             rests = [site_kind_restoration(kind, t, l, n_layers, cfg.window) for kind, t, l in cells]
             p = restoration_probs(model, tokens, (a, b), answer, noise, rests, clean, replace=cfg.replace,
                                   batch_size=cfg.batch_size, fast=fast, progress=bar)

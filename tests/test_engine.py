@@ -51,6 +51,11 @@ def test_each_intervention_type_against_hand_oracle(model):
     cases.append((Intervention("gate", z_site, gates), want))
     want = clean.clone(); want[torch.arange(2), LAST, 1] = other[torch.arange(2), LAST, 1]
     cases.append((Intervention("restore", Site("z", 1, head=1), other, positions=LAST), want))
+    want = clean.clone(); want[:, 1, 3] = other[0, 1, 3]                # one recorded prompt for every row
+    cases.append((Intervention("restore", Site("z", 1, head=3), other[0], positions=1), want))
+    rows = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 1.0, 1.0, 3.0]])
+    want = clean * rows[:, None, :, None]                               # per-row gates
+    cases.append((Intervention("gate", z_site, rows), want))
     worlds = [World((iv,)) for iv, _ in cases]
     out = run(model, TOKENS, worlds, positions=LAST, record=[z_site])
     for k, (iv, want_z) in enumerate(cases):
