@@ -132,11 +132,12 @@ def run_capture(model: Any, tokens: torch.Tensor, sites: Iterable[Site | str], *
     return store
 
 
-def _replacer(value: Any) -> HookFn:
+def _replacer(value: Callable[[torch.Tensor, Site], Any]) -> HookFn:
+    """Hook writing ``value(act, site)`` into the site's head slice."""
     def fn(act: torch.Tensor, site: Site) -> torch.Tensor:
         out = act.clone()
         region = site.select(out)
-        v = value(act, site) if callable(value) else value
+        v = value(act, site)
         if isinstance(v, torch.Tensor):
             v = v.to(device=region.device, dtype=region.dtype)
         region[...] = v
@@ -151,14 +152,19 @@ def patched(model: Any, patches: Mapping[Site | str, Any]) -> Iterator[None]:
     Each value is one of:
 
     * a tensor or scalar: written into the site's region (the head slice for a
-      Site with a head; broadcasting applies), e.g. a cached clean activation;
+      Site with a head; broadcasting applies), e.g. a cached clean activation
+      (an :mod:`interp.engine` ``set`` intervention);
     * a callable ``fn(act, site)``: if ``site`` has a head, its return value is written
       into that head's slice; otherwise it is the hook's return value (None = keep).
     """
+    from interp.engine import Intervention, as_hook
+
     hooks: list[tuple[Site, HookFn]] = []
     for raw, value in patches.items():
         site = _as_site(raw)
-        if callable(value) and site.head is None:
+        if not callable(value):
+            hooks.append((site.layer_site, as_hook([Intervention("set", site, value)])))
+        elif site.head is None:
             hooks.append((site, value))
         else:
             hooks.append((site, _replacer(value)))
@@ -171,9 +177,11 @@ def ablated(model: Any, sites: Iterable[Site | str], *, values: Mapping[Site, to
     """Ablate sites during the block: zero, or set to the given ``values`` (e.g. means).
 
     ``values[site]`` must broadcast against the site's region (a mean over batch, say,
-    shaped ``[pos, d_head]`` for one head of ``z``).
+    shaped ``[pos, d_head]`` for one head of ``z``). One :mod:`interp.engine` ``ablate``
+    intervention per site.
     """
-    sites = [_as_site(s) for s in sites]
+    from interp.engine import Intervention, intervening
+
     values = values or {}
-    with patched(model, {s: values.get(s, 0.0) for s in sites}):
+    with intervening(model, [Intervention("ablate", s, values.get(s, 0.0)) for s in map(_as_site, sites)]):
         yield

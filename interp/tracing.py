@@ -14,7 +14,8 @@ corrupted rows at chosen (site, token) pairs:
 Total effect ``TE = p_clean - p_corrupt``; indirect effect of a site
 ``IE = p_restored - p_corrupt``. Many restorations share one forward pass: rows =
 restorations x noise copies, ``batch_size`` rows a pass (the noise copies are the same
-for every restoration, as in ROME). A restoration's rows join the pass at its first
+for every restoration, as in ROME). Every pass runs on :mod:`interp.engine`: the noise is
+an intervention on ``embed``, each restoration a world of ``restore`` interventions. A restoration's rows join the pass at its first
 restored layer (the layers before it are the corrupted run, computed once per pass), and
 logits are computed at the last position only.
 
@@ -40,8 +41,9 @@ from typing import Any
 
 import torch
 
+from interp import metrics
+from interp.engine import Intervention, World, run
 from interp.errors import ConfigError, DataError
-from interp.hooks import StopForward, capturing, hooked
 from interp.sites import Site
 
 __all__ = ["TracingConfig", "Restoration", "causal_trace", "subject_noise_std", "draw_noise",
@@ -153,42 +155,6 @@ def site_kind_restoration(kind: str, token: int, layer: int, n_layers: int, wind
     return tuple((Site(comp, l), token) for l in _layers_of(kind, layer, n_layers, window))
 
 
-def _last_logits(model: Any, tokens: torch.Tensor, last: int, hooks: list, fast: bool) -> torch.Tensor:
-    """``[batch, d_vocab]`` logits at position ``last``; ``fast`` stops at ``ln_final`` and unembeds one position."""
-    if not fast:
-        with hooked(model, hooks):
-            return model(tokens)[:, last].float()
-    fin = Site("ln_final")
-    with hooked(model, hooks), capturing(model, [fin], clone=False, stop_after=True) as acts:
-        try:
-            model(tokens)
-        except StopForward:
-            pass
-    return model.unembed(acts[fin][:, last:last + 1])[:, 0].float()
-
-
-def _noise_hook(noise: torch.Tensor, rows: torch.Tensor, sample: torch.Tensor, span: tuple[int, int],
-                replace: bool):
-    a, b = span
-
-    def fn(act: torch.Tensor, site: Site) -> torch.Tensor:
-        out = act.clone()
-        add = noise.to(device=act.device, dtype=act.dtype)[sample.to(act.device)]
-        r = rows.to(act.device)
-        out[r, a:b] = add if replace else out[r, a:b] + add
-        return out
-    return fn
-
-
-def _restore_hook(clean: torch.Tensor, rows: torch.Tensor, toks: torch.Tensor):
-    def fn(act: torch.Tensor, site: Site) -> torch.Tensor:
-        out = act.clone()
-        t = toks.to(act.device)
-        out[rows.to(act.device), t] = clean.to(device=act.device, dtype=act.dtype)[t]
-        return out
-    return fn
-
-
 def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int,
                       noise: torch.Tensor, restorations: Sequence[Restoration], clean: dict[Site, torch.Tensor], *,
                       replace: bool = False, batch_size: int = 128, fast: bool = True,
@@ -213,85 +179,41 @@ def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int]
         ``[len(restorations)]`` float32 probabilities.
     """
     n_s = noise.shape[0]
-    last = tokens.shape[0] - 1
     per_pass = max(1, batch_size // n_s)
-    grow = fast and all(s.layer is not None and s.component != "resid_pre" for r in restorations for s, _ in r)
-    # growing passes append each restoration's rows at its first layer: sort by it, unsort at the end
+    grow = fast and all(s.layer is not None for r in restorations for s, _ in r)
+    base = [Intervention("set" if replace else "add", Site("embed"), noise, positions=tuple(range(*subject)))]
+    ids = _ids(answer_id, n_s)
+    # entering worlds are sorted by their first layer inside a pass: chunk in that order
     order = sorted(range(len(restorations)), key=lambda k: _first_layer(restorations[k])) if grow \
         else list(range(len(restorations)))
     out = torch.zeros(len(restorations))
     for lo in range(0, len(order), per_pass):
         idx = order[lo:lo + per_pass]
-        chunk = [restorations[k] for k in idx]
-        if grow:
-            p = _grown_pass(model, tokens, subject, answer_id, noise, chunk, clean, replace)
-        else:
-            p = _replicated_pass(model, tokens, subject, answer_id, noise, chunk, clean, replace, fast)
-        out[idx] = p.cpu()
+        worlds = [_world(restorations[k], clean, grow) for k in idx if restorations[k] or not grow]
+        res = run(model, tokens[None].expand(n_s, -1), worlds, base=base, with_base=grow, stop_early=fast)
+        p_worlds = iter(metrics.prob(res.worlds.reshape(-1, res.worlds.shape[-1]), ids.repeat(len(worlds)))
+                        .view(len(worlds), n_s).mean(1).tolist())
+        p_base = float(metrics.prob(res.base, ids).mean()) if grow else float("nan")
+        out[idx] = torch.tensor([next(p_worlds) if restorations[k] or not grow else p_base for k in idx])
         if progress is not None:
-            progress.update(len(chunk))
+            progress.update(len(idx))
     return out
+
+
+def _ids(answer_id: int, n: int) -> torch.Tensor:
+    """The answer id repeated for ``n`` rows."""
+    return torch.full((n,), answer_id, dtype=torch.long)
 
 
 def _first_layer(rest: Restoration) -> int:
     return min((s.layer for s, _ in rest), default=-1)
 
 
-def _restore_hooks(chunk: Sequence[Restoration], blocks: Sequence[int], n_s: int,
-                   clean: dict[Site, torch.Tensor]) -> list:
-    """Restoration hooks writing clean activations into block ``blocks[k]`` (rows ``blocks[k] * n_s ...``)."""
-    by_site: dict[Site, tuple[list[int], list[int]]] = {}
-    for k, rest in enumerate(chunk):
-        for site, tok in rest:
-            r, t = by_site.setdefault(site, ([], []))
-            r.extend(range(blocks[k] * n_s, (blocks[k] + 1) * n_s))
-            t.extend([tok] * n_s)
-    return [(site, _restore_hook(clean[site], torch.tensor(r), torch.tensor(t)))
-            for site, (r, t) in sorted(by_site.items())]
-
-
-def _replicated_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int, noise: torch.Tensor,
-                     chunk: Sequence[Restoration], clean: dict[Site, torch.Tensor], replace: bool,
-                     fast: bool) -> torch.Tensor:
-    """One pass with every restoration's rows replicated from the embedding on."""
-    n_s = noise.shape[0]
-    n_rows = len(chunk) * n_s
-    rows = torch.arange(n_rows)
-    hooks: list = [(Site("embed"), _noise_hook(noise, rows, rows % n_s, subject, replace))]
-    hooks += _restore_hooks(chunk, range(len(chunk)), n_s, clean)
-    logits = _last_logits(model, tokens[None].expand(n_rows, -1), tokens.shape[0] - 1, hooks, fast)
-    return logits.softmax(-1)[:, answer_id].view(len(chunk), n_s).mean(1)
-
-
-def _grown_pass(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int, noise: torch.Tensor,
-                chunk: Sequence[Restoration], clean: dict[Site, torch.Tensor], replace: bool) -> torch.Tensor:
-    """One pass in which the ``n_s`` corrupted rows (block 0) run alone until a restoration's first
-    layer, where copies of them are appended for it (``chunk`` sorted by first layer): the layers
-    before a restoration are computed once, not once per restoration. ``()`` uses block 0."""
-    from interp.patching._run import last_hidden
-    from interp.patching.metrics import final_logits
-
-    n_s = noise.shape[0]
-    base = torch.arange(n_s)
-    hooks: list = [(Site("embed"), _noise_hook(noise, base, base, subject, replace))]
-    blocks, n_blocks, grow_at = [], 1, {}
-    for rest in chunk:
-        if rest:
-            layer = _first_layer(rest)
-            grow_at[layer] = grow_at.get(layer, 0) + 1
-            blocks.append(n_blocks)
-            n_blocks += 1
-        else:
-            blocks.append(0)
-    for layer, count in grow_at.items():
-        def expand(act: torch.Tensor, site: Site, count: int = count) -> torch.Tensor:
-            return torch.cat([act, act[:n_s].repeat(count, *([1] * (act.dim() - 1)))])
-        hooks.append((Site("resid_pre", layer), expand))
-    hooks += _restore_hooks(chunk, blocks, n_s, clean)
-    last = torch.full((n_s,), tokens.shape[0] - 1)
-    hid = last_hidden(model, tokens[None].expand(n_s, -1), last, hooks, grow=True)
-    p = final_logits(model, hid).float().softmax(-1)[:, answer_id].view(n_blocks, n_s).mean(1)
-    return p[torch.tensor(blocks, dtype=torch.long)]
+def _world(rest: Restoration, clean: dict[Site, torch.Tensor], enter: bool) -> World:
+    """One restoration as an engine world: clean activations restored at its (site, token) pairs; with
+    ``enter`` its rows join the pass at the first restored layer as copies of the corrupted rows."""
+    ivs = tuple(Intervention("restore", site, clean[site], positions=tok) for site, tok in rest)
+    return World(ivs, enter=_first_layer(rest) if enter else None)
 
 
 def _token_set(mode: str, n: int, a: int, b: int) -> list[int]:
@@ -438,19 +360,21 @@ def causal_trace(model: Any, ds: Any, config: TracingConfig | None = None, *, pr
             noise = draw_noise((cfg.n_samples, b - a, model.cfg.d_model), nu, uniform=cfg.uniform, generator=gen)
             sites = sorted({s for kind, t, l in cells for s, _ in site_kind_restoration(kind, t, l, n_layers,
                                                                                           cfg.window)})
-            # pass 1: clean row + corrupted copies, capturing clean activations and checking the fast logits
-            rows = torch.arange(1, cfg.n_samples + 1)
-            hooks = [(Site("embed"), _noise_hook(noise, rows, rows - 1, (a, b), cfg.replace))]
-            batch = tokens[None].expand(cfg.n_samples + 1, -1)
-            with hooked(model, hooks), capturing(model, [*sites, Site("ln_final")]) as acts:
-                full = model(batch)[:, n - 1].float()
+            # pass 1: the clean world and one corrupted world per noise copy, recording the clean activations
+            # (and, once, the final norm to check the fast logits)
+            span, op, fin = tuple(range(a, b)), "set" if cfg.replace else "add", Site("ln_final")
+            worlds = [World()] + [World((Intervention(op, Site("embed"), noise[k:k + 1], positions=span),))
+                                  for k in range(cfg.n_samples)]
+            out = run(model, tokens[None, :n], worlds, positions=torch.tensor([n - 1]), stop_early=False,
+                      record=[*sites, fin] if fast is None else sites)
+            full = out.worlds[:, 0].float()
             if fast is None:
-                quick = model.unembed(acts[Site("ln_final")][:, n - 1:n])[:, 0].float()
-                fast = bool(torch.allclose(quick, full, atol=1e-4, rtol=1e-4))
-            probs = full.softmax(-1)
+                hid = torch.cat([rec[fin][:, n - 1] for rec in out.recorded])
+                fast = bool(torch.allclose(model.unembed(hid[:, None])[:, 0].float(), full, atol=1e-4, rtol=1e-4))
             answer = int(full[0].argmax())
-            p_clean, p_corr = float(probs[0, answer]), float(probs[1:, answer].mean())
-            clean = {s: acts[s][0] for s in sites}
+            probs = metrics.prob(full, _ids(answer, full.shape[0]))
+            p_clean, p_corr = float(probs[0]), float(probs[1:].mean())
+            clean = {s: out.recorded[0][s][0] for s in sites}
             rests = [site_kind_restoration(kind, t, l, n_layers, cfg.window) for kind, t, l in cells]
             p = restoration_probs(model, tokens, (a, b), answer, noise, rests, clean, replace=cfg.replace,
                                   batch_size=cfg.batch_size, fast=fast, progress=bar)

@@ -171,40 +171,22 @@ def _region_values(model: Any, ab: Ablation, tokens_batch: Any) -> dict[Site, An
     return {s: acts[s][idx.to(acts[s].device)] for s in ab.sites}
 
 
-def _ablation_hook(site: Site, value: Any, positions: tuple[int, ...] | None, per_row: bool) -> Callable:
-    """Hook writing ``value`` into the site's region (all positions or ``positions``).
+def _intervention(site: Site, value: Any, positions: tuple[int, ...] | None, per_position: bool,
+                  per_row: bool) -> Any:
+    """The :mod:`interp.engine` ``ablate`` intervention writing ``value`` into the site's region.
 
     ``value``: a scalar, a mean broadcast over batch and positions, a per-position mean
-    ``[pos, ...]``, or (``per_row``) resampled activations ``[batch, pos_ref, ...]``.
+    ``[pos, ...]`` (``per_position``), or (``per_row``) resampled activations ``[batch, pos_ref, ...]``;
+    with ``positions`` the per-position and per-row values are taken at those positions.
     """
-    def fn(act: torch.Tensor, _site: Site) -> torch.Tensor:
-        out = act.clone()
-        region = site.select(out)
-        v = value
-        if isinstance(v, torch.Tensor):
-            v = v.to(device=region.device, dtype=region.dtype)
-            if per_row:
-                if v.shape[0] != region.shape[0] or v.shape[1] < region.shape[1]:
-                    raise ShapeError(f"{site}: resampled activations {tuple(v.shape)} do not cover the batch "
-                                     f"{tuple(region.shape)} (reference prompts must be at least as long)")
-                v = v[:, : region.shape[1]]
-            elif v.dim() == region.dim() - 1 and v.shape[0] != region.shape[1]:
-                raise ShapeError(f"{site}: per-position means cover {v.shape[0]} positions, the batch has "
-                                 f"{region.shape[1]}")
-        if positions is None:
-            region[...] = v
-            return out
-        if max(positions) >= region.shape[1]:
-            raise ShapeError(f"{site}: position {max(positions)} out of range for {region.shape[1]} positions")
-        p = torch.tensor(positions, device=region.device)
-        if isinstance(v, torch.Tensor) and per_row:
-            region[:, p] = v[:, p]
-        elif isinstance(v, torch.Tensor) and v.dim() == region.dim() - 1:
-            region[:, p] = v[p]
-        else:
-            region[:, p] = v
-        return out
-    return fn
+    from interp.engine import Intervention
+
+    if isinstance(value, torch.Tensor) and positions is not None and (per_position or per_row):
+        axis = 1 if per_row else 0
+        if max(positions) >= value.shape[axis]:
+            raise ShapeError(f"{site}: position {max(positions)} out of range for {value.shape[axis]} positions")
+        value = value.index_select(axis, torch.tensor(positions, device=value.device))
+    return Intervention("ablate", site, value, positions=positions)
 
 
 @contextlib.contextmanager
@@ -219,48 +201,51 @@ def ablating(model: Any, ablations: Sequence[Ablation], *, tokens: Any = None) -
             one at the same site).
         tokens: the TokenBatch that will be run; needed only by ablations without a reference.
     """
-    from interp.hooks import hooked
+    from interp.engine import intervening
 
     if isinstance(ablations, Ablation):
         ablations = [ablations]
     tokens = _tokens_of(tokens) if tokens is not None else None
-    hooks: list[tuple[Site, Callable]] = []
+    interventions = []
     for ab in ablations:
         values = _region_values(model, ab, tokens)
-        if ab.by_position and ab.method == "mean" and tokens is not None:
+        per_position = ab.by_position and ab.method == "mean"
+        if per_position and tokens is not None:
             width = tokens.tokens.shape[1]
             for s, v in values.items():
                 if v.shape[0] < width:
                     raise ShapeError(f"{s}: per-position means cover {v.shape[0]} positions, the batch has {width}")
                 values[s] = v[:width]
         for s in ab.sites:
-            hooks.append((s.layer_site, _ablation_hook(s, values[s], ab.positions, ab.method == "resample")))
-    with hooked(model, hooks):
+            interventions.append(_intervention(s, values[s], ab.positions, per_position, ab.method == "resample"))
+    with intervening(model, interventions):
         yield
 
 
 # ---------------------------------------------------------------- metrics and evaluation
 
 def _last_logits(model: Any, tokens: Any) -> torch.Tensor:
-    logits = model(tokens.tokens)
-    rows = torch.arange(len(tokens), device=logits.device)
-    return logits[rows, tokens.last.to(logits.device)]
+    from interp.metrics import at_positions
+
+    return at_positions(model(tokens.tokens), tokens.last)
 
 
 def logit_diff(logits: torch.Tensor, batch: Any) -> torch.Tensor:
     """``logit[answer] - logit[counterfactual]`` per prompt (``[batch]``)."""
     if batch.answer_ids is None or batch.counter_ids is None:
         raise DataError("logit_diff needs answers and counterfactuals in the dataset")
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return logits[rows, batch.answer_ids.to(logits.device)] - logits[rows, batch.counter_ids.to(logits.device)]
+    from interp import metrics
+
+    return metrics.logit_diff(logits, batch.answer_ids, batch.counter_ids)
 
 
 def answer_logprob(logits: torch.Tensor, batch: Any) -> torch.Tensor:
     """``log p(answer)`` at the last token per prompt (``[batch]``)."""
     if batch.answer_ids is None:
         raise DataError("answer_logprob needs answers in the dataset")
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    return torch.log_softmax(logits.float(), -1)[rows, batch.answer_ids.to(logits.device)]
+    from interp import metrics
+
+    return metrics.logprob(logits, batch.answer_ids)
 
 
 def default_metric(batch: Any) -> tuple[str, Metric]:

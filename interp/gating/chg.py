@@ -260,9 +260,10 @@ def _last_logprobs(model: Any) -> Iterator[Callable[[torch.Tensor, torch.Tensor,
         finally:
             box["on"] = False
         x = box.pop("x")
+        from interp import metrics
+
         rows = torch.arange(x.shape[0], device=x.device)
-        logits = model.unembed(x[rows, last])
-        return torch.log_softmax(logits.float(), -1)[rows, targets]
+        return metrics.logprob(model.unembed(x[rows, last]), targets)
 
     with hooked(model, {Site("ln_final"): grab}):
         yield fn

@@ -6,9 +6,9 @@
 * Spearman correlation between CHG scores and exact head patching (noising: each head's
   ``z``, at every position, taken from the corrupted prompt in the clean run).
 
-:func:`patching_for` uses :func:`interp.patching.activation_patching` when available;
-otherwise the minimal exact implementation here (:func:`head_patching`: one forward per
-layer, the batch tiled over that layer's heads).
+:func:`patching_for` uses :func:`interp.patching.activation_patching` when the dataset has
+counterfactuals; otherwise :func:`head_patching` here, which runs any metric on the same
+engine (:mod:`interp.engine`, one pass per layer with a world per head).
 
 Example:
     >>> from interp.gating import CHGConfig, causal_head_gating, validate_chg        # doctest: +SKIP
@@ -73,37 +73,25 @@ def random_head_draws(pool: list[tuple[int, int]], k: int, n: int, *, seed: int)
 
 
 def _tiled_head_patch(model: Any, batch: Any, metric: Any, progress: bool) -> torch.Tensor:
-    """Exact noising of every head: ``[n_layers, n_heads]`` mean metric with that head's z from corrupted."""
+    """Exact noising of every head: ``[n_layers, n_heads]`` mean metric with that head's z from corrupted.
+
+    One :mod:`interp.engine` world per head (rows enter at the head's layer), one pass per layer.
+    """
     from tqdm.auto import tqdm
 
-    from interp.hooks import hooked, run_capture
+    from interp.engine import Intervention, World, run
+    from interp.hooks import run_capture
 
-    cfg = model.cfg
-    n_layers, n_heads = cfg.n_layers, cfg.n_heads
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    out = torch.zeros(n_layers, n_heads)
     with torch.inference_mode():
         corr = run_capture(model, batch.corrupted.tokens, [Site("z", layer) for layer in range(n_layers)],
                            clone=True, stop_early=False)
-        b = len(batch)
-        tokens = batch.clean.tokens.repeat(n_heads, 1)
-        last = batch.clean.last.repeat(n_heads)
-        rows = torch.arange(tokens.shape[0])
-        out = torch.zeros(n_layers, n_heads)
         for layer in tqdm(range(n_layers), desc="head patching", disable=not progress, leave=False):
-            src = corr[Site("z", layer)]
-
-            def hook(z: torch.Tensor, site: Site, _src: torch.Tensor = src) -> torch.Tensor:
-                z = z.clone().view(n_heads, b, *z.shape[1:])
-                for h in range(n_heads):
-                    z[h, :, :, h] = _src[:, :, h].to(z.dtype)
-                return z.view(n_heads * b, *z.shape[2:])
-
-            with hooked(model, {Site("z", layer): hook}):
-                logits = model(tokens)
-            lg = logits[rows.to(logits.device), last.to(logits.device)]
-            tiled = type(batch)(batch.clean, batch.corrupted, batch.answer_ids.repeat(n_heads),
-                                batch.counter_ids.repeat(n_heads) if batch.counter_ids is not None else None,
-                                batch.dataset)
-            out[layer] = metric(lg, tiled).float().view(n_heads, b).mean(1).cpu()
+            worlds = [World((Intervention("restore", Site("z", layer, h), corr[Site("z", layer)]),), enter=layer)
+                      for h in range(n_heads)]
+            logits = run(model, batch.clean.tokens, worlds, positions=batch.clean.last).worlds
+            out[layer] = torch.stack([metric(lg, batch).float().mean() for lg in logits]).cpu()
     return out
 
 

@@ -263,45 +263,36 @@ def _ablation_values(model: Any, ref: Any, groups: list[Any], width: int, cfg: F
 
 def _metric(model: Any, batch: Any, values: dict[Any, Any] | None, keep_heads: set, keep_mlps: set | None,
             batch_size: int) -> float:
-    """Mean logit difference (answer - counterfactual) at the last token, with non-kept nodes ablated to ``values``."""
+    """Mean logit difference (answer - counterfactual) at the last token, with non-kept nodes ablated to ``values``.
+
+    Runs on :mod:`interp.engine`: per batch of prompts one world whose every non-kept head (``z``)
+    and MLP (``mlp_out``) restores its ablation value; only the answer and counterfactual
+    columns are unembedded.
+    """
     import torch
 
-    from interp.hooks import patched
+    from interp import metrics
+    from interp.engine import Intervention, World, run
     from interp.sites import Site
 
     L, H = model.cfg.n_layers, model.cfg.n_heads
-    rows = {"i": 0}      # which prompts the current forward pass holds (set per batch below)
-
-    def zfn(act: Any, site: Any, _drop: list[int]) -> Any:
-        v = values[Site("z", site.layer)][rows["i"]:rows["i"] + act.shape[0], : act.shape[1]]
-        out = act.clone()
-        out[:, :, _drop] = v[:, :, _drop].to(act.dtype)
-        return out
-
-    def mfn(act: Any, site: Any) -> Any:
-        v = values[Site("mlp_out", site.layer)][rows["i"]:rows["i"] + act.shape[0], : act.shape[1]]
-        return v.to(act.dtype).clone()
-
-    patches: dict[Any, Any] = {}
-    if values is not None:
-        for l in range(L):
-            drop = [h for h in range(H) if (l, h) not in keep_heads]
-            if drop:
-                patches[Site("z", l)] = lambda a, s, _d=drop: zfn(a, s, _d)
-            if keep_mlps is not None and l not in keep_mlps:
-                patches[Site("mlp_out", l)] = mfn
     tb = batch.clean
     total, n = 0.0, 0
-    with torch.inference_mode(), patched(model, patches):
-        for i in range(0, len(tb), batch_size):
-            rows["i"] = i
-            toks = tb.tokens[i:i + batch_size]
-            logits = model(toks)
-            idx = torch.arange(toks.shape[0], device=toks.device)
-            last = logits[idx, tb.lengths[i:i + batch_size] - 1]
-            ld = last[idx, batch.answer_ids[i:i + batch_size]] - last[idx, batch.counter_ids[i:i + batch_size]]
-            total += float(ld.sum())
-            n += toks.shape[0]
+    for i in range(0, len(tb), batch_size):
+        j = i + batch_size
+        ivs = []
+        if values is not None:
+            for l in range(L):
+                ivs += [Intervention("restore", Site("z", l, h), values[Site("z", l)][i:j])
+                        for h in range(H) if (l, h) not in keep_heads]
+                if keep_mlps is not None and l not in keep_mlps:
+                    ivs.append(Intervention("restore", Site("mlp_out", l), values[Site("mlp_out", l)][i:j]))
+        cols = torch.stack([batch.answer_ids[i:j], batch.counter_ids[i:j]], 1)
+        with torch.inference_mode():
+            two = run(model, tb.tokens[i:j], [World(tuple(ivs))], positions=tb.lengths[i:j] - 1, columns=cols).worlds[0]
+        first, second = torch.zeros(len(two), dtype=torch.long), torch.ones(len(two), dtype=torch.long)
+        total += float(metrics.logit_diff(two, first, second).sum())
+        n += len(two)
     return total / n
 
 

@@ -39,7 +39,9 @@ from typing import Any
 import pandas as pd
 import torch
 
+from interp.engine import Intervention, World, run
 from interp.errors import ConfigError
+from interp.metrics import log_probs
 from interp.nodes import node_id
 from interp.results import Result, run_meta
 from interp.schemas import add_effect
@@ -161,7 +163,7 @@ def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counte
             for name, v in row_stats(logits, sub, None).items():
                 stats.setdefault(name, v.new_empty(2 * n_b))[torch.cat([idx, idx + n_b])] = v
             if with_logp:
-                lp = torch.log_softmax(logits[:k].float(), -1)
+                lp = log_probs(logits[:k])
                 if not logp_clean.numel():
                     logp_clean = lp.new_empty(n_b, lp.shape[1])
                 logp_clean[idx] = lp
@@ -196,57 +198,19 @@ def _patches(model: Any, pairs: PairData, cfg: PatchConfig) -> list[Patch]:
     return [Patch(l, h, p) for l in layers for p in positions for h in heads]
 
 
-def _assign(block: torch.Tensor, src: torch.Tensor, head: int | None, pos: Any) -> None:
-    """Write ``src`` into ``block`` (both ``[B, pos, ...]``) at head/position selections, in place."""
-    if pos is None:
-        if head is None:
-            block.copy_(src)
-        else:
-            block[:, :, head] = src[:, :, head]
-    elif isinstance(pos, int):
-        if head is None:
-            block[:, pos] = src[:, pos]
-        else:
-            block[:, pos, head] = src[:, pos, head]
-    else:  # per-prompt positions [B]
-        rows = torch.arange(block.shape[0], device=block.device)
-        if head is None:
-            block[rows, pos] = src[rows, pos]
-        else:
-            block[rows, pos, head] = src[rows, pos, head]
-
-
-def _chunk_hooks(chunk: list[Patch], component: str, source: dict[int, torch.Tensor], n_b: int,
-                 named: dict[str, torch.Tensor], entry: dict[int, torch.Tensor] | None) -> list[tuple[Site, Any]]:
-    """Hooks of one forward pass; patch ``k`` of ``chunk`` (sorted by layer) owns rows ``k*B ... (k+1)*B``.
+def _world(p: Patch, component: str, source: dict[int, torch.Tensor], named: dict[str, torch.Tensor],
+           entry: dict[int, torch.Tensor] | None) -> World:
+    """Patch ``p`` as an engine world: its site takes the source run's activation there.
 
     With ``entry`` (the receiver's ``resid_pre`` at each layer, ``[B, pos, d_model]``) the
-    pass starts from a one-row stub: at a patch's layer its ``B`` rows enter as copies of
-    the receiver's residual stream, so no layer before it is computed for it (the first
-    layer of the chunk replaces the stub). Without ``entry`` every block is replicated
-    from the tokens up.
+    world's rows enter the pass at the patch's layer, so no layer before it is computed
+    for it; without, they run from the tokens.
     """
-    by_layer: dict[int, list[tuple[int, Patch]]] = {}
-    for k, p in enumerate(chunk):
-        by_layer.setdefault(p.layer, []).append((k, p))
-    hooks: list[tuple[Site, Any]] = []
-    first = min(by_layer, default=None)
-    for layer, items in sorted(by_layer.items()):
-        if entry is not None:
-            def enter(act: torch.Tensor, site: Site, n: int = len(items), start: bool = layer == first,
-                      x: torch.Tensor = entry[layer]) -> torch.Tensor:
-                rows = x.to(device=act.device, dtype=act.dtype).repeat(n, *([1] * (act.dim() - 1)))
-                return rows if start else torch.cat([act, rows])
-            hooks.append((Site("resid_pre", layer), enter))
-
-        def write(act: torch.Tensor, site: Site, items: list = items, src: torch.Tensor = source[layer]) -> torch.Tensor:
-            out = act.clone()
-            for k, p in items:
-                pos = named[p.pos] if isinstance(p.pos, str) else p.pos
-                _assign(out[k * n_b:(k + 1) * n_b], src, p.head, pos)
-            return out
-        hooks.append((Site(component, layer), write))
-    return hooks
+    pos = named[p.pos] if isinstance(p.pos, str) else p.pos
+    patch = Intervention("restore", Site(component, p.layer, p.head), source[p.layer], positions=pos)
+    if entry is None:
+        return World((patch,))
+    return World((patch,), enter=p.layer, entry=entry[p.layer])
 
 
 def _sweep_bucket(model: Any, sub: PairData, receiver: torch.Tensor, patches: list[Patch], config: PatchConfig,
@@ -270,10 +234,10 @@ def _sweep_bucket(model: Any, sub: PairData, receiver: torch.Tensor, patches: li
             bar.update(len(patches) - len(live))
     for i in range(0, len(live), per_chunk):
         chunk = live[i:i + per_chunk]
-        tokens = receiver[:1] if entry is not None else receiver.repeat(len(chunk), 1)
-        hooks = _chunk_hooks([patches[k] for k in chunk], config.component, source, n_b, named, entry)
-        hid = last_hidden(model, tokens, sub.last, hooks, grow=entry is not None, counter=counter)
-        for name, v in hidden_stats(model, hid, sub, logp_clean, tuple(config.metrics)).items():
+        worlds = [_world(patches[k], config.component, source, named, entry) for k in chunk]
+        hid = run(model, receiver, worlds, positions=sub.last, readout="hidden", counter=counter).worlds
+        for name, v in hidden_stats(model, hid.reshape(-1, hid.shape[-1]), sub, logp_clean,
+                                    tuple(config.metrics)).items():
             if name not in out:
                 out[name] = v.new_empty(len(patches), n_b)
             out[name][chunk] = v.reshape(len(chunk), n_b)

@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from interp.engine import causal_mask, final_logits  # noqa: F401  (re-exported: patching's names)
 from interp.errors import ConfigError, DataError
 
 __all__ = ["METRICS", "PairData", "Baseline", "prepare_pairs", "final_logits", "row_stats", "hidden_stats",
@@ -41,14 +42,10 @@ _IDENTICAL = 1e-6
 
 
 def check_metrics(metrics: tuple[str, ...], allowed: tuple[str, ...] = METRICS) -> None:
-    """Raise :class:`ConfigError` for unknown metric names."""
-    from interp.errors import nearest
+    """Raise :class:`ConfigError` for unknown metric names (nearest names suggested)."""
+    from interp.metrics import check_metric_names
 
-    if not metrics:
-        raise ConfigError(f"no metrics given; choose from {allowed}")
-    for m in metrics:
-        if m not in allowed:
-            raise ConfigError(f"unknown metric {m!r}.{nearest(m, allowed)} Known: {', '.join(allowed)}")
+    check_metric_names(metrics, allowed)
 
 
 @dataclass(frozen=True)
@@ -133,23 +130,6 @@ def prepare_pairs(model: Any, data: Any) -> PairData:
                     batch.counter_ids, tuple(data.clean), tuple(data.corrupted), data)
 
 
-def causal_mask(n_pos: int, device: Any) -> torch.Tensor:
-    """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward)."""
-    return torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
-
-
-def final_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits from final normalised hidden states ``[rows, d_model] -> [rows, d_vocab]``.
-
-    Applies the model's unembedding (and its output soft-cap, where the config has one).
-    """
-    logits = model.unembed(hidden[:, None, :])[:, 0, :]
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
-    if cap > 0:
-        logits = cap * torch.tanh(logits / cap)
-    return logits
-
-
 @dataclass(frozen=True)
 class Baseline:
     """Per-prompt metrics of the clean and corrupted runs.
@@ -226,16 +206,13 @@ def row_stats(logits: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | 
     Returns:
         ``{"ld", "prob"[, "kl"]}`` each ``[rows]``.
     """
-    n_b = len(pairs)
-    b = torch.arange(logits.shape[0], device=logits.device) % n_b
-    ans, cf = pairs.answer_ids[b], pairs.counter_ids[b]
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    ld = logits[rows, ans] - logits[rows, cf]
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    out = {"ld": ld, "prob": logp[rows, ans].exp()}
+    from interp import metrics as M
+
+    b = torch.arange(logits.shape[0], device=logits.device) % len(pairs)
+    ans, cf = pairs.answer_ids.to(logits.device)[b], pairs.counter_ids.to(logits.device)[b]
+    out = {"ld": M.logit_diff(logits, ans, cf), "prob": M.prob(logits, ans)}
     if logp_clean is not None:
-        lc = logp_clean[b]
-        out["kl"] = (lc.exp() * (lc - logp)).sum(-1)
+        out["kl"] = M.kl(logits, logp_clean[b])
     return out
 
 
@@ -247,22 +224,23 @@ def hidden_stats(model: Any, hidden: torch.Tensor, pairs: PairData, logp_clean: 
     just the answer and counterfactual columns of the unembedding are used: ``[rows]``
     dot products instead of ``[rows, d_vocab]`` logits.
     """
-    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
     w_u = getattr(model, "W_U", None)
-    if set(metrics) <= {"logit_diff", "logit_diff_norm"} and cap <= 0 and isinstance(w_u, torch.Tensor):
+    if set(metrics) <= {"logit_diff", "logit_diff_norm"} and isinstance(w_u, torch.Tensor):
+        from interp.metrics import logit_diff
+
         b = torch.arange(hidden.shape[0], device=hidden.device) % len(pairs)
-        ans, cf = pairs.answer_ids.to(hidden.device)[b], pairs.counter_ids.to(hidden.device)[b]
-        ld = (hidden * (w_u[:, ans] - w_u[:, cf]).T.to(hidden.dtype)).sum(-1)
-        b_u = getattr(model, "b_U", None)
-        if isinstance(b_u, torch.Tensor):
-            ld = ld + (b_u[ans] - b_u[cf]).to(ld.dtype)
-        return {"ld": ld}
+        ids = torch.stack([pairs.answer_ids.to(hidden.device)[b], pairs.counter_ids.to(hidden.device)[b]], 1)
+        cols = final_logits(model, hidden, ids)
+        two = torch.arange(2, device=hidden.device)
+        return {"ld": logit_diff(cols, two[0].expand(len(cols)), two[1].expand(len(cols)))}
     return row_stats(final_logits(model, hidden), pairs, logp_clean)
 
 
 def normalize(ld: torch.Tensor, *, ld_clean: float, ld_corr: float) -> torch.Tensor:
-    """``(ld - ld_corr) / (ld_clean - ld_corr)``."""
-    return (ld - ld_corr) / (ld_clean - ld_corr)
+    """``(ld - ld_corr) / (ld_clean - ld_corr)`` (:func:`interp.metrics.normalized`)."""
+    from interp.metrics import normalized
+
+    return normalized(ld, clean=ld_clean, corrupted=ld_corr)
 
 
 def block_values(stats: dict[str, torch.Tensor], n_prompts: int, baseline: Baseline,

@@ -43,7 +43,8 @@ from interp.results import Result, run_meta
 from interp.schemas import add_effect
 from interp.sites import Site
 
-from interp.patching._run import Counter, last_hidden
+from interp.engine import Intervention, World, run
+from interp.patching._run import Counter
 from interp.patching.exact import DIRECTIONS, run_baseline
 from interp.patching.metrics import (METRICS, block_values, check_metrics, final_logits, prepare_pairs, row_stats)
 
@@ -156,28 +157,30 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
 
     bar = tqdm(total=-(-len(senders) // per_chunk) + -(-len(blocks) // per_chunk), desc="path patching",
                unit="pass", disable=not config.progress)
+    rec_sites = [Site(comp, l) for l in qkv_layers for comp in ("q", "k", "v")]
+    logp = base.logp_clean if config.metric == "kl" else None
+
+    def values(hid: torch.Tensor) -> list[float]:
+        st = row_stats(final_logits(model, hid.reshape(-1, hid.shape[-1])), pairs, logp)
+        return block_values(st, n_b, base, metrics)[config.metric].tolist()
+
     with torch.inference_mode():
         for c0 in range(0, len(senders), per_chunk):
             chunk = senders[c0:c0 + per_chunk]
-            caps: dict[tuple[int, str], torch.Tensor] = {}
-            hooks = _sender_hooks(chunk, z_base, z_src, n_b, n_layers, qkv_layers, caps)
-            hid = last_hidden(model, base_tokens, pairs.last, hooks, grow=True, counter=counter)
-            st = row_stats(final_logits(model, hid), pairs, base.logp_clean if config.metric == "kl" else None)
-            vals = block_values({k: v[n_b:] for k, v in st.items()}, n_b, base, metrics)[config.metric]
-            for k, s in enumerate(chunk):
-                logits_vals[s] = float(vals[k])
-                recorded[s] = {key: t[(k + 1) * n_b:(k + 2) * n_b] for key, t in caps.items()
-                               if t.shape[0] >= (k + 2) * n_b}
+            out = run(model, base_tokens, [_sender_world(s, z_base, z_src, n_layers) for s in chunk],
+                      positions=pairs.last, readout="hidden", record=rec_sites, with_base=True, counter=counter)
+            for k, (s, v) in enumerate(zip(chunk, values(out.worlds))):
+                logits_vals[s] = v
+                recorded[s] = {(site.layer, site.component): t for site, t in out.recorded[k].items()}
             bar.update(1)
     # step 3: (sender, receiver group) blocks with only the receivers' q/k/v replaced
     block_vals: list[float] = []
     with torch.inference_mode():
         for c0 in range(0, len(blocks), per_chunk):
             chunk = blocks[c0:c0 + per_chunk]
-            hooks = _receiver_hooks(chunk, recorded, n_b, rep)
-            hid = last_hidden(model, base_tokens, pairs.last, hooks, grow=True, counter=counter)
-            st = row_stats(final_logits(model, hid), pairs, base.logp_clean if config.metric == "kl" else None)
-            block_vals += block_values({k: v[n_b:] for k, v in st.items()}, n_b, base, metrics)[config.metric].tolist()
+            out = run(model, base_tokens, [_receiver_world(g, recorded[s], rep) for s, g in chunk],
+                      positions=pairs.last, readout="hidden", with_base=True, counter=counter)
+            block_vals += values(out.worlds)
             bar.update(1)
     bar.close()
     rows = []
@@ -203,55 +206,16 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
     return Result("patching.edges", table, meta, name=f"path-{config.direction}")
 
 
-def _sender_hooks(chunk: list[tuple[int, int]], z_base: dict, z_src: dict, n_b: int, n_layers: int,
-                  qkv_layers: list[int], caps: dict) -> list[tuple[Site, Any]]:
-    """Grow a block per sender at its layer; freeze all heads to base except the sender; record q/k/v."""
-    hooks: list[tuple[Site, Any]] = []
-    counts: dict[int, int] = {}
-    for l, _ in chunk:
-        counts[l] = counts.get(l, 0) + 1
-    for l, n in counts.items():
-        hooks.append((Site("resid_pre", l), lambda a, s, n=n: torch.cat([a, a[:n_b].repeat(n, *([1] * (a.dim() - 1)))])))
-    first = min(counts)
-
-    for l in range(first, n_layers):
-        def freeze(a: torch.Tensor, site: Site, l: int = l) -> torch.Tensor:
-            out = a.clone()
-            n_blocks = (out.shape[0] - n_b) // n_b
-            if n_blocks:
-                out[n_b:] = z_base[l].repeat(n_blocks, 1, 1, 1)
-            for k, (sl, sh) in enumerate(chunk):
-                if sl == l:
-                    out[(k + 1) * n_b:(k + 2) * n_b, :, sh] = z_src[l][:, :, sh]
-            return out
-        hooks.append((Site("z", l), freeze))
-    for l in qkv_layers:
-        for comp in ("q", "k", "v"):
-            def rec(a: torch.Tensor, site: Site, key: tuple = (l, comp)) -> None:
-                caps[key] = a.detach().clone()
-            hooks.append((Site(comp, l), rec))
-    return hooks
+def _sender_world(sender: tuple[int, int], z_base: dict, z_src: dict, n_layers: int) -> World:
+    """Step 2 for one sender: rows enter at its layer; every head frozen to base except the sender from source."""
+    sl, sh = sender
+    freeze = [Intervention("restore", Site("z", l), z_base[l]) for l in range(sl, n_layers)]
+    return World((*freeze, Intervention("restore", Site("z", sl, sh), z_src[sl])), enter=sl)
 
 
-def _receiver_hooks(chunk: list, recorded: dict, n_b: int, rep: int) -> list[tuple[Site, Any]]:
-    """Grow a block per (sender, group) at the group's first layer; write recorded q/k/v into the receivers."""
-    hooks: list[tuple[Site, Any]] = []
-    counts: dict[int, int] = {}
-    for _, g in chunk:
-        lay = min(r[1] for r in g)
-        counts[lay] = counts.get(lay, 0) + 1
-    for l, n in counts.items():
-        hooks.append((Site("resid_pre", l), lambda a, s, n=n: torch.cat([a, a[:n_b].repeat(n, *([1] * (a.dim() - 1)))])))
-    writes: dict[tuple[int, str], list[tuple[int, int, tuple[int, int]]]] = {}
-    for k, (s, g) in enumerate(chunk):
-        for _, l, h, inp in g:
-            idx = h if inp == "q" else h // rep
-            writes.setdefault((l, inp), []).append((k, idx, s))
-    for (l, inp), items in writes.items():
-        def write(a: torch.Tensor, site: Site, items: list = items, key: tuple = (l, inp)) -> torch.Tensor:
-            out = a.clone()
-            for k, idx, s in items:
-                out[(k + 1) * n_b:(k + 2) * n_b, :, idx] = recorded[s][key][:, :, idx]
-            return out
-        hooks.append((Site(inp, l), write))
-    return hooks
+def _receiver_world(group: list, recorded: dict, rep: int) -> World:
+    """Step 3 for one (sender, receiver group): rows enter at the group's first layer; the receivers'
+    q/k/v take their step-2 values (k/v of the KV head a query head reads, under GQA)."""
+    writes = [Intervention("restore", Site(inp, l, h if inp == "q" else h // rep), recorded[(l, inp)])
+              for _, l, h, inp in group]
+    return World(tuple(writes), enter=min(r[1] for r in group))

@@ -84,11 +84,13 @@ def sae_codec(sae: Any, site: Site) -> tuple[Callable[[torch.Tensor], torch.Tens
     return encode, decode
 
 
-def _ce_kl(logits: torch.Tensor, clean_logp: torch.Tensor, targets: torch.Tensor,
+def _ce_kl(logits: torch.Tensor, clean_logp: torch.Tensor, tokens: torch.Tensor,
            mask: torch.Tensor) -> tuple[float, float]:
-    logp = torch.log_softmax(logits[:, :-1].float(), -1)
-    ce = -logp.gather(-1, targets[..., None]).squeeze(-1)
-    kl = (clean_logp.exp() * (clean_logp - logp)).sum(-1)
+    """Summed next-token cross-entropy and KL to the clean run over the masked predictions."""
+    from interp import metrics
+
+    ce = -metrics.token_logprobs(logits, tokens)
+    kl = metrics.kl(logits[:, :-1], clean_logp)
     return float(ce[mask].sum()), float(kl[mask].sum())
 
 
@@ -106,6 +108,7 @@ def evaluate_sae(model: Any, sae: Any, site: Site | str, tokens: torch.Tensor, c
     from tqdm.auto import tqdm
 
     from interp.hooks import capturing, patched
+    from interp.metrics import log_probs
     from interp.results import Result, run_meta
     from interp.sae.data import check_sae_site
 
@@ -151,11 +154,10 @@ def evaluate_sae(model: Any, sae: Any, site: Site | str, tokens: torch.Tensor, c
                 sae_logits = model(toks)
             with patched(model, {site: zeroed}):
                 zero_logits = model(toks)
-            targets = toks[:, 1:]
-            clean_logp = torch.log_softmax(clean_logits[:, :-1].float(), -1)
-            ce_clean, _ = _ce_kl(clean_logits, clean_logp, targets, pred_mask)
-            ce_sae, kl_sae = _ce_kl(sae_logits, clean_logp, targets, pred_mask)
-            ce_zero, kl_zero = _ce_kl(zero_logits, clean_logp, targets, pred_mask)
+            clean_logp = log_probs(clean_logits[:, :-1])
+            ce_clean, _ = _ce_kl(clean_logits, clean_logp, toks, pred_mask)
+            ce_sae, kl_sae = _ce_kl(sae_logits, clean_logp, toks, pred_mask)
+            ce_zero, kl_zero = _ce_kl(zero_logits, clean_logp, toks, pred_mask)
             n_pred = int(pred_mask.sum())
             sums["n_pred"] += n_pred
             for k, v in (("ce_clean", ce_clean), ("ce_sae", ce_sae), ("ce_zero", ce_zero), ("kl_sae", kl_sae),

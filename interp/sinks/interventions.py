@@ -171,14 +171,13 @@ def text_windows(model: Any, texts: Sequence[str], window: int) -> torch.Tensor:
 
 def next_token_loss(model: Any, tokens: torch.Tensor, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` (unpadded windows)."""
+    from interp.metrics import next_token_nll
+
     total, count = 0.0, 0
     with torch.inference_mode():
         for start in range(0, tokens.shape[0], batch_size):
             chunk = tokens[start:start + batch_size]
-            logits = model(chunk).float()
-            lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                                   chunk[:, 1:].reshape(-1), reduction="sum")
-            total += float(lp)
+            total += float(next_token_nll(model(chunk), chunk).sum())
             count += chunk[:, 1:].numel()
     return total / max(count, 1)
 

@@ -45,6 +45,7 @@ from typing import Any
 
 import torch
 
+from interp import metrics
 from interp.errors import ConfigError, DataError
 from interp.nodes import node_id
 from interp.sites import Site
@@ -162,8 +163,9 @@ def indirect_effects(model: Any, prompts: Any, answers: Any, mean_z: torch.Tenso
                      progress: bool = True) -> torch.Tensor:
     """AIE ``[n_layers, n_heads]``: gain in P(answer) when a head's last-token z is set to its ICL mean.
 
-    Patching the last token's ``z`` changes nothing at earlier positions (causal
-    attention), so with ``kv_cache`` each prompt's prefix runs once and every patch
+    Without ``kv_cache`` the patches run on :mod:`interp.engine`: per layer and batch of
+    prompts one pass, a world per head entering at that layer. Patching the last token's
+    ``z`` changes nothing at earlier positions (causal attention), so with ``kv_cache`` each prompt's prefix runs once and every patch
     re-runs only the last token, all heads of a layer in one batch: the same numbers
     (to float rounding) about 8x faster on SmolLM2 with 10-demonstration prompts.
 
@@ -176,7 +178,7 @@ def indirect_effects(model: Any, prompts: Any, answers: Any, mean_z: torch.Tenso
     """
     from tqdm.auto import tqdm
 
-    from interp.hooks import hooked
+    from interp.engine import Intervention, World, run
     from interp.models import tokenize
 
     ids = _answer_ids(model, answers)
@@ -188,32 +190,19 @@ def indirect_effects(model: Any, prompts: Any, answers: Any, mean_z: torch.Tenso
         kv_cache = _cache_reproduces_forward(model, prompts[0])
     if kv_cache:
         return _indirect_effects_cached(model, prompts, ids, mean_z, layers, progress=progress)
+    gain = torch.zeros(n_layers, n_heads, dtype=torch.float64)
     batches = [(tokenize(model, list(prompts[i:i + batch_size])), ids[i:i + batch_size])
                for i in range(0, len(prompts), batch_size)]
-
-    def p_answer(hooks: dict) -> float:
-        tot = 0.0
-        for tb, a in batches:
-            cur = tb
-
-            def wrap(fn):
-                return lambda act, site: fn(act, site, cur)
-
-            with torch.inference_mode(), hooked(model, {s: wrap(f) for s, f in hooks.items()}):
-                logits = model(tb.tokens)
-            p = logits[torch.arange(len(tb)), tb.last].float().softmax(-1)[torch.arange(len(tb)), a.to(logits.device)]
-            tot += float(p.sum())
-        return tot / len(ids)
-
-    base = p_answer({})
-    aie = torch.full((n_layers, n_heads), float("nan"))
     for l in tqdm(layers, disable=not progress, desc="head AIE"):
-        for h in range(n_heads):
-            def patch(act, site, tb, _l=l, _h=h):
-                out = act.clone()
-                out[torch.arange(act.shape[0]), tb.last.to(act.device), _h] = mean_z[_l, _h].to(act.device, act.dtype)
-                return out
-            aie[l, h] = p_answer({Site("z", l): patch}) - base
+        for tb, a in batches:
+            worlds = [World((Intervention("set", Site("z", l, h), mean_z[l, h], positions=tb.last),), enter=l)
+                      for h in range(n_heads)]
+            with torch.inference_mode():
+                out = run(model, tb.tokens, worlds, positions=tb.last, with_base=True)
+            p = metrics.prob(out.worlds.reshape(-1, out.worlds.shape[-1]), a.repeat(n_heads)).view(n_heads, -1)
+            gain[l] += (p.double().sum(1) - metrics.prob(out.base, a).double().sum()).cpu()
+    aie = torch.full((n_layers, n_heads), float("nan"))
+    aie[layers] = (gain[layers] / len(ids)).float()
     return aie
 
 
@@ -238,9 +227,9 @@ def _cache_reproduces_forward(model: Any, prompt: str) -> bool:
         return False
     hf, cache = got
     with torch.inference_mode():
-        full = model(tokens)[0, -1].float().log_softmax(-1)
+        full = metrics.log_probs(model(tokens)[0, -1])
         last = hf(tokens[:, -1:].to(full.device), past_key_values=cache, use_cache=True).logits[0, -1]
-    return bool((last.float().log_softmax(-1).to(full.device) - full).abs().max() < 1e-3)
+    return bool((metrics.log_probs(last).to(full.device) - full).abs().max() < 1e-3)
 
 
 def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z: torch.Tensor, layers: list[int],
@@ -262,7 +251,7 @@ def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z
         with torch.inference_mode():
             device = next(hf.parameters()).device
             last = tokens[:, -1:].to(device)
-            base = hf(last, past_key_values=cache, use_cache=True).logits[0, -1].float().softmax(-1)[a]
+            base = metrics.probs(hf(last, past_key_values=cache, use_cache=True).logits[0, -1])[a]
             cache.crop(-1)
             cache.batch_repeat_interleave(n_heads)              # row h patches head h
             last = last.expand(n_heads, 1)
@@ -272,7 +261,7 @@ def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z
                     out[rows.to(act.device), -1, rows.to(act.device)] = mean_z[_l].to(act.device, act.dtype)
                     return out
                 with hooked(model, {Site("z", l): patch}):
-                    p = hf(last, past_key_values=cache, use_cache=True).logits[:, -1].float().softmax(-1)[:, a]
+                    p = metrics.probs(hf(last, past_key_values=cache, use_cache=True).logits[:, -1])[:, a]
                 cache.crop(-1)
                 gain[l] += (p - base).cpu()
     aie = torch.full((n_layers, n_heads), float("nan"))

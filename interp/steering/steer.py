@@ -30,6 +30,7 @@ from typing import Any, ContextManager, Union
 import numpy as np
 import torch
 
+from interp import metrics
 from interp.errors import ConfigError, DataError, ShapeError, SiteError
 from interp.sites import Site
 from interp.steering.axes import Axis
@@ -83,24 +84,15 @@ def steered(model: Any, axis: Axis, alpha: float, *, positions: Positions = "all
     if not (positions in ("all", "last") or (isinstance(positions, int) and not isinstance(positions, bool)
                                              and positions >= 0)):
         raise ConfigError(f"positions must be 'all', 'last' or an int >= 0, got {positions!r}")
-    from interp.hooks import hooked
+    from interp.engine import Intervention, intervening
 
-    def add(act: torch.Tensor, _site: Site) -> torch.Tensor:
-        v = (a * axis.vector).to(device=act.device, dtype=act.dtype)
-        out = act.clone()
-        if positions == "all":
-            out += v
-        elif positions == "last":
-            if lengths is None:
-                out[:, -1] += v
-            else:
-                idx = torch.as_tensor(lengths, device=act.device).long() - 1
-                out[torch.arange(act.shape[0], device=act.device), idx] += v
-        else:
-            out[:, positions:] += v
-        return out
-
-    with hooked(model, {axis.site: add}):
+    if positions == "all":
+        where: Any = None
+    elif positions == "last":
+        where = slice(-1, None) if lengths is None else torch.as_tensor(lengths).long() - 1
+    else:
+        where = slice(positions, None)
+    with intervening(model, [Intervention("add", axis.site, a * axis.vector, positions=where)]):
         yield
 
 
@@ -145,8 +137,7 @@ def next_token_probs(model: Any, prompts: Sequence[str], *, steer: SteerFactory 
             tb = tokenize(model, list(prompts[i:i + batch_size]))
             with _ctx(steer, tb):
                 logits = model(tb.tokens)
-            last = logits[torch.arange(len(tb), device=logits.device), tb.last].float()
-            out.append(last.softmax(-1).cpu())
+            out.append(metrics.probs(metrics.at_positions(logits, tb.last)).cpu())
     return torch.cat(out)
 
 
@@ -164,8 +155,7 @@ def accuracy(model: Any, prompts: Sequence[str], answers: Sequence[str] | Sequen
         raise DataError(f"{len(prompts)} prompts but {len(answers)} answers")
     ids = torch.tensor([a if isinstance(a, (int, np.integer)) else model.tokenizer(a, add_special_tokens=False)
                         .input_ids[0] for a in answers])
-    pred = next_token_probs(model, prompts, steer=steer, batch_size=batch_size).argmax(-1)
-    return float((pred == ids).float().mean())
+    return float(metrics.accuracy(next_token_probs(model, prompts, steer=steer, batch_size=batch_size), ids).mean())
 
 
 def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None = None, batch_size: int = 8) -> float:
@@ -180,11 +170,8 @@ def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None =
             tb = tokenize(model, list(texts[i:i + batch_size]))
             with _ctx(steer, tb):
                 logits = model(tb.tokens)
-            logp = logits[:, :-1].float().log_softmax(-1)
-            tgt = tb.tokens[:, 1:]
             mask = tb.mask[:, 1:]
-            tok_lp = logp.gather(-1, tgt[..., None])[..., 0]
-            nll -= float(tok_lp[mask].sum())
+            nll += float(metrics.next_token_nll(logits, tb.tokens)[mask].sum())
             count += int(mask.sum())
     if count == 0:
         raise DataError("texts too short for perplexity (need >= 2 tokens)")

@@ -1,0 +1,527 @@
+"""The one batched intervention engine: worlds of rows with typed interventions on Sites.
+
+A *pass* runs a set of **worlds** side by side on one batch axis (Penzai's
+``RewireComputationPaths``, TransformerLens' batched patching). Every world is a block of
+``B`` rows, one per prompt of ``tokens`` ``[B, pos]``, and carries typed
+:class:`Intervention` s on :class:`~interp.sites.Site` s:
+
+* ``set`` / ``ablate``: the region becomes ``value`` (broadcast; ``ablate`` defaults to 0);
+* ``add`` / ``scale``: the region plus / times ``value``;
+* ``gate``: every head of a per-head site times ``value`` (``[head]`` or ``[batch, head]``);
+* ``restore``: the region takes the same region of ``value``, a recorded activation of the
+  site's hook (``[batch, pos, ...]``, or ``[pos, ...]`` shared by all rows), e.g. the
+  clean run's activation in a corrupted world.
+
+The *region* is the site's head slice (``Site("z", 3, head=1)``) at ``positions``: all
+(``None``), one (``int``), several (``tuple``), a ``slice``, or one per row (a ``[batch]`` tensor),
+indexing axis 1 after the head selection. Values longer than the pass along a position axis
+are cut to it (values recorded on longer prompts).
+
+A world may **enter at layer l** (``World(enter=l)``): its rows join the pass at
+``resid_pre`` of layer ``l`` as copies of ``entry`` (recorded residuals ``[batch, pos,
+d_model]``) or, without ``entry``, of the base rows' own residual there, so no layer
+before ``l`` is computed for it. The *base* rows (``with_base``, or needed as the source
+of entering worlds) run the unintervened prompts; ``base`` interventions apply to every
+block (e.g. the noise of causal tracing). A pass whose worlds all enter from recorded
+residuals starts from a one-row stub that the first entering world replaces.
+
+The pass stops at ``ln_final`` and reads each row's final hidden state at ``positions``
+only (the last layer's MLP then runs at that position only, where a one-off check on the
+model shows this is exact); logits are unembedded for those rows only, and with
+``columns`` for just those token ids. Worlds are chunked into passes of at most
+``max_rows`` rows.
+
+Example:
+    >>> import torch
+    >>> from interp import load_model, Site
+    >>> from interp.engine import Intervention, World, run
+    >>> model = load_model("toy:llama")
+    >>> tokens = torch.tensor([[256, 72, 105], [256, 99, 98]])
+    >>> zero = World((Intervention("ablate", Site("z", 1, head=0)),), enter=1)
+    >>> out = run(model, tokens, [World(), zero], with_base=True)
+    >>> out.worlds.shape, out.base.shape          # [world, batch, d_vocab], [batch, d_vocab]
+    (torch.Size([2, 2, 259]), torch.Size([2, 259]))
+    >>> bool((out.worlds[0] - out.base).abs().max() < 1e-4)
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from interp.errors import ConfigError, ShapeError, nearest
+from interp.hooks import HookFn, StopForward, hooked
+from interp.sites import Site
+
+__all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "intervening", "as_hook", "forward_hidden",
+           "final_logits", "causal_mask", "tail_ok"]
+
+#: Intervention types.
+OPS = ("set", "add", "scale", "ablate", "gate", "restore")
+_FINAL = Site("ln_final")
+#: Components without a layer that come after every block.
+_AFTER_BLOCKS = ("ln_final", "final_resid")
+
+
+class Counter:
+    """Counts forward and backward passes and rows (reported in Result metadata)."""
+
+    def __init__(self) -> None:
+        self.forward = 0
+        self.backward = 0
+        self.rows = 0
+
+
+@dataclass(frozen=True, eq=False)
+class Intervention:
+    """One typed intervention: ``op`` on the region of ``site`` at ``positions`` (see the module doc).
+
+    Attributes:
+        op: one of :data:`OPS` (unknown names get the nearest).
+        site: a Site or its string (``"z.3.1"``); a head selects that head's slice.
+        value: scalar or tensor (``set``/``ablate``/``add``/``scale``/``gate``), or the recorded
+            activation of the site's hook (``restore``).
+        positions: ``None`` (all), an ``int``, a tuple of ints, a ``slice`` (e.g. ``slice(-1, None)``: the
+            last column), or a ``[batch]`` tensor (one per row).
+    """
+
+    op: str
+    site: Site
+    value: Any = 0.0
+    positions: Any = None
+
+    def __post_init__(self) -> None:
+        if self.op not in OPS:
+            raise ConfigError(f"unknown intervention {self.op!r}.{nearest(self.op, OPS)} Known: {', '.join(OPS)}")
+        site = self.site if isinstance(self.site, Site) else Site.parse(str(self.site))
+        object.__setattr__(self, "site", site)
+        pos = self.positions
+        if isinstance(pos, (list, tuple)):
+            pos = tuple(int(p) for p in pos)
+            if not pos or min(pos) < 0:
+                raise ConfigError(f"{self.op} {site}: positions must be a non-empty tuple of indices >= 0, got {pos}")
+        elif isinstance(pos, slice):
+            if pos.step not in (None, 1):
+                raise ConfigError(f"{self.op} {site}: position slices must have step 1, got {pos}")
+        elif isinstance(pos, Tensor):
+            if pos.dim() != 1 or pos.is_floating_point():
+                raise ConfigError(f"{self.op} {site}: per-row positions must be a [batch] integer tensor, "
+                                  f"got {pos.dtype} {tuple(pos.shape)}")
+        elif pos is not None:
+            pos = int(pos)
+            if pos < 0:
+                raise ConfigError(f"{self.op} {site}: position must be >= 0, got {pos}")
+        object.__setattr__(self, "positions", pos)
+        if self.op == "gate" and (site.head is not None or site.head_axis is None):
+            raise ConfigError(f"gate {site}: gates act on every head of a per-head site (e.g. 'z.3'), "
+                              "not on one head or a site without heads")
+        if self.op == "restore" and not isinstance(self.value, Tensor):
+            raise ConfigError(f"restore {site}: value must be the recorded activation tensor, "
+                              f"got {type(self.value).__name__}")
+
+
+@dataclass(frozen=True, eq=False)
+class World:
+    """A block of rows (one per prompt) with its interventions; optionally entering at a layer.
+
+    Attributes:
+        interventions: applied in order at their sites.
+        enter: layer whose ``resid_pre`` the rows enter at (``None``: they run from the tokens).
+        entry: ``[batch, pos, d_model]`` residual to enter with; ``None`` = the base rows' own.
+    """
+
+    interventions: tuple[Intervention, ...] = ()
+    enter: int | None = None
+    entry: Tensor | None = field(default=None, repr=False)
+
+
+@dataclass
+class Outcome:
+    """What a :func:`run` returns.
+
+    Attributes:
+        worlds: ``[world, batch, ...]`` readout of every world, in the order given.
+        base: ``[batch, ...]`` readout of the base rows (``with_base``), else None.
+        recorded: per world, ``{site: [batch, ...]}`` activations recorded after its interventions
+            (sites before a world's entry layer are absent).
+    """
+
+    worlds: Tensor
+    base: Tensor | None
+    recorded: list[dict[Site, Tensor]]
+
+
+# --------------------------------------------------------------------------- regions
+
+def _depth(site: Site, n_layers: int) -> int:
+    """Order of a site's hook in the forward pass: its layer; -1 before the blocks, n_layers after."""
+    if site.layer is not None:
+        return site.layer
+    return n_layers if site.component in _AFTER_BLOCKS else -1
+
+
+def _region_dims(site: Site) -> tuple[str, ...]:
+    dims = site.dims
+    return dims if site.head is None else dims[:site.head_axis] + dims[site.head_axis + 1:]
+
+
+def _fit(v: Tensor, dims: Sequence[str], shape: Sequence[int]) -> Tensor:
+    """Cut ``v`` (right-aligned with ``dims``/``shape``) along position axes longer than the target."""
+    off = len(shape) - v.dim()
+    for i in range(max(0, -off), v.dim()):
+        j = i + off
+        if "pos" in dims[j] and v.shape[i] > shape[j]:
+            v = v.narrow(i, 0, shape[j])
+    return v
+
+
+def _index(positions: Any, n: int, n_pos: int, site: Site, device: Any) -> tuple:
+    if positions is None:
+        return (slice(None),)
+    if isinstance(positions, slice):
+        return (slice(None), positions)
+    if isinstance(positions, Tensor):
+        if positions.shape[0] != n:
+            raise ShapeError(f"{site}: {positions.shape[0]} per-row positions for a block of {n} rows")
+        pos = positions.to(device)
+        top = int(pos.max()) if pos.numel() else 0
+        index: tuple = (torch.arange(n, device=device), pos)
+    else:
+        top = positions if isinstance(positions, int) else max(positions)
+        index = (slice(None), positions if isinstance(positions, int) else torch.tensor(positions, device=device))
+    if top >= n_pos:
+        raise ShapeError(f"{site}: position {top} out of range for {n_pos} positions")
+    return index
+
+
+def _apply(block: Tensor, iv: Intervention) -> None:
+    """Apply ``iv`` in place to ``block`` (``[n, ...]``, the rows of one world at the site's hook)."""
+    site, op = iv.site, iv.op
+    n = block.shape[0]
+    if op == "gate":
+        g = torch.as_tensor(iv.value).to(device=block.device, dtype=block.dtype)
+        shape = [1] * block.dim()
+        shape[site.head_axis] = block.shape[site.head_axis]
+        if g.dim() == 2:
+            shape[0] = n
+        try:
+            new = block * g.reshape(shape)
+        except RuntimeError as e:
+            raise ShapeError(f"gate {site}: gates {tuple(g.shape)} do not fit {tuple(block.shape)} "
+                             "(expected [head] or [batch, head])") from e
+        idx = _index(iv.positions, n, block.shape[1], site, block.device)
+        block[idx] = new[idx]
+        return
+    region = site.select(block)
+    idx = _index(iv.positions, n, region.shape[1], site, block.device)
+    v = iv.value
+    try:
+        if op == "restore":
+            src = v.to(device=block.device, dtype=block.dtype)
+            if src.dim() == block.dim() - 1:                       # one recorded prompt for every row
+                src = _fit(src, site.dims[1:], block.shape[1:])[None]
+            else:
+                src = _fit(src, site.dims, block.shape)
+            region[idx] = site.select(src)[idx]
+            return
+        if isinstance(v, Tensor):
+            v = v.to(device=region.device, dtype=region.dtype)
+            if iv.positions is None:
+                v = _fit(v, _region_dims(site), region.shape)
+        if op in ("set", "ablate"):
+            region[idx] = v
+        elif op == "add":
+            region[idx] = region[idx] + v
+        else:
+            region[idx] = region[idx] * v
+    except RuntimeError as e:
+        shape = tuple(v.shape) if isinstance(v, Tensor) else "scalar"
+        raise ShapeError(f"{op} {site}: value {shape} does not fit the region {tuple(region[idx].shape)}") from e
+
+
+def as_hook(interventions: Sequence[Intervention]) -> HookFn:
+    """A hook ``fn(act, site)`` applying ``interventions`` (all at one hook point) to every row."""
+    def fn(act: Tensor, site: Site) -> Tensor:
+        out = act.clone()
+        for iv in interventions:
+            _apply(out, iv)
+        return out
+    return fn
+
+
+@contextlib.contextmanager
+def intervening(model: Any, interventions: Iterable[Intervention]) -> Iterator[None]:
+    """Apply interventions to every row of every forward pass in the block (hooks removed in ``finally``).
+
+    Example:
+        >>> with intervening(model, [Intervention("ablate", "z.1.0")]):   # doctest: +SKIP
+        ...     logits = model(tokens)                                     # head L1.H0 zeroed
+    """
+    by_point: dict[Site, list[Intervention]] = {}
+    for iv in interventions:
+        by_point.setdefault(iv.site.layer_site, []).append(iv)
+    with hooked(model, [(p, as_hook(ivs)) for p, ivs in by_point.items()]):
+        yield
+
+
+# --------------------------------------------------------------------------- one forward pass
+
+def causal_mask(n_pos: int, device: Any) -> Tensor:
+    """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward)."""
+    return torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
+
+
+def final_logits(model: Any, hidden: Float[Tensor, "rows d_model"],
+                 columns: Int[Tensor, "rows k"] | None = None) -> Float[Tensor, "rows vocab_or_k"]:
+    """Logits from final normalised hidden states ``[rows, d_model] -> [rows, d_vocab]``.
+
+    With ``columns`` (``[rows, k]`` token ids) only those logits are computed: ``[rows, k]``.
+    Applies the model's unembedding (and its output soft-cap, where the config has one).
+    """
+    if columns is None:
+        logits = model.unembed(hidden[:, None, :])[:, 0, :]
+    else:
+        w = model.W_U.T[columns.to(model.W_U.device)].to(hidden.dtype)              # [rows, k, d_model]
+        logits = (hidden[:, None, :] * w).sum(-1)
+        b_u = getattr(model, "b_U", None)
+        if isinstance(b_u, Tensor):
+            logits = logits + b_u[columns.to(b_u.device)].to(logits.dtype)
+    cap = getattr(model.cfg, "output_logits_soft_cap", -1.0) or -1.0
+    if cap > 0:
+        logits = cap * torch.tanh(logits / cap)
+    return logits
+
+
+def forward_hidden(model: Any, tokens: Int[Tensor, "rows pos"], positions: Int[Tensor, " batch"],
+                   hooks: Iterable[tuple[Site, HookFn]], *, grow: bool,
+                   counter: Counter | None = None) -> Float[Tensor, "rows d_model"]:
+    """Final normalised hidden states at ``positions`` of every row, stopping the pass at ``ln_final``.
+
+    Row ``r`` reads position ``positions[r % batch]`` (rows are laid out ``block * batch + b``).
+    ``grow`` passes a batch-1 causal mask so hooks may append rows mid-forward.
+    """
+    out: dict[str, Tensor] = {}
+    n_b = positions.shape[0]
+
+    def grab(act: Tensor, site: Site) -> None:
+        rows = torch.arange(act.shape[0], device=act.device)
+        out["h"] = act[rows, positions.to(act.device)[rows % n_b]]
+        raise StopForward("ln_final")
+
+    hooks = list(hooks)
+    kwargs = {"attention_mask": causal_mask(tokens.shape[1], tokens.device)} if grow else {}
+    if _tail_free(model, [s for s, _ in hooks]) and tail_ok(model):
+        def one_position(act: Tensor, site: Site) -> Tensor:
+            rows = torch.arange(act.shape[0], device=act.device)
+            return act[rows, positions.to(act.device)[rows % n_b]][:, None]
+        hooks.append((Site("mlp_in", model.cfg.n_layers - 1), one_position))
+    with hooked(model, [*hooks, (_FINAL, grab)]):
+        try:
+            model(tokens, **kwargs)
+        except StopForward:
+            pass
+    if counter is not None:
+        counter.forward += 1
+        counter.rows += int(out["h"].shape[0])
+    return out["h"]
+
+
+#: Sites of the last layer whose shape or value the one-position tail MLP changes.
+_TAIL_SITES = {"mlp_in", "mlp_out", "mlp_post", "resid_post"}
+#: Per model: whether the one-position tail MLP is exact (checked once; no state on the model).
+_TAIL_OK: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
+
+
+def _tail_free(model: Any, sites: Iterable[Site]) -> bool:
+    last = model.cfg.n_layers - 1
+    return not any((s.layer == last and s.component in _TAIL_SITES) or s.component in _AFTER_BLOCKS for s in sites)
+
+
+def tail_ok(model: Any) -> bool:
+    """Whether running the last MLP on one position per row reproduces the final hidden states (checked once)."""
+    cached = _TAIL_OK.get(model)
+    if cached is not None:
+        return cached
+    from interp.hooks import capturing
+
+    tokens = torch.randint(0, min(int(model.cfg.d_vocab), 1000), (2, 6), generator=torch.Generator().manual_seed(0))
+    tokens = tokens.to(next(model.parameters()).device)
+    rows, last = torch.arange(2), torch.tensor([5, 3])
+
+    def one_position(act: Tensor, site: Site) -> Tensor:
+        return act[rows, last][:, None]
+    try:
+        with torch.inference_mode():
+            with capturing(model, [_FINAL]) as acts:
+                model(tokens)
+            want = acts[_FINAL][rows, last]
+            with hooked(model, [(Site("mlp_in", model.cfg.n_layers - 1), one_position)]), \
+                    capturing(model, [_FINAL]) as acts:
+                model(tokens)
+            got = acts[_FINAL][rows, last]
+        ok = got.shape == want.shape and bool(torch.allclose(got.float(), want.float(), atol=1e-5, rtol=1e-5))
+    except Exception:  # an architecture where the broadcast does not apply (e.g. no separate MLP norm)
+        ok = False
+    _TAIL_OK[model] = ok
+    return ok
+
+
+# --------------------------------------------------------------------------- worlds
+
+@dataclass
+class _Block:
+    world: int            # index into the worlds given to run(); -1 = base rows
+    enter: int | None
+    entry: Tensor | None
+
+
+def _check_world(w: World, k: int, n_layers: int, tokens: Tensor, d_model: int) -> None:
+    if w.enter is None:
+        if w.entry is not None:
+            raise ConfigError(f"world {k}: entry residuals given without an entry layer (enter=)")
+        return
+    if not 0 <= w.enter < n_layers:
+        raise ConfigError(f"world {k}: enter={w.enter} out of range; the model has {n_layers} layers")
+    if w.entry is not None and tuple(w.entry.shape) != (*tokens.shape, d_model):
+        raise ShapeError(f"world {k}: entry residuals: expected {(*tokens.shape, d_model)}, got {tuple(w.entry.shape)}")
+    for iv in w.interventions:
+        if _depth(iv.site, n_layers) < w.enter:
+            raise ConfigError(f"world {k} enters at layer {w.enter} but intervenes at {iv.site}, before it")
+
+
+def _pass_hooks(blocks: list[_Block], worlds: Sequence[World], base: Sequence[Intervention], n_b: int,
+                n_layers: int, record: Sequence[Site], recorded: dict[int, dict[Site, Tensor]]) -> list:
+    """Entry, intervention and record hooks of one pass over ``blocks`` (from-token blocks first)."""
+    stub = all(b.enter is not None for b in blocks)
+    first = min((b.enter for b in blocks if b.enter is not None), default=None)
+
+    def present(depth: int) -> list[int]:
+        if stub and depth < first:
+            return []
+        return [k for k, b in enumerate(blocks) if b.enter is None or b.enter <= depth]
+
+    hooks: list[tuple[Site, Any]] = []
+    entering: dict[int, list[_Block]] = {}
+    for b in blocks:
+        if b.enter is not None:
+            entering.setdefault(b.enter, []).append(b)
+    for layer, group in sorted(entering.items()):
+        def enter(act: Tensor, site: Site, _g: list[_Block] = group, _start: bool = stub and layer == first) -> Tensor:
+            new = [(b.entry if b.entry is not None else act[:n_b]).to(device=act.device, dtype=act.dtype)
+                   for b in _g]
+            return torch.cat(new if _start else [act, *new])
+        hooks.append((Site("resid_pre", layer), enter))
+
+    points: dict[Site, list[tuple[int | None, Intervention | None]]] = {}
+    for iv in base:
+        points.setdefault(iv.site.layer_site, []).append((None, iv))
+    for k, b in enumerate(blocks):
+        if b.world >= 0:
+            for iv in worlds[b.world].interventions:
+                points.setdefault(iv.site.layer_site, []).append((k, iv))
+    for s in record:
+        points.setdefault(s.layer_site, [])
+
+    for point, items in points.items():
+        depth = _depth(point, n_layers)
+        rec = [s for s in record if s.layer_site == point]
+
+        def fn(act: Tensor, site: Site, _items: list = items, _depth: int = depth, _rec: list[Site] = rec) -> Tensor:
+            here = present(_depth)
+            if here and act.shape[0] != len(here) * n_b:
+                raise ShapeError(f"{site}: {act.shape[0]} rows in the pass, expected {len(here)} blocks of {n_b}")
+            out = act.clone() if _items else act
+            for k, iv in _items:
+                for j in (here if k is None else [k]):
+                    if j in here:
+                        _apply(out[j * n_b:(j + 1) * n_b], iv)
+            for s in _rec:
+                for j in here:
+                    if blocks[j].world >= 0:
+                        recorded[blocks[j].world][s] = s.select(out[j * n_b:(j + 1) * n_b]).detach().clone()
+            return out
+        hooks.append((point, fn))
+    return hooks
+
+
+def run(model: Any, tokens: Int[Tensor, "batch pos"], worlds: Sequence[World], *,
+        positions: Int[Tensor, " batch"] | None = None, readout: str = "logits",
+        columns: Int[Tensor, "batch k"] | None = None, base: Sequence[Intervention] = (), with_base: bool = False,
+        record: Sequence[Site] = (), max_rows: int | None = None, stop_early: bool = True,
+        counter: Counter | None = None) -> Outcome:
+    """Run ``worlds`` (each a block of ``batch`` rows) in as few passes as ``max_rows`` allows.
+
+    Args:
+        tokens: ``[batch, pos]`` prompts (right padding is harmless: reads are at ``positions``).
+        worlds: the worlds; each row of world ``w`` is prompt ``b`` of ``tokens`` under ``w``'s interventions.
+        positions: ``[batch]`` position read out per prompt (default: the last).
+        readout: ``"logits"`` (``[..., d_vocab]``, or ``[..., k]`` with ``columns``) or ``"hidden"``
+            (final normalised hidden states ``[..., d_model]``).
+        columns: ``[batch, k]`` token ids to unembed (only those columns are computed).
+        base: interventions applied to every block (the base rows and every world).
+        with_base: also return the base rows' readout.
+        record: sites whose activations (after interventions) each world returns.
+        max_rows: most rows in one pass (at least one world per pass); None = all worlds at once.
+        stop_early: stop at ``ln_final`` (default); False runs the whole model and reads its logits.
+        counter: a :class:`Counter` advanced per pass.
+
+    Raises:
+        ConfigError: unknown readout, a world entering out of range or intervening before its entry layer.
+        ShapeError: entry residuals or intervention values that do not fit.
+    """
+    if readout not in ("logits", "hidden"):
+        raise ConfigError(f"unknown readout {readout!r}.{nearest(readout, ('logits', 'hidden'))} "
+                          "Known: logits, hidden")
+    if readout == "hidden" and not stop_early:
+        raise ConfigError("readout='hidden' needs stop_early=True (the hidden state is read at ln_final)")
+    n_b, n_pos = int(tokens.shape[0]), int(tokens.shape[1])
+    n_layers, d_model = model.cfg.n_layers, model.cfg.d_model
+    positions = torch.full((n_b,), n_pos - 1, dtype=torch.long) if positions is None else positions
+    for k, w in enumerate(worlds):
+        _check_world(w, k, n_layers, tokens, d_model)
+    order = sorted(range(len(worlds)), key=lambda i: -1 if worlds[i].enter is None else worlds[i].enter)
+    need_base = with_base or any(w.enter is not None and w.entry is None for w in worlds)
+    per_pass = len(worlds) if max_rows is None else max(1, max_rows // n_b - int(need_base))
+    chunks = [order[i:i + per_pass] for i in range(0, len(order), max(per_pass, 1))] or [[]]
+    outs: dict[int, Tensor] = {}
+    base_out: Tensor | None = None
+    recorded: dict[int, dict[Site, Tensor]] = {i: {} for i in range(len(worlds))}
+    for chunk in chunks:
+        blocks = ([_Block(-1, None, None)] if need_base else []) + \
+            [_Block(i, worlds[i].enter, worlds[i].entry) for i in chunk]
+        if not blocks:
+            break
+        n_tok = sum(b.enter is None for b in blocks)
+        hooks = _pass_hooks(blocks, worlds, base, n_b, n_layers, record, recorded)
+        grow = any(b.enter is not None for b in blocks)
+        start = tokens.repeat(n_tok, 1) if n_tok else tokens[:1]
+        col = None if columns is None else columns.repeat(len(blocks), 1)
+        if stop_early:
+            hid = forward_hidden(model, start, positions, hooks, grow=grow, counter=counter)
+            res = hid if readout == "hidden" else final_logits(model, hid, col)
+        else:
+            with hooked(model, hooks):
+                logits = model(start, **({"attention_mask": causal_mask(n_pos, tokens.device)} if grow else {}))
+            rows = torch.arange(logits.shape[0], device=logits.device)
+            res = logits[rows, positions.to(logits.device)[rows % n_b]]
+            if col is not None:
+                res = res.gather(-1, col.to(res.device))
+            if counter is not None:
+                counter.forward += 1
+                counter.rows += int(logits.shape[0])
+        res = res.reshape(len(blocks), n_b, *res.shape[1:])
+        for j, b in enumerate(blocks):
+            if b.world < 0:
+                base_out = res[j] if base_out is None else base_out
+            else:
+                outs[b.world] = res[j]
+    stacked = torch.stack([outs[i] for i in range(len(worlds))]) if worlds else torch.empty(0)
+    return Outcome(stacked, base_out if with_base else None, [recorded[i] for i in range(len(worlds))])
