@@ -335,7 +335,7 @@ def test_different_manifest_refused_unless_overwrite(toy_llama, tmp_path):
     assert len(list(out.glob("shard-*.safetensors"))) == 1
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "manifest.json").write_text(json.dumps({"format": "interp.results/1", "results": []}))
-    with pytest.raises(StoreError, match="not an activation-store manifest"):
+    with pytest.raises(StoreError, match="not an activation store"):
         collect(toy_llama, PROMPTS, "resid_post.0", out=tmp_path / "r", progress=False)
 
 
