@@ -274,9 +274,34 @@ def intervening(model: Any, interventions: Iterable[Intervention]) -> Iterator[N
 
 # --------------------------------------------------------------------------- one forward pass
 
-def causal_mask(n_pos: int, device: Any) -> Tensor:
-    """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward)."""
-    return torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
+def causal_mask(n_pos: int, device: Any, model: Any = None) -> Tensor | dict[str, Tensor]:
+    """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward).
+
+    For a model with sliding-window (local) attention layers (Gemma-2/3, Mistral style; see
+    :func:`interp.arch.arch_facts`) one explicit mask would give every layer full attention, so the
+    mask is a mapping by layer type, as transformers accepts: ``{"full_attention": causal,
+    "sliding_attention": causal within the window}``.
+    """
+    full = torch.ones(n_pos, n_pos, dtype=torch.bool, device=device).tril()[None, None]
+    if model is None:
+        return full
+    from interp.arch import arch_facts
+
+    window = arch_facts(model).sliding_window
+    if not window:
+        return full
+    i = torch.arange(n_pos, device=device)
+    local = full & ((i[:, None] - i[None, :]) < int(window))[None, None]
+    return {"full_attention": full, "sliding_attention": local}
+
+
+def _grow_kwargs(model: Any, n_pos: int, device: Any) -> dict[str, Any]:
+    """Forward kwargs of a pass whose rows may grow mid-forward: a batch-1 mask (by layer type for sliding-window
+    models) and explicit positions (the bridge would otherwise derive them from a 2-D mask)."""
+    mask = causal_mask(n_pos, device, model)
+    if isinstance(mask, dict):
+        return {"attention_mask": mask, "position_ids": torch.arange(n_pos, device=device)[None]}
+    return {"attention_mask": mask}
 
 
 def final_logits(model: Any, hidden: Float[Tensor, "rows d_model"],
@@ -317,7 +342,7 @@ def forward_hidden(model: Any, tokens: Int[Tensor, "rows pos"], positions: Int[T
         raise StopForward("ln_final")
 
     hooks = list(hooks)
-    kwargs = {"attention_mask": causal_mask(tokens.shape[1], tokens.device)} if grow else {}
+    kwargs = _grow_kwargs(model, tokens.shape[1], tokens.device) if grow else {}
     if _tail_free(model, [s for s, _ in hooks]) and tail_ok(model):
         def one_position(act: Tensor, site: Site) -> Tensor:
             rows = torch.arange(act.shape[0], device=act.device)
@@ -509,7 +534,7 @@ def run(model: Any, tokens: Int[Tensor, "batch pos"], worlds: Sequence[World], *
             res = hid if readout == "hidden" else final_logits(model, hid, col)
         else:
             with hooked(model, hooks):
-                logits = model(start, **({"attention_mask": causal_mask(n_pos, tokens.device)} if grow else {}))
+                logits = model(start, **(_grow_kwargs(model, n_pos, tokens.device) if grow else {}))
             rows = torch.arange(logits.shape[0], device=logits.device)
             res = logits[rows, positions.to(logits.device)[rows % n_b]]
             if col is not None:

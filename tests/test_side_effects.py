@@ -151,9 +151,6 @@ def test_analyses_do_not_mutate_the_model_config(fresh_model, tmp_path):
     assert not changed, f"model.cfg changed: {changed}"
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="interp/patching/_run.py _tail_ok caches `_interp_tail_ok` on the model object "
-                          "(not this helper's file)")
 def test_analyses_store_no_state_on_the_model(tmp_path):
     from interp.models import load_model
 

@@ -113,9 +113,6 @@ def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
         With ``joint`` and several q/k/v receivers, extra rows with ``dst = "+".join(receivers)``
         and ``dst_input = "joint"`` hold the value with all of them patched together.
     """
-    from interp.arch import require_arch
-
-    require_arch(model, method="path patching", sliding_window=None)
     t0 = time.perf_counter()
     pairs = prepare_pairs(model, data)
     n_b, n_layers, n_heads = len(pairs), model.cfg.n_layers, model.cfg.n_heads
