@@ -83,14 +83,19 @@ COMPONENT_NODE_KIND: dict[str, str] = {
 _OUTPUT_COMPONENT = {"head": "z", "mlp": "mlp_out", "resid": "resid_post", "embed": "embed", "logits": "ln_final"}
 
 
-def site_node(site: Any) -> str:
+def site_node(site: Any, *, missing: str | None = None) -> str:
     """The node id a :class:`~interp.sites.Site` belongs to (``Site("z", 5, head=1)`` -> ``"L5.H1"``).
 
+    Args:
+        missing: returned for a component without a node of its own (e.g. ``""``) instead of raising.
+
     Raises:
-        ConfigError: a component without a node (``attn_out`` is a whole layer, not a head), or a
-            per-head component without a head.
+        ConfigError: a component without a node (``attn_out`` is a whole layer, not a head) and no
+            ``missing``, or a per-head component without a head.
     """
     kind = COMPONENT_NODE_KIND.get(site.component)
+    if kind is None and missing is not None:
+        return missing
     if kind is None:
         raise ConfigError(f"site {site} has no circuit-graph node (components with nodes: "
                           f"{', '.join(COMPONENT_NODE_KIND)})")

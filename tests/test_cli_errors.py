@@ -128,7 +128,8 @@ def test_full_disk_during_a_write_names_the_out_folder(capsys, tmp_path, prompts
     out = tmp_path / "store"
     code, err = _cli(capsys, "cache", "toy:llama", "--prompts", prompts, "--out", out, "--no-progress")
     msg = _one_line_error(err)
-    assert code == 2 and "no space left" in msg and f"--out {out}" in msg
+    # the store names the shard it could not write, inside --out
+    assert code == 2 and "no space left" in msg.lower() and str(out) in msg
 
 
 def test_full_disk_as_safetensors_reports_it(capsys, tmp_path, prompts, monkeypatch):
@@ -143,7 +144,7 @@ def test_full_disk_as_safetensors_reports_it(capsys, tmp_path, prompts, monkeypa
     out = tmp_path / "store"
     code, err = _cli(capsys, "cache", "toy:llama", "--prompts", prompts, "--out", out, "--no-progress")
     msg = _one_line_error(err)
-    assert code == 2 and msg == f"interp: error: writing under --out {out}: no space left on the device"
+    assert code == 2 and "no space left" in msg.lower() and str(out) in msg
 
 
 def test_oserror_with_a_file_name_names_that_file(capsys, tmp_path, prompts, monkeypatch):
@@ -155,7 +156,7 @@ def test_oserror_with_a_file_name_names_that_file(capsys, tmp_path, prompts, mon
     monkeypatch.setattr(safetensors.torch, "save_file", denied)
     code, err = _cli(capsys, "cache", "toy:llama", "--prompts", prompts, "--out", tmp_path / "s", "--no-progress")
     msg = _one_line_error(err)
-    assert code == 2 and str(tmp_path / "s") in msg and "permission denied" in msg
+    assert code == 2 and str(tmp_path / "s") in msg and "permission denied" in msg.lower()
 
 
 # ----------------------------------------------------------------- checked before model work

@@ -25,6 +25,7 @@ import torch
 
 from interp.errors import ConfigError, DataError
 from interp.gating.ablation import Ablation, default_metric, evaluate, head_sites
+from interp.nodes import node_id
 from interp.sites import Site
 
 __all__ = ["ValidationConfig", "validate_chg", "head_patching", "patching_for", "random_head_draws"]
@@ -217,7 +218,7 @@ def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig
     for i, role in enumerate(("facilitating", "interfering")):
         chosen = [(int(r.layer), int(r.head)) for r in t.itertuples() if r.role == role]
         row = {"what": role, "n_heads": len(chosen), "metric": metric_name, "p_value": float("nan"),
-               "heads": " ".join(f"L{a}.H{b}" for a, b in chosen)}
+               "heads": " ".join(node_id("head", layer=a, head=b) for a, b in chosen)}
         if not chosen:
             rows.append(row | {"metric_value": clean, "baseline_mean": float("nan"), "baseline_std": float("nan"),
                                "frac_random_lower": float("nan")})

@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 
 from interp.errors import ConfigError
-from interp.nodes import node_id
+from interp.nodes import site_node
 from interp.results import Result, run_meta
 from interp.schemas import add_effect
 from interp.sites import Site
@@ -233,7 +233,7 @@ def attribution_patching(model: Any, data: Any, config: AttributionConfig = Attr
                 rows.append({"method": config.method, "direction": config.direction, "metric": config.metric,
                              "component": kind, "site": s.component, "layer": s.layer,
                              "head": -1 if h is None else h, "pos": p, "pos_label": lab,
-                             "node": _node(kind, s.layer, h), "value": v / div})
+                             "node": site_node(Site(s.component, s.layer, head=h), missing=""), "value": v / div})
     table = add_effect(pd.DataFrame(rows), base.reference(config.direction), estimated=True)
     extra: dict[str, Any] = {"ld_clean": base.mean_clean, "ld_corr": base.mean_corr, "n_prompts": n_b,
                              "forward_passes": counter.forward, "backward_passes": counter.backward,
@@ -294,14 +294,6 @@ def _atp_single_pass(model: Any, pairs: PairData, cfg: AttributionConfig, sites:
     out: dict[Any, Any] = {s: torch.cat([torch.cat(acts_c[s]), torch.cat(acts_k[s])]) for s in sites}
     out["__grads__"] = {k: {s: torch.cat(v[s]) for s in sites} for k, v in grads.items()}
     return base, out
-
-
-def _node(kind: str, layer: int, head: int | None) -> str:
-    if kind == "head":
-        return node_id("head", layer=layer, head=head)
-    if kind in ("mlp", "resid"):
-        return node_id(kind, layer=layer)
-    return ""
 
 
 def agreement(table: pd.DataFrame | Result, exact: pd.DataFrame | Result) -> dict[str, Any]:

@@ -42,7 +42,7 @@ import torch
 from interp.engine import Intervention, World, run
 from interp.errors import ConfigError
 from interp.metrics import log_probs
-from interp.nodes import node_id
+from interp.nodes import site_node
 from interp.results import Result, run_meta
 from interp.schemas import add_effect
 from interp.sites import Site
@@ -324,7 +324,7 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
                          "site": config.component, "layer": p.layer, "head": -1 if p.head is None else p.head,
                          "pos": -1 if p.pos is None else (config.resolved_positions.index(p.pos)
                                                          if isinstance(p.pos, str) else p.pos),
-                         "pos_label": label(p), "node": _node(kind, p), "value": float(v)})
+                         "pos_label": label(p), "node": site_node(Site(config.component, p.layer, head=p.head), missing=""), "value": float(v)})
     extra = {"ld_clean": base.mean_clean, "ld_corr": base.mean_corr, "prob_clean": float(base.p_clean.mean()),
              "prob_corr": float(base.p_corr.mean()), "n_prompts": n_b, "n_patches": len(patches),
              "forward_passes": counter.forward, "rows": counter.rows, "seconds": round(time.perf_counter() - t0, 3),
@@ -333,13 +333,3 @@ def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig
                     config=config, **extra)
     table = add_effect(pd.DataFrame(rows), base.reference(config.direction))
     return Result("patching.nodes", table, meta, name=f"exact-{config.component}-{config.direction}")
-
-
-def _node(kind: str, p: Patch) -> str:
-    if kind == "head":
-        return node_id("head", layer=p.layer, head=p.head)
-    if kind == "mlp":
-        return node_id("mlp", layer=p.layer)
-    if kind == "resid":
-        return node_id("resid", layer=p.layer)
-    return ""

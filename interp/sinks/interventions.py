@@ -35,6 +35,7 @@ import torch
 from interp.errors import ConfigError, DataError
 from interp.hooks import hooked
 from interp.results import Result, run_meta
+from interp.nodes import node_id
 from interp.sites import Site
 
 __all__ = ["InterventionConfig", "act_calibrate", "act_calibrated", "select_act_heads", "massive_set",
@@ -256,7 +257,7 @@ def interventions(model: Any, calib_texts: Sequence[str], eval_texts: Sequence[s
         if chosen:
             with act_calibrated(model, chosen, beta=config.beta, threshold=config.threshold):
                 after = next_token_loss(model, held, config.batch_size)
-            rows.append({"intervention": "act", "target": ",".join(f"L{a}.H{b}" for a, b in chosen),
+            rows.append({"intervention": "act", "target": ",".join(node_id("head", layer=a, head=b) for a, b in chosen),
                          "loss_before": before, "loss_after": after, "delta": after - before})
     steady = dims_table[dims_table.n_layers > 0] if len(dims_table) else dims_table
     if len(steady):
