@@ -38,7 +38,8 @@ _EXPORTS = {
     "PathConfig": "interp.patching", "attribution_patching": "interp.patching",
     "edge_attribution_patching": "interp.patching", "AttributionConfig": "interp.patching",
     "ioi_dataset": "interp.datasets", "facts_dataset": "interp.datasets", "known_facts": "interp.datasets",
-    "colored_objects_dataset": "interp.datasets",
+    "colored_objects_dataset": "interp.datasets", "build_task": "interp.datasets.registry",
+    "Model": "interp.types", "Schema": "interp.schemas",
 }
 
 __all__ = sorted(_EXPORTS)
