@@ -45,25 +45,32 @@ def _open(browser, path):
     return page, errors, requests
 
 
+def _evidence(rows, **fill):
+    """Effect rows in the evidence vocabulary (reference 0, so effect = value)."""
+    return pd.DataFrame([{**fill, **r, "reference": "corrupted", "reference_value": 0.0, "effect": r["value"]}
+                         for r in rows])
+
+
 def _graph():
     from interp.graph import CircuitGraph
     from interp.results import Result, RunMeta
 
     meta = RunMeta(model="toy:llama", model_revision="r1")
-    nodes = Result("patching.nodes", pd.DataFrame([
-        dict(method="atp", direction="denoising", metric="logit_diff", component="head", layer=l, head=h, pos=p,
-             node=f"L{l}.H{h}", value=0.1 * (l + 1) * (h + 1) - 0.05 * p)
+    nodes = Result("patching.nodes", _evidence([
+        dict(method="atp", direction="denoising", metric="logit_diff", component="head", site="z", layer=l, head=h,
+             pos=p, pos_label=str(p), node=f"L{l}.H{h}", value=0.1 * (l + 1) * (h + 1) - 0.05 * p)
         for l in range(2) for h in range(4) for p in (-1, 0, 1, 2)]), meta)
-    edges = Result("patching.edges", pd.DataFrame([
+    edges = Result("patching.edges", _evidence([
         dict(method=m, src=f"L0.H{h}", dst="L1.H2", dst_input="q", value=0.3 * (h + 1)) for h in range(4)
-        for m in ("eap", "path")] + [dict(method="eap", src="L1.H2", dst="LOGITS", dst_input="logits", value=1.0)]),
-        meta)
+        for m in ("eap", "path")] + [dict(method="eap", src="L1.H2", dst="LOGITS", dst_input="logits", value=1.0)],
+        direction="denoising", metric="logit_diff"), meta)
     chg = Result("gating.chg", pd.DataFrame([dict(layer=1, head=2, node="L1.H2", g_plus=0.9, g_minus=0.8,
                                                   facilitation=0.8, interference=0.1, irrelevance=0.1,
                                                   role="facilitating")]), meta)
-    feats = Result("sae.features", pd.DataFrame([dict(feature=7, layer=1, density=0.01, max_act=3.0,
-                                                      top_tokens=XSS)]), meta)
-    dfa = Result("sae.dfa", pd.DataFrame([dict(feature=7, layer=1, head=2, node="L1.H2", value=0.5)]), meta)
+    feats = Result("sae.features", pd.DataFrame([dict(feature=7, layer=1, site="resid_post.1", density=0.01,
+                                                      max_act=3.0, mean_act=1.0, top_tokens=XSS)]), meta)
+    dfa = Result("sae.dfa", pd.DataFrame([dict(feature=7, layer=1, head=2, node="L1.H2", value=0.5, src="L1.H2",
+                                               dst="L1.SAE.7", share=1.0, n_active=2)]), meta)
     examples = Result("sae.examples", pd.DataFrame([dict(feature=7, layer=1, rank=i, row=i, pos=3, value=2.0 - i,
                                                           token=XSS[i], left=[XSS[3], " the"], right=[XSS[4]])
                                                      for i in range(2)]), meta)
