@@ -29,9 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import ConfigError, nearest
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["Family", "ArchFacts", "FAMILIES", "arch_facts", "require_arch"]
 
@@ -137,7 +140,7 @@ _BIDIRECTIONAL = frozenset({"bert", "roberta", "distilbert", "electra", "deberta
                             "albert", "modernbert"})
 
 
-def _hf_config(model: Any) -> Any:
+def _hf_config(model: Model) -> Any:
     hf = getattr(getattr(model, "original_model", None), "config", None)
     if hf is not None and hasattr(hf, "get_text_config"):
         hf = hf.get_text_config()
@@ -148,7 +151,7 @@ def _softcap(value: Any) -> float | None:
     return float(value) if value not in (None, 0) and float(value) > 0 else None
 
 
-def _derived(model: Any, hf: Any) -> Family:
+def _derived(model: Model, hf: Any) -> Family:
     """A family's facts read from the bridge (config and hook points), for families not in the table."""
     cfg, hooks = model.cfg, getattr(model, "hook_dict", {}) or {}
     pos = str(getattr(cfg, "positional_embedding_type", "standard"))
@@ -163,7 +166,7 @@ def _derived(model: Any, hf: Any) -> Family:
                   parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)))
 
 
-def arch_facts(model: Any) -> ArchFacts:
+def arch_facts(model: Model) -> ArchFacts:
     """The :class:`ArchFacts` of a loaded model (TransformerLens bridge + its Hugging Face config).
 
     Static facts come from :data:`FAMILIES` by ``model_type``; heads, KV heads, parallel
@@ -219,7 +222,7 @@ def _describe(fact: str, value: Any) -> tuple[str, str]:
     return f"{fact}={value!r}", "the method assumes otherwise"
 
 
-def require_arch(model: Any, *, method: str, **needs: Any) -> ArchFacts:
+def require_arch(model: Model, *, method: str, **needs: Any) -> ArchFacts:
     """Refuse a model whose architecture a method does not support; return its facts otherwise.
 
     Args:

@@ -51,7 +51,7 @@ import contextlib
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
@@ -60,6 +60,9 @@ from torch import Tensor
 from interp.errors import ConfigError, ShapeError, nearest
 from interp.hooks import HookFn, StopForward, hooked
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "intervening", "as_hook", "forward_hidden",
            "final_logits", "causal_mask", "tail_ok"]
@@ -258,7 +261,7 @@ def as_hook(interventions: Sequence[Intervention]) -> HookFn:
 
 
 @contextlib.contextmanager
-def intervening(model: Any, interventions: Iterable[Intervention]) -> Iterator[None]:
+def intervening(model: Model, interventions: Iterable[Intervention]) -> Iterator[None]:
     """Apply interventions to every row of every forward pass in the block (hooks removed in ``finally``).
 
     Example:
@@ -274,7 +277,7 @@ def intervening(model: Any, interventions: Iterable[Intervention]) -> Iterator[N
 
 # --------------------------------------------------------------------------- one forward pass
 
-def causal_mask(n_pos: int, device: Any, model: Any = None) -> Tensor | dict[str, Tensor]:
+def causal_mask(n_pos: int, device: Any, model: Model = None) -> Tensor | dict[str, Tensor]:
     """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward).
 
     For a model with sliding-window (local) attention layers (Gemma-2/3, Mistral style; see
@@ -295,7 +298,7 @@ def causal_mask(n_pos: int, device: Any, model: Any = None) -> Tensor | dict[str
     return {"full_attention": full, "sliding_attention": local}
 
 
-def _grow_kwargs(model: Any, n_pos: int, device: Any) -> dict[str, Any]:
+def _grow_kwargs(model: Model, n_pos: int, device: Any) -> dict[str, Any]:
     """Forward kwargs of a pass whose rows may grow mid-forward: a batch-1 mask (by layer type for sliding-window
     models) and explicit positions (the bridge would otherwise derive them from a 2-D mask)."""
     mask = causal_mask(n_pos, device, model)
@@ -304,7 +307,7 @@ def _grow_kwargs(model: Any, n_pos: int, device: Any) -> dict[str, Any]:
     return {"attention_mask": mask}
 
 
-def final_logits(model: Any, hidden: Float[Tensor, "rows d_model"],
+def final_logits(model: Model, hidden: Float[Tensor, "rows d_model"],
                  columns: Int[Tensor, "rows k"] | None = None) -> Float[Tensor, "rows vocab_or_k"]:
     """Logits from final normalised hidden states ``[rows, d_model] -> [rows, d_vocab]``.
 
@@ -325,7 +328,7 @@ def final_logits(model: Any, hidden: Float[Tensor, "rows d_model"],
     return logits
 
 
-def forward_hidden(model: Any, tokens: Int[Tensor, "rows pos"], positions: Int[Tensor, " batch"],
+def forward_hidden(model: Model, tokens: Int[Tensor, "rows pos"], positions: Int[Tensor, " batch"],
                    hooks: Iterable[tuple[Site, HookFn]], *, grow: bool,
                    counter: Counter | None = None) -> Float[Tensor, "rows d_model"]:
     """Final normalised hidden states at ``positions`` of every row, stopping the pass at ``ln_final``.
@@ -365,12 +368,12 @@ _TAIL_SITES = {"mlp_in", "mlp_out", "mlp_post", "resid_post"}
 _TAIL_OK: "weakref.WeakKeyDictionary[Any, bool]" = weakref.WeakKeyDictionary()
 
 
-def _tail_free(model: Any, sites: Iterable[Site]) -> bool:
+def _tail_free(model: Model, sites: Iterable[Site]) -> bool:
     last = model.cfg.n_layers - 1
     return not any((s.layer == last and s.component in _TAIL_SITES) or s.component in _AFTER_BLOCKS for s in sites)
 
 
-def tail_ok(model: Any) -> bool:
+def tail_ok(model: Model) -> bool:
     """Whether running the last MLP on one position per row reproduces the final hidden states (checked once)."""
     cached = _TAIL_OK.get(model)
     if cached is not None:
@@ -477,7 +480,7 @@ def _pass_hooks(blocks: list[_Block], worlds: Sequence[World], base: Sequence[In
     return hooks
 
 
-def run(model: Any, tokens: Int[Tensor, "batch pos"], worlds: Sequence[World], *,
+def run(model: Model, tokens: Int[Tensor, "batch pos"], worlds: Sequence[World], *,
         positions: Int[Tensor, " batch"] | None = None, readout: str = "logits",
         columns: Int[Tensor, "batch k"] | None = None, base: Sequence[Intervention] = (), with_base: bool = False,
         record: Sequence[Site] = (), max_rows: int | None = None, stop_early: bool = True,

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import torch
 
 from interp.sites import Site, sites_by_layer, validate_site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["HookFn", "hooked", "capturing", "patched", "ablated", "StopForward", "run_capture"]
 
@@ -43,7 +46,7 @@ def _as_site(site: Site | str) -> Site:
 
 
 @contextlib.contextmanager
-def hooked(model: Any, hooks: Mapping[Site | str, HookFn] | Iterable[tuple[Site | str, HookFn]],
+def hooked(model: Model, hooks: Mapping[Site | str, HookFn] | Iterable[tuple[Site | str, HookFn]],
            *, direction: str = "fwd") -> Iterator[None]:
     """Register ``fn(act, site)`` hooks for the duration of the block.
 
@@ -81,7 +84,7 @@ def hooked(model: Any, hooks: Mapping[Site | str, HookFn] | Iterable[tuple[Site 
 
 
 @contextlib.contextmanager
-def capturing(model: Any, sites: Iterable[Site | str], *, clone: bool = True,
+def capturing(model: Model, sites: Iterable[Site | str], *, clone: bool = True,
               stop_after: bool = False) -> Iterator[dict[Site, torch.Tensor]]:
     """Capture activations at ``sites``; yields a dict filled during the forward pass.
 
@@ -117,7 +120,7 @@ def capturing(model: Any, sites: Iterable[Site | str], *, clone: bool = True,
         yield store
 
 
-def run_capture(model: Any, tokens: torch.Tensor, sites: Iterable[Site | str], *, clone: bool = False,
+def run_capture(model: Model, tokens: torch.Tensor, sites: Iterable[Site | str], *, clone: bool = False,
                 stop_early: bool = True, **forward_kwargs: Any) -> dict[Site, torch.Tensor]:
     """One forward pass on ``tokens`` returning the activations at ``sites``.
 
@@ -146,7 +149,7 @@ def _replacer(value: Callable[[torch.Tensor, Site], Any]) -> HookFn:
 
 
 @contextlib.contextmanager
-def patched(model: Any, patches: Mapping[Site | str, Any]) -> Iterator[None]:
+def patched(model: Model, patches: Mapping[Site | str, Any]) -> Iterator[None]:
     """Replace activations at sites during the block.
 
     Each value is one of:
@@ -173,7 +176,7 @@ def patched(model: Any, patches: Mapping[Site | str, Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ablated(model: Any, sites: Iterable[Site | str], *, values: Mapping[Site, torch.Tensor] | None = None) -> Iterator[None]:
+def ablated(model: Model, sites: Iterable[Site | str], *, values: Mapping[Site, torch.Tensor] | None = None) -> Iterator[None]:
     """Ablate sites during the block: zero, or set to the given ``values`` (e.g. means).
 
     ``values[site]`` must broadcast against the site's region (a mean over batch, say,

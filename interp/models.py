@@ -44,11 +44,14 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp._fs import atomic_dir, interp_home
 from interp.errors import DataError, ModelNotFoundError, nearest
 from interp.toy import ARCHS as TOY_ARCHS
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "model_identity", "folder_digest", "offline_env",
            "tokenize", "available_models", "smollm2_folder", "BUNDLED"]
@@ -107,7 +110,7 @@ def model_identity(weights: str, *, processing: bool, dtype: str, prepend_bos: b
                      "bos" if prepend_bos else "nobos"])
 
 
-def model_info(model: Any) -> ModelInfo:
+def model_info(model: Model) -> ModelInfo:
     """The :class:`ModelInfo` of a model returned by :func:`load_model`."""
     info = getattr(model, "interp_info", None)
     if info is None:
@@ -410,7 +413,7 @@ class TokenBatch:
         return self.tokens.shape[0]
 
 
-def tokenize(model: Any, prompts: Sequence[str] | str, *, prepend_bos: bool | None = None,
+def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | None = None,
              max_len: int | None = None, allow_special: bool = False) -> TokenBatch:
     """Tokenize prompts the interp way: explicit BOS, right padding, lengths kept.
 

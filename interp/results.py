@@ -28,12 +28,15 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from interp._fs import atomic_write_bytes, atomic_write_json
 from interp.errors import StoreError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["RunMeta", "Result", "load_result", "load_results", "dataset_hash", "library_versions", "git_revision",
            "run_meta"]
@@ -106,7 +109,7 @@ class RunMeta:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def run_meta(model: Any = None, *, dataset: str = "", data: Any = None, seed: int | None = None,
+def run_meta(model: Model = None, *, dataset: str = "", data: Any = None, seed: int | None = None,
              config: Any = None, **extra: Any) -> RunMeta:
     """Build a RunMeta from a loaded model, a dataset, and a config dataclass or dict."""
     info = getattr(model, "interp_info", None)

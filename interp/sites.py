@@ -24,9 +24,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import SiteError, ShapeError, nearest
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["Component", "COMPONENTS", "Site", "parse_sites", "check_sites", "validate_site", "expected_shape"]
 
@@ -269,7 +272,7 @@ def _site_items(spec: Any) -> list[str | Site]:
     return items
 
 
-def validate_site(site: Site, model: Any, *, hook_dict: Any = None) -> Site:
+def validate_site(site: Site, model: Model, *, hook_dict: Any = None) -> Site:
     """Check a Site against a loaded model (layer and head ranges, hook exists).
 
     Pass ``hook_dict=model.hook_dict`` when validating many sites: the bridge rebuilds

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -45,6 +45,9 @@ from interp import metrics
 from interp.engine import Intervention, World, run
 from interp.errors import ConfigError, DataError
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["TracingConfig", "Restoration", "causal_trace", "subject_noise_std", "draw_noise",
            "restoration_probs", "site_kind_restoration", "aligned_effects", "trace_peaks", "KINDS", "TOKEN_MODES",
@@ -120,7 +123,7 @@ def _subject_span(ds: Any, i: int, n_tokens: int) -> tuple[int, int]:
     return a, b
 
 
-def subject_noise_std(model: Any, ds: Any) -> float:
+def subject_noise_std(model: Model, ds: Any) -> float:
     """Std of the token-embedding outputs of all subject tokens of the fact set (ROME's ``nu / 3``)."""
     from interp.hooks import run_capture
     from interp.models import tokenize
@@ -155,7 +158,7 @@ def site_kind_restoration(kind: str, token: int, layer: int, n_layers: int, wind
     return tuple((Site(comp, l), token) for l in _layers_of(kind, layer, n_layers, window))
 
 
-def restoration_probs(model: Any, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int,
+def restoration_probs(model: Model, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int,
                       noise: torch.Tensor, restorations: Sequence[Restoration], clean: dict[Site, torch.Tensor], *,
                       replace: bool = False, batch_size: int = 128, fast: bool = True,
                       progress: Any = None) -> torch.Tensor:
@@ -314,7 +317,7 @@ def trace_peaks(grid: Any) -> Any:
     return pd.DataFrame(rows)
 
 
-def causal_trace(model: Any, ds: Any, config: TracingConfig | None = None, *, progress: bool = True) -> tuple[Any, Any]:
+def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, progress: bool = True) -> tuple[Any, Any]:
     """ROME causal tracing of every fact of ``ds``; returns ``(grid, summary)`` Results.
 
     Args:

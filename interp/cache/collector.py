@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -28,6 +28,9 @@ from interp.cache.reducers import Reducer
 from interp.cache.store import ActivationStore, _Chunk, _dtype_name, _pos_axes, dtype_from_name, parse_bytes
 from interp.errors import ConfigError, DataError, StoreError
 from interp.sites import Site, expected_shape, parse_sites, validate_site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["collect", "DEFAULT_SHARD_BYTES"]
 
@@ -159,7 +162,7 @@ def _zero_padding(t: torch.Tensor, site: Site, lengths: Sequence[int]) -> None:
                 t[r].narrow(ax - 1, n, t.shape[ax] - n).zero_()
 
 
-def _model_meta(model: Any) -> dict[str, Any]:
+def _model_meta(model: Model) -> dict[str, Any]:
     info = getattr(model, "interp_info", None)
     if info is not None:
         return info.as_dict()
@@ -234,7 +237,7 @@ def _prepare_out(out: Path, manifest: dict[str, Any], files: Mapping[str, bytes]
     return manifest, set()
 
 
-def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, lengths: Sequence[int],
+def _new_manifest(model: Model, keep: Sequence[Site], dtype: torch.dtype, lengths: Sequence[int],
                   files: Mapping[str, bytes], batch_size: int, budget: int | None, shards: Sequence[_Shard],
                   versions: Mapping[str, str]) -> dict[str, Any]:
     """The manifest of a new store: provenance, sites and dims, counts, checksummed token/text files, shard plan."""
@@ -264,7 +267,7 @@ def _new_manifest(model: Any, keep: Sequence[Site], dtype: torch.dtype, lengths:
     }
 
 
-def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str | Site] | None, *,
+def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[str | Site] | None, *,
             batch_size: int = 8, out: str | Path | None = None, max_memory: int | str | None = None,
             dtype: torch.dtype | str | None = None, reducers: Mapping[str, Reducer] | None = None,
             progress: bool = True, overwrite: bool = False, allow_nonfinite: bool = False) -> ActivationStore:
@@ -370,7 +373,7 @@ def collect(model: Any, prompts: Sequence[str] | str, sites: str | Iterable[str 
                      out_path, manifest, progress, allow_nonfinite)
 
 
-def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], prompts: list[str],
+def _fill(model: Model, batch: Any, flat_ids: torch.Tensor, lengths: list[int], prompts: list[str],
           order: list[int], shards: list[_Shard], done: set[str], keep: list[Site], capture: list[Site],
           reducers: dict[str, Reducer], dtype: torch.dtype, out_path: Path | None, manifest: dict[str, Any],
           progress: bool, allow_nonfinite: bool) -> ActivationStore:
@@ -445,7 +448,7 @@ def _fill(model: Any, batch: Any, flat_ids: torch.Tensor, lengths: list[int], pr
                            chunks=chunks, manifest=manifest, reductions=reductions)
 
 
-def _run(model: Any, tokens: torch.Tensor, capture: Sequence[Site]) -> dict[Site, torch.Tensor]:
+def _run(model: Model, tokens: torch.Tensor, capture: Sequence[Site]) -> dict[Site, torch.Tensor]:
     from interp.hooks import run_capture
 
     return run_capture(model, tokens, capture, clone=False, stop_early=True)

@@ -10,36 +10,39 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["encode", "bos_offset", "char_span_to_tokens", "single_token_id", "task_data_text", "task_data_json"]
 
 
-def bos_offset(model: Any, prepend_bos: bool | None = None) -> int:
+def bos_offset(model: Model, prepend_bos: bool | None = None) -> int:
     """1 if :func:`interp.models.tokenize` prepends BOS for this model (by default or as asked), else 0."""
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     return 1 if bos else 0
 
 
-def encode(model: Any, text: str | list[str], **kwargs: Any) -> Any:
+def encode(model: Model, text: str | list[str], **kwargs: Any) -> Any:
     """The tokenizer's encoding of ``text`` as :func:`interp.models.tokenize` does it: no added
     special tokens, special-token text split into plain tokens (``split_special_tokens``)."""
     return model.tokenizer(text, add_special_tokens=False, split_special_tokens=True, **kwargs)
 
 
-def single_token_id(model: Any, word: str) -> int | None:
+def single_token_id(model: Model, word: str) -> int | None:
     """The id of ``word`` if the tokenizer encodes it as exactly one token, else ``None``."""
     ids = encode(model, word).input_ids
     return ids[0] if len(ids) == 1 else None
 
 
-def _prompt_ids(model: Any, prompt: str) -> list[int]:
+def _prompt_ids(model: Model, prompt: str) -> list[int]:
     return list(encode(model, prompt).input_ids)
 
 
-def char_span_to_tokens(model: Any, prompt: str, start: int, end: int,
+def char_span_to_tokens(model: Model, prompt: str, start: int, end: int,
                         prepend_bos: bool | None = None) -> tuple[int, int]:
     """Token span ``[tok_start, tok_end)`` covering the characters ``prompt[start:end]``.
 

@@ -15,10 +15,13 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.datasets._align import encode
 from interp.errors import DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["TaskDataset", "TaskBatch", "load_prompts", "iter_jsonl"]
 
@@ -89,7 +92,7 @@ class TaskDataset:
         return TaskDataset(self.name, pick(self.clean), pick(self.corrupted), pick(self.answers),
                            pick(self.counterfactuals), pick(self.meta))
 
-    def tokenize(self, model: Any, *, same_length: bool = True, prepend_bos: bool | None = None) -> TaskBatch:
+    def tokenize(self, model: Model, *, same_length: bool = True, prepend_bos: bool | None = None) -> TaskBatch:
         """Tokenize for ``model`` and validate.
 
         Args:
@@ -120,7 +123,7 @@ class TaskDataset:
                          torch.tensor(answer_ids, device=dev) if answer_ids is not None else None,
                          torch.tensor(counter_ids, device=dev) if counter_ids is not None else None, self)
 
-    def check_pairs(self, model: Any) -> TaskBatch:
+    def check_pairs(self, model: Model) -> TaskBatch:
         """Check a patching dataset before any sweep: every clean/corrupted pair has equal token
         lengths and differs, answers and counterfactuals are single tokens.
 
@@ -141,7 +144,7 @@ class TaskDataset:
                             "corrupted prompts (nothing to patch):\n" + "\n".join(lines))
         return self.tokenize(model, same_length=True)
 
-    def _single_tokens(self, model: Any, words: tuple[str, ...], what: str) -> list[int]:
+    def _single_tokens(self, model: Model, words: tuple[str, ...], what: str) -> list[int]:
         ids = encode(model, list(words)).input_ids
         bad = [(i, w, row) for i, (w, row) in enumerate(zip(words, ids)) if len(row) != 1]
         if bad:

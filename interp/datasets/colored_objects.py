@@ -28,11 +28,14 @@ Example:
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.datasets._align import bos_offset, char_span_to_tokens, encode, single_token_id, task_data_json
 from interp.datasets.base import TaskDataset
 from interp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["colored_objects_dataset"]
 
@@ -41,7 +44,7 @@ def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _filter(model: Any, words: list[str], forms: tuple[str, ...], what: str, need: int) -> list[str]:
+def _filter(model: Model, words: list[str], forms: tuple[str, ...], what: str, need: int) -> list[str]:
     keep, seen = [], set()
     for w in words:
         ids = [single_token_id(model, f.format(w)) for f in forms]
@@ -65,7 +68,7 @@ def _question(template: str, scene: dict[str, Any], asked: str) -> str:
                            **{f"c{k + 1}": c[k] for k in range(3)}, **{f"o{k + 1}": o[k] for k in range(3)})
 
 
-def colored_objects_dataset(model: Any, n: int = 64, seed: int = 0, *, shots: int = 1) -> TaskDataset:
+def colored_objects_dataset(model: Model, n: int = 64, seed: int = 0, *, shots: int = 1) -> TaskDataset:
     """One-shot Colored Objects prompts; corruption asks about another object of the scene.
 
     Args:

@@ -24,11 +24,14 @@ from __future__ import annotations
 import random
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.datasets._align import char_span_to_tokens, encode, single_token_id, task_data_text
 from interp.datasets.base import TaskDataset, _read_text, iter_jsonl
 from interp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["load_facts", "facts_dataset", "known_facts"]
 
@@ -60,7 +63,7 @@ def load_facts(path: str | Path | None = None) -> list[dict[str, Any]]:
     return facts
 
 
-def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token: str = "drop",
+def facts_dataset(model: Model, path: str | Path | None = None, *, on_multi_token: str = "drop",
                   pairs: bool = False, seed: int = 0) -> TaskDataset:
     """Facts as a TaskDataset for ``model``, with subject token spans.
 
@@ -127,7 +130,7 @@ def facts_dataset(model: Any, path: str | Path | None = None, *, on_multi_token:
                        tuple(m for _, _, m in rows))
 
 
-def known_facts(model: Any, ds: TaskDataset, *, min_prob: float | None = None, batch_size: int = 32,
+def known_facts(model: Model, ds: TaskDataset, *, min_prob: float | None = None, batch_size: int = 32,
                 limit: int | None = None) -> TaskDataset:
     """The facts of ``ds`` the model gets right at the last position.
 

@@ -30,12 +30,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from interp.datasets._align import single_token_id
 from interp.datasets.contrast import steering_data_dir
 from interp.datasets.base import _read_text
 from interp.errors import ConfigError, DataError, nearest
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["IclTask", "IclPrompts", "load_icl", "icl_names"]
 
@@ -72,7 +75,7 @@ class IclTask:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def for_model(self, model: Any) -> "IclTask":
+    def for_model(self, model: Model) -> "IclTask":
         """Keep the pairs whose answer ``" " + output`` is a single token for ``model``'s tokenizer."""
         keep = tuple(p for p in self.pairs if single_token_id(model, " " + p[1]) is not None)
         if len(keep) < 2:

@@ -29,11 +29,14 @@ from __future__ import annotations
 
 import random
 import string
-from typing import Any
+from typing import TYPE_CHECKING
 
 from interp.datasets._align import char_span_to_tokens, encode, single_token_id, task_data_json
 from interp.datasets.base import TaskDataset
 from interp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["ioi_dataset", "ioi_names", "IOI_ORDERS"]
 
@@ -41,7 +44,7 @@ IOI_ORDERS = ("ABBA", "BABA", "both")
 _FIELDS = {"N1", "N2", "S2", "place", "object"}
 
 
-def ioi_names(model: Any, names: list[str] | None = None) -> list[str]:
+def ioi_names(model: Model, names: list[str] | None = None) -> list[str]:
     """Names (without the leading space) that are one token with a leading space, distinct ids.
 
     Raises:
@@ -82,7 +85,7 @@ def _fill(template: str, values: dict[str, str]) -> tuple[str, dict[str, tuple[i
     return "".join(out), spans
 
 
-def ioi_dataset(model: Any, n: int = 64, seed: int = 0, order: str = "both", *,
+def ioi_dataset(model: Model, n: int = 64, seed: int = 0, order: str = "both", *,
                 templates: list[str] | None = None, names: list[str] | None = None) -> TaskDataset:
     """IOI clean prompts with ABC corrupted prompts, positions for ``model``'s tokenizer.
 
@@ -148,7 +151,7 @@ def ioi_dataset(model: Any, n: int = 64, seed: int = 0, order: str = "both", *,
     return ds
 
 
-def _name_pos(model: Any, prompt: str, span: tuple[int, int], name: str) -> int:
+def _name_pos(model: Model, prompt: str, span: tuple[int, int], name: str) -> int:
     a, b = char_span_to_tokens(model, prompt, *span)
     ids = encode(model, prompt).input_ids
     off = 1 if model.cfg.default_prepend_bos else 0

@@ -20,10 +20,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from interp.datasets.base import TaskDataset
 from interp.errors import ConfigError, nearest
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["Task", "TASKS", "register_task", "task_names", "check_task", "build_task"]
 
@@ -43,19 +46,19 @@ class Task:
     doc: str = ""
 
 
-def _ioi(model: Any, *, n: int, seed: int) -> TaskDataset:
+def _ioi(model: Model, *, n: int, seed: int) -> TaskDataset:
     from interp.datasets.ioi import ioi_dataset
 
     return ioi_dataset(model, n=n, seed=seed)
 
 
-def _colored_objects(model: Any, *, n: int, seed: int) -> TaskDataset:
+def _colored_objects(model: Model, *, n: int, seed: int) -> TaskDataset:
     from interp.datasets.colored_objects import colored_objects_dataset
 
     return colored_objects_dataset(model, n=n, seed=seed)
 
 
-def _facts(model: Any, *, n: int, seed: int) -> TaskDataset:
+def _facts(model: Model, *, n: int, seed: int) -> TaskDataset:
     """Bundled facts the model knows, each paired with a same-relation, same-length fact (first ``n``)."""
     import warnings
 
@@ -117,7 +120,7 @@ def check_task(name: str, where: str = "task") -> str:
                       f"Known: {', '.join(TASKS)}, or a TaskDataset .jsonl file")
 
 
-def build_task(name: str, *, model: Any, n: int, seed: int = 0) -> TaskDataset:
+def build_task(name: str, *, model: Model, n: int, seed: int = 0) -> TaskDataset:
     """The TaskDataset of task ``name`` for ``model``: at most ``n`` prompts.
 
     Args:

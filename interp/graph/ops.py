@@ -16,13 +16,16 @@ import dataclasses
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from interp.errors import ConfigError, DataError
 from interp.graph.core import CircuitGraph
 from interp.nodes import node_id
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["prune", "merge", "compare", "FaithfulnessConfig", "faithfulness", "random_circuit", "random_baseline",
            "circuit_nodes"]
@@ -221,7 +224,7 @@ def circuit_nodes(circuit: CircuitGraph | Iterable[str]) -> tuple[set[tuple[int,
     return heads, mlps
 
 
-def _ablation_values(model: Any, ref: Any, groups: list[Any], width: int, cfg: FaithfulnessConfig) -> dict[Any, Any]:
+def _ablation_values(model: Model, ref: Any, groups: list[Any], width: int, cfg: FaithfulnessConfig) -> dict[Any, Any]:
     """Per clean prompt, the value each ``z`` / ``mlp_out`` site is ablated to: ``{site: [batch, width, ...]}``.
 
     ``groups[i]`` is prompt i's group label (mean ablation) ; the reference prompt i is
@@ -261,7 +264,7 @@ def _ablation_values(model: Any, ref: Any, groups: list[Any], width: int, cfg: F
     return out
 
 
-def _metric(model: Any, batch: Any, values: dict[Any, Any] | None, keep_heads: set, keep_mlps: set | None,
+def _metric(model: Model, batch: Any, values: dict[Any, Any] | None, keep_heads: set, keep_mlps: set | None,
             batch_size: int) -> float:
     """Mean logit difference (answer - counterfactual) at the last token, with non-kept nodes ablated to ``values``.
 
@@ -296,7 +299,7 @@ def _metric(model: Any, batch: Any, values: dict[Any, Any] | None, keep_heads: s
     return total / n
 
 
-def faithfulness(model: Any, circuits: CircuitGraph | Iterable[str] | Mapping[str, CircuitGraph | Iterable[str]],
+def faithfulness(model: Model, circuits: CircuitGraph | Iterable[str] | Mapping[str, CircuitGraph | Iterable[str]],
                  data: Any, *, config: FaithfulnessConfig = FaithfulnessConfig()) -> Any:
     """Faithfulness of circuits: the logit difference with only the circuit kept, as a fraction of the full model's.
 
@@ -367,7 +370,7 @@ def _result(kind: str, table: pd.DataFrame, meta: Any, name: str = "") -> Any:
     return Result(kind, table, meta, name=name)
 
 
-def random_circuit(model: Any, *, n_heads: int, n_mlps: int = 0, seed: int = 0,
+def random_circuit(model: Model, *, n_heads: int, n_mlps: int = 0, seed: int = 0,
                    name: str = "random") -> CircuitGraph:
     """A circuit of ``n_heads`` heads and ``n_mlps`` MLPs drawn uniformly from the model (seeded)."""
     import torch
@@ -388,7 +391,7 @@ def random_circuit(model: Any, *, n_heads: int, n_mlps: int = 0, seed: int = 0,
     return g
 
 
-def random_baseline(model: Any, circuit: CircuitGraph | Iterable[str], data: Any, *, n_samples: int = 5,
+def random_baseline(model: Model, circuit: CircuitGraph | Iterable[str], data: Any, *, n_samples: int = 5,
                     seed: int = 0, config: FaithfulnessConfig = FaithfulnessConfig()) -> Any:
     """Faithfulness of the circuit and of ``n_samples`` random circuits of the same size (heads, MLPs).
 

@@ -38,7 +38,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -52,6 +52,9 @@ from interp.sites import Site
 from interp.patching._run import Counter, last_hidden
 from interp.patching.exact import COMPONENT_KIND, DIRECTIONS, run_baseline
 from interp.patching.metrics import PairData, check_metrics, final_logits, prepare_pairs, row_stats
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["AttributionConfig", "attribution_patching", "edge_attribution_patching", "agreement"]
 
@@ -97,7 +100,7 @@ class AttributionConfig:
 
 
 @contextlib.contextmanager
-def split_qkv(model: Any) -> Iterator[None]:
+def split_qkv(model: Model) -> Iterator[None]:
     """Per-head q/k/v input hooks (TransformerLens split-qkv mode) inside the block only."""
     before = bool(getattr(model.cfg, "use_split_qkv_input", False))
     model.set_use_split_qkv_input(True)
@@ -112,7 +115,7 @@ def _metric_rows(logits: torch.Tensor, pairs: PairData, metric: str) -> torch.Te
     return st["ld"] if metric.startswith("logit_diff") else st["prob"]
 
 
-def _grad_pass(model: Any, pairs: PairData, idx: torch.Tensor, embeds: torch.Tensor | None, sites: list[Site],
+def _grad_pass(model: Model, pairs: PairData, idx: torch.Tensor, embeds: torch.Tensor | None, sites: list[Site],
                metric: str, counter: Counter, rows_tokens: torch.Tensor) -> dict[Site, torch.Tensor]:
     """One forward + backward; returns the metric gradient (summed over rows' prompt means) at ``sites``.
 
@@ -146,7 +149,7 @@ def _chunks(n: int, size: int) -> list[torch.Tensor]:
     return [torch.arange(i, min(n, i + size)) for i in range(0, n, size)]
 
 
-def _gradients(model: Any, pairs: PairData, cfg: AttributionConfig, sites: list[Site],
+def _gradients(model: Model, pairs: PairData, cfg: AttributionConfig, sites: list[Site],
                acts: dict[Site, torch.Tensor], counter: Counter) -> dict[str, dict[Site, torch.Tensor]]:
     """Gradients at ``sites``: ``{"clean": .., "corr": ..}`` (AtP) or ``{"ig": ..}`` (IG average)."""
     n_b = len(pairs)
@@ -189,7 +192,7 @@ def _scale(base: Any, cfg: AttributionConfig) -> float:
     return base.mean_clean - base.mean_corr if cfg.metric == "logit_diff_norm" else 1.0
 
 
-def attribution_patching(model: Any, data: Any, config: AttributionConfig = AttributionConfig(), *,
+def attribution_patching(model: Model, data: Any, config: AttributionConfig = AttributionConfig(), *,
                          exact: Result | None = None) -> Result:
     """AtP (or, with ``ig_steps``, integrated-gradients) scores for every node of ``config.components``.
 
@@ -245,7 +248,7 @@ def attribution_patching(model: Any, data: Any, config: AttributionConfig = Attr
     return Result("patching.nodes", table, meta, name=f"{config.method}-{config.direction}")
 
 
-def _atp_single_pass(model: Any, pairs: PairData, cfg: AttributionConfig, sites: list[Site],
+def _atp_single_pass(model: Model, pairs: PairData, cfg: AttributionConfig, sites: list[Site],
                      counter: Counter) -> tuple[Any, dict]:
     """AtP: clean and corrupted side by side, one forward with gradients and one backward (per prompt chunk)."""
     from interp.patching.metrics import Baseline

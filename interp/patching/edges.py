@@ -14,7 +14,7 @@ Example:
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -26,6 +26,9 @@ from interp.sites import Site
 
 from interp.patching._run import Counter
 from interp.patching.exact import run_baseline
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["edge_attribution_patching"]
 
@@ -44,7 +47,7 @@ def _receivers(cfg: Any) -> list[tuple[Site, int, str, int, int]]:
     return out
 
 
-def edge_attribution_patching(model: Any, data: Any, config: Any = None, *, exact: Result | None = None) -> Result:
+def edge_attribution_patching(model: Model, data: Any, config: Any = None, *, exact: Result | None = None) -> Result:
     """EAP (``config.ig_steps == 0``) or EAP-IG edge scores for every sender -> receiver edge.
 
     Args:

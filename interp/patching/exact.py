@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -50,6 +50,9 @@ from interp.sites import Site
 from interp.patching._run import Counter, last_hidden
 from interp.patching.metrics import (METRICS, Baseline, PairData, block_values, check_metrics, final_logits,
                                      hidden_stats, prepare_pairs, row_stats)
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["PatchConfig", "activation_patching", "Patch", "run_baseline", "COMPONENT_KIND"]
 
@@ -129,7 +132,7 @@ class Patch:
     pos: int | str | None
 
 
-def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counter | None = None,
+def run_baseline(model: Model, pairs: PairData, sites: list[Site], counter: Counter | None = None,
                  *, with_logp: bool = True, buckets: list[tuple[torch.Tensor, int]] | None = None,
                  ) -> tuple[Baseline, dict[Site, torch.Tensor]]:
     """Clean and corrupted side by side in one pass: baselines and source activations.
@@ -176,7 +179,7 @@ def run_baseline(model: Any, pairs: PairData, sites: list[Site], counter: Counte
     return base, acts
 
 
-def _patches(model: Any, pairs: PairData, cfg: PatchConfig) -> list[Patch]:
+def _patches(model: Model, pairs: PairData, cfg: PatchConfig) -> list[Patch]:
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers)) if cfg.layers is None else sorted(set(cfg.layers))
     bad = [l for l in layers if not 0 <= l < n_layers]
@@ -213,7 +216,7 @@ def _world(p: Patch, component: str, source: dict[int, torch.Tensor], named: dic
     return World((patch,), enter=p.layer, entry=entry[p.layer])
 
 
-def _sweep_bucket(model: Any, sub: PairData, receiver: torch.Tensor, patches: list[Patch], config: PatchConfig,
+def _sweep_bucket(model: Model, sub: PairData, receiver: torch.Tensor, patches: list[Patch], config: PatchConfig,
                   source: dict[int, torch.Tensor], entry: dict[int, torch.Tensor] | None,
                   named: dict[str, torch.Tensor], logp_clean: torch.Tensor | None,
                   counter: Counter, bar: Any) -> dict[str, torch.Tensor]:
@@ -246,7 +249,7 @@ def _sweep_bucket(model: Any, sub: PairData, receiver: torch.Tensor, patches: li
     return out
 
 
-def activation_patching(model: Any, data: Any, config: PatchConfig = PatchConfig()) -> Result:
+def activation_patching(model: Model, data: Any, config: PatchConfig = PatchConfig()) -> Result:
     """Exact activation patching of every (layer[, head][, position]) of one component.
 
     Args:

@@ -25,12 +25,15 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.engine import causal_mask, final_logits  # noqa: F401  (re-exported: patching's names)
 from interp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["METRICS", "PairData", "Baseline", "prepare_pairs", "final_logits", "row_stats", "hidden_stats",
            "block_values",
@@ -107,7 +110,7 @@ class PairData:
         return pos
 
 
-def prepare_pairs(model: Any, data: Any) -> PairData:
+def prepare_pairs(model: Model, data: Any) -> PairData:
     """Tokenize and validate a TaskDataset for patching.
 
     Raises:
@@ -216,7 +219,7 @@ def row_stats(logits: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | 
     return out
 
 
-def hidden_stats(model: Any, hidden: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | None,
+def hidden_stats(model: Model, hidden: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | None,
                  metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
     """:func:`row_stats` from final normalised hidden states ``[rows, d_model]``.
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
@@ -47,6 +47,9 @@ from interp.engine import Intervention, World, run
 from interp.patching._run import Counter
 from interp.patching.exact import DIRECTIONS, run_baseline
 from interp.patching.metrics import (METRICS, block_values, check_metrics, final_logits, prepare_pairs, row_stats)
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["PathConfig", "path_patching", "parse_receiver"]
 
@@ -102,7 +105,7 @@ class PathConfig:
         check_metrics((self.metric,), METRICS)
 
 
-def path_patching(model: Any, data: Any, config: PathConfig) -> Result:
+def path_patching(model: Model, data: Any, config: PathConfig) -> Result:
     """Path patching from sender heads to receivers (q/k/v of later heads, or the logits).
 
     Returns:

@@ -28,9 +28,12 @@ import sysconfig
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from interp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["CorpusConfig", "Document", "Corpus", "TokenSplit", "build_corpus", "tokenize_corpus", "SOURCES"]
 
@@ -215,7 +218,7 @@ class TokenSplit:
         return int(self.train.numel())
 
 
-def _rows(model: Any, docs: list[Document], context_size: int, bos: int | None, sep: int | None) -> Any:
+def _rows(model: Model, docs: list[Document], context_size: int, bos: int | None, sep: int | None) -> Any:
     import torch
 
     tok = model.tokenizer
@@ -237,7 +240,7 @@ def _rows(model: Any, docs: list[Document], context_size: int, bos: int | None, 
     return t
 
 
-def tokenize_corpus(model: Any, corpus: Corpus, *, context_size: int = 128, min_train_rows: int = 1,
+def tokenize_corpus(model: Model, corpus: Corpus, *, context_size: int = 128, min_train_rows: int = 1,
                     min_held_out_rows: int = 1) -> TokenSplit:
     """Tokenize a corpus for ``model`` into fixed-length train and held-out rows.
 

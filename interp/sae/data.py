@@ -30,12 +30,15 @@ import contextlib
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.errors import ConfigError, DataError, ShapeError, SiteError, StoreError, nearest
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["SAE_COMPONENTS", "site_width", "flatten_site", "unflatten_site", "capture_activations",
            "cache_activations", "ActivationShards", "ActivationBatches", "flatten_store", "check_sae_site"]
@@ -55,7 +58,7 @@ def _as_site(site: Site | str) -> Site:
     return s
 
 
-def site_width(model: Any, site: Site | str) -> int:
+def site_width(model: Model, site: Site | str) -> int:
     """``d_in`` of an SAE at ``site``: d_model, d_mlp, or n_heads * d_head for ``z`` (one head: d_head)."""
     s = _as_site(site)
     cfg = model.cfg
@@ -66,7 +69,7 @@ def site_width(model: Any, site: Site | str) -> int:
     return cfg.d_model
 
 
-def check_sae_site(model: Any, site: Site | str, d_in: int) -> Site:
+def check_sae_site(model: Model, site: Site | str, d_in: int) -> Site:
     """Raise :class:`ShapeError` unless an SAE of width ``d_in`` fits ``site`` of ``model``."""
     s = _as_site(site)
     if s.layer >= model.cfg.n_layers:
@@ -120,7 +123,7 @@ def _check_finite(act: torch.Tensor, mask: torch.Tensor, site: Site, first_row: 
                     "Pass allow_nonfinite=True to keep them anyway")
 
 
-def _iter_captures(model: Any, tokens: torch.Tensor, sites: Sequence[Site], *, batch_size: int,
+def _iter_captures(model: Model, tokens: torch.Tensor, sites: Sequence[Site], *, batch_size: int,
                    lengths: torch.Tensor | None, start_pos: int, dtype: torch.dtype | None,
                    desc: str, allow_nonfinite: bool = True) -> Iterator[dict[Site, torch.Tensor]]:
     from tqdm.auto import tqdm
@@ -146,7 +149,7 @@ def _iter_captures(model: Any, tokens: torch.Tensor, sites: Sequence[Site], *, b
             yield out
 
 
-def capture_activations(model: Any, tokens: torch.Tensor, sites: Sequence[Site | str], *, batch_size: int = 8,
+def capture_activations(model: Model, tokens: torch.Tensor, sites: Sequence[Site | str], *, batch_size: int = 8,
                         lengths: torch.Tensor | None = None, start_pos: int = 1,
                         dtype: torch.dtype | None = None) -> dict[Site, torch.Tensor]:
     """Activations at ``sites`` of every real token, flattened per token, in memory.
@@ -184,7 +187,7 @@ def _holds_cache(folder: Path) -> bool:
     return folder.is_dir() and any(p.name not in (LOCK_NAME, _STAGING) for p in folder.iterdir())
 
 
-def cache_activations(model: Any, tokens: torch.Tensor, sites: Sequence[Site | str], folder: str | Path, *,
+def cache_activations(model: Model, tokens: torch.Tensor, sites: Sequence[Site | str], folder: str | Path, *,
                       batch_size: int = 8, lengths: torch.Tensor | None = None, start_pos: int = 1,
                       shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
                       overwrite: bool = False, meta: dict[str, Any] | None = None,

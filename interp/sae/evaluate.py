@@ -27,12 +27,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.errors import ConfigError
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["SAEEvalConfig", "evaluate_sae", "sae_codec"]
 
@@ -94,7 +97,7 @@ def _ce_kl(logits: torch.Tensor, clean_logp: torch.Tensor, tokens: torch.Tensor,
     return float(ce[mask].sum()), float(kl[mask].sum())
 
 
-def evaluate_sae(model: Any, sae: Any, site: Site | str, tokens: torch.Tensor, cfg: SAEEvalConfig = SAEEvalConfig(),
+def evaluate_sae(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor, cfg: SAEEvalConfig = SAEEvalConfig(),
                  *, lengths: torch.Tensor | None = None, name: str = "") -> Any:
     """Held-out metrics of ``sae`` at ``site``: Result ``sae.eval`` (columns metric, value).
 

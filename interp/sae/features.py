@@ -37,12 +37,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.errors import ConfigError
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["FeatureConfig", "FeatureAnalysis", "analyze_features", "logit_effects", "decoder_directions",
            "head_contributions", "source_contributions", "direct_feature_attribution", "dfa_sources"]
@@ -102,7 +105,7 @@ def _site(site: Site | str) -> Site:
     return site if isinstance(site, Site) else Site.parse(site)
 
 
-def decoder_directions(model: Any, sae: Any, site: Site | str, features: Sequence[int] | None = None) -> torch.Tensor:
+def decoder_directions(model: Model, sae: Any, site: Site | str, features: Sequence[int] | None = None) -> torch.Tensor:
     """``[n_features, d_model]``: each latent's decoder row written into the residual stream.
 
     ``z`` SAEs map through each head's ``W_O`` (summed over heads); ``mlp_post`` through ``W_out``.
@@ -121,7 +124,7 @@ def decoder_directions(model: Any, sae: Any, site: Site | str, features: Sequenc
     return W_dec
 
 
-def logit_effects(model: Any, sae: Any, site: Site | str, features: Sequence[int] | None = None, *,
+def logit_effects(model: Model, sae: Any, site: Site | str, features: Sequence[int] | None = None, *,
                   n: int = 10) -> Any:
     """Result ``sae.logits``: top/bottom tokens of each decoder direction through ``W_U``.
 
@@ -155,7 +158,7 @@ def _tok_str(tok: Any, t: int) -> str:
     return tok.decode([t])
 
 
-def _feature_acts(model: Any, sae: Any, site: Site, tokens: torch.Tensor, cfg: FeatureConfig):
+def _feature_acts(model: Model, sae: Any, site: Site, tokens: torch.Tensor, cfg: FeatureConfig):
     """Yield (row offset, tokens batch, latents [b, p, d_sae] with masked positions zeroed)."""
     from interp.hooks import run_capture
     from interp.sae.evaluate import sae_codec
@@ -171,7 +174,7 @@ def _feature_acts(model: Any, sae: Any, site: Site, tokens: torch.Tensor, cfg: F
             yield i, toks, lat
 
 
-def analyze_features(model: Any, sae: Any, site: Site | str, tokens: torch.Tensor,
+def analyze_features(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor,
                      cfg: FeatureConfig = FeatureConfig()) -> FeatureAnalysis:
     """Density, max/mean activation, top-activating examples with context, histograms, logit effects.
 
@@ -306,7 +309,7 @@ def source_contributions(pattern: torch.Tensor, v: torch.Tensor, sae: Any, featu
     return pattern.to(W.dtype)[..., None] * per_source[:, :, None]                       # [b, h, q, k, f]
 
 
-def direct_feature_attribution(model: Any, sae: Any, site: Site | str, tokens: torch.Tensor, *,
+def direct_feature_attribution(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor, *,
                                features: Sequence[int], start_pos: int = 1, batch_size: int = 8) -> Any:
     """Result ``sae.dfa``: mean contribution of each head to each latent where the latent fires.
 
@@ -355,7 +358,7 @@ def direct_feature_attribution(model: Any, sae: Any, site: Site | str, tokens: t
                   name=str(s))
 
 
-def dfa_sources(model: Any, sae: Any, site: Site | str, tokens: torch.Tensor, *, feature: int, row: int,
+def dfa_sources(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor, *, feature: int, row: int,
                 pos: int) -> Any:
     """Result ``sae.dfa_source``: contribution of each (head, source position) to ``feature`` at (row, pos).
 

@@ -29,12 +29,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.errors import ConfigError, ShapeError
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["ARCHITECTURES", "SAETrainConfig", "TrainedSAE", "make_training_sae", "train_sae", "train_streaming"]
 
@@ -221,7 +224,7 @@ def _to_inference(sae: Any, device: str) -> Any:
         return load_sae(os.path.join(tmp, "sae"), device=device)
 
 
-def _history(records: list[dict], cfg: SAETrainConfig, site: Site, model: Any, model_name: str,
+def _history(records: list[dict], cfg: SAETrainConfig, site: Site, model: Model, model_name: str,
              data_desc: dict[str, Any], seconds: float) -> Any:
     import pandas as pd
 
@@ -237,7 +240,7 @@ def _history(records: list[dict], cfg: SAETrainConfig, site: Site, model: Any, m
     return Result("sae.training", table, meta, name=str(site))
 
 
-def train_sae(provider: Iterator[torch.Tensor], cfg: SAETrainConfig, *, site: Site | str, model: Any = None,
+def train_sae(provider: Iterator[torch.Tensor], cfg: SAETrainConfig, *, site: Site | str, model: Model = None,
               model_name: str = "", context_size: int | None = None,
               data_desc: dict[str, Any] | None = None) -> TrainedSAE:
     """Train an SAE with SAE-Lens's ``SAETrainer`` on batches from ``provider``.
@@ -295,7 +298,7 @@ def _checked(provider: Iterator[torch.Tensor], d_in: int) -> Iterator[torch.Tens
         yield batch
 
 
-def train_streaming(model: Any, tokens: torch.Tensor, cfg: SAETrainConfig, *, site: Site | str,
+def train_streaming(model: Model, tokens: torch.Tensor, cfg: SAETrainConfig, *, site: Site | str,
                     start_pos: int = 1, store_batch_size_prompts: int = 8,
                     n_batches_in_buffer: int | None = None) -> TrainedSAE:
     """Train with SAE-Lens's own ``ActivationsStore``: the model runs inside the training loop.

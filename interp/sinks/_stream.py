@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
@@ -28,6 +28,9 @@ from interp.errors import DataError
 from interp.hooks import StopForward, hooked
 from interp.models import TokenBatch, tokenize
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["Reducer", "Chunk", "prepare", "stream", "token_strings"]
 
@@ -62,7 +65,7 @@ class Reducer(Protocol):
         ...
 
 
-def prepare(model: Any, prompts: Sequence[str] | TokenBatch, max_len: int | None,
+def prepare(model: Model, prompts: Sequence[str] | TokenBatch, max_len: int | None,
             min_tokens: int = 2) -> tuple[TokenBatch, list[int]]:
     """Tokenize, cut to ``max_len`` tokens, and drop prompts with fewer than ``min_tokens``.
 
@@ -108,7 +111,7 @@ def prepare(model: Any, prompts: Sequence[str] | TokenBatch, max_len: int | None
     return TokenBatch(tokens, lengths[idx], tuple(batch.texts[i] for i in keep)), keep
 
 
-def stream(model: Any, batch: TokenBatch, reducers: Sequence[Reducer], *, batch_size: int = 8,
+def stream(model: Model, batch: TokenBatch, reducers: Sequence[Reducer], *, batch_size: int = 8,
            progress: bool = False, desc: str = "sinks") -> None:
     """Run ``batch`` through ``model`` in chunks; every reducer sees every activation it asked for.
 
@@ -153,7 +156,7 @@ def stream(model: Any, batch: TokenBatch, reducers: Sequence[Reducer], *, batch_
                 pass
 
 
-def token_strings(model: Any, ids: Sequence[int]) -> list[str]:
+def token_strings(model: Model, ids: Sequence[int]) -> list[str]:
     """Readable token strings (one per id), via the model's tokenizer."""
     tok = model.tokenizer
     return [tok.decode([int(i)]) for i in ids]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from interp.errors import ConfigError, DataError
 from interp.results import Result, run_meta
@@ -24,6 +24,9 @@ from interp.sinks.interventions import InterventionConfig, interventions
 from interp.sinks.massive import MassiveConfig, MassiveReducer, massive_results
 from interp.sinks.secondary import SecondaryConfig, SecondaryReducer, secondary_results
 from interp.sinks.stats import SinkConfig, SinkReducer, sink_results
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["AnalysisConfig", "analyze"]
 
@@ -59,7 +62,7 @@ class AnalysisConfig:
             raise ConfigError(f"holdout must be in (0, 1), got {self.holdout}")
 
 
-def analyze(model: Any, domains: Mapping[str, Sequence[str]] | Sequence[str], config: AnalysisConfig = AnalysisConfig(),
+def analyze(model: Model, domains: Mapping[str, Sequence[str]] | Sequence[str], config: AnalysisConfig = AnalysisConfig(),
             *, progress: bool = False) -> list[Result]:
     """Sink scores, massive activations, secondary sinks, drain/peak, dormancy, interventions.
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ from interp.results import Result, run_meta
 from interp.sinks._stream import Chunk, prepare, stream
 from interp.sinks.stats import SinkReducer
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["DormancyConfig", "DrainReducer", "OutputNormReducer", "dormant_heads", "extreme_tokens",
            "DRAIN_COLUMNS", "PEAK_COLUMNS", "DORMANCY_COLUMNS"]
@@ -105,7 +108,7 @@ class DrainReducer:
 class OutputNormReducer:
     """Mean norm of each head's output ``z_h W_O[h]`` over queries t >= 1, per prompt."""
 
-    def __init__(self, model: Any, n_prompts: int) -> None:
+    def __init__(self, model: Model, n_prompts: int) -> None:
         cfg = model.cfg
         self.n_layers = cfg.n_layers
         self.w_o = [getattr(model.blocks[layer].attn, "W_O", None) for layer in range(cfg.n_layers)]
@@ -148,7 +151,7 @@ def drain_results(red: DrainReducer, n_heads: int, meta: Any) -> list[Result]:
     return [Result("sinks.drain", drain, meta), Result("sinks.peak", peak, meta)]
 
 
-def extreme_tokens(model: Any, prompts: Sequence[str], config: DormancyConfig = DormancyConfig(), *,
+def extreme_tokens(model: Model, prompts: Sequence[str], config: DormancyConfig = DormancyConfig(), *,
                    dataset: str = "", progress: bool = False) -> list[Result]:
     """Value-state drain per head and residual-state peak per layer.
 
@@ -188,7 +191,7 @@ def dormancy_table(per_domain: Mapping[str, tuple[np.ndarray, np.ndarray]], swit
     return pd.DataFrame(rows, columns=DORMANCY_COLUMNS)
 
 
-def dormant_heads(model: Any, domains: Mapping[str, Sequence[str]], config: DormancyConfig = DormancyConfig(), *,
+def dormant_heads(model: Model, domains: Mapping[str, Sequence[str]], config: DormancyConfig = DormancyConfig(), *,
                   progress: bool = False) -> Result:
     """Sink mass, output norm and dormancy of every head in every prompt domain.
 

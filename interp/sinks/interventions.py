@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -37,6 +37,9 @@ from interp.hooks import hooked
 from interp.results import Result, run_meta
 from interp.nodes import node_id
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["InterventionConfig", "act_calibrate", "act_calibrated", "select_act_heads", "massive_set",
            "massive_mean", "next_token_loss", "text_windows", "interventions", "COLUMNS"]
@@ -108,7 +111,7 @@ def act_calibrate(pattern: torch.Tensor, beta: float = 0.4, threshold: float = 0
 
 
 @contextlib.contextmanager
-def act_calibrated(model: Any, heads: Sequence[tuple[int, int]], *, beta: float = 0.4,
+def act_calibrated(model: Model, heads: Sequence[tuple[int, int]], *, beta: float = 0.4,
                    threshold: float = 0.1) -> Iterator[None]:
     """ACT calibration of ``heads`` (``(layer, head)`` pairs) for the duration of the block."""
     by_layer: dict[int, list[int]] = {}
@@ -126,7 +129,7 @@ def act_calibrated(model: Any, heads: Sequence[tuple[int, int]], *, beta: float 
 
 
 @contextlib.contextmanager
-def massive_set(model: Any, layer: int, dims: Sequence[int], value: float | Sequence[float] = 0.0, *,
+def massive_set(model: Model, layer: int, dims: Sequence[int], value: float | Sequence[float] = 0.0, *,
                 min_value: float = 100.0) -> Iterator[None]:
     """Set massive entries (``|x[..., dim]| > min_value``) of ``resid_post`` at ``layer`` to ``value``.
 
@@ -149,7 +152,7 @@ def massive_set(model: Any, layer: int, dims: Sequence[int], value: float | Sequ
         yield
 
 
-def text_windows(model: Any, texts: Sequence[str], window: int) -> torch.Tensor:
+def text_windows(model: Model, texts: Sequence[str], window: int) -> torch.Tensor:
     """Concatenate ``texts`` (tokenized with the model's BOS rule) and cut into ``[n, window]`` windows.
 
     Raises:
@@ -170,7 +173,7 @@ def text_windows(model: Any, texts: Sequence[str], window: int) -> torch.Tensor:
     return rows.to(getattr(model.cfg, "device", "cpu"))
 
 
-def next_token_loss(model: Any, tokens: torch.Tensor, batch_size: int = 8) -> float:
+def next_token_loss(model: Model, tokens: torch.Tensor, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` (unpadded windows)."""
     from interp.metrics import next_token_nll
 
@@ -183,7 +186,7 @@ def next_token_loss(model: Any, tokens: torch.Tensor, batch_size: int = 8) -> fl
     return total / max(count, 1)
 
 
-def select_act_heads(model: Any, calib: torch.Tensor, candidates: Sequence[tuple[int, int]], *,
+def select_act_heads(model: Model, calib: torch.Tensor, candidates: Sequence[tuple[int, int]], *,
                      max_heads: int = 3, beta: float = 0.4, threshold: float = 0.1,
                      batch_size: int = 8) -> tuple[list[tuple[int, int]], float, float]:
     """Greedy ACT head selection: add the candidate that lowers calibration loss most, while it helps.
@@ -209,7 +212,7 @@ def select_act_heads(model: Any, calib: torch.Tensor, candidates: Sequence[tuple
     return chosen, base, best
 
 
-def massive_mean(model: Any, tokens: torch.Tensor, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
+def massive_mean(model: Model, tokens: torch.Tensor, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
                  batch_size: int = 8) -> list[float]:
     """Mean signed value of the massive entries of each dim at ``layer`` (0 where a dim has none)."""
     sums = [0.0] * len(dims)
@@ -228,7 +231,7 @@ def massive_mean(model: Any, tokens: torch.Tensor, layer: int, dims: Sequence[in
     return [s / c if c else 0.0 for s, c in zip(sums, counts)]
 
 
-def interventions(model: Any, calib_texts: Sequence[str], eval_texts: Sequence[str], heads_table: pd.DataFrame,
+def interventions(model: Model, calib_texts: Sequence[str], eval_texts: Sequence[str], heads_table: pd.DataFrame,
                   dims_table: pd.DataFrame, config: InterventionConfig = InterventionConfig()) -> Result:
     """Run ACT (greedy heads) and massive zero / mean on held-out text; one row per intervention.
 

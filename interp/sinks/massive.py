@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,9 @@ from interp.models import TokenBatch
 from interp.results import Result, run_meta
 from interp.sinks._stream import Chunk, prepare, stream, token_strings
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["MassiveConfig", "MassiveReducer", "massive_activations", "median_abs", "LAYER_COLUMNS", "DIM_COLUMNS"]
 
@@ -113,7 +116,7 @@ class MassiveReducer:
             self.token_ids.setdefault(row, chunk.tokens[i, :n].tolist())
 
 
-def massive_results(red: MassiveReducer, model: Any, config: MassiveConfig, meta: Any) -> list[Result]:
+def massive_results(red: MassiveReducer, model: Model, config: MassiveConfig, meta: Any) -> list[Result]:
     """``massive.layers`` and ``massive.dims`` from a filled :class:`MassiveReducer`."""
     n_prompts = red.value.shape[0]
     rows = []
@@ -160,7 +163,7 @@ def massive_dims(layers: pd.DataFrame, n_prompts: int, consistency: float = 0.5)
                                                               ignore_index=True)
 
 
-def massive_activations(model: Any, prompts: Sequence[str] | TokenBatch, config: MassiveConfig = MassiveConfig(),
+def massive_activations(model: Model, prompts: Sequence[str] | TokenBatch, config: MassiveConfig = MassiveConfig(),
                         *, dataset: str = "", progress: bool = False) -> list[Result]:
     """Scan the residual stream of every layer for massive activations.
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -43,6 +43,9 @@ from interp.models import TokenBatch
 from interp.results import Result, run_meta
 from interp.sinks._stream import Chunk, prepare, stream, token_strings
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["SecondaryConfig", "SecondaryReducer", "secondary_sinks", "lifetime_bounds", "COLUMNS"]
 
@@ -121,7 +124,7 @@ class SecondaryReducer:
             self.token_ids.setdefault(chunk.offset + i, chunk.tokens[i, :n].tolist())
 
 
-def secondary_results(red: SecondaryReducer, model: Any, config: SecondaryConfig, meta: Any) -> Result:
+def secondary_results(red: SecondaryReducer, model: Model, config: SecondaryConfig, meta: Any) -> Result:
     """The ``sinks.secondary`` Result from a filled :class:`SecondaryReducer`."""
     lo, hi = lifetime_bounds(red.n_layers)
     rows = []
@@ -151,7 +154,7 @@ def secondary_results(red: SecondaryReducer, model: Any, config: SecondaryConfig
     return Result("sinks.secondary", table, meta)
 
 
-def secondary_sinks(model: Any, prompts: Sequence[str] | TokenBatch, config: SecondaryConfig = SecondaryConfig(), *,
+def secondary_sinks(model: Model, prompts: Sequence[str] | TokenBatch, config: SecondaryConfig = SecondaryConfig(), *,
                     dataset: str = "", progress: bool = False) -> Result:
     """Find tokens whose hidden state aligns with the first token's (see the module docstring).
 

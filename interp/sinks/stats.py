@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -40,6 +40,9 @@ from interp.nodes import node_id
 from interp.results import Result, run_meta
 from interp.sinks._stream import Chunk, prepare, stream
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["SinkConfig", "SinkReducer", "sink_scores", "alpha_from_pattern", "HEAD_COLUMNS", "LAYER_COLUMNS"]
 
@@ -170,7 +173,7 @@ def sink_results(red: SinkReducer, eps: float, meta: Any) -> list[Result]:
             Result("sinks.model", model[MODEL_COLUMNS], meta)]
 
 
-def sink_scores(model: Any, prompts: Sequence[str] | TokenBatch, config: SinkConfig = SinkConfig(), *,
+def sink_scores(model: Model, prompts: Sequence[str] | TokenBatch, config: SinkConfig = SinkConfig(), *,
                 dataset: str = "", progress: bool = False) -> list[Result]:
     """Attention-sink scores of every head, streamed from the ``pattern`` hooks.
 

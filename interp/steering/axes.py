@@ -29,7 +29,7 @@ import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ import torch
 from interp.errors import ConfigError, DataError, ShapeError, StoreError
 from interp.nodes import node_id
 from interp.sites import Site
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["Axis", "METHODS", "contrast_axis", "pca_axis", "ica_axis", "probe_axis", "fit_axis", "load_axis",
            "residual_activations", "rows_from_store", "axis_from_store", "probe_by_layer", "axes_result", "projections_result",
@@ -387,7 +390,7 @@ def fit_axis(method: str, x: Any, labels: Any, *, site: Site, name: str = "", mo
 # --------------------------------------------------------------------------- activations
 
 
-def residual_activations(model: Any, prompts: Sequence[str], layers: Sequence[int], *, position: str = "last",
+def residual_activations(model: Model, prompts: Sequence[str], layers: Sequence[int], *, position: str = "last",
                          batch_size: int = 16, progress: bool = False) -> dict[int, torch.Tensor]:
     """Residual stream (``resid_post``) rows ``[n_prompts, d_model]`` per layer.
 

@@ -22,13 +22,16 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from interp.errors import ConfigError, DataError, ShapeError
 from interp.sites import Site
 from interp.steering.axes import Axis, data_hash
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["Cylinder", "fit_cylinder", "rotated", "angle_sweep"]
 
@@ -96,7 +99,7 @@ def rotated(cyl: Cylinder, angle_deg: float, *, direction: int = 0) -> Axis:
     return cyl.axis.with_vector(v, angle_deg=angle_deg, direction=direction)
 
 
-def angle_sweep(model: Any, cyl: Cylinder, angles: Sequence[float], effect: Callable[[Any], float], *,
+def angle_sweep(model: Model, cyl: Cylinder, angles: Sequence[float], effect: Callable[[Any], float], *,
                 alpha: float = 1.0, direction: int = 0, positions: Any = "all", meta: Any = None) -> Any:
     """Result ``steering.cylinder``: steering success (``effect``) vs angle to the axis.
 

@@ -41,7 +41,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -50,6 +50,9 @@ from interp.errors import ConfigError, DataError
 from interp.nodes import node_id
 from interp.sites import Site
 from interp.steering.axes import Axis, data_hash
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["FVConfig", "FunctionVector", "mean_head_outputs", "indirect_effects", "function_vector",
            "fit_function_vector", "fv_layer_sweep", "head_outputs"]
@@ -122,7 +125,7 @@ class FunctionVector:
         return Result("steering.fv", pd.DataFrame(rows), meta or RunMeta(), name=self.task)
 
 
-def _answer_ids(model: Any, answers: Any) -> torch.Tensor:
+def _answer_ids(model: Model, answers: Any) -> torch.Tensor:
     ids = []
     for a in answers:
         row = model.tokenizer(a, add_special_tokens=False).input_ids
@@ -132,7 +135,7 @@ def _answer_ids(model: Any, answers: Any) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def mean_head_outputs(model: Any, prompts: Any, *, batch_size: int = 16) -> torch.Tensor:
+def mean_head_outputs(model: Model, prompts: Any, *, batch_size: int = 16) -> torch.Tensor:
     """``[n_layers, n_heads, d_head]`` mean of ``z`` at each prompt's last real token."""
     from interp.hooks import run_capture
     from interp.models import tokenize
@@ -149,7 +152,7 @@ def mean_head_outputs(model: Any, prompts: Any, *, batch_size: int = 16) -> torc
     return total / n
 
 
-def head_outputs(model: Any, mean_z: torch.Tensor) -> torch.Tensor:
+def head_outputs(model: Model, mean_z: torch.Tensor) -> torch.Tensor:
     """``[n_layers, n_heads, d_model]``: each head's mean ``z`` through its ``W_O`` slice."""
     outs = []
     for l in range(mean_z.shape[0]):
@@ -158,7 +161,7 @@ def head_outputs(model: Any, mean_z: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs)
 
 
-def indirect_effects(model: Any, prompts: Any, answers: Any, mean_z: torch.Tensor, *,
+def indirect_effects(model: Model, prompts: Any, answers: Any, mean_z: torch.Tensor, *,
                      layers: Any = None, batch_size: int = 16, kv_cache: bool | None = None,
                      progress: bool = True) -> torch.Tensor:
     """AIE ``[n_layers, n_heads]``: gain in P(answer) when a head's last-token z is set to its ICL mean.
@@ -206,7 +209,7 @@ def indirect_effects(model: Any, prompts: Any, answers: Any, mean_z: torch.Tenso
     return aie
 
 
-def _hf_prefix_cache(model: Any, tokens: torch.Tensor) -> tuple[Any, Any] | None:
+def _hf_prefix_cache(model: Model, tokens: torch.Tensor) -> tuple[Any, Any] | None:
     """(Hugging Face model, KV cache of ``tokens[:, :-1]``), or None when the model cannot do it."""
     hf = getattr(model, "original_model", None)
     if hf is None or tokens.shape[1] < 2:
@@ -218,7 +221,7 @@ def _hf_prefix_cache(model: Any, tokens: torch.Tensor) -> tuple[Any, Any] | None
     return hf, cache
 
 
-def _cache_reproduces_forward(model: Any, prompt: str) -> bool:
+def _cache_reproduces_forward(model: Model, prompt: str) -> bool:
     from interp.models import tokenize
 
     tokens = tokenize(model, [prompt]).tokens
@@ -232,7 +235,7 @@ def _cache_reproduces_forward(model: Any, prompt: str) -> bool:
     return bool((metrics.log_probs(last).to(full.device) - full).abs().max() < 1e-3)
 
 
-def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z: torch.Tensor, layers: list[int],
+def _indirect_effects_cached(model: Model, prompts: Any, ids: torch.Tensor, mean_z: torch.Tensor, layers: list[int],
                              *, progress: bool) -> torch.Tensor:
     from tqdm.auto import tqdm
 
@@ -269,7 +272,7 @@ def _indirect_effects_cached(model: Any, prompts: Any, ids: torch.Tensor, mean_z
     return aie
 
 
-def function_vector(model: Any, mean_z: torch.Tensor, aie: torch.Tensor, *, top_k: int = 10, layer: int,
+def function_vector(model: Model, mean_z: torch.Tensor, aie: torch.Tensor, *, top_k: int = 10, layer: int,
                     name: str = "", data: str = "") -> tuple[Axis, tuple[tuple[int, int], ...]]:
     """FV = sum of the top-k heads' (by AIE) mean outputs through ``W_O``; an Axis at ``resid_post.layer``."""
     flat = torch.nan_to_num(aie, nan=float("-inf")).flatten()
@@ -288,7 +291,7 @@ def function_vector(model: Any, mean_z: torch.Tensor, aie: torch.Tensor, *, top_
     return ax, heads
 
 
-def fit_function_vector(model: Any, task: Any, config: FVConfig = FVConfig(), *, progress: bool = True) -> FunctionVector:
+def fit_function_vector(model: Model, task: Any, config: FVConfig = FVConfig(), *, progress: bool = True) -> FunctionVector:
     """The whole recipe on an :class:`~interp.datasets.icl.IclTask` (filtered to single-token answers)."""
     task = task.for_model(model)
     clean = task.prompts(config.n_prompts, config.n_demos, seed=config.seed)
@@ -305,7 +308,7 @@ def fit_function_vector(model: Any, task: Any, config: FVConfig = FVConfig(), *,
                           meta={"config": config.__dict__})
 
 
-def fv_layer_sweep(model: Any, fv: FunctionVector, task: Any, layers: Any, *, n: int | None = None, seed: int = 0,
+def fv_layer_sweep(model: Model, fv: FunctionVector, task: Any, layers: Any, *, n: int | None = None, seed: int = 0,
                    alpha: float = 1.0, meta: Any = None) -> Any:
     """Zero-shot accuracy with the FV added at the last token of each layer's ``resid_post``.
 

@@ -21,7 +21,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,10 +29,13 @@ from interp.errors import ConfigError, DataError, ShapeError
 from interp.nodes import node_id
 from interp.sites import Site
 
+if TYPE_CHECKING:
+    from interp.types import Model
+
 __all__ = ["logit_lens_logits", "AffineLens", "fit_affine_lens", "decode_accuracy", "decodability_vs_steerability"]
 
 
-def logit_lens_logits(model: Any, resid: torch.Tensor) -> torch.Tensor:
+def logit_lens_logits(model: Model, resid: torch.Tensor) -> torch.Tensor:
     """``[..., d_model] -> [..., d_vocab]``: final norm then unembedding (with ``b_U`` if present)."""
     if resid.shape[-1] != model.cfg.d_model:
         raise ShapeError(f"logit lens: expected [..., d_model={model.cfg.d_model}], got {tuple(resid.shape)}")
@@ -63,7 +66,7 @@ class AffineLens:
         return resid.float() @ a + b
 
 
-def fit_affine_lens(model: Any, texts: Sequence[str], layers: Sequence[int], *, ridge: float = 1e-2,
+def fit_affine_lens(model: Model, texts: Sequence[str], layers: Sequence[int], *, ridge: float = 1e-2,
                     batch_size: int = 8) -> AffineLens:
     """Least-squares affine maps from each layer's residual to the final residual (all real tokens).
 
@@ -96,13 +99,13 @@ def fit_affine_lens(model: Any, texts: Sequence[str], layers: Sequence[int], *, 
     return AffineLens(maps)
 
 
-def decode_accuracy(model: Any, resid: torch.Tensor, answer_ids: torch.Tensor) -> float:
+def decode_accuracy(model: Model, resid: torch.Tensor, answer_ids: torch.Tensor) -> float:
     """Fraction of rows whose logit-lens argmax is the answer token."""
     pred = logit_lens_logits(model, resid).argmax(-1).cpu()
     return float((pred == answer_ids.cpu()).float().mean())
 
 
-def decodability_vs_steerability(model: Any, task: Any, fv: Any, layers: Sequence[int], *, n_prompts: int = 32,
+def decodability_vs_steerability(model: Model, task: Any, fv: Any, layers: Sequence[int], *, n_prompts: int = 32,
                                  n_demos: int = 5, seed: int = 0, alpha: float = 1.0,
                                  affine_lens: AffineLens | None = None, meta: Any = None) -> Any:
     """Result ``steering.lens``: (task, layer, node, decode_acc, steer_acc[, affine_decode_acc], baseline).

@@ -25,7 +25,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ContextManager, Union
+from typing import TYPE_CHECKING, Any, ContextManager, Union
 
 import numpy as np
 import torch
@@ -34,6 +34,9 @@ from interp import metrics
 from interp.errors import ConfigError, DataError, ShapeError, SiteError
 from interp.sites import Site
 from interp.steering.axes import Axis
+
+if TYPE_CHECKING:
+    from interp.types import Model
 
 __all__ = ["steered", "steer_factory", "next_token_probs", "target_prob", "accuracy", "perplexity", "probe_score",
            "generate", "sweep", "token_ids", "Positions"]
@@ -56,7 +59,7 @@ def _check_alpha(alpha: Any) -> float:
 
 
 @contextlib.contextmanager
-def steered(model: Any, axis: Axis, alpha: float, *, positions: Positions = "all", lengths: Any = None,
+def steered(model: Model, axis: Axis, alpha: float, *, positions: Positions = "all", lengths: Any = None,
             site: Site | None = None) -> Iterator[None]:
     """Add ``alpha * axis.vector`` to the activation at ``axis.site`` during the block.
 
@@ -96,7 +99,7 @@ def steered(model: Any, axis: Axis, alpha: float, *, positions: Positions = "all
         yield
 
 
-def steer_factory(model: Any, axis: Axis | None, alpha: float, *, positions: Positions = "all") -> SteerFactory | None:
+def steer_factory(model: Model, axis: Axis | None, alpha: float, *, positions: Positions = "all") -> SteerFactory | None:
     """``fn(TokenBatch) -> steered(...)`` for the evaluation functions (None when no axis)."""
     if axis is None:
         return None
@@ -108,7 +111,7 @@ def _ctx(steer: SteerFactory | None, tb: Any) -> ContextManager[Any]:
     return steer(tb) if steer is not None else contextlib.nullcontext()
 
 
-def token_ids(model: Any, words: Sequence[str] | Sequence[int]) -> list[int]:
+def token_ids(model: Model, words: Sequence[str] | Sequence[int]) -> list[int]:
     """Token ids of single-token words (ints pass through). Raises DataError naming multi-token words."""
     out = []
     for w in words:
@@ -124,7 +127,7 @@ def token_ids(model: Any, words: Sequence[str] | Sequence[int]) -> list[int]:
     return out
 
 
-def next_token_probs(model: Any, prompts: Sequence[str], *, steer: SteerFactory | None = None,
+def next_token_probs(model: Model, prompts: Sequence[str], *, steer: SteerFactory | None = None,
                      batch_size: int = 16) -> torch.Tensor:
     """``[n_prompts, d_vocab]`` next-token probabilities at each prompt's last real token."""
     from interp.models import tokenize
@@ -141,14 +144,14 @@ def next_token_probs(model: Any, prompts: Sequence[str], *, steer: SteerFactory 
     return torch.cat(out)
 
 
-def target_prob(model: Any, prompts: Sequence[str], targets: Sequence[str] | Sequence[int], *,
+def target_prob(model: Model, prompts: Sequence[str], targets: Sequence[str] | Sequence[int], *,
                 steer: SteerFactory | None = None, batch_size: int = 16) -> float:
     """Mean over prompts of the total next-token probability of the target tokens."""
     ids = token_ids(model, targets)
     return float(next_token_probs(model, prompts, steer=steer, batch_size=batch_size)[:, ids].sum(1).mean())
 
 
-def accuracy(model: Any, prompts: Sequence[str], answers: Sequence[str] | Sequence[int], *,
+def accuracy(model: Model, prompts: Sequence[str], answers: Sequence[str] | Sequence[int], *,
              steer: SteerFactory | None = None, batch_size: int = 16) -> float:
     """Fraction of prompts whose argmax next token is the (first token of the) answer."""
     if len(answers) != len(prompts):
@@ -158,7 +161,7 @@ def accuracy(model: Any, prompts: Sequence[str], answers: Sequence[str] | Sequen
     return float(metrics.accuracy(next_token_probs(model, prompts, steer=steer, batch_size=batch_size), ids).mean())
 
 
-def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None = None, batch_size: int = 8) -> float:
+def perplexity(model: Model, texts: Sequence[str], *, steer: SteerFactory | None = None, batch_size: int = 8) -> float:
     """Perplexity ``exp(mean NLL)`` over all predicted real tokens of ``texts``."""
     from interp.models import tokenize
 
@@ -178,7 +181,7 @@ def perplexity(model: Any, texts: Sequence[str], *, steer: SteerFactory | None =
     return math.exp(nll / count)
 
 
-def probe_score(model: Any, probe: Axis, texts: Sequence[str], *, batch_size: int = 16) -> float:
+def probe_score(model: Model, probe: Axis, texts: Sequence[str], *, batch_size: int = 16) -> float:
     """Mean probability the probe assigns to class 1 at the last token of each text (unsteered)."""
     from interp.steering.axes import residual_activations
 
@@ -191,7 +194,7 @@ def probe_score(model: Any, probe: Axis, texts: Sequence[str], *, batch_size: in
     return float(torch.sigmoid(logit).mean())
 
 
-def generate(model: Any, prompts: Sequence[str] | str, *, max_new_tokens: int = 8,
+def generate(model: Model, prompts: Sequence[str] | str, *, max_new_tokens: int = 8,
              steer: SteerFactory | None = None) -> list[str]:
     """Greedy continuations (no KV cache: short generations only), batched with right padding.
 
@@ -219,7 +222,7 @@ def generate(model: Any, prompts: Sequence[str] | str, *, max_new_tokens: int = 
     return [model.tokenizer.decode(tokens[i, int(start[i]):int(lengths[i])].tolist()) for i in range(len(tokens))]
 
 
-def sweep(model: Any, axes: Sequence[Axis], alphas: Sequence[float], prompts: Sequence[str],
+def sweep(model: Model, axes: Sequence[Axis], alphas: Sequence[float], prompts: Sequence[str],
           targets: Sequence[str], neutral: Sequence[str], *, negatives: Sequence[str] = (),
           positions: Positions = "all", probe: Axis | None = None, gen_tokens: int = 0,
           meta: Any = None, name: str = "", progress: bool = True) -> Any:
