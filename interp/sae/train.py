@@ -164,7 +164,7 @@ def make_training_sae(cfg: SAETrainConfig, *, site: Site | str, d_in: int, model
     with _offline():
         sc = _sae_config(cfg, site, d_in, model_name, context_size)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
+            torch.random.default_generator.manual_seed(cfg.seed)  # CPU only: CUDA generators stay untouched
             sae = TrainingSAE.from_dict(sc.to_dict())
     return sae
 

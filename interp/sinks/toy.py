@@ -276,7 +276,7 @@ def _build(cfg: TrainConfig) -> Any:
     from transformers import AutoModelForCausalLM
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+        torch.random.default_generator.manual_seed(cfg.seed)  # CPU only: CUDA generators stay untouched
         model = AutoModelForCausalLM.from_config(_hf_config(cfg), dtype=torch.float32)
         if cfg.init == "torch":
             with torch.no_grad():
