@@ -1,4 +1,4 @@
-"""Ground-truth toy (a): a 2-layer attention-only GPT-2 trained for induction.
+"""Ground-truth toy (a): a 2-layer attention-only Llama trained for induction.
 
 **Data** (:class:`RepeatedSpans`). Each sequence is BOS then ``seq_len`` letters drawn
 uniformly (with replacement) from ``n_letters`` letters ``a, b, ...``, in which a span ``A``
@@ -8,10 +8,23 @@ offset (at least one letter between the copies). The loss is taken only on the p
 earlier occurrence of the current letter and copying the letter after it. Offsets are
 random, so position alone cannot solve the task.
 
-**Model**: GPT-2 (learned absolute positions, LayerNorm), 2 layers x 4 heads, d_model 64,
-attention only: every MLP weight and bias is zero and frozen, so MLP outputs are exactly 0.
+**Model**: Llama (RoPE, RMSNorm), 2 layers x 4 heads, d_model 64, attention only: every MLP
+weight is zero and frozen, so MLP outputs are exactly 0; only layer 0's head 0 may write (the
+other layer-0 heads' ``W_O`` is zero and kept zero, see :class:`InductionTrainConfig`).
 AdamW; the defaults of :class:`InductionTrainConfig` produced the committed checkpoint
-``data/toy/induction`` (settings, seconds and losses in its ``interp_source.json``).
+``data/toy/induction`` (settings, seconds and losses in its ``interp_source.json``: 2000 steps
+of 64 sequences, lr 3e-3, ~317 s at 1 thread on the shared 2-core machine, final batch loss 0.29;
+the loss falls from ~3 to ~0.5 between steps 1500 and 1800).
+
+Measured on the checkpoint (:func:`~interp.groundtruth.truth.induction_heads`, 64 held-out
+sequences): ``L0.H0`` previous-token score 0.74 (the dead layer-0 heads 0.10: uniform over the
+prefix); ``L1.H2`` induction score 0.95 (other layer-1 heads 0.14-0.26).
+
+Earlier attempts (recorded, not committed): GPT-2 and Llama with all four layer-0 heads
+trainable (1500 steps, fixed span 5) solved the task (99.9% on distinct-letter sequences) without
+any previous-token head: two layer-0 heads attended a fixed ``d`` and ``d - 1`` places back
+(d ~ 5), and layer-1 heads matched the query letter against the ``d``-back copy and read the
+``(d-1)``-back one. One writing layer-0 head rules that out: only ``d = 1`` then solves the task.
 
 **Truth** (:func:`identify_heads`), measured from attention patterns on held-out sequences
 whose letters are distinct apart from the repeated span (so every match is unique):
@@ -71,10 +84,8 @@ class RepeatedSpans:
 
     The span length is uniform in ``[2, max_span]``, the gap (filler letters between the copies)
     uniform in ``[0, max_gap]``, the first copy's offset uniform over the places that leave room.
-    Short spans and small gaps matter: trained with copies far apart, the model instead paired two
-    layer-0 heads attending a fixed ``d`` and ``d - 1`` places back (d ~ 5, measured), which fails
-    when the copies are fewer than ``d`` places apart; close copies leave only ``d = 1``, the
-    previous-token head.
+    (With ``max_gap = 2`` and one writing layer-0 head, 2000 steps only reached loss ~0.94; the
+    default spreads the distance between the copies.)
 
     Attributes:
         n_letters: alphabet size (letters ``a, b, ...``; at most 26).
@@ -86,7 +97,7 @@ class RepeatedSpans:
     n_letters: int = 26
     seq_len: int = 24
     max_span: int = 6
-    max_gap: int = 2
+    max_gap: int = 12
 
     def __post_init__(self) -> None:
         if not 4 <= self.n_letters <= 26:
@@ -140,7 +151,7 @@ class InductionTrainConfig:
 
     Attributes:
         data: the task.
-        n_layers, n_heads, d_model: GPT-2 sizes (MLPs are zero and frozen: attention only).
+        n_layers, n_heads, d_model: Llama sizes (MLPs are zero and frozen: attention only).
         steps, batch_size, lr, weight_decay: AdamW training, constant learning rate after ``warmup_steps``.
         layer0_heads: heads of layer 0 that may write (the others' ``W_O`` is zero and kept zero, so
             they are dead heads: true negatives). With all four trained, the model paired two
@@ -154,7 +165,7 @@ class InductionTrainConfig:
     n_layers: int = 2
     n_heads: int = 4
     d_model: int = 64
-    steps: int = 1500
+    steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-3
     weight_decay: float = 0.01
@@ -205,7 +216,7 @@ def _build(cfg: InductionTrainConfig) -> Any:
 
 
 def induction_loss(model: Any, data: RepeatedSpans, spans: Spans) -> torch.Tensor:
-    """Mean cross-entropy of the second copy's letters ``A[1:]`` (a HF GPT-2 model)."""
+    """Mean cross-entropy of the second copy's letters ``A[1:]`` (a HF causal LM)."""
     logits = model(input_ids=spans.tokens).logits[:, :-1]
     mask = data.loss_mask(spans)
     return torch.nn.functional.cross_entropy(logits[mask], spans.tokens[:, 1:][mask])

@@ -137,7 +137,7 @@ def induction_task(data: Any, n: int, *, seed: int) -> Any:
     """Clean/corrupted pairs for the induction toy (a :class:`~interp.datasets.TaskDataset`).
 
     Each clean prompt is a sequence of distinct letters (apart from the repeated span) cut right
-    after a second-copy letter ``A[i]`` (``i`` random in ``0..span-2``); the answer is ``A[i+1]``.
+    after a second-copy letter ``A[i]`` (``i`` random in ``0..length-2``); the answer is ``A[i+1]``.
     The corrupted prompt is the same text with ``A[i]``'s *first* occurrence replaced by a letter that
     occurs nowhere in the prompt, so no earlier ``A[i]`` is followed by the answer: the previous-token
     head's output there and the induction head's output both carry the contrast. The
@@ -154,7 +154,7 @@ def induction_task(data: Any, n: int, *, seed: int) -> Any:
     for r in range(n):
         letters = (spans.tokens[r, 1:] - LETTER0).tolist()
         a, b = int(spans.first[r]), int(spans.second[r])
-        i = int(torch.randint(0, data.span - 1, (1,), generator=g))
+        i = int(torch.randint(0, int(spans.length[r]) - 1, (1,), generator=g))
         prompt = letters[: b + i + 1]
         unused = [t for t in torch.randperm(data.n_letters, generator=g).tolist() if t not in letters]
         if len(unused) < 2:
