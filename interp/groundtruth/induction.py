@@ -38,7 +38,7 @@ Both thresholds are 0.5, a majority chosen from first principles (a head that pu
 than half its attention on one relative position is that position's head), not fitted.
 
 Example:
-    >>> s = RepeatedSpans(seq_len=12, max_span=3).draw(2, seed=0)
+    >>> s = RepeatedSpans(seq_len=12, max_span=3, max_gap=2).draw(2, seed=0)
     >>> k = int(s.length[0])
     >>> s.tokens.shape, bool((s.tokens[0, 1 + s.first[0]:][:k] == s.tokens[0, 1 + s.second[0]:][:k]).all())
     (torch.Size([2, 13]), True)
