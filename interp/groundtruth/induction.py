@@ -14,7 +14,7 @@ other layer-0 heads' ``W_O`` is zero and kept zero, see :class:`InductionTrainCo
 AdamW; the defaults of :class:`InductionTrainConfig` produced the committed checkpoint
 ``data/toy/induction`` (settings, seconds and losses in its ``interp_source.json``: 2000 steps
 of 64 sequences, lr 3e-3, ~317 s at 1 thread on the shared 2-core machine, final batch loss 0.29;
-the loss falls from ~3 to ~0.5 between steps 1500 and 1800).
+the batch loss stays ~2.7-3.0 until step 1600 and falls to 0.66 by step 1700).
 
 Measured on the checkpoint (:func:`~interp.groundtruth.truth.induction_heads`, 64 held-out
 sequences): ``L0.H0`` previous-token score 0.74 (the dead layer-0 heads 0.10: uniform over the
