@@ -333,7 +333,7 @@ _SCHEMAS: list[Schema] = [
         _C("auc", "float", "fraction", "ROC AUC of |score| for the true units (1 = all true units ranked first)"),
         _C("n_true", "int", "", "true units (heads or edges) in the circuit"),
         _C("n_total", "int", "", "units scored"),
-        _C("true_ranks", "list", "", "ranks (1 = largest |score|) of the true units"),
+        _C("true_ranks", "list", "", "ranks (1 = largest |score|; ties share their average rank) of the true units"),
         _C("top", "list", "", "the n_true highest-ranked units"),
     )),
     Schema("groundtruth.heads", "one head of a ground-truth toy: measured role scores and verdict", (

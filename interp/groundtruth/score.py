@@ -42,10 +42,10 @@ def _head_nodes(model: Any) -> list[str]:
     return [node_id("head", layer=l, head=h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
 
 
-def _ranks(nodes: list[str], scores: np.ndarray, truth: set[str]) -> list[int]:
-    order = np.argsort(-np.abs(scores), kind="stable")
-    rank = {nodes[i]: r + 1 for r, i in enumerate(order)}
-    return sorted(rank[n] for n in nodes if n in truth)
+def _ranks(scores: np.ndarray, labels: list[bool]) -> list[float]:
+    """Ranks of the true units by ``|score|`` (1 = largest; ties share their average rank, as in the AUC)."""
+    r = pd.Series(np.abs(scores)).rank(ascending=False, method="average").to_numpy()
+    return sorted(float(r[i]) for i, t in enumerate(labels) if t)
 
 
 def node_auc_rows(toy: str, method: str, heads: list[str], scores: dict[str, float], truth: Truth) -> dict[str, Any]:
@@ -54,7 +54,7 @@ def node_auc_rows(toy: str, method: str, heads: list[str], scores: dict[str, flo
     labels = [n in truth.nodes for n in heads]
     order = np.argsort(-np.abs(vals), kind="stable")
     return {"toy": toy, "method": method, "level": "node", "auc": auc(labels, vals), "n_true": int(sum(labels)),
-            "n_total": len(heads), "true_ranks": _ranks(heads, vals, set(truth.nodes)),
+            "n_total": len(heads), "true_ranks": _ranks(vals, labels),
             "top": [heads[i] for i in order[: max(1, sum(labels))]]}
 
 
@@ -71,8 +71,7 @@ def _edge_row(toy: str, method: str, edges: pd.DataFrame, truth: Truth) -> dict[
     names = [f"{s}->{d}.{i}" for s, d, i in keys]
     order = np.argsort(-np.abs(vals), kind="stable")
     return {"toy": toy, "method": method, "level": "edge", "auc": auc(labels, vals), "n_true": int(sum(labels)),
-            "n_total": len(keys), "true_ranks": sorted(int(np.where(order == i)[0][0]) + 1
-                                                       for i, t in enumerate(labels) if t),
+            "n_total": len(keys), "true_ranks": _ranks(vals, labels),
             "top": [names[i] for i in order[: max(1, sum(labels))]]}
 
 
