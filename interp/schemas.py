@@ -325,6 +325,25 @@ _SCHEMAS: list[Schema] = [
         _C("angle_deg", "float", "degrees"), _LAYER, _NODE, _C("alpha", "float"), _C("cos", "float"),
         _C("effect", "float"),
     )),
+    # --------------------------------------------------------------- ground-truth toys (issue 16 item 4)
+    Schema("groundtruth.auc", "one discovery method scored against a toy's known circuit at one level", (
+        _C("toy", "str", "", "the ground-truth toy (induction, planted)"),
+        _C("method", "str", "", "exact, atp, eap, eap-ig, chg"),
+        _C("level", "str", "", "node (heads) or edge (sender -> receiver input)"),
+        _C("auc", "float", "fraction", "ROC AUC of |score| for the true units (1 = all true units ranked first)"),
+        _C("n_true", "int", "", "true units (heads or edges) in the circuit"),
+        _C("n_total", "int", "", "units scored"),
+        _C("true_ranks", "list", "", "ranks (1 = largest |score|; ties share their average rank) of the true units"),
+        _C("top", "list", "", "the n_true highest-ranked units"),
+    )),
+    Schema("groundtruth.heads", "one head of a ground-truth toy: measured role scores and verdict", (
+        _C("toy", "str", "", "the ground-truth toy"),
+        _LAYER, _HEAD, _NODE,
+        _C("role", "str", "", "the role tested (prev_token, induction, copy, mover)"),
+        _C("score", "float", "fraction", "mean attention on the role's target position"),
+        _C("threshold", "float", "fraction", "the score above which the head has the role"),
+        _C("is_true", "bool", "", "score > threshold: the head belongs to the circuit"),
+    )),
 ]
 
 SCHEMAS: dict[str, Schema] = {s.kind: s for s in _SCHEMAS}
