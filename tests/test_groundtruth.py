@@ -110,7 +110,7 @@ def test_head_gating_auc_reported(induction_model, planted_model):
     for model, ds, t, toy in ((induction_model, induction_task(cfg.data, 24, seed=HELD_OUT), truth, "induction"),
                               (planted_model, planted_task(16, seed=1), planted_truth(), "planted")):
         res = score_methods(model, ds, t, toy=toy, methods=("chg",),
-                            chg_config=CHGConfig(steps=100, n_masks=2, progress=False))
+                            chg_config=CHGConfig(steps=40, n_masks=1, progress=False))
         _report(res)
         assert 0.0 <= float(res.table["auc"].iloc[0]) <= 1.0
 
