@@ -106,7 +106,6 @@ class Evaluator:
     def __init__(self, model: Any, data: Any, config: EdgeEvalConfig = EdgeEvalConfig()) -> None:
         from interp.arch import require_arch
         from interp.patching._run import Counter
-        from interp.patching.exact import run_baseline
         from interp.patching.metrics import prepare_pairs
 
         require_arch(model, method="edge-level circuit evaluation", parallel_attn_mlp=False, post_attn_norm=False,
@@ -131,10 +130,8 @@ class Evaluator:
         sites = [Site("embed"), *([Site("pos_embed")] if has_pos else []), Site("final_resid")]
         for l in range(self.n_layers):
             sites += [Site("z", l), Site("mlp_out", l), Site("resid_pre", l), Site("resid_mid", l)]
-        base, acts = run_baseline(model, pairs, sites, self.counter, with_logp=False)
+        acts = self._baseline(sites)
         has_pos = Site("pos_embed") in acts      # the hook exists on every bridge; it fires for absolute positions
-        self.base = base
-        self.ld_clean, self.ld_corrupted = base.mean_clean, base.mean_corr
         n_b = len(pairs)
         mean = config.ablation == "mean"
         keep = self._real_positions()
@@ -152,6 +149,28 @@ class Evaluator:
         self._mlp_corr = {l: corr(Site("mlp_out", l)) for l in range(self.n_layers)}
         self._in_corr = {str(s): corr(s) for s in sites if s.component in ("resid_pre", "resid_mid", "final_resid")}
         self._w_o = {l: model.blocks[l].attn.W_O.detach() for l in range(self.n_layers)}
+
+    def _baseline(self, sites: list[Site]) -> dict[Site, Tensor]:
+        """Clean and corrupted rows side by side in one engine pass: baselines, and the activations at ``sites``
+        (``[2 * batch, ...]``, clean first; kept by reference, nothing downstream writes to them)."""
+        from interp.engine import forward_hidden
+        from interp.patching.metrics import Baseline, final_logits, row_stats
+
+        pairs, n_b = self.pairs, len(self.pairs)
+        acts: dict[Site, Tensor] = {}
+
+        def keep(a: Tensor, site: Site) -> None:
+            acts[site] = a.detach()
+        with torch.inference_mode():
+            hid = forward_hidden(self.model, torch.cat([pairs.clean, pairs.corrupted]), pairs.last,
+                                 [(s, keep) for s in sites], grow=False, counter=self.counter)
+            st = row_stats(final_logits(self.model, hid), pairs, None)
+        base = Baseline(ld_clean=st["ld"][:n_b], ld_corr=st["ld"][n_b:], p_clean=st["prob"][:n_b],
+                        p_corr=st["prob"][n_b:], logp_clean=torch.empty(0))
+        base.check(pairs)
+        self.base = base
+        self.ld_clean, self.ld_corrupted = base.mean_clean, base.mean_corr
+        return acts
 
     # ----------------------------------------------------------------------- structure
     def _real_positions(self) -> Tensor:
@@ -296,32 +315,41 @@ class Evaluator:
         store["d"][i:i + d.shape[0]] = d.reshape(d.shape[0], -1)
 
     def _rewrite(self, hk: _Hook, plan: tuple, store: dict[str, Tensor]) -> Any:
+        """The hook's rewrite, in place on the world's rows (few tensor ops: each costs on a busy CPU)."""
         form, partial, rows, mat, empties = plan
         corr_in = self._in_corr[hk.corr]
+        n_cols = len(hk.cols)
+        all_empty = len(empties) == n_cols
+        empty_idx = torch.tensor(empties, dtype=torch.long)
+        part_idx = torch.tensor(partial, dtype=torch.long)
 
-        def fn(x: Tensor) -> Tensor:
-            new = x.clone()
-            corr = corr_in.to(x.dtype).expand(x.shape[0], *corr_in.shape[1:])
-            if hk.per_head:
-                for j in empties:
-                    new[:, :, j] = corr
-            elif empties:
-                new[:] = corr
+        def fn(x: Tensor) -> None:
+            corr = corr_in.to(x.dtype)
+            if not hk.per_head:
+                if partial:
+                    x.copy_(self._summed(x, form, corr, x, rows, mat, store)[0])
+                else:
+                    x.copy_(corr.expand_as(x))
+                return
+            if all_empty:
+                x.copy_(corr[:, :, None].expand_as(x))
+                return
+            if empties:
+                x[:, :, empty_idx.to(x.device)] = corr[:, :, None].expand(-1, -1, len(empties), -1).to(x.dtype)
             if partial:
-                if "d" not in store:   # only EMBED precedes (layer 0)
-                    self._put(store, 0, self._d_embed.to(x.dtype).reshape(1, -1), x)
-                deltas = store["d"][rows.to(x.device)]                       # [m, n*p*d]
-                summed = (mat.to(x.dtype).T.to(x.device) @ deltas)           # [k, n*p*d]
-                summed = summed.reshape(len(partial), x.shape[0], x.shape[1], x.shape[-1])
-                for k, j in enumerate(partial):
-                    base = corr if form == "in" else (x[:, :, j] if hk.per_head else x)
-                    val = base + summed[k] if form == "in" else base - summed[k]
-                    if hk.per_head:
-                        new[:, :, j] = val
-                    else:
-                        new[:] = val
-            return new
+                idx = part_idx.to(x.device)
+                x[:, :, idx] = self._summed(x[:, :, idx].movedim(2, 0), form, corr, x, rows, mat, store).movedim(0, 2)
         return fn
+
+    def _summed(self, own: Tensor, form: str, corr: Tensor, x: Tensor, rows: Tensor, mat: Tensor,
+                store: dict[str, Tensor]) -> Tensor:
+        """``[k, n, pos, d]`` new inputs of the partial receivers: corrupted input + the circuit's senders
+        (``"in"``), or the run's own input ``own`` minus the senders outside the circuit (``"out"``)."""
+        if "d" not in store:   # only EMBED precedes (layer 0)
+            self._put(store, 0, self._d_embed.to(x.dtype).reshape(1, -1), x)
+        n, p, d = x.shape[0], x.shape[1], x.shape[-1]
+        summed = (mat.to(device=x.device, dtype=x.dtype).T @ store["d"][rows.to(x.device)]).reshape(-1, n, p, d)
+        return corr[None] + summed if form == "in" else own - summed
 
 
 def evaluate_circuits(model: Any, data: Any, circuits: Mapping[str, Iterable[Any]] | Iterable[Any],
