@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--top", type=int, default=200)
+    ap.add_argument("--circuits", default="eap,random_half", help="which circuits to time (eap, random_half)")
     ap.add_argument("--out", default="benchmarks/out/edge_eval.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -45,11 +46,15 @@ def main() -> None:
     ds = build_task("ioi", model=model, n=args.n)
     pairs = prepare_pairs(model, ds)
     edges = model_edges(model)
-    t0 = time.perf_counter()
-    eap = edge_attribution_patching(model, ds, AttributionConfig(metric="logit_diff"))
-    eap_s = time.perf_counter() - t0
-    circuits = {f"eap_top{args.top}": top_n(edge_scores(model, eap), args.top),
-                "random_half": random.Random(0).sample(edges, len(edges) // 2)}
+    want = args.circuits.split(",")
+    circuits, eap_s = {}, 0.0
+    if "eap" in want:
+        t0 = time.perf_counter()
+        eap = edge_attribution_patching(model, ds, AttributionConfig(metric="logit_diff"))
+        eap_s = time.perf_counter() - t0
+        circuits[f"eap_top{args.top}"] = top_n(edge_scores(model, eap), args.top)
+    if "random_half" in want:
+        circuits["random_half"] = random.Random(0).sample(edges, len(edges) // 2)
     report: dict = {"model": args.model, "n": args.n, "threads": args.threads, "reps": args.reps,
                     "tokens_per_prompt": int(pairs.clean.shape[1]), "n_model_edges": len(edges),
                     "eap_seconds": round(eap_s, 2), "circuits": {}}

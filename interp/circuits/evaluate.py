@@ -268,10 +268,11 @@ class Evaluator:
             ivs.append(Intervention("apply", hk.site, self._rewrite(hk, plan, store)))
         return World(tuple(ivs))
 
-    def _plan(self, hk: _Hook, mask: Tensor) -> tuple[str, list[int], Tensor, Tensor, list[int]] | None:
+    def _plan(self, hk: _Hook, mask: Tensor) -> tuple[str, list[int], Tensor | None, Tensor, list[int]] | None:
         """How to rewrite one receiver hook for a circuit, or None (every receiver has all its edges).
 
-        Returns ``(form, partial columns, sender rows, [rows, partial] matrix, empty columns)``: form ``"in"``
+        Returns ``(form, partial columns, sender rows (None: every sender before the hook), [rows, partial]
+        matrix, empty columns)``: form ``"in"``
         rebuilds the partial columns from the corrupted input plus the circuit's senders, ``"out"`` subtracts
         the senders outside the circuit from the run's own input; empty columns read the corrupted input.
         """
@@ -286,9 +287,10 @@ class Evaluator:
         empties = [j for j in range(len(cols)) if bool(empty[j]) and not bool(full[j])]
         rows_in = sub[:, partial].any(1).nonzero().flatten()
         rows_out = out_edges[:, partial].any(1).nonzero().flatten()
-        if len(rows_in) <= len(rows_out):
-            return "in", partial, rows_in, sub[rows_in][:, partial], empties
-        return "out", partial, rows_out, out_edges[rows_out][:, partial], empties
+        form, rows, full_mat = ("in", rows_in, sub) if len(rows_in) <= len(rows_out) else ("out", rows_out, out_edges)
+        if 2 * len(rows) > hk.n_before:   # dense: multiply the stored prefix as it is (no gathered copy)
+            return form, partial, None, full_mat[:, partial], empties
+        return form, partial, rows, full_mat[rows][:, partial], empties
 
     def _keep_heads(self, layer: int, store: dict[str, Tensor]) -> Any:
         z_corr, w_o = self._z_corr[layer], self._w_o[layer]
@@ -348,7 +350,8 @@ class Evaluator:
         if "d" not in store:   # only EMBED precedes (layer 0)
             self._put(store, 0, self._d_embed.to(x.dtype).reshape(1, -1), x)
         n, p, d = x.shape[0], x.shape[1], x.shape[-1]
-        summed = (mat.to(device=x.device, dtype=x.dtype).T @ store["d"][rows.to(x.device)]).reshape(-1, n, p, d)
+        deltas = store["d"][:mat.shape[0]] if rows is None else store["d"][rows.to(x.device)]
+        summed = (mat.to(device=x.device, dtype=x.dtype).T @ deltas).reshape(-1, n, p, d)
         return corr[None] + summed if form == "in" else own - summed
 
 
