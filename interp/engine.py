@@ -11,6 +11,9 @@ A *pass* runs a set of **worlds** side by side on one batch axis (Penzai's
 * ``restore``: the region takes the same region of ``value``, a recorded activation of the
   site's hook (``[batch, pos, ...]``, or ``[pos, ...]`` shared by all rows), e.g. the
   clean run's activation in a corrupted world.
+* ``apply``: the region becomes ``value(region)``, a callable given the world's own rows (it may
+  return None to keep them): values computed in the same world during the pass, e.g. edge-level
+  circuit evaluation, where a receiver's input depends on the world's own sender outputs.
 
 The *region* is the site's head slice (``Site("z", 3, head=1)``) at ``positions``: all
 (``None``), one (``int``), several (``tuple``), a ``slice``, or one per row (a ``[batch]`` tensor),
@@ -68,7 +71,7 @@ __all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "interve
            "final_logits", "causal_mask", "tail_ok"]
 
 #: Intervention types.
-OPS = ("set", "add", "scale", "ablate", "gate", "restore")
+OPS = ("set", "add", "scale", "ablate", "gate", "restore", "apply")
 _FINAL = Site("ln_final")
 #: Components without a layer that come after every block.
 _AFTER_BLOCKS = ("ln_final", "final_resid")
@@ -126,6 +129,9 @@ class Intervention:
         if self.op == "gate" and (site.head is not None or site.head_axis is None):
             raise ConfigError(f"gate {site}: gates act on every head of a per-head site (e.g. 'z.3'), "
                               "not on one head or a site without heads")
+        if self.op == "apply" and not callable(self.value):
+            raise ConfigError(f"apply {site}: value must be a callable region -> new region, "
+                              f"got {type(self.value).__name__}")
         if self.op == "restore" and not isinstance(self.value, Tensor):
             raise ConfigError(f"restore {site}: value must be the recorded activation tensor, "
                               f"got {type(self.value).__name__}")
@@ -226,6 +232,14 @@ def _apply(block: Tensor, iv: Intervention) -> None:
     region = site.select(block)
     idx = _index(iv.positions, n, region.shape[1], site, block.device)
     v = iv.value
+    if op == "apply":
+        new = v(region)
+        if new is not None:
+            if tuple(new.shape) != tuple(region.shape):
+                raise ShapeError(f"apply {site}: the callable returned {tuple(new.shape)}, expected the region's "
+                                 f"{tuple(region.shape)}")
+            region[idx] = new[idx]
+        return
     try:
         if op == "restore":
             src = v.to(device=block.device, dtype=block.dtype)

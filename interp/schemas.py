@@ -344,6 +344,30 @@ _SCHEMAS: list[Schema] = [
         _C("threshold", "float", "fraction", "the score above which the head has the role"),
         _C("is_true", "bool", "", "score > threshold: the head belongs to the circuit"),
     )),
+    # --------------------------------------------------------------- circuits: edge-level evaluation (issue 16)
+    Schema("circuits.eval", "one circuit (edge set) run with every edge outside it patched", (
+        _C("circuit", "str", "", "circuit name"),
+        _C("ablation", "str", "", "patching (paired corrupted outputs) or mean (their positional mean)"),
+        _C("n_edges", "int", "", "edges in the circuit (k/v edges of a GQA group counted once)"),
+        _C("n_nodes", "int", "", "heads and MLPs the edges touch"),
+        _C("ld", "float", "logits", "mean logit difference of the circuit run"),
+        _C("faithfulness", "float", "1 = clean", "(ld - ld_corrupted) / (ld_clean - ld_corrupted)"),
+        _C("ld_clean", "float", "logits", "mean logit difference of the clean run"),
+        _C("ld_corrupted", "float", "logits", "mean logit difference of the corrupted run"),
+    )),
+    Schema("circuits.curve", "one circuit size of an edge-level faithfulness curve", (
+        _C("method", "str", "", "method(s) of the edge Result ranked (eap, eap-ig, path, ...)"),
+        _C("selection", "str", "", "top_n or greedy"),
+        _C("n_edges", "int", "", "edges in the circuit"),
+        _C("n_nodes", "int", "", "heads and MLPs the edges touch"),
+        _C("faithfulness", "float", "1 = clean", "edge-level faithfulness of the circuit"),
+        _C("ld", "float", "logits", "mean logit difference of the circuit run"),
+        _C("random_mean", "float", "1 = clean", "mean faithfulness of random circuits of n_edges (NaN: none drawn)",
+           nan_ok=True),
+        _C("random_std", "float", "1 = clean", "std of those (NaN: fewer than 2 draws)", nan_ok=True),
+        _C("complement", "float", "1 = clean", "faithfulness of every edge but the circuit (NaN: not run)",
+           nan_ok=True),
+    )),
 ]
 
 SCHEMAS: dict[str, Schema] = {s.kind: s for s in _SCHEMAS}

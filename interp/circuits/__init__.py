@@ -1,0 +1,21 @@
+"""Circuits as edge sets: edge-level evaluation, selection and faithfulness curves (issue 16).
+
+* ``edges`` — the model's graph (:func:`model_edges`), validation (:func:`canonical`), selection
+  from an edge Result (:func:`edge_scores`, :func:`top_n`, :func:`above_threshold`, :func:`greedy`).
+* ``evaluate`` — :func:`evaluate_circuits` (Result ``circuits.eval``) and the reusable :class:`Evaluator`:
+  every edge outside the circuit patched, circuits as worlds of the one engine.
+* ``curves`` — :func:`faithfulness_curve` (Result ``circuits.curve``: faithfulness against edges and
+  nodes, random baselines, complements, area under the curve), :func:`smallest_circuit`, :func:`curve_figure`.
+"""
+
+from __future__ import annotations
+
+from interp.circuits.curves import (CircuitChoice, CurveConfig, curve_auc, curve_figure, faithfulness_curve,
+                                    smallest_circuit)
+from interp.circuits.edges import (INPUTS, Edge, above_threshold, canonical, circuit_nodes, edge_scores, greedy,
+                                   model_edges, top_n)
+from interp.circuits.evaluate import EdgeEvalConfig, Evaluator, evaluate_circuits
+
+__all__ = ["Edge", "INPUTS", "model_edges", "canonical", "circuit_nodes", "edge_scores", "top_n", "above_threshold",
+           "greedy", "EdgeEvalConfig", "Evaluator", "evaluate_circuits", "CurveConfig", "CircuitChoice",
+           "faithfulness_curve", "smallest_circuit", "curve_auc", "curve_figure"]
