@@ -64,7 +64,7 @@ def planted_chg(planted):
     flags = [p.requires_grad for p in model.parameters()]
     before = model.W_O.detach().clone()
     with hooked(model, {Site("z", 1): plant}):
-        res = causal_head_gating(model, ds, config=CHGConfig(steps=40, n_masks=2, progress=False))
+        res = causal_head_gating(model, ds, config=CHGConfig(max_steps=40, patience=8, n_masks=2, progress=False))
     return res, flags, before
 
 
@@ -322,6 +322,10 @@ def test_cli_gate_on_jsonl_task(tmp_path):
     chg = next(x for x in res.values() if x.kind == "gating.chg")
     assert len(chg.table) == 8 and chg.meta.config["n_masks"] == 2
     assert (out / "chg_toyds_role.html").exists()
+    assert "stage base: " in r.output and "stage plus_minus: " in r.output and "peak RSS" in r.output
+    assert "validation verdict: " in r.output
+    val = next(x for x in res.values() if x.kind == "gating.validation")
+    assert val.meta.extra["verdict"] in ("pass", "fail") and chg.meta.extra["stages"]["base"]["steps"] <= 2
 
 
 def test_patching_for_agrees_with_minimal_head_patching(toy_llama):
@@ -337,3 +341,100 @@ def test_patching_for_agrees_with_minimal_head_patching(toy_llama):
     assert len(a) == m.cfg.n_layers * m.cfg.n_heads
     for col in ("metric_value", "effect"):
         assert (a[col] - b.loc[a.index, col]).abs().max() < 1e-4
+
+
+# ------------------------------------------------------------------ convergence and micro-batching
+
+def test_chg_stops_when_roles_are_stable_with_the_long_runs_roles(planted):
+    """Patience stops each stage early once the roles stop changing; the roles equal those of a run
+    that never stops early (same seed, 4x the steps), and the planted heads are found."""
+    model, plant, ds = planted
+    long_cfg = CHGConfig(max_steps=30, patience=0, n_masks=2, progress=False)
+    short_cfg = CHGConfig(max_steps=30, patience=8, n_masks=2, progress=False)
+    with hooked(model, {Site("z", 1): plant}):
+        long = causal_head_gating(model, ds, config=long_cfg)
+        short = causal_head_gating(model, ds, config=short_cfg)
+    ls, ss = long.meta.extra["stages"], short.meta.extra["stages"]
+    assert {k: (v["steps"], v["converged"]) for k, v in ls.items()} == {"base": (30, False),
+                                                                        "plus_minus": (30, False)}
+    for name in ("base", "plus_minus"):
+        run = ss[name]
+        assert run["converged"] and run["steps"] < 30
+        assert run["steps"] == run["last_change"] + 8          # stopped exactly one patience window after
+    assert short.table.role.tolist() == long.table.role.tolist()
+
+
+def test_micro_batches_give_the_full_batch_gradient(planted):
+    """Accumulating gradients over micro-batches of 3 rows gives the same gates as one pass per step."""
+    model, plant, ds = planted
+    data = gate_data(model, ds)
+    init = init_gate_logits(2, model.cfg.n_layers, model.cfg.n_heads, seed=1)
+    out = []
+    with hooked(model, {Site("z", 1): plant}):
+        for micro in (None, 3):
+            cfg = CHGConfig(max_steps=4, patience=0, n_masks=2, micro_batch=micro, progress=False)
+            out.append(fit_stage(model, data, init, 0.1, stage="plus", config=cfg))
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(out[0], init)
+
+
+def test_chg_config_steps_alias_and_patience_checks():
+    assert CHGConfig(steps=7).max_steps == 7
+    assert CHGConfig().max_steps == 60 and CHGConfig().patience == 10
+    with pytest.raises(ConfigError, match="patience"):
+        CHGConfig(patience=-1)
+    with pytest.raises(ConfigError, match="micro_batch"):
+        CHGConfig(micro_batch=0)
+
+
+# ------------------------------------------------------------------ validation verdict and disagreements
+
+def _fake_patching(chg, effects: dict[str, float], direction: str | None = None):
+    """A gating.head_patching Result with the given effects (noising) on named heads, 0.01 elsewhere."""
+    import pandas as pd
+
+    from interp.results import Result, RunMeta
+
+    t = chg.table
+    eff = [effects.get(n, 0.01) for n in t.node]
+    table = pd.DataFrame({"layer": t["layer"], "head": t["head"], "node": t["node"], "metric": "logit_diff",
+                          "metric_value": [e + 1.0 for e in eff], "clean_value": 1.0, "corrupted_value": -1.0,
+                          "effect": eff, "normalized": [(e + 2.0) / 2.0 for e in eff]})
+    return Result("gating.head_patching", table, RunMeta(model="toy", extra={"direction": direction or "noising"}))
+
+
+@pytest.mark.parametrize("effects, flagged", [
+    ({"L1.H0": -1.5, "L1.H2": -2.0}, [("disagreement_interfering", "L1.H2")]),   # B supports, labelled interfering
+    ({"L1.H0": +2.0, "L1.H2": +1.5}, [("disagreement_facilitating", "L1.H0")]),  # A opposes, labelled facilitating
+    ({"L1.H0": -2.0, "L1.H2": +1.5}, []),                                          # both agree with the roles
+])
+def test_validation_flags_strong_heads_labelled_against_their_patching_effect(planted, planted_chg, effects, flagged):
+    from interp.gating.validate import ValidationConfig, summary_lines, validate_chg
+
+    model, plant, ds = planted
+    chg = planted_chg[0]
+    patch = _fake_patching(chg, effects)
+    with hooked(model, {Site("z", 1): plant}):
+        val = validate_chg(model, ds, chg, patching=patch,
+                           config=ValidationConfig(n_random=4, method="zero", progress=False))
+    rows = [(r.what, r.heads) for r in val.table.itertuples() if r.what.startswith("disagreement")]
+    assert rows == flagged
+    ex = val.meta.extra
+    assert [d["node"] for d in ex["disagreements"]] == [h for _, h in flagged]
+    text = "\n".join(summary_lines(val))
+    if flagged:
+        assert ex["verdict"] == "fail" and "DISAGREEMENTS" in text and flagged[0][1] in text
+        assert any("disagreement" in r for r in ex["verdict_reasons"])
+    else:
+        assert "DISAGREEMENTS" not in text and "no disagreement" in text
+        assert not any("disagreement" in r for r in ex["verdict_reasons"])
+
+
+def test_disagreement_sign_follows_the_patching_direction(planted_chg):
+    """Denoising: a positive effect supports the answer, so B (interfering) with +2 is flagged."""
+    from interp.gating.validate import disagreements
+
+    chg = planted_chg[0]
+    assert disagreements(chg, _fake_patching(chg, {"L1.H2": -2.0}, "denoising")) == []
+    found = disagreements(chg, _fake_patching(chg, {"L1.H2": +2.0}, "denoising"))
+    assert [(d["node"], d["role"], d["rank"]) for d in found] == [("L1.H2", "interfering", 1)]
