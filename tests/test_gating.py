@@ -313,9 +313,11 @@ def test_cli_gate_on_jsonl_task(tmp_path):
     ds.to_jsonl(tmp_path / "toyds.jsonl")
     _register_all()
     out = tmp_path / "out"
+    threads = torch.get_num_threads()
     r = CliRunner().invoke(app, ["gate", "toy:llama", "--task", str(tmp_path / "toyds.jsonl"), "--out", str(out),
                                  "--steps", "2", "--masks", "2", "--n-random", "2", "--figures", "html"])
     assert r.exit_code == 0, r.output
+    assert torch.get_num_threads() == threads           # gate's one-thread default is undone on exit
     res = load_results(out)
     kinds = sorted(x.kind for x in res.values())
     assert kinds == ["gating.chg", "gating.head_patching", "gating.validation"]
@@ -438,3 +440,64 @@ def test_disagreement_sign_follows_the_patching_direction(planted_chg):
     assert disagreements(chg, _fake_patching(chg, {"L1.H2": -2.0}, "denoising")) == []
     found = disagreements(chg, _fake_patching(chg, {"L1.H2": +2.0}, "denoising"))
     assert [(d["node"], d["role"], d["rank"]) for d in found] == [("L1.H2", "interfering", 1)]
+
+
+@pytest.mark.slow
+def test_pipeline_gating_stage_validates_and_reports_the_verdict(tmp_path, monkeypatch):
+    """The main job's gating stage validates by default against the patching stage's exact head patching,
+    and report.md carries the verdict and the disagreements (or says there are none)."""
+    from interp.datasets import registry
+    from interp.pipeline import (CacheStage, GatingStage, GraphStage, PatchingStage, PipelineConfig, SinksStage,
+                                 run_pipeline)
+    from interp.results import load_results
+
+    clean = ("When Mary and John went, John gave it to", "Then Anna and Bobo sat, Bobo gave it to",
+             "When Lisa and Mark ran, Mark gave it to", "Then Rosa and Tim sat, Tim gave it to")
+    corr = ("When Kate and Paul went, Luke gave it to", "Then Ruth and Carl sat, Dave gave it to",
+            "When Nina and Otto ran, Ivan gave it to", "Then Vera and Ned sat, Kim gave it to")
+
+    def toy(model, n=4, seed=0):
+        return TaskDataset("toy", clean[:n], corr[:n], answers=tuple(c[5] for c in clean[:n]),
+                           counterfactuals=tuple(c.split(", ")[1][0] for c in clean[:n]))
+
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy))
+    cfg = PipelineConfig(name="gatejob", model="toy:llama", tasks=("toy",), out=str(tmp_path / "out"),
+                         cache=CacheStage(enabled=False), sinks=SinksStage(enabled=False),
+                         graph=GraphStage(enabled=False),
+                         patching=PatchingStage(prompts=4, exact_prompts=4, atp=False, eap=False),
+                         gating=GatingStage(steps=3, prompts=4, batch_size=4))
+    report = run_pipeline(cfg, log=lambda m: None)
+    status = {r.name: r.status for r in report.stages}
+    assert status["gating"] == "ok", report.stages
+    val = next(r for r in load_results(tmp_path / "out" / "results").values() if r.kind == "gating.validation")
+    ex = val.meta.extra
+    assert ex["patching_kind"] == "patching.nodes"          # the patching stage's exact Result, reused
+    assert "spearman_signed" in set(val.table.what)
+    text = report.path.read_text()
+    assert "## Head gating (CHG)" in text and f"Validation verdict: {ex['verdict'].upper()}" in text
+    if ex["disagreements"]:
+        assert "Disagreements between CHG roles and exact patching" in text
+        assert all(d["node"] in text for d in ex["disagreements"])
+    else:
+        assert "no disagreement between CHG roles and exact patching" in text
+
+
+def test_report_md_lists_every_disagreement(planted, planted_chg):
+    """report.md's gating section states the verdict and names each disagreeing head (never silent)."""
+    from types import SimpleNamespace
+
+    from interp.gating.validate import ValidationConfig, validate_chg
+    from interp.pipeline_report import _gating_section
+
+    model, plant, ds = planted
+    chg = planted_chg[0]
+    with hooked(model, {Site("z", 1): plant}):
+        val = validate_chg(model, ds, chg, patching=_fake_patching(chg, {"L1.H0": -1.5, "L1.H2": -2.0}),
+                           config=ValidationConfig(n_random=3, method="zero", progress=False))
+    text = "\n".join(_gating_section(SimpleNamespace(results={"plant": [chg, val]})))
+    assert "**Validation verdict: FAIL**" in text
+    assert "Disagreements between CHG roles and exact patching (1)" in text
+    assert "L1.H2 labelled interfering but exact patching says it supports the answer" in text
+    assert "Stages: base: " in text
+    text = "\n".join(_gating_section(SimpleNamespace(results={"plant": [chg]})))
+    assert "**Not validated**" in text
