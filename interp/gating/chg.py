@@ -17,11 +17,18 @@ Convergence [U]: a stage stops when the roles it decides have not changed for
 ``patience`` consecutive optimizer steps, or after ``max_steps``. The lambda = 0 stage's
 "roles" are each mask's open / shut pattern (``G >= 0.5``), the +/- lambda stage's are the
 taxonomy below (from the mean gates over masks), contrastive CHG's the ``removed`` flags.
-Steps run and whether each stage converged are in ``meta.extra["stages"]``.
+Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
+at lr 1.0 Adam makes a head whose optimum is inside ``(0, 1)`` oscillate around it by about
+one logit per step, so the last iterate of such a head flips across 0.5 while its average
+settles; the stage returns that average (``patience=0``: the last iterate, as in the paper).
+Steps run, whether each stage converged, and the number of roles that changed at each step
+are in ``meta.extra["stages"]``.
 
 Micro-batching: a step's prompts are run ``micro_batch`` rows (masks x prompts) at a time
 and the gradients accumulated; the gradient is that of the full step's batch (the loss is a
 mean over prompts), and peak memory grows with ``micro_batch``, not with the batch.
+
+Contrastive CHG is in :mod:`interp.gating.contrastive`.
 
 Taxonomy [U] (thresholds configurable): *facilitating* when mean ``G-`` >= 0.5 (kept
 even when pushed shut); *interfering* when mean ``G+`` <= 0.5 (removed even when pushed
@@ -53,8 +60,8 @@ import torch
 from interp.errors import ConfigError, DataError
 from interp.sites import Site
 
-__all__ = ["CHGConfig", "StageRun", "GateData", "CHGFit", "role_codes", "gate_data", "init_gate_logits", "fit_stage", "fit_chg",
-           "chg_result", "causal_head_gating", "contrastive_head_gating", "head_roles", "gated"]
+__all__ = ["CHGConfig", "StageRun", "GateData", "CHGFit", "role_codes", "gate_data", "init_gate_logits",
+           "fit_stage", "fit_chg", "chg_result", "causal_head_gating", "head_roles", "gated"]
 
 ROLES = ("facilitating", "interfering", "irrelevant")
 STAGES = ("base", "plus", "minus")
@@ -157,11 +164,13 @@ class StageRun:
         steps: optimizer updates run.
         converged: the roles were unchanged for ``patience`` steps before ``max_steps``.
         last_change: the step (1-based) after which the roles last changed (0 = never changed).
+        changes: per step, how many role codes changed (heads, or mask x head for lambda = 0).
     """
 
     steps: int
     converged: bool
     last_change: int
+    changes: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -341,15 +350,19 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
 
     Args:
         loss_fn: ``[K, prompts]`` log-probs -> ``[K]`` task loss.
-        roles: ``[K, L, H]`` logits -> a tensor of role codes; the stage stops when it has been
-            equal for ``cfg.patience`` consecutive steps.
+        roles: ``[K, L, H]`` gates -> a tensor of role codes, read from the gates averaged over the
+            last ``cfg.patience`` steps; the stage stops when it has been equal for ``cfg.patience``
+            consecutive steps.
         micro: the loss is a mean over prompts (``-logp.mean(1)``), so the step's prompts may be
             run ``cfg.micro_batch`` rows at a time with accumulated gradients (exactly the
             full-batch gradient). ``False``: the whole step in one pass.
 
     Returns:
-        final logits ``[K, L, H]``, the last step's per-mask task loss ``[K]`` and the :class:`StageRun`.
+        logits ``[K, L, H]`` of the averaged gates, the last step's per-mask task loss ``[K]`` and the
+        :class:`StageRun`.
     """
+    from collections import deque
+
     from tqdm.auto import tqdm
 
     k = init.shape[0]
@@ -359,9 +372,11 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
     gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
     task = torch.zeros(k)
     box: dict[str, torch.Tensor] = {}
+    window: deque[torch.Tensor] = deque(maxlen=max(1, cfg.patience))
     with torch.no_grad():
-        state = roles(logits)
-    same, last_change, step = 0, 0, 0
+        window.append(torch.sigmoid(logits))
+        state = roles(window[-1])
+    same, last_change, step, changes = 0, 0, 0, []
     bar = tqdm(total=cfg.max_steps, desc=desc, disable=not cfg.progress, leave=False)
     with _frozen(model), _gate_hooks(model, lambda: box["g"]), _last_logprobs(model) as logprobs:
         for step in range(1, cfg.max_steps + 1):
@@ -389,10 +404,12 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
             with torch.no_grad():
                 if cfg.bound_logits:
                     logits.clamp_(-cfg.logit_clamp, cfg.logit_clamp)
-                now = roles(logits)
+                window.append(torch.sigmoid(logits))
+                now = roles(torch.stack(tuple(window)).mean(0))
             task = task_k
             bar.update(1)
-            if torch.equal(now, state):
+            changes.append(int((now != state).sum()))
+            if changes[-1] == 0:
                 same += 1
             else:
                 state, same, last_change = now, 0, step
@@ -400,7 +417,8 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
                 break
     bar.close()
     converged = bool(cfg.patience) and same >= cfg.patience
-    return logits.detach(), task, StageRun(step, converged, last_change)
+    avg = torch.stack(tuple(window)).mean(0).clamp(1e-6, 1 - 1e-6)
+    return torch.logit(avg).detach(), task, StageRun(step, converged, last_change, tuple(changes))
 
 
 def _batch_sampler(n: int, batch_size: int | None) -> Callable[[torch.Generator], torch.Tensor]:
@@ -426,9 +444,9 @@ def _nll(logp: torch.Tensor) -> torch.Tensor:
     return -logp.mean(1)
 
 
-def _open_shut(logits: torch.Tensor) -> torch.Tensor:
+def _open_shut(gates: torch.Tensor) -> torch.Tensor:
     """Roles of a single-lambda stage: each mask's open (``G >= 0.5``) / shut pattern ``[K, L, H]``."""
-    return logits >= 0
+    return gates >= 0.5
 
 
 def role_codes(g_plus: torch.Tensor, g_minus: torch.Tensor, *, facilitating_threshold: float = 0.5,
@@ -499,8 +517,7 @@ def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> C
     _check_stage("minus", -config.lam)
     lam = torch.cat([torch.full((m,), config.lam), torch.full((m,), -config.lam)])
 
-    def taxonomy(logits: torch.Tensor) -> torch.Tensor:
-        g = torch.sigmoid(logits)
+    def taxonomy(g: torch.Tensor) -> torch.Tensor:
         return role_codes(g[:m].mean(0), g[m:].mean(0), facilitating_threshold=config.facilitating_threshold,
                           interfering_threshold=config.interfering_threshold)
 
@@ -527,8 +544,8 @@ def _std(x: torch.Tensor) -> torch.Tensor:
 
 
 def _stages_meta(stages: dict[str, StageRun]) -> dict[str, dict[str, Any]]:
-    return {name: {"steps": r.steps, "converged": r.converged, "last_change": r.last_change}
-            for name, r in stages.items()}
+    return {name: {"steps": r.steps, "converged": r.converged, "last_change": r.last_change,
+                   "changes": list(r.changes)} for name, r in stages.items()}
 
 
 def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) -> Any:
@@ -578,78 +595,3 @@ def causal_head_gating(model: Any, dataset: Any, *, config: CHGConfig = CHGConfi
     data = gate_data(model, dataset, targets=targets)
     _batch_sampler(len(data), config.batch_size)  # dataset too small for the batch: fail before fitting
     return chg_result(model, fit_chg(model, data, config=config), data, config=config)
-
-
-def _concat(a: GateData, b: GateData, pad: int) -> GateData:
-    width = max(a.tokens.shape[1], b.tokens.shape[1])
-
-    def widen(t: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(t, (0, width - t.shape[1]), value=pad)
-
-    return GateData(torch.cat([widen(a.tokens), widen(b.tokens)]), torch.cat([a.last, b.last]),
-                    torch.cat([a.targets, b.targets]), a.texts + b.texts, f"{a.name}-vs-{b.name}")
-
-
-def contrastive_head_gating(model: Any, positive: Any, negative: Any, *, config: CHGConfig = CHGConfig()) -> Any:
-    """Contrastive CHG: keep the behaviour on ``positive`` while removing it on ``negative``.
-
-    Loss per mask (METHODS.md 3): ``-mean log p_pos + mean(clamp(log p_neg - sg(mean log p_pos),
-    min=neg_clamp)) - lambda * mean(clamp(logit(G), -4, 4))`` with ``lambda = +config.lam`` (gates
-    pushed open, so only heads whose removal separates the two sets close) [U: one stage,
-    from ``logit(U(0,1))``].
-
-    Returns:
-        ``gating.contrastive`` Result: per head ``g`` (mean), ``g_std``, ``removed`` (mean gate
-        below ``interfering_threshold``), and in meta the per-mask final log-probs.
-    """
-    import pandas as pd
-
-    from interp.nodes import node_id
-    from interp.results import Result, run_meta
-
-    pos, neg = gate_data(model, positive), gate_data(model, negative)
-    np_, nn_ = len(pos), len(neg)
-    pos_sampler, neg_sampler = _batch_sampler(np_, config.batch_size), _batch_sampler(nn_, config.batch_size)
-    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    data = _concat(pos, neg, pad)
-    box: dict[str, int] = {}
-
-    def sampler(gen: torch.Generator) -> torch.Tensor:
-        i, j = pos_sampler(gen), neg_sampler(gen)
-        box["n_pos"] = len(i)
-        return torch.cat([i, j + np_])
-
-    def loss_fn(logp: torch.Tensor) -> torch.Tensor:
-        lp_pos, lp_neg = logp[:, : box["n_pos"]], logp[:, box["n_pos"]:]
-        keep = lp_pos.mean(1)
-        remove = (lp_neg - keep.detach()[:, None]).clamp(min=config.neg_clamp).mean(1)
-        return -keep + remove
-
-    t0 = time.perf_counter()
-    m, cfg = config.n_masks, model.cfg
-    init = init_gate_logits(m, cfg.n_layers, cfg.n_heads, seed=config.seed)
-    logits, loss, stage = _optimize(model, data, init, torch.full((m,), config.lam), config, sampler, loss_fn,
-                                    "contrastive CHG",
-                                    lambda lg: torch.sigmoid(lg).mean(0) <= config.interfering_threshold,
-                                    micro=False)
-    seconds = time.perf_counter() - t0
-    g = torch.sigmoid(logits.cpu())
-    with torch.inference_mode():
-        lp = {}
-        for name, d in (("pos", pos), ("neg", neg)):
-            base = _target_logprobs(model, d.tokens, d.last, d.targets).mean()
-            with gated(model, g):
-                gl = _target_logprobs(model, d.tokens.repeat(m, 1), d.last.repeat(m), d.targets.repeat(m))
-            lp[f"logp_{name}_ungated"] = float(base)
-            lp[f"logp_{name}_gated"] = gl.view(m, -1).mean(1).tolist()
-    rows = []
-    gm, gs = g.mean(0), _std(g)
-    for layer in range(cfg.n_layers):
-        for head in range(cfg.n_heads):
-            rows.append({"layer": layer, "head": head, "node": node_id("head", layer=layer, head=head),
-                         "g": float(gm[layer, head]), "g_std": float(gs[layer, head]),
-                         "removed": bool(gm[layer, head] <= config.interfering_threshold)})
-    meta = run_meta(model, dataset=data.name, data=list(data.texts), seed=config.seed, config=config,
-                    fit_seconds=round(seconds, 3), final_loss=loss.tolist(),
-                    stages=_stages_meta({"contrastive": stage}), **lp)
-    return Result("gating.contrastive", pd.DataFrame(rows), meta, name=data.name)
