@@ -501,3 +501,25 @@ def test_report_md_lists_every_disagreement(planted, planted_chg):
     assert "Stages: base: " in text
     text = "\n".join(_gating_section(SimpleNamespace(results={"plant": [chg]})))
     assert "**Not validated**" in text
+
+
+@pytest.mark.bundled
+@pytest.mark.slow
+def test_chg_and_validation_smoke_on_smollm2(smollm2):
+    """Tiny settings on SmolLM2/IOI: the stages report their steps, the validation a verdict, and its
+    disagreements are those of the exact patching it was given (the full-size run is a measurement:
+    BENCHMARKS.md)."""
+    from interp.datasets.registry import build_task
+    from interp.gating.validate import ValidationConfig, disagreements, patching_for, validate_chg
+
+    ds = build_task("ioi", model=smollm2, n=2, seed=0)
+    chg = causal_head_gating(smollm2, ds, config=CHGConfig(max_steps=3, patience=2, progress=False))
+    assert len(chg.table) == smollm2.cfg.n_layers * smollm2.cfg.n_heads
+    assert all(1 <= s["steps"] <= 3 for s in chg.meta.extra["stages"].values())
+    vcfg = ValidationConfig(n_random=2, progress=False)
+    patch = patching_for(smollm2, ds, vcfg)
+    val = validate_chg(smollm2, ds, chg, config=vcfg, patching=patch)
+    ex = val.meta.extra
+    assert ex["verdict"] in ("pass", "fail")
+    assert [d["node"] for d in ex["disagreements"]] == [d["node"] for d in disagreements(chg, patch)]
+    assert (ex["verdict"] == "fail") >= bool(ex["disagreements"])       # a disagreement always fails the verdict

@@ -14,10 +14,13 @@ Loss per mask: mean NLL of each prompt's target token at its last real token
 on the logits, gradient norm clipped to 1 per mask (so masks stay independent).
 
 Convergence [U]: a stage stops when the roles it decides have not changed for
-``patience`` consecutive optimizer steps, or after ``max_steps``. The lambda = 0 stage's
-"roles" are each mask's open / shut pattern (``G >= 0.5``), the +/- lambda stage's are the
-taxonomy below (from the mean gates over masks), contrastive CHG's the ``removed`` flags.
-Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
+``patience`` consecutive optimizer steps, or after ``max_steps``. The +/- lambda stage's roles
+are the taxonomy below (from the mean gates over masks), contrastive CHG's the ``removed``
+flags. The lambda = 0 stage decides no roles (a role needs both ``G+`` and ``G-``; with no
+regulariser the gates of task-irrelevant heads wander between the bounds, so their open /
+shut pattern never settles: 60 steps without 10 quiet ones on SmolLM2): it only provides
+the common start of the +/- stages and stops when its task loss has not improved by
+``loss_tol`` for ``patience`` steps. Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
 at lr 1.0 Adam makes a head whose optimum is inside ``(0, 1)`` oscillate around it by about
 one logit per step, so the last iterate of such a head flips across 0.5 while its average
 settles; the stage returns that average (``patience=0``: the last iterate, as in the paper).
@@ -91,7 +94,9 @@ class CHGConfig:
     Attributes:
         max_steps: cap on optimizer updates per stage.
         patience: [U] a stage stops when the roles have not changed for this many consecutive
-            steps (0 = never stop early: run ``max_steps``).
+            steps (0 = never stop early: run ``max_steps``); the lambda = 0 stage when its mean
+            task loss has not improved by ``loss_tol`` for this many steps.
+        loss_tol: [U] improvement of the lambda = 0 stage's mean NLL (nats) that counts as progress.
         steps: deprecated alias of ``max_steps`` (init only; kept for older callers).
         n_masks: masks (seeds) fitted at once, tiled on the batch axis.
         lam: magnitude of lambda in the ``+lambda`` / ``-lambda`` stages (> 0).
@@ -116,6 +121,7 @@ class CHGConfig:
 
     max_steps: int = 60
     patience: int = 10
+    loss_tol: float = 0.01
     steps: InitVar[int | None] = None
     n_masks: int = 1
     lam: float = 0.1
@@ -138,6 +144,8 @@ class CHGConfig:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0 (0 = run max_steps), got {self.patience}")
+        if not self.loss_tol > 0:
+            raise ConfigError(f"loss_tol must be > 0, got {self.loss_tol}")
         if self.n_masks < 1:
             raise ConfigError(f"n_masks must be >= 1, got {self.n_masks}")
         if not self.lam > 0:
@@ -164,7 +172,7 @@ class StageRun:
         steps: optimizer updates run.
         converged: the roles were unchanged for ``patience`` steps before ``max_steps``.
         last_change: the step (1-based) after which the roles last changed (0 = never changed).
-        changes: per step, how many role codes changed (heads, or mask x head for lambda = 0).
+        changes: per step, how many role codes changed (lambda = 0: 1 when the loss improved).
     """
 
     steps: int
@@ -344,7 +352,7 @@ def _target_logprobs(model: Any, tokens: torch.Tensor, last: torch.Tensor, targe
 def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor, cfg: CHGConfig,
               sampler: Callable[[torch.Generator], torch.Tensor],
               loss_fn: Callable[[torch.Tensor], torch.Tensor], desc: str,
-              roles: Callable[[torch.Tensor], torch.Tensor], *,
+              roles: Callable[[torch.Tensor], torch.Tensor] | None, *,
               micro: bool = True) -> tuple[torch.Tensor, torch.Tensor, StageRun]:
     """Adam on gate logits ``[K, L, H]`` until the roles are stable for ``cfg.patience`` steps.
 
@@ -352,7 +360,8 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
         loss_fn: ``[K, prompts]`` log-probs -> ``[K]`` task loss.
         roles: ``[K, L, H]`` gates -> a tensor of role codes, read from the gates averaged over the
             last ``cfg.patience`` steps; the stage stops when it has been equal for ``cfg.patience``
-            consecutive steps.
+            consecutive steps. ``None``: stop when the mean task loss has not improved by
+            ``cfg.loss_tol`` for ``cfg.patience`` steps.
         micro: the loss is a mean over prompts (``-logp.mean(1)``), so the step's prompts may be
             run ``cfg.micro_batch`` rows at a time with accumulated gradients (exactly the
             full-batch gradient). ``False``: the whole step in one pass.
@@ -375,8 +384,8 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
     window: deque[torch.Tensor] = deque(maxlen=max(1, cfg.patience))
     with torch.no_grad():
         window.append(torch.sigmoid(logits))
-        state = roles(window[-1])
-    same, last_change, step, changes = 0, 0, 0, []
+        state = roles(window[-1]) if roles is not None else None
+    same, last_change, step, changes, best = 0, 0, 0, [], float("inf")
     bar = tqdm(total=cfg.max_steps, desc=desc, disable=not cfg.progress, leave=False)
     with _frozen(model), _gate_hooks(model, lambda: box["g"]), _last_logprobs(model) as logprobs:
         for step in range(1, cfg.max_steps + 1):
@@ -405,10 +414,16 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
                 if cfg.bound_logits:
                     logits.clamp_(-cfg.logit_clamp, cfg.logit_clamp)
                 window.append(torch.sigmoid(logits))
-                now = roles(torch.stack(tuple(window)).mean(0))
+                if roles is not None:
+                    now = roles(torch.stack(tuple(window)).mean(0))
             task = task_k
             bar.update(1)
-            changes.append(int((now != state).sum()))
+            if roles is None:                           # loss plateau: "changed" = improved by loss_tol
+                cur = float(task_k.mean())
+                changes.append(int(cur < best - cfg.loss_tol))
+                best, now = min(best, cur), state
+            else:
+                changes.append(int((now != state).sum()))
             if changes[-1] == 0:
                 same += 1
             else:
@@ -464,7 +479,9 @@ def fit_stage(model: Any, data: GateData, init: torch.Tensor, lam: float, *, sta
               config: CHGConfig = CHGConfig()) -> torch.Tensor:
     """Fit one stage of CHG from ``init`` logits ``[n_masks, n_layers, n_heads]``.
 
-    Stops when every mask's open / shut pattern is unchanged for ``config.patience`` steps.
+    A ``plus`` / ``minus`` stage stops when every mask's open / shut pattern (``G >= 0.5``, which
+    decides the role with that sign) is unchanged for ``config.patience`` steps; ``base`` when its
+    task loss stops improving (see :class:`CHGConfig`).
 
     Raises:
         ConfigError: lambda of the wrong sign for the stage (``base``: 0, ``plus``: > 0,
@@ -474,7 +491,7 @@ def fit_stage(model: Any, data: GateData, init: torch.Tensor, lam: float, *, sta
     _check_stage(stage, lam)
     sampler = _batch_sampler(len(data), config.batch_size)
     out, _, _ = _optimize(model, data, init, torch.full((init.shape[0],), float(lam)), config, sampler, _nll,
-                          f"CHG {stage}", _open_shut)
+                          f"CHG {stage}", None if stage == "base" else _open_shut)
     return out
 
 
@@ -502,7 +519,7 @@ class CHGFit:
 def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> CHGFit:
     """The three-stage CHG fit on prompts with targets (all masks in one tiled batch).
 
-    The lambda = 0 stage stops when each mask's open / shut pattern is stable, the +/- lambda
+    The lambda = 0 stage stops when its task loss stops improving, the +/- lambda
     stage (both fitted together) when the taxonomy of the mean gates is stable, each for
     ``config.patience`` steps (or at ``config.max_steps``).
     """
@@ -512,7 +529,7 @@ def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> C
     init = init_gate_logits(m, cfg.n_layers, cfg.n_heads, seed=config.seed)
     _check_stage("base", 0.0)
     base, nll_base, run_base = _optimize(model, data, init, torch.zeros(m), config, sampler, _nll, "CHG lambda=0",
-                                         _open_shut)
+                                         None)
     _check_stage("plus", config.lam)
     _check_stage("minus", -config.lam)
     lam = torch.cat([torch.full((m,), config.lam), torch.full((m,), -config.lam)])
