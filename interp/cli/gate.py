@@ -89,6 +89,9 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  stage {name}: {st['steps']} steps, "
                            + ("converged" if st["converged"] else "NOT converged (roles still changing at the cap)")
                            + f" (roles last changed after step {st['last_change']})")
+            border = res.meta.extra.get("borderline", [])
+            typer.echo(f"  borderline (a gate within {cfg.margin} of its role threshold): "
+                       + (" ".join(border) if border else "-"))
             for role in ("facilitating", "interfering"):
                 nodes = res.table[res.table.role == role].node.tolist()
                 typer.echo(f"  {role}: {' '.join(nodes) if nodes else '-'}")

@@ -20,7 +20,11 @@ flags. The lambda = 0 stage decides no roles (a role needs both ``G+`` and ``G-`
 regulariser the gates of task-irrelevant heads wander between the bounds, so their open /
 shut pattern never settles: 60 steps without 10 quiet ones on SmolLM2): it only provides
 the common start of the +/- stages and stops when its task loss has not improved by
-``loss_tol`` for ``patience`` steps. Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
+``loss_tol`` for ``patience`` steps. A head whose mean ``G+`` or ``G-`` lies within ``margin``
+of its threshold counts as *borderline* for the stopping rule (its role there is a coin flip that
+Adam's oscillation keeps flipping: on SmolLM2/IOI 1-3 such heads changed role at most steps after
+step 15, with ``G-`` in 0.45-0.6); the Result keeps its role by the thresholds and lists it in
+``meta.extra["borderline"]``. Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
 at lr 1.0 Adam makes a head whose optimum is inside ``(0, 1)`` oscillate around it by about
 one logit per step, so the last iterate of such a head flips across 0.5 while its average
 settles; the stage returns that average (``patience=0``: the last iterate, as in the paper).
@@ -96,6 +100,8 @@ class CHGConfig:
         patience: [U] a stage stops when the roles have not changed for this many consecutive
             steps (0 = never stop early: run ``max_steps``); the lambda = 0 stage when its mean
             task loss has not improved by ``loss_tol`` for this many steps.
+        margin: [U] for the stopping rule, a head within this distance of a role threshold is
+            "borderline" (one state) rather than flipping between two roles; listed in the Result.
         loss_tol: [U] improvement of the lambda = 0 stage's mean NLL (nats) that counts as progress.
         steps: deprecated alias of ``max_steps`` (init only; kept for older callers).
         n_masks: masks (seeds) fitted at once, tiled on the batch axis.
@@ -122,6 +128,7 @@ class CHGConfig:
     max_steps: int = 60
     patience: int = 10
     loss_tol: float = 0.01
+    margin: float = 0.05
     steps: InitVar[int | None] = None
     n_masks: int = 1
     lam: float = 0.1
@@ -144,6 +151,8 @@ class CHGConfig:
             raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.patience < 0:
             raise ConfigError(f"patience must be >= 0 (0 = run max_steps), got {self.patience}")
+        if not 0 <= self.margin < 0.5:
+            raise ConfigError(f"margin must lie in [0, 0.5), got {self.margin}")
         if not self.loss_tol > 0:
             raise ConfigError(f"loss_tol must be > 0, got {self.loss_tol}")
         if self.n_masks < 1:
@@ -535,8 +544,10 @@ def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> C
     lam = torch.cat([torch.full((m,), config.lam), torch.full((m,), -config.lam)])
 
     def taxonomy(g: torch.Tensor) -> torch.Tensor:
-        return role_codes(g[:m].mean(0), g[m:].mean(0), facilitating_threshold=config.facilitating_threshold,
-                          interfering_threshold=config.interfering_threshold)
+        codes = role_codes(g[:m].mean(0), g[m:].mean(0), facilitating_threshold=config.facilitating_threshold,
+                           interfering_threshold=config.interfering_threshold)
+        codes[_borderline(g[:m].mean(0), g[m:].mean(0), config).cpu()] = len(ROLES)
+        return codes
 
     both, nll_both, run_pm = _optimize(model, data, torch.cat([base, base]), lam, config, sampler, _nll,
                                        "CHG lambda=+/-", taxonomy)
@@ -558,6 +569,12 @@ def head_roles(g_plus: torch.Tensor, g_minus: torch.Tensor, *, facilitating_thre
 
 def _std(x: torch.Tensor) -> torch.Tensor:
     return x.std(0, correction=1) if x.shape[0] > 1 else torch.zeros_like(x[0])
+
+
+def _borderline(g_plus: torch.Tensor, g_minus: torch.Tensor, cfg: CHGConfig) -> torch.Tensor:
+    """Heads whose mean ``G+`` or ``G-`` lies within ``cfg.margin`` of its role threshold (bool, same shape)."""
+    return (((g_minus - cfg.facilitating_threshold).abs() < cfg.margin)
+            | ((g_plus - cfg.interfering_threshold).abs() < cfg.margin))
 
 
 def _stages_meta(stages: dict[str, StageRun]) -> dict[str, dict[str, Any]]:
@@ -595,6 +612,8 @@ def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) ->
                          "role": roles[i]})
     meta = run_meta(model, dataset=data.name, data=list(data.texts), seed=config.seed, config=config,
                     fit_seconds=round(fit.seconds, 3), n_prompts=len(data), stages=_stages_meta(fit.stages),
+                    borderline=[node_id("head", layer=int(a), head=int(b))
+                                for a, b in _borderline(gp.mean(0), gm.mean(0), config).nonzero().tolist()],
                     nll_base=fit.nll_base.tolist(), nll_plus=fit.nll_plus.tolist(), nll_minus=fit.nll_minus.tolist())
     return Result("gating.chg", pd.DataFrame(rows), meta, name=data.name)
 
