@@ -5,6 +5,7 @@
 * :mod:`interp.gating.chg` — causal head gating (Nam et al. 2025), taxonomy and scores; stages
   stop when the roles are stable for a patience window.
 * :mod:`interp.gating.contrastive` — contrastive CHG (keep on positives, remove on negatives).
+* :mod:`interp.gating.gates` — gate hooks on heads' `z`, frozen model, last-token log-probs.
 * :mod:`interp.gating.validate` — facilitating vs random heads, interfering heads,
   Spearman agreement with exact head patching, disagreements and a verdict.
 

@@ -18,8 +18,9 @@ from typing import Any
 
 import torch
 
-from interp.gating.chg import (CHGConfig, GateData, _batch_sampler, _optimize, _stages_meta, _std,
-                               _target_logprobs, gate_data, gated, init_gate_logits)
+from interp.gating.chg import (CHGConfig, GateData, _batch_sampler, _optimize, _stages_meta, _std, gate_data,
+                               init_gate_logits)
+from interp.gating.gates import _target_logprobs, gated
 
 __all__ = ["contrastive_head_gating"]
 
