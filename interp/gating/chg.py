@@ -20,11 +20,11 @@ flags. The lambda = 0 stage decides no roles (a role needs both ``G+`` and ``G-`
 regulariser the gates of task-irrelevant heads wander between the bounds, so their open /
 shut pattern never settles: 60 steps without 10 quiet ones on SmolLM2): it only provides
 the common start of the +/- stages and stops when its task loss has not improved by
-``loss_tol`` for ``patience`` steps. A head whose mean ``G+`` or ``G-`` lies within ``margin``
-of its threshold counts as *borderline* for the stopping rule (its role there is a coin flip that
-Adam's oscillation keeps flipping: on SmolLM2/IOI 1-3 such heads changed role at most steps after
-step 15, with ``G-`` in 0.45-0.6); the Result keeps its role by the thresholds and lists it in
-``meta.extra["borderline"]``. Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
+``loss_tol`` for ``patience`` steps. Heads whose mean ``G+`` or ``G-`` ends within ``margin``
+of a role threshold are listed in ``meta.extra["borderline"]``: their role is a coin flip that
+Adam's oscillation keeps flipping (on SmolLM2/IOI, 8 prompts, 0-4 roles changed per step after
+step 15 and the +/- stage did not converge in 60 steps; treating the band as one state did not
+help, its edges are crossed as often). Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
 at lr 1.0 Adam makes a head whose optimum is inside ``(0, 1)`` oscillate around it by about
 one logit per step, so the last iterate of such a head flips across 0.5 while its average
 settles; the stage returns that average (``patience=0``: the last iterate, as in the paper).
@@ -83,24 +83,27 @@ class CHGConfig:
     * ``max_steps=60`` with ``patience=10``: with Adam at lr 1.0 on logits bounded to
       ``[-4, 4]`` a gate crosses its whole range in about 8 steps, so the roles settle in
       tens of steps; a stage stops once they have been unchanged for 10 steps (more than
-      one full crossing). 60 is a cap that bounds the worst case (two stages on SmolLM2
-      with 8 prompts: ~10 minutes on 2 idle cores); a stage that hits it is reported as
-      not converged. The paper's 500 is a fixed budget, not a convergence criterion.
+      one full crossing). 60 is a cap that bounds the worst case (SmolLM2/IOI, 8 prompts, 1
+      mask: lambda = 0 stops after ~17 steps, the +/- stage ran all 60 in ~2.5 min on the shared
+      machine, whole command ~7 min); a stage that hits it is reported as not converged, with
+      its per-step role changes. The paper's 500 is a fixed budget, not a convergence criterion.
     * ``n_masks=1``: masks are independent seeds whose mean decides the roles; METHODS.md
       makes several masks optional ("can be fit at once"). One mask halves the cost of two;
       ask for more (``--masks``) to get the spread over seeds (``*_std`` columns).
     * ``batch_size=None`` (every prompt at every step): a deterministic gradient, so the
       roles can stop changing; random prompt draws make borderline heads flip between steps.
     * ``micro_batch=16`` rows per forward/backward: bounds memory (SmolLM2 at 16 rows of
-      ~20 tokens keeps the process near 2 GB) without changing the gradient.
+      ~20 tokens: peak RSS 1.7 GB for the whole ``interp gate`` run) without changing the gradient.
+    * 8 prompts (``interp gate --n``): per-step cost is linear in prompts x masks; 8 IOI prompts
+      (both name orders) keep the command within 15 minutes on the shared 2-core machine.
 
     Attributes:
         max_steps: cap on optimizer updates per stage.
         patience: [U] a stage stops when the roles have not changed for this many consecutive
             steps (0 = never stop early: run ``max_steps``); the lambda = 0 stage when its mean
             task loss has not improved by ``loss_tol`` for this many steps.
-        margin: [U] for the stopping rule, a head within this distance of a role threshold is
-            "borderline" (one state) rather than flipping between two roles; listed in the Result.
+        margin: [U] a head whose mean gate ends within this distance of a role threshold is listed
+            as borderline (``meta.extra["borderline"]``; its role is uncertain).
         loss_tol: [U] improvement of the lambda = 0 stage's mean NLL (nats) that counts as progress.
         steps: deprecated alias of ``max_steps`` (init only; kept for older callers).
         n_masks: masks (seeds) fitted at once, tiled on the batch axis.
@@ -444,10 +447,8 @@ def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> C
     lam = torch.cat([torch.full((m,), config.lam), torch.full((m,), -config.lam)])
 
     def taxonomy(g: torch.Tensor) -> torch.Tensor:
-        codes = role_codes(g[:m].mean(0), g[m:].mean(0), facilitating_threshold=config.facilitating_threshold,
-                           interfering_threshold=config.interfering_threshold)
-        codes[_borderline(g[:m].mean(0), g[m:].mean(0), config).cpu()] = len(ROLES)
-        return codes
+        return role_codes(g[:m].mean(0), g[m:].mean(0), facilitating_threshold=config.facilitating_threshold,
+                          interfering_threshold=config.interfering_threshold)
 
     both, nll_both, run_pm = _optimize(model, data, torch.cat([base, base]), lam, config, sampler, _nll,
                                        "CHG lambda=+/-", taxonomy)
