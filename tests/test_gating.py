@@ -442,7 +442,6 @@ def test_disagreement_sign_follows_the_patching_direction(planted_chg):
     assert [(d["node"], d["role"], d["rank"]) for d in found] == [("L1.H2", "interfering", 1)]
 
 
-@pytest.mark.slow
 def test_pipeline_gating_stage_validates_and_reports_the_verdict(tmp_path, monkeypatch):
     """The main job's gating stage validates by default against the patching stage's exact head patching,
     and report.md carries the verdict and the disagreements (or says there are none)."""
