@@ -79,13 +79,21 @@ class PatchingStage:
 
 @dataclass(frozen=True, kw_only=True)
 class GatingStage:
-    """Causal head gating (roles of heads)."""
+    """Causal head gating (roles of heads), validated by default.
+
+    ``steps`` caps each stage (stages stop earlier when the roles are stable for
+    ``CHGConfig.patience`` steps). ``validate``: ablation of the facilitating / interfering
+    heads vs random heads and agreement with exact head patching (the patching stage's exact
+    ``z`` Result when there is one, else noising patching on the gating prompts); the verdict
+    and every disagreement go to report.md.
+    """
 
     enabled: bool = True
     prompts: int = 16
     steps: int = 25
     n_masks: int = 1
     batch_size: int = 8
+    validate: bool = True
 
     def __post_init__(self) -> None:
         _positive(self, "prompts", "steps", "n_masks", "batch_size")
@@ -378,6 +386,19 @@ def _stage_patching(job: _Job) -> str:
     return "; ".join(notes)
 
 
+def _exact_head_patching(job: _Job, task: str) -> Any:
+    """The patching stage's exact per-head ``z`` Result for ``task`` (one row per head, its metric), or None."""
+    from interp.results import Result
+
+    for r in job.results[task]:
+        if r.kind == "patching.nodes" and r.name.startswith("exact-z-"):
+            t = r.table
+            t = t[(t["metric"] == job.cfg.patching.metric) & (t["head"] >= 0)]
+            if len(t) and not t.duplicated(["layer", "head"]).any():
+                return Result(r.kind, t.reset_index(drop=True), r.meta, name=r.name)
+    return None
+
+
 def _stage_gating(job: _Job) -> str:
     from interp.gating import CHGConfig
     from interp.gating import causal_head_gating as chg
@@ -386,11 +407,22 @@ def _stage_gating(job: _Job) -> str:
     notes = []
     for task in job.cfg.tasks:
         ds = job.subset(task, c.prompts)
-        r = chg(job.model, ds, config=CHGConfig(steps=c.steps, n_masks=c.n_masks, batch_size=min(c.batch_size, len(ds)),
-                                                 seed=job.cfg.seed, progress=False))
+        r = chg(job.model, ds, config=CHGConfig(max_steps=c.steps, n_masks=c.n_masks,
+                                                 batch_size=min(c.batch_size, len(ds)), seed=job.cfg.seed,
+                                                 progress=False))
         job.save(task, r)
         roles = r.table["role"].value_counts().to_dict() if "role" in r.table else {}
-        notes.append(f"{task}: {c.steps} steps x 3 stages, roles {roles}")
+        stages = ", ".join(f"{k} {v['steps']} steps" + ("" if v["converged"] else " (not converged)")
+                           for k, v in r.meta.extra["stages"].items())
+        notes.append(f"{task}: {stages}, roles {roles}")
+        if c.validate:
+            from interp.gating.validate import ValidationConfig, validate_chg
+
+            vcfg = ValidationConfig(seed=job.cfg.seed, patch_prompts=c.prompts, progress=False)
+            val = validate_chg(job.model, ds, r, config=vcfg, patching=_exact_head_patching(job, task))
+            job.save(task, val)
+            ex = val.meta.extra
+            notes.append(f"{task}: validation {ex['verdict']}, {len(ex['disagreements'])} disagreement(s)")
     return "; ".join(notes)
 
 

@@ -1,5 +1,6 @@
 """``report.md`` of a pipeline run (:func:`interp.pipeline.run_pipeline`): stages with failures and
-traceback paths first, budgets, circuit faithfulness, comparisons, files."""
+traceback paths first, budgets, circuit faithfulness, head gating (roles, validation verdict,
+disagreements with exact patching), comparisons, files."""
 
 from __future__ import annotations
 
@@ -22,6 +23,39 @@ def _md_table(rows: list[dict[str, Any]], cols: list[str]) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(cell(r.get(c, "")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _gating_section(job: Any) -> list[str]:
+    """Head gating: roles, steps per stage, the validation verdict and every disagreement with exact patching."""
+    out: list[str] = []
+    for task, results in job.results.items():
+        chg = next((r for r in results if r.kind == "gating.chg"), None)
+        if chg is None:
+            continue
+        if not out:
+            out += ["## Head gating (CHG)", ""]
+        roles = chg.table["role"].value_counts().to_dict()
+        stages = "; ".join(f"{k}: {v['steps']} steps, " + ("converged" if v["converged"] else "**not converged**")
+                           for k, v in chg.meta.extra.get("stages", {}).items())
+        out += [f"### {task}", "", f"Roles {roles}. Stages: {stages}.", ""]
+        val = next((r for r in results if r.kind == "gating.validation"), None)
+        if val is None:
+            out += ["**Not validated** (gating.validate = false): the roles are unchecked.", ""]
+            continue
+        rows = [r for r in val.table.to_dict("records") if not str(r["what"]).startswith("disagreement")]
+        out += [_md_table(rows, ["what", "n_heads", "metric", "metric_value", "baseline_mean", "baseline_std",
+                                 "frac_random_lower", "p_value"]), ""]
+        ex = val.meta.extra
+        out += [f"**Validation verdict: {ex.get('verdict', 'unknown').upper()}**", ""]
+        out += [f"- {r}" for r in ex.get("verdict_reasons", [])]
+        found = ex.get("disagreements", [])
+        if found:
+            out += ["", f"**Disagreements between CHG roles and exact patching ({len(found)})**:", ""]
+            out += [f"- {d['why']}" for d in found]
+        elif ex.get("patching_kind"):
+            out.append("- no disagreement between CHG roles and exact patching")
+        out.append("")
+    return out
 
 
 def write_report(job: Any, total: float) -> Path:
@@ -67,6 +101,7 @@ def write_report(job: Any, total: float) -> Path:
                                    "normalized"])]
             heads = sorted(job.circuits[task].nodes_of("head"), key=lambda n: tuple(map(int, n[1:].split(".H"))))
             out += ["", f"Circuit heads ({len(heads)}): " + ", ".join(heads), ""]
+    out += _gating_section(job)
     if job.compare:
         out += ["## Circuit comparison", ""]
         for r in job.compare:

@@ -64,7 +64,7 @@ def planted_chg(planted):
     flags = [p.requires_grad for p in model.parameters()]
     before = model.W_O.detach().clone()
     with hooked(model, {Site("z", 1): plant}):
-        res = causal_head_gating(model, ds, config=CHGConfig(steps=40, n_masks=2, progress=False))
+        res = causal_head_gating(model, ds, config=CHGConfig(max_steps=40, patience=8, n_masks=2, progress=False))
     return res, flags, before
 
 
@@ -313,15 +313,21 @@ def test_cli_gate_on_jsonl_task(tmp_path):
     ds.to_jsonl(tmp_path / "toyds.jsonl")
     _register_all()
     out = tmp_path / "out"
+    threads = torch.get_num_threads()
     r = CliRunner().invoke(app, ["gate", "toy:llama", "--task", str(tmp_path / "toyds.jsonl"), "--out", str(out),
                                  "--steps", "2", "--masks", "2", "--n-random", "2", "--figures", "html"])
     assert r.exit_code == 0, r.output
+    assert torch.get_num_threads() == threads           # gate's one-thread default is undone on exit
     res = load_results(out)
     kinds = sorted(x.kind for x in res.values())
     assert kinds == ["gating.chg", "gating.head_patching", "gating.validation"]
     chg = next(x for x in res.values() if x.kind == "gating.chg")
     assert len(chg.table) == 8 and chg.meta.config["n_masks"] == 2
     assert (out / "chg_toyds_role.html").exists()
+    assert "stage base: " in r.output and "stage plus_minus: " in r.output and "peak RSS" in r.output
+    assert "validation verdict: " in r.output
+    val = next(x for x in res.values() if x.kind == "gating.validation")
+    assert val.meta.extra["verdict"] in ("pass", "fail") and chg.meta.extra["stages"]["base"]["steps"] <= 2
 
 
 def test_patching_for_agrees_with_minimal_head_patching(toy_llama):
@@ -337,3 +343,182 @@ def test_patching_for_agrees_with_minimal_head_patching(toy_llama):
     assert len(a) == m.cfg.n_layers * m.cfg.n_heads
     for col in ("metric_value", "effect"):
         assert (a[col] - b.loc[a.index, col]).abs().max() < 1e-4
+
+
+# ------------------------------------------------------------------ convergence and micro-batching
+
+def test_chg_stops_when_roles_are_stable_with_the_long_runs_roles(planted):
+    """Patience stops each stage early once the roles stop changing; the roles equal those of a run
+    that never stops early (same seed, 4x the steps), and the planted heads are found."""
+    model, plant, ds = planted
+    long_cfg = CHGConfig(max_steps=30, patience=0, n_masks=2, progress=False)
+    short_cfg = CHGConfig(max_steps=30, patience=8, n_masks=2, progress=False)
+    with hooked(model, {Site("z", 1): plant}):
+        long = causal_head_gating(model, ds, config=long_cfg)
+        short = causal_head_gating(model, ds, config=short_cfg)
+    ls, ss = long.meta.extra["stages"], short.meta.extra["stages"]
+    assert {k: (v["steps"], v["converged"]) for k, v in ls.items()} == {"base": (30, False),
+                                                                        "plus_minus": (30, False)}
+    for name in ("base", "plus_minus"):
+        run = ss[name]
+        assert run["converged"] and run["steps"] < 30
+        assert run["steps"] == run["last_change"] + 8          # stopped exactly one patience window after
+    assert short.table.role.tolist() == long.table.role.tolist()
+
+
+def test_micro_batches_give_the_full_batch_gradient(planted):
+    """Accumulating gradients over micro-batches of 3 rows gives the same gates as one pass per step."""
+    model, plant, ds = planted
+    data = gate_data(model, ds)
+    init = init_gate_logits(2, model.cfg.n_layers, model.cfg.n_heads, seed=1)
+    out = []
+    with hooked(model, {Site("z", 1): plant}):
+        for micro in (None, 3):
+            cfg = CHGConfig(max_steps=4, patience=0, n_masks=2, micro_batch=micro, progress=False)
+            out.append(fit_stage(model, data, init, 0.1, stage="plus", config=cfg))
+    torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-5)
+    assert not torch.equal(out[0], init)
+
+
+def test_chg_config_steps_alias_and_patience_checks():
+    assert CHGConfig(steps=7).max_steps == 7
+    assert CHGConfig().max_steps == 60 and CHGConfig().patience == 10
+    with pytest.raises(ConfigError, match="patience"):
+        CHGConfig(patience=-1)
+    with pytest.raises(ConfigError, match="micro_batch"):
+        CHGConfig(micro_batch=0)
+
+
+# ------------------------------------------------------------------ validation verdict and disagreements
+
+def _fake_patching(chg, effects: dict[str, float], direction: str | None = None):
+    """A gating.head_patching Result with the given effects (noising) on named heads, 0.01 elsewhere."""
+    import pandas as pd
+
+    from interp.results import Result, RunMeta
+
+    t = chg.table
+    eff = [effects.get(n, 0.01) for n in t.node]
+    table = pd.DataFrame({"layer": t["layer"], "head": t["head"], "node": t["node"], "metric": "logit_diff",
+                          "metric_value": [e + 1.0 for e in eff], "clean_value": 1.0, "corrupted_value": -1.0,
+                          "effect": eff, "normalized": [(e + 2.0) / 2.0 for e in eff]})
+    return Result("gating.head_patching", table, RunMeta(model="toy", extra={"direction": direction or "noising"}))
+
+
+@pytest.mark.parametrize("effects, flagged", [
+    ({"L1.H0": -1.5, "L1.H2": -2.0}, [("disagreement_interfering", "L1.H2")]),   # B supports, labelled interfering
+    ({"L1.H0": +2.0, "L1.H2": +1.5}, [("disagreement_facilitating", "L1.H0")]),  # A opposes, labelled facilitating
+    ({"L1.H0": -2.0, "L1.H2": +1.5}, []),                                          # both agree with the roles
+])
+def test_validation_flags_strong_heads_labelled_against_their_patching_effect(planted, planted_chg, effects, flagged):
+    from interp.gating.validate import ValidationConfig, summary_lines, validate_chg
+
+    model, plant, ds = planted
+    chg = planted_chg[0]
+    patch = _fake_patching(chg, effects)
+    with hooked(model, {Site("z", 1): plant}):
+        val = validate_chg(model, ds, chg, patching=patch,
+                           config=ValidationConfig(n_random=4, method="zero", progress=False))
+    rows = [(r.what, r.heads) for r in val.table.itertuples() if r.what.startswith("disagreement")]
+    assert rows == flagged
+    ex = val.meta.extra
+    assert [d["node"] for d in ex["disagreements"]] == [h for _, h in flagged]
+    text = "\n".join(summary_lines(val))
+    if flagged:
+        assert ex["verdict"] == "fail" and "DISAGREEMENTS" in text and flagged[0][1] in text
+        assert any("disagreement" in r for r in ex["verdict_reasons"])
+    else:
+        assert "DISAGREEMENTS" not in text and "no disagreement" in text
+        assert not any("disagreement" in r for r in ex["verdict_reasons"])
+
+
+def test_disagreement_sign_follows_the_patching_direction(planted_chg):
+    """Denoising: a positive effect supports the answer, so B (interfering) with +2 is flagged."""
+    from interp.gating.validate import disagreements
+
+    chg = planted_chg[0]
+    assert disagreements(chg, _fake_patching(chg, {"L1.H2": -2.0}, "denoising")) == []
+    found = disagreements(chg, _fake_patching(chg, {"L1.H2": +2.0}, "denoising"))
+    assert [(d["node"], d["role"], d["rank"]) for d in found] == [("L1.H2", "interfering", 1)]
+
+
+def test_pipeline_gating_stage_validates_and_reports_the_verdict(tmp_path, monkeypatch):
+    """The main job's gating stage validates by default against the patching stage's exact head patching,
+    and report.md carries the verdict and the disagreements (or says there are none)."""
+    from interp.datasets import registry
+    from interp.pipeline import (CacheStage, GatingStage, GraphStage, PatchingStage, PipelineConfig, SinksStage,
+                                 run_pipeline)
+    from interp.results import load_results
+
+    clean = ("When Mary and John went, John gave it to", "Then Anna and Bobo sat, Bobo gave it to",
+             "When Lisa and Mark ran, Mark gave it to", "Then Rosa and Tim sat, Tim gave it to")
+    corr = ("When Kate and Paul went, Luke gave it to", "Then Ruth and Carl sat, Dave gave it to",
+            "When Nina and Otto ran, Ivan gave it to", "Then Vera and Ned sat, Kim gave it to")
+
+    def toy(model, n=4, seed=0):
+        return TaskDataset("toy", clean[:n], corr[:n], answers=tuple(c[5] for c in clean[:n]),
+                           counterfactuals=tuple(c.split(", ")[1][0] for c in clean[:n]))
+
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy))
+    cfg = PipelineConfig(name="gatejob", model="toy:llama", tasks=("toy",), out=str(tmp_path / "out"),
+                         cache=CacheStage(enabled=False), sinks=SinksStage(enabled=False),
+                         graph=GraphStage(enabled=False),
+                         patching=PatchingStage(prompts=4, exact_prompts=4, atp=False, eap=False),
+                         gating=GatingStage(steps=3, prompts=4, batch_size=4))
+    report = run_pipeline(cfg, log=lambda m: None)
+    status = {r.name: r.status for r in report.stages}
+    assert status["gating"] == "ok", report.stages
+    val = next(r for r in load_results(tmp_path / "out" / "results").values() if r.kind == "gating.validation")
+    ex = val.meta.extra
+    assert ex["patching_kind"] == "patching.nodes"          # the patching stage's exact Result, reused
+    assert "spearman_signed" in set(val.table.what)
+    text = report.path.read_text()
+    assert "## Head gating (CHG)" in text and f"Validation verdict: {ex['verdict'].upper()}" in text
+    if ex["disagreements"]:
+        assert "Disagreements between CHG roles and exact patching" in text
+        assert all(d["node"] in text for d in ex["disagreements"])
+    else:
+        assert "no disagreement between CHG roles and exact patching" in text
+
+
+def test_report_md_lists_every_disagreement(planted, planted_chg):
+    """report.md's gating section states the verdict and names each disagreeing head (never silent)."""
+    from types import SimpleNamespace
+
+    from interp.gating.validate import ValidationConfig, validate_chg
+    from interp.pipeline_report import _gating_section
+
+    model, plant, ds = planted
+    chg = planted_chg[0]
+    with hooked(model, {Site("z", 1): plant}):
+        val = validate_chg(model, ds, chg, patching=_fake_patching(chg, {"L1.H0": -1.5, "L1.H2": -2.0}),
+                           config=ValidationConfig(n_random=3, method="zero", progress=False))
+    text = "\n".join(_gating_section(SimpleNamespace(results={"plant": [chg, val]})))
+    assert "**Validation verdict: FAIL**" in text
+    assert "Disagreements between CHG roles and exact patching (1)" in text
+    assert "L1.H2 labelled interfering but exact patching says it supports the answer" in text
+    assert "Stages: base: " in text
+    text = "\n".join(_gating_section(SimpleNamespace(results={"plant": [chg]})))
+    assert "**Not validated**" in text
+
+
+@pytest.mark.bundled
+@pytest.mark.slow
+def test_chg_and_validation_smoke_on_smollm2(smollm2):
+    """Tiny settings on SmolLM2/IOI: the stages report their steps, the validation a verdict, and its
+    disagreements are those of the exact patching it was given (the full-size run is a measurement:
+    BENCHMARKS.md)."""
+    from interp.datasets.registry import build_task
+    from interp.gating.validate import ValidationConfig, disagreements, patching_for, validate_chg
+
+    ds = build_task("ioi", model=smollm2, n=2, seed=0)
+    chg = causal_head_gating(smollm2, ds, config=CHGConfig(max_steps=3, patience=2, progress=False))
+    assert len(chg.table) == smollm2.cfg.n_layers * smollm2.cfg.n_heads
+    assert all(1 <= s["steps"] <= 3 for s in chg.meta.extra["stages"].values())
+    vcfg = ValidationConfig(n_random=2, progress=False)
+    patch = patching_for(smollm2, ds, vcfg)
+    val = validate_chg(smollm2, ds, chg, config=vcfg, patching=patch)
+    ex = val.meta.extra
+    assert ex["verdict"] in ("pass", "fail")
+    assert [d["node"] for d in ex["disagreements"]] == [d["node"] for d in disagreements(chg, patch)]
+    assert (ex["verdict"] == "fail") >= bool(ex["disagreements"])       # a disagreement always fails the verdict

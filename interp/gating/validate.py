@@ -4,7 +4,15 @@
   random heads (drawn from the other heads, ``n_random`` seeded draws: mean and std);
 * interfering heads ablated together should not hurt (ideally help);
 * Spearman correlation between CHG scores and exact head patching (noising: each head's
-  ``z``, at every position, taken from the corrupted prompt in the clean run).
+  ``z``, at every position, taken from the corrupted prompt in the clean run);
+* disagreements, never silent: a head among the strongest by exact patching (``|effect|`` at
+  or above the ``strong_quantile`` of all heads) whose effect says it *supports* the answer
+  (noising: negative effect, the metric drops when it is corrupted) but is labelled
+  *interfering*, or one that *opposes* the answer but is labelled *facilitating*;
+* a verdict (``meta.extra["verdict"]``: ``"pass"`` or ``"fail"``, with the failed checks in
+  ``meta.extra["verdict_reasons"]``): facilitating heads hurt more than random sets, ablating
+  interfering heads does not hurt, CHG scores and patching agree in sign (Spearman > 0,
+  p < 0.05), and no disagreement. :func:`summary_lines` renders it for the CLI and report.md.
 
 :func:`patching_for` uses :func:`interp.patching.activation_patching` when the dataset has
 counterfactuals; otherwise :func:`head_patching` here, which runs any metric on the same
@@ -28,7 +36,8 @@ from interp.gating.ablation import Ablation, default_metric, evaluate, head_site
 from interp.nodes import node_id
 from interp.sites import Site
 
-__all__ = ["ValidationConfig", "validate_chg", "head_patching", "patching_for", "random_head_draws"]
+__all__ = ["ValidationConfig", "validate_chg", "head_patching", "patching_for", "random_head_draws",
+           "disagreements", "summary_lines"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,6 +52,11 @@ class ValidationConfig:
             has them, else clean) or ``"clean"``.
         patching: also compute exact head patching and the Spearman agreement.
         patch_prompts: prompts used by head patching (first ``patch_prompts``; ``None`` = all).
+        strong_quantile: [U] a head is *strong* by exact patching when its ``|effect|`` is at or
+            above this quantile of all heads' ``|effect|`` (0.9: the top decile). A strong head
+            labelled against the sign of its effect is a disagreement.
+        max_frac_random_lower: [U] the facilitating heads pass when at most this share of the
+            random head sets hurt as much (metric at or below theirs).
         progress: tqdm bars.
     """
 
@@ -52,6 +66,8 @@ class ValidationConfig:
     reference: str = "corrupted"
     patching: bool = True
     patch_prompts: int | None = None
+    strong_quantile: float = 0.9
+    max_frac_random_lower: float = 0.1
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -63,6 +79,9 @@ class ValidationConfig:
             raise ConfigError(f"reference must be 'corrupted' or 'clean', got {self.reference!r}")
         if self.patch_prompts is not None and self.patch_prompts < 1:
             raise ConfigError(f"patch_prompts must be >= 1 or None, got {self.patch_prompts}")
+        for name in ("strong_quantile", "max_frac_random_lower"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
 
 
 def random_head_draws(pool: list[tuple[int, int]], k: int, n: int, *, seed: int) -> list[list[tuple[int, int]]]:
@@ -167,6 +186,97 @@ def patching_for(model: Any, dataset: Any, cfg: ValidationConfig) -> Any:
     return Result("gating.head_patching", table.reset_index(drop=True), meta, name=dataset.name)
 
 
+def _support_sign(patching: Any) -> float:
+    """+1 when a positive ``effect`` means the head supports the answer (denoising), -1 for noising."""
+    t = patching.table
+    direction = (str(t["direction"].iloc[0]) if "direction" in t.columns and len(t)
+                 else patching.meta.extra.get("direction", "noising"))
+    return 1.0 if direction == "denoising" else -1.0
+
+
+def disagreements(chg: Any, patching: Any, *, strong_quantile: float = 0.9) -> list[dict[str, Any]]:
+    """Heads strong by exact patching whose CHG role contradicts the sign of their effect.
+
+    Args:
+        chg: ``gating.chg`` Result (``layer, head, node, role``).
+        patching: exact head patching (``layer, head, effect``; noising unless its ``direction``
+            column or ``meta.extra["direction"]`` says denoising).
+        strong_quantile: a head is strong when ``|effect|`` >= this quantile of all heads' ``|effect|``.
+
+    Returns:
+        one dict per disagreement, strongest first: ``node, role, effect, support`` (effect signed so
+        that > 0 supports the answer), ``rank`` (1 = largest ``|effect|``) and ``why`` (one line).
+    """
+    import numpy as np
+
+    p = patching.table.set_index(["layer", "head"])
+    sign = _support_sign(patching)
+    t = chg.table
+    effect = np.array([float(p.loc[(int(r.layer), int(r.head)), "effect"]) for r in t.itertuples()])
+    mag = np.abs(effect)
+    if not len(mag) or not mag.max() > 0:
+        return []
+    cut = float(np.quantile(mag, strong_quantile))
+    order = {i: k + 1 for k, i in enumerate(np.argsort(-mag, kind="stable"))}
+    out = []
+    for i, r in enumerate(t.itertuples()):
+        if mag[i] < cut or mag[i] == 0:
+            continue
+        support = sign * effect[i]
+        bad = (r.role == "interfering" and support > 0) or (r.role == "facilitating" and support < 0)
+        if bad:
+            does = "supports" if support > 0 else "opposes"
+            out.append({"node": r.node, "role": r.role, "effect": float(effect[i]), "support": float(support),
+                        "rank": order[i],
+                        "why": f"{r.node} labelled {r.role} but exact patching says it {does} the answer "
+                               f"(effect {effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
+                               f"top {1 - strong_quantile:.0%} cut {cut:.3f})"})
+    return sorted(out, key=lambda d: d["rank"])
+
+
+def _verdict(rows: list[dict[str, Any]], found: list[dict[str, Any]], cfg: "ValidationConfig",
+             patched: bool) -> tuple[str, list[str]]:
+    by = {r["what"]: r for r in rows}
+    reasons = []
+    fac, intf, clean = by["facilitating"], by["interfering"], by["clean"]["metric_value"]
+    if fac["n_heads"] == 0:
+        reasons.append("no head labelled facilitating")
+    elif not fac["frac_random_lower"] <= cfg.max_frac_random_lower:
+        reasons.append(f"facilitating heads ablated ({fac['metric_value']:+.3f}) hurt less than "
+                       f"{1 - fac['frac_random_lower']:.0%} of random sets of {fac['n_heads']} heads "
+                       f"(need at least {1 - cfg.max_frac_random_lower:.0%})")
+    if intf["n_heads"] and not intf["metric_value"] >= clean:
+        reasons.append(f"ablating the {intf['n_heads']} interfering heads hurts "
+                       f"({intf['metric_value']:+.3f} < clean {clean:+.3f})")
+    if patched:
+        sp = by["spearman_signed"]
+        if not (sp["metric_value"] > 0 and sp["p_value"] < 0.05):
+            reasons.append(f"CHG scores do not agree with exact patching (Spearman {sp['metric_value']:+.3f}, "
+                           f"p={sp['p_value']:.2g})")
+    else:
+        reasons.append("no exact patching (the dataset has no corrupted prompts): agreement not checked")
+    if found:
+        reasons.append(f"{len(found)} disagreement(s) with exact patching: " + ", ".join(d["node"] for d in found))
+    return ("pass" if not reasons else "fail"), reasons
+
+
+def summary_lines(validation: Any) -> list[str]:
+    """Human-readable verdict of a ``gating.validation`` Result: the verdict, its reasons, then every
+    disagreement on its own line (used by ``interp gate`` and the pipeline's report.md)."""
+    ex = validation.meta.extra
+    verdict = ex.get("verdict", "unknown")
+    lines = [f"validation verdict: {verdict.upper()}"]
+    lines += [f"  - {r}" for r in ex.get("verdict_reasons", [])]
+    found = ex.get("disagreements", [])
+    if found:
+        lines.append(f"DISAGREEMENTS between CHG roles and exact patching ({len(found)}):")
+        lines += [f"  ! {d['why']}" for d in found]
+    elif ex.get("patching_kind"):
+        lines.append("no disagreement between CHG roles and exact patching "
+                     f"(heads in the top {1 - ex.get('strong_quantile', 0.9):.0%} by |effect|)")
+    return lines
+
+
 def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig = ValidationConfig(),
                  patching: Any = None) -> Any:
     """Check CHG labels by ablation and against exact head patching -> ``gating.validation`` Result.
@@ -182,8 +292,13 @@ def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig
     Rows (``what``): ``clean``; ``facilitating`` and ``interfering`` (metric with those heads ablated;
     ``baseline_mean``/``baseline_std`` over random sets of the same size from the other heads,
     ``frac_random_lower``: share of random sets with a metric at or below it); ``spearman_facilitation``
-    (facilitation vs drop under patching, clean - patched) and ``spearman_signed`` (facilitation -
-    interference vs that drop), with ``p_value``.
+    (facilitation vs the head's support for the answer under patching: clean - patched for noising)
+    and ``spearman_signed`` (facilitation - interference vs that support), with ``p_value``; one row
+    ``disagreement_interfering`` / ``disagreement_facilitating`` per head in :func:`disagreements`
+    (``heads``: the node, ``metric_value``: its patching effect).
+
+    ``meta.extra``: ``verdict`` (``"pass"`` / ``"fail"``), ``verdict_reasons``, ``disagreements``
+    (the dicts of :func:`disagreements`), ``strong_quantile``.
     """
     import numpy as np
     import pandas as pd
@@ -235,9 +350,10 @@ def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig
     extra: dict[str, Any] = {}
     if patching is None and config.patching and dataset.corrupted:
         patching = patching_for(model, dataset, config)
+    found: list[dict[str, Any]] = []
     if patching is not None:
         p = patching.table.set_index(["layer", "head"])
-        drop = np.array([-float(p.loc[h, "effect"]) for h in heads_all])
+        drop = np.array([_support_sign(patching) * float(p.loc[h, "effect"]) for h in heads_all])
         fac = t["facilitation"].to_numpy()
         signed = fac - t["interference"].to_numpy()
         for what, score in (("spearman_facilitation", fac), ("spearman_signed", signed)):
@@ -247,6 +363,14 @@ def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig
                          "frac_random_lower": float("nan"), "p_value": float(pv), "heads": ""})
         extra["patching_kind"] = patching.kind
         extra["patching_implementation"] = patching.meta.extra.get("implementation", patching.kind)
+        found = disagreements(chg, patching, strong_quantile=config.strong_quantile)
+        pmetric = str(patching.table["metric"].iloc[0]) if "metric" in patching.table.columns else "effect"
+        for d in found:
+            rows.append({"what": f"disagreement_{d['role']}", "n_heads": 1, "metric": pmetric,
+                         "metric_value": d["effect"], "baseline_mean": float("nan"), "baseline_std": float("nan"),
+                         "frac_random_lower": float("nan"), "p_value": float("nan"), "heads": d["node"]})
+    verdict, reasons = _verdict(rows, found, config, patching is not None)
     meta = run_meta(model, dataset=dataset.name, data=list(dataset.clean), seed=config.seed, config=config,
-                    ablation=config.method, reference="corrupted" if use_corr else "clean", **extra)
+                    ablation=config.method, reference="corrupted" if use_corr else "clean", verdict=verdict,
+                    verdict_reasons=reasons, disagreements=found, strong_quantile=config.strong_quantile, **extra)
     return Result("gating.validation", pd.DataFrame(rows), meta, name=dataset.name)

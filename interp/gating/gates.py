@@ -1,0 +1,124 @@
+"""Gate hooks of causal head gating: gates on every head's ``z``, a frozen model, last-token log-probs.
+
+* :func:`gated`: multiply head outputs by fixed gates ``[n_layers, n_heads]`` or per mask tile
+  ``[n_masks, n_layers, n_heads]`` for the duration of a block;
+* ``_gate_hooks``: the same hooks reading the current gates from a callable (registered once per fit);
+* ``_last_logprobs``: a forward pass stopped at the final norm that unembeds only each row's last token.
+
+Example:
+    >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0    # doctest: +SKIP
+    >>> with gated(model, g):                                                # doctest: +SKIP
+    ...     logits = model(tokens)       # head L1.H0 removed
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from interp.errors import ConfigError, DataError
+from interp.sites import Site
+
+__all__ = ["gated"]
+
+
+@contextlib.contextmanager
+def _frozen(model: Any) -> Iterator[None]:
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+
+
+@contextlib.contextmanager
+def _gate_hooks(model: Any, current: Callable[[], torch.Tensor | None]) -> Iterator[None]:
+    """Gate hooks on every layer's ``z`` reading ``current()`` (``[k, layer, head]``; None = no gating).
+
+    Registered once per fit: looking hook points up costs more than a toy forward pass.
+    """
+    from interp.hooks import hooked
+
+    def hook(z: torch.Tensor, site: Site) -> torch.Tensor | None:
+        gates = current()
+        if gates is None:
+            return None
+        k, b = gates.shape[0], z.shape[0]
+        if b % k:
+            raise DataError(f"batch of {b} rows cannot be split into {k} mask tiles")
+        g = gates[:, site.layer].to(z.dtype)                 # [k, head]
+        return (z.reshape(k, b // k, *z.shape[1:]) * g[:, None, None, :, None]).reshape(z.shape)
+
+    with hooked(model, [(Site("z", layer), hook) for layer in range(model.cfg.n_layers)]):
+        yield
+
+
+@contextlib.contextmanager
+def gated(model: Any, gates: torch.Tensor) -> Iterator[None]:
+    """Multiply head outputs ``z`` by ``gates`` during the block.
+
+    Args:
+        gates: ``[n_layers, n_heads]`` (same gates for every prompt) or
+            ``[n_masks, n_layers, n_heads]``: the batch is then read as ``n_masks`` tiles
+            of equal size, tile ``k`` gated by ``gates[k]``.
+
+    Example:
+        >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0    # doctest: +SKIP
+        >>> with gated(model, g):                                                # doctest: +SKIP
+        ...     logits = model(tokens)       # head L1.H0 removed
+    """
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    if gates.dim() == 2:
+        gates = gates[None]
+    if gates.dim() != 3 or tuple(gates.shape[1:]) != (n_layers, n_heads):
+        raise ConfigError(f"gates: expected (n_masks, {n_layers}, {n_heads}), got {tuple(gates.shape)}")
+    with _gate_hooks(model, lambda: gates):
+        yield
+
+
+class _Stop(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _last_logprobs(model: Any) -> Iterator[Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]]:
+    """Yields ``fn(tokens, last, targets) -> log p(target) [rows]`` that stops the forward pass at the
+    final norm and unembeds only each row's last token (hook registered once)."""
+    from interp.hooks import hooked
+
+    box: dict[str, Any] = {"on": False}
+
+    def grab(x: torch.Tensor, site: Site) -> None:
+        if box["on"]:
+            box["x"] = x
+            raise _Stop
+
+    def fn(tokens: torch.Tensor, last: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        box["on"] = True
+        try:
+            model(tokens)
+        except _Stop:
+            pass
+        finally:
+            box["on"] = False
+        x = box.pop("x")
+        from interp import metrics
+
+        rows = torch.arange(x.shape[0], device=x.device)
+        return metrics.logprob(model.unembed(x[rows, last]), targets)
+
+    with hooked(model, {Site("ln_final"): grab}):
+        yield fn
+
+
+def _target_logprobs(model: Any, tokens: torch.Tensor, last: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """``log p(target)`` at ``last`` per row (``[rows]``)."""
+    with _last_logprobs(model) as fn:
+        return fn(tokens, last, targets)
