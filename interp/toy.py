@@ -33,10 +33,11 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from interp.errors import ConfigError, ModelNotFoundError, nearest
 
-__all__ = ["ToyConfig", "parse_toy_spec", "build_toy_folder", "byte_tokenizer"]
+__all__ = ["ToyConfig", "parse_toy_spec", "build_toy_folder", "byte_tokenizer", "write_model_folder"]
 
 ARCHS = ("llama", "gpt2", "gemma2", "gemma3", "neox")
 #: archs whose config has key/value heads (grouped-query attention)
@@ -164,6 +165,23 @@ def _hf_config(cfg: ToyConfig):
                              architectures=["GPTNeoXForCausalLM"], **ids)
     return GPT2Config(n_embd=cfg.d_model, n_inner=cfg.d_mlp, n_layer=cfg.n_layers, n_head=cfg.n_heads,
                       n_positions=cfg.n_ctx, architectures=["GPT2LMHeadModel"], **ids)
+
+
+def write_model_folder(model: Any, folder: Path, source: dict[str, Any]) -> Path:
+    """Write a trained or built toy ``model`` as a Hugging Face folder (with the byte tokenizer and an
+    ``interp_source.json`` describing where it came from), replacing ``folder`` atomically."""
+    import shutil
+
+    from interp._fs import atomic_dir
+
+    folder = Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        byte_tokenizer().save_pretrained(tmp)
+        (tmp / "interp_source.json").write_text(json.dumps(source, indent=2))
+    return folder
 
 
 def build_toy_folder(cfg: ToyConfig, root: Path) -> Path:

@@ -47,7 +47,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -234,8 +233,7 @@ def train_induction(config: InductionTrainConfig, folder: str | Path, *,
     Returns:
         The folder, loadable with :func:`interp.load_model`.
     """
-    from interp._fs import atomic_dir
-    from interp.toy import byte_tokenizer
+    from interp.toy import write_model_folder
 
     t0 = time.perf_counter()
     folder = Path(folder)
@@ -259,14 +257,6 @@ def train_induction(config: InductionTrainConfig, folder: str | Path, *,
                 log(step, float(loss.detach()))
     model.eval()
     seconds = round(time.perf_counter() - t0, 1)
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        byte_tokenizer().save_pretrained(tmp)
-        blob = {"toy": "induction", "train": dataclasses.asdict(config), "seconds": seconds,
-                "threads": torch.get_num_threads(), "losses": losses}
-        (tmp / "interp_source.json").write_text(json.dumps(blob, indent=2))
-    return folder
+    return write_model_folder(model, folder, {"toy": "induction", "train": dataclasses.asdict(config),
+                                              "seconds": seconds, "threads": torch.get_num_threads(),
+                                              "losses": losses})

@@ -35,7 +35,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +114,7 @@ def build_planted(folder: str | Path, *, seed: int = 0) -> Path:
     """Write the planted model as a Hugging Face folder (safetensors + byte tokenizer) and return it."""
     from transformers import AutoModelForCausalLM
 
-    from interp._fs import atomic_dir
-    from interp.toy import byte_tokenizer
+    from interp.toy import write_model_folder
 
     folder = Path(folder)
     with torch.random.fork_rng(devices=[]):
@@ -124,15 +122,7 @@ def build_planted(folder: str | Path, *, seed: int = 0) -> Path:
         model = AutoModelForCausalLM.from_config(_hf_config(), dtype=torch.float32)
     planted_weights(model, seed=seed)
     model.eval()
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        byte_tokenizer().save_pretrained(tmp)
-        (tmp / "interp_source.json").write_text(json.dumps({"toy": "planted", "seed": seed}, indent=2))
-    return folder
+    return write_model_folder(model, folder, {"toy": "planted", "seed": seed})
 
 
 #: a head has its planted role when more than half its attention (from the last token) is on the target

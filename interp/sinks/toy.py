@@ -83,7 +83,6 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -313,8 +312,7 @@ def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
     Returns:
         The folder, loadable with :func:`interp.load_model`.
     """
-    from interp._fs import atomic_dir
-    from interp.toy import byte_tokenizer
+    from interp.toy import write_model_folder
 
     folder = Path(folder)
     model = _build(config)
@@ -333,13 +331,4 @@ def train_bigram_backcopy(config: TrainConfig, folder: str | Path, *,
         if log is not None and (step % 100 == 0 or step == config.steps - 1):
             log(step, float(loss.detach()))
     model.eval()
-    if folder.exists():
-        import shutil
-
-        shutil.rmtree(folder)
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp)
-        byte_tokenizer().save_pretrained(tmp)
-        blob = dataclasses.asdict(config)
-        (tmp / "interp_source.json").write_text(json.dumps({"toy": "bigram-backcopy", "train": blob}, indent=2))
-    return folder
+    return write_model_folder(model, folder, {"toy": "bigram-backcopy", "train": dataclasses.asdict(config)})
