@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from interp._fs import atomic_write_bytes, atomic_write_json
+from interp._fs import atomic_write_bytes, atomic_write_json, folder_lock
 from interp.errors import StoreError
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ class Result:
         head = {"kind": self.kind, "name": self.name, "id": self.id, "columns": list(map(str, self.table.columns)),
                 "rows": len(self.table), "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data),
                 "meta": self.meta.as_dict()}
-        with _folder_lock(folder):
+        with folder_lock(folder, what="results folder"):
             manifest = _read_manifest(folder)
             _check_identity(folder, manifest, self)
             backup = {p: p.read_bytes() for p in (table_path, head_path) if p.is_file() and not p.is_symlink()}
@@ -221,19 +221,6 @@ class Result:
 
     def __repr__(self) -> str:
         return f"Result(kind={self.kind!r}, name={self.name!r}, rows={len(self.table)}, model={self.meta.model!r})"
-
-
-@contextlib.contextmanager
-def _folder_lock(folder: Path) -> Any:
-    """The folder's writer lock (:func:`interp._fs.folder_lock` where available)."""
-    from interp import _fs
-
-    lock = getattr(_fs, "folder_lock", None)
-    if lock is None:
-        yield
-        return
-    with lock(folder, what="results"):
-        yield
 
 
 def _check_identity(folder: Path, manifest: dict[str, Any], result: Result) -> None:
