@@ -21,8 +21,8 @@ already exercise local attention.
 
 Example:
     >>> from interp.models import load_model
-    >>> model = load_model("toy:llama,n_layers=2")      # doctest: +SKIP
-    >>> model.cfg.n_layers                               # doctest: +SKIP
+    >>> model = load_model("toy:llama,n_layers=2")
+    >>> model.cfg.n_layers
     2
 """
 

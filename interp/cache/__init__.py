@@ -12,11 +12,13 @@
 * reducers — :class:`Mean`, :class:`MeanNorm`, :class:`TopK`, :class:`FnReducer`.
 
 Example:
+    >>> import tempfile
     >>> from interp import load_model, Site
     >>> from interp.cache import collect, ActivationStore
-    >>> model = load_model("toy:llama")                                              # doctest: +SKIP
-    >>> collect(model, ["a b c", "d e"], "resid_post", out="/tmp/store", progress=False)  # doctest: +SKIP
-    >>> ActivationStore.open("/tmp/store")[Site("resid_post", 0)].shape               # doctest: +SKIP
+    >>> model = load_model("toy:llama")
+    >>> out = tempfile.mkdtemp()
+    >>> store = collect(model, ["a b c", "d e"], "resid_post", out=out, progress=False)
+    >>> ActivationStore.open(out)[Site("resid_post", 0)].shape
     torch.Size([2, 6, 64])
 """
 

@@ -21,11 +21,11 @@ prompt; positions at or beyond a prompt's length (``store.lengths``) hold zeros
 
 Example:
     >>> from interp import load_model, collect, Site
-    >>> model = load_model("toy:llama")                                   # doctest: +SKIP
-    >>> store = collect(model, ["hi", "hello there"], "resid_post")       # doctest: +SKIP
-    >>> store[Site("resid_post", 1)].shape                                # doctest: +SKIP
+    >>> model = load_model("toy:llama")
+    >>> store = collect(model, ["hi", "hello there"], "resid_post", progress=False)
+    >>> store[Site("resid_post", 1)].shape
     torch.Size([2, 12, 64])
-    >>> store[Site("resid_post", 1), 1, :3].shape   # prompt 1, first 3 positions  # doctest: +SKIP
+    >>> store[Site("resid_post", 1), 1, :3].shape   # prompt 1, first 3 positions
     torch.Size([3, 64])
 """
 

@@ -57,8 +57,13 @@ def invoke(argv: list[str] | None = None) -> int:
     print one line ``interp: error: ...`` and give 2; bugs keep their traceback.
 
     Example:
-        >>> invoke(["models"])         # doctest: +SKIP
-        0
+        >>> import contextlib, io
+        >>> with contextlib.redirect_stdout(io.StringIO()) as out:
+        ...     code = invoke(["models"])
+        >>> code, "toy:llama" in out.getvalue()
+        (0, True)
+        >>> invoke(["run", "missing.toml"])   # one line "interp: error: ..." on stderr
+        2
     """
     from interp.cli._common import run as boundary
 

@@ -19,9 +19,9 @@ corrupted prompt).
 
 Example:
     >>> from interp.models import load_model
-    >>> model = load_model("smollm2")                           # doctest: +SKIP
-    >>> ds = ioi_dataset(model, n=8, seed=0)                    # doctest: +SKIP
-    >>> ds.clean[0], ds.answers[0], ds.meta[0]["io_pos"]        # doctest: +SKIP
+    >>> model = load_model("smollm2")  # SmolLM2 only: the toy byte tokenizer has no single-token names  # doctest: +SKIP
+    >>> ds = ioi_dataset(model, n=8, seed=0)  # needs the SmolLM2 tokenizer  # doctest: +SKIP
+    >>> ds.clean[0], ds.answers[0], ds.meta[0]["io_pos"]  # needs SmolLM2  # doctest: +SKIP
     ('When Anna and Tom went to the park, Tom gave a ring to', ' Anna', 1)
 """
 

@@ -15,11 +15,15 @@ Batches for the interventions are unpadded windows of held-out text (:func:`text
 so alpha_k in the calibration hook uses the full causal triangle.
 
 Example:
-    >>> from interp.models import load_model                                           # doctest: +SKIP
-    >>> model = load_model("toy:llama")                                                # doctest: +SKIP
-    >>> tokens = text_windows(model, ["Some held-out text. " * 4], 16)                 # doctest: +SKIP
-    >>> with act_calibrated(model, [(1, 0)]):                                          # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> model = load_model("toy:llama")
+    >>> tokens = text_windows(model, ["Some held-out text. " * 4], 16)
+    >>> tokens.shape
+    torch.Size([5, 16])
+    >>> with act_calibrated(model, [(1, 0)]):
     ...     loss = next_token_loss(model, tokens)
+    >>> round(loss, 2)
+    5.51
 """
 
 from __future__ import annotations
