@@ -13,9 +13,13 @@ Example:
     >>> from interp import load_model
     >>> from interp.datasets import TaskDataset
     >>> from interp.gating import CHGConfig, causal_head_gating
-    >>> model = load_model("toy:llama")                                              # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> ds = TaskDataset("copy", clean=("abcabc", "xyzxyz"), answers=("a", "x"))
-    >>> causal_head_gating(model, ds, config=CHGConfig(steps=10, n_masks=2)).table   # doctest: +SKIP
+    >>> res = causal_head_gating(model, ds, config=CHGConfig(max_steps=5, n_masks=2, progress=False))
+    >>> res.table.shape   # one row per head: 2 layers x 4 heads
+    (8, 13)
+    >>> res.table.node.tolist()[:3], set(res.table.role) <= {"facilitating", "interfering", "irrelevant"}
+    (['L0.H0', 'L0.H1', 'L0.H2'], True)
 """
 
 from __future__ import annotations

@@ -6,9 +6,15 @@ Same gates, optimiser and convergence rule as :mod:`interp.gating.chg` (one stag
 (no micro-batching).
 
 Example:
-    >>> from interp.gating import CHGConfig, contrastive_head_gating                          # doctest: +SKIP
-    >>> res = contrastive_head_gating(model, pos, neg, config=CHGConfig(max_steps=40))         # doctest: +SKIP
-    >>> res.table[res.table.removed].node.tolist()                                            # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.gating import CHGConfig, contrastive_head_gating
+    >>> pos = TaskDataset("copy", clean=("abcabc", "xyzxyz"), answers=("a", "x"))
+    >>> neg = TaskDataset("copy", clean=("abcabd", "xyzxyw"), answers=("a", "x"))
+    >>> res = contrastive_head_gating(model, pos, neg, config=CHGConfig(max_steps=10, progress=False))
+    >>> res.table.columns.tolist()
+    ['layer', 'head', 'node', 'g', 'g_std', 'removed']
+    >>> res.table[res.table.removed].node.tolist()   # heads whose removal kills the negative case
+    []
 """
 
 from __future__ import annotations
