@@ -323,7 +323,15 @@ def faithfulness(model: Model, circuits: CircuitGraph | Iterable[str] | Mapping[
         (ld_circuit - ld_ablated) / (ld_full - ld_ablated).
 
     Example:
-        >>> faithfulness(model, {"ioi": graph}, ioi_dataset).table          # doctest: +SKIP
+        >>> from interp.datasets import TaskDataset
+        >>> ds = TaskDataset("toy", ("cat on", "a dog to", "Al in a"), ("cow on", "a dog at", "Ed in a"),
+        ...                  ("x", "y", "z"), ("q", "w", "e"))
+        >>> full = [f"L{l}.H{h}" for l in range(2) for h in range(4)] + ["L0.MLP", "L1.MLP"]
+        >>> t = faithfulness(model, {"full": full, "empty": []}, ds).table
+        >>> t[["circuit", "n_heads", "faithfulness"]].round(3)   # the whole model keeps all of it
+          circuit  n_heads  faithfulness
+        0    full        8           1.0
+        1   empty        0           0.4
     """
     from interp.results import run_meta
     from interp.arch import require_arch

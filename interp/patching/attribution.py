@@ -28,8 +28,15 @@ Known weakness (AtP*): attention saturation and cancellation give false negative
 validate the top nodes with exact patching.
 
 Example:
-    >>> r = attribution_patching(model, ds, AttributionConfig(components=("z",)))   # doctest: +SKIP
-    >>> r.table.query("component == 'head'").nlargest(3, "value")[["node", "value"]]  # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> ds = TaskDataset("toy", ("cat on", "a dog to", "Al in a"), ("cow on", "a dog at", "Ed in a"),
+    ...                  ("x", "y", "z"), ("q", "w", "e"))   # clean, corrupted, answers, wrong answers
+    >>> r = attribution_patching(model, ds, AttributionConfig(components=("z",)))
+    >>> r.table.query("component == 'head'").nlargest(3, "value")[["node", "value"]].round(2)
+        node  value
+    0  L0.H0   1.44
+    7  L1.H3   0.43
+    6  L1.H2   0.29
 """
 
 from __future__ import annotations

@@ -23,9 +23,18 @@ Batching: each (sender) and (sender, receiver group) is a block of ``B`` batch r
 appended at its own layer (see :mod:`interp.patching.exact`), chunked by ``max_rows``.
 
 Example:
-    >>> cfg = PathConfig(receivers=("L9.H6.q", "L9.H9.q", "logits"))           # doctest: +SKIP
-    >>> r = path_patching(model, ds, cfg)                                       # doctest: +SKIP
-    >>> r.table.nsmallest(5, "value")[["src", "dst", "dst_input", "value"]]     # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> ds = TaskDataset("toy", ("cat on", "a dog to", "Al in a"), ("cow on", "a dog at", "Ed in a"),
+    ...                  ("x", "y", "z"), ("q", "w", "e"))   # clean, corrupted, answers, wrong answers
+    >>> cfg = PathConfig(receivers=("L1.H0.q", "logits"))
+    >>> r = path_patching(model, ds, cfg)
+    >>> len(r.table)   # 4 layer-0 senders x 2 receivers + 4 layer-1 senders x logits
+    12
+    >>> r.table.nsmallest(3, "value")[["src", "dst", "dst_input", "value"]].round(2)
+         src     dst dst_input  value
+    4  L0.H0  LOGITS    logits  -0.45
+    7  L0.H3  LOGITS    logits   0.06
+    5  L0.H1  LOGITS    logits   0.52
 """
 
 from __future__ import annotations
