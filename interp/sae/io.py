@@ -7,9 +7,17 @@ checks that turn a missing, truncated or corrupt file into a clear :class:`Store
 once, naming the offline alternatives, where it is not.
 
 Example:
+    >>> import tempfile, torch
+    >>> from sae_lens import SAE
     >>> from interp.sae.io import save_sae, load_sae
-    >>> save_sae(sae, "out/sae/resid_post.15")            # doctest: +SKIP
-    >>> sae = load_sae("out/sae/resid_post.15")           # doctest: +SKIP
+    >>> sae = SAE.from_dict({"architecture": "standard", "d_in": 64, "d_sae": 32, "dtype": "float32",
+    ...                      "device": "cpu", "metadata": {"hook_name": "blocks.1.hook_resid_post"}})
+    >>> folder = save_sae(sae, tempfile.mkdtemp() + "/resid_post.1")
+    >>> sorted(p.name for p in folder.iterdir())
+    ['cfg.json', 'sae_weights.safetensors']
+    >>> back = load_sae(folder)
+    >>> back.cfg.d_sae, torch.equal(back.W_enc, sae.W_enc)
+    (32, True)
 """
 
 from __future__ import annotations
