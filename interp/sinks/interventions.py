@@ -43,7 +43,7 @@ from interp.nodes import node_id
 from interp.sites import Site
 
 if TYPE_CHECKING:
-    from interp.types import Model
+    from interp.types import Model, Tokens
 
 __all__ = ["InterventionConfig", "act_calibrate", "act_calibrated", "select_act_heads", "massive_set",
            "massive_mean", "next_token_loss", "text_windows", "interventions", "COLUMNS"]
@@ -156,7 +156,7 @@ def massive_set(model: Model, layer: int, dims: Sequence[int], value: float | Se
         yield
 
 
-def text_windows(model: Model, texts: Sequence[str], window: int) -> torch.Tensor:
+def text_windows(model: Model, texts: Sequence[str], window: int) -> Tokens:
     """Concatenate ``texts`` (tokenized with the model's BOS rule) and cut into ``[n, window]`` windows.
 
     Raises:
@@ -177,7 +177,7 @@ def text_windows(model: Model, texts: Sequence[str], window: int) -> torch.Tenso
     return rows.to(getattr(model.cfg, "device", "cpu"))
 
 
-def next_token_loss(model: Model, tokens: torch.Tensor, batch_size: int = 8) -> float:
+def next_token_loss(model: Model, tokens: Tokens, batch_size: int = 8) -> float:
     """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` (unpadded windows)."""
     from interp.metrics import next_token_nll
 
@@ -216,7 +216,7 @@ def select_act_heads(model: Model, calib: torch.Tensor, candidates: Sequence[tup
     return chosen, base, best
 
 
-def massive_mean(model: Model, tokens: torch.Tensor, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
+def massive_mean(model: Model, tokens: Tokens, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
                  batch_size: int = 8) -> list[float]:
     """Mean signed value of the massive entries of each dim at ``layer`` (0 where a dim has none)."""
     sums = [0.0] * len(dims)
