@@ -17,11 +17,13 @@ over the reference prompts that reach that position (``by_position=True``).
 Example:
     >>> from interp import load_model, tokenize, Site
     >>> from interp.gating import Ablation, ablating
-    >>> model = load_model("toy:llama")                                      # doctest: +SKIP
-    >>> batch = tokenize(model, ["Hello world", "Hi there"])                 # doctest: +SKIP
-    >>> heads = Ablation(sites=(Site("z", 1, 0), Site("z", 1, 2)), method="mean", reference=batch)  # doctest: +SKIP
-    >>> with ablating(model, [heads]):                                       # doctest: +SKIP
+    >>> model = load_model("toy:llama")
+    >>> batch = tokenize(model, ["Hello world", "Hi there"])
+    >>> heads = Ablation(sites=(Site("z", 1, 0), Site("z", 1, 2)), method="mean", reference=batch)
+    >>> with ablating(model, [heads]):
     ...     logits = model(batch.tokens)
+    >>> logits.shape                             # [batch, pos, d_vocab]
+    torch.Size([2, 12, 259])
 """
 
 from __future__ import annotations
