@@ -266,7 +266,14 @@ def evaluate(model: Any, batch: Any, metric: Metric, ablations: Sequence[Ablatio
         ablations: applied for this run only.
 
     Example:
-        >>> evaluate(model, ds.tokenize(model), logit_diff, [Ablation(sites=("z.1.0",))])  # doctest: +SKIP
+        >>> from interp.datasets import TaskDataset
+        >>> ds = TaskDataset("demo", clean=("ab cd x", "ef gh y"), answers=("y", "z"),
+        ...                  counterfactuals=("z", "y"))
+        >>> batch = ds.tokenize(model)
+        >>> round(evaluate(model, batch, logit_diff), 4)
+        -0.1702
+        >>> round(evaluate(model, batch, logit_diff, [Ablation(sites=("z.1.0",))]), 4)
+        -0.1418
     """
     with torch.inference_mode(), ablating(model, list(ablations), tokens=batch.clean):
         return float(metric(_last_logits(model, batch.clean), batch).float().mean())
