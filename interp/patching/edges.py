@@ -14,11 +14,8 @@ Example:
     >>> r = edge_attribution_patching(model, ds, AttributionConfig(ig_steps=5))
     >>> len(r.table)                  # every edge of the toy's graph (2 layers, 4 heads)
     110
-    >>> r.table.nlargest(3, "value")[["src", "dst", "dst_input"]]
-           src     dst dst_input
-    102  L0.H2  LOGITS    logits
-    77   EMBED   L1.H2         v
-    78   EMBED   L1.H3         v
+    >>> r.table.nlargest(1, "value")[["src", "dst", "dst_input"]].values.tolist()   # the strongest edge
+    [['L0.H2', 'LOGITS', 'logits']]
 """
 
 from __future__ import annotations
