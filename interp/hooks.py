@@ -8,13 +8,13 @@ Example:
     >>> import torch
     >>> from interp import load_model, Site
     >>> from interp.hooks import capturing, patched
-    >>> model = load_model("toy:llama")                                   # doctest: +SKIP
-    >>> tokens = torch.tensor([[256, 72, 105]])                           # doctest: +SKIP
-    >>> with capturing(model, [Site("resid_post", 0)]) as acts:           # doctest: +SKIP
-    ...     model(tokens)
-    >>> acts[Site("resid_post", 0)].shape                                 # doctest: +SKIP
+    >>> model = load_model("toy:llama")
+    >>> tokens = torch.tensor([[256, 72, 105]])
+    >>> with capturing(model, [Site("resid_post", 0)]) as acts:
+    ...     _ = model(tokens)
+    >>> acts[Site("resid_post", 0)].shape
     torch.Size([1, 3, 64])
-    >>> with patched(model, {Site("z", 1, head=0): 0.0}):                 # doctest: +SKIP
+    >>> with patched(model, {Site("z", 1, head=0): 0.0}):
     ...     logits = model(tokens)          # head 1.0 zero-ablated
 """
 

@@ -19,10 +19,42 @@ Example (``analyses/ioi_circuit.toml``)::
     [patching]
     prompts = 16
 
-    >>> cfg = load_config("analyses/ioi_circuit.toml")             # doctest: +SKIP
-    >>> report = run_pipeline(cfg)                                  # doctest: +SKIP
-    >>> report.path                                                 # doctest: +SKIP
+    >>> cfg = load_config("analyses/ioi_circuit.toml")
+    >>> cfg.model, cfg.tasks, cfg.patching.prompts
+    ('smollm2', ('ioi',), 16)
+    >>> report = run_pipeline(cfg)  # SmolLM2, minutes on a CPU  # doctest: +SKIP
+    >>> report.path  # needs the run above  # doctest: +SKIP
     PosixPath('out/ioi_circuit/report.md')
+
+    The same on the toy Llama with a TaskDataset file and the patching stage only (seconds):
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> from interp.datasets import TaskDataset
+    >>> d = Path(tempfile.mkdtemp())
+    >>> TaskDataset("demo", clean=("ab cd x", "ef gh y"), corrupted=("ab ce x", "ef gi y"),
+    ...             answers=("y", "z"), counterfactuals=("z", "y")).to_jsonl(d / "demo.jsonl")
+    >>> _ = (d / "toy.toml").write_text(f'''
+    ... model = "toy:llama"
+    ... tasks = ["{d / 'demo.jsonl'}"]
+    ... out = "out"
+    ... [cache]
+    ... enabled = false
+    ... [patching]
+    ... prompts = 2
+    ... exact = false
+    ... [gating]
+    ... enabled = false
+    ... [sinks]
+    ... enabled = false
+    ... [graph]
+    ... enabled = false
+    ... ''')
+    >>> report = run_pipeline(load_config(d / "toy.toml"), base=d, log=lambda line: None)
+    >>> report.ok, [s.name for s in report.stages if s.status == "ok"]
+    (True, ['load', 'patching'])
+    >>> report.path.relative_to(d).as_posix()
+    'out/report.md'
 """
 
 from __future__ import annotations

@@ -25,11 +25,11 @@ Results: ``tracing.grid`` (one row per fact x site kind x token x layer) and
 Example:
     >>> from interp.models import load_model
     >>> from interp.datasets import TaskDataset
-    >>> model = load_model("toy:llama")                                     # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> ds = TaskDataset("facts", ("Paris is in",), answers=(" F",),
     ...                  meta=({"subject_start": 1, "subject_end": 6},))
-    >>> grid, summary = causal_trace(model, ds, TracingConfig(n_samples=4))  # doctest: +SKIP
-    >>> sorted(grid.table.site_kind.unique())                               # doctest: +SKIP
+    >>> grid, summary = causal_trace(model, ds, TracingConfig(n_samples=4))
+    >>> sorted(grid.table.site_kind.unique())
     ['attn', 'mlp', 'resid']
 """
 

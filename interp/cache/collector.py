@@ -2,11 +2,15 @@
 
 Example:
     >>> from interp import load_model, collect, Site
-    >>> model = load_model("toy:llama")                                            # doctest: +SKIP
-    >>> store = collect(model, ["Hello world", "Hi"], "resid_post,pattern")         # doctest: +SKIP
-    >>> store[Site("pattern", 0)].shape          # [batch, head, query_pos, key_pos]  # doctest: +SKIP
+    >>> import tempfile
+    >>> model = load_model("toy:llama")
+    >>> store = collect(model, ["Hello world", "Hi"], "resid_post,pattern")
+    >>> store[Site("pattern", 0)].shape          # [batch, head, query_pos, key_pos]
     torch.Size([2, 4, 12, 12])
-    >>> disk = collect(model, ["Hello world", "Hi"], "resid_post", out="cache/", max_memory="64MB")  # doctest: +SKIP
+    >>> disk = collect(model, ["Hello world", "Hi"], "resid_post",
+    ...                out=tempfile.mkdtemp() + "/cache", max_memory="64MB")
+    >>> disk[Site("resid_post", 0)].shape        # [batch, pos, d_model], read back from disk
+    torch.Size([2, 12, 64])
 """
 
 from __future__ import annotations

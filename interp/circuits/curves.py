@@ -12,9 +12,20 @@ divided by the swept range of ``x``: the curve's mean height on the log-size axi
 plots (1 = clean behaviour at every size, 0 = corrupted).
 
 Example:
-    >>> r = faithfulness_curve(model, ds, eap_result, CurveConfig(sizes=(0, 10, 100)))    # doctest: +SKIP
-    >>> r.table[["n_edges", "faithfulness", "random_mean", "complement"]]                 # doctest: +SKIP
-    >>> smallest_circuit(model, ds, eap_result, target=0.8).n_edges                      # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.patching.attribution import AttributionConfig
+    >>> from interp.patching.edges import edge_attribution_patching
+    >>> ds = TaskDataset("demo", clean=("ab cd x", "ef gh y"), corrupted=("ab ce x", "ef gi y"),
+    ...                  answers=("y", "z"), counterfactuals=("z", "y"))
+    >>> eap_result = edge_attribution_patching(model, ds, AttributionConfig(ig_steps=5))
+    >>> r = faithfulness_curve(model, ds, eap_result, CurveConfig(sizes=(0, 10, 100)))
+    >>> r.table["n_edges"].tolist()   # 100 is capped at the toy graph's scored edges
+    [0, 10, 82]
+    >>> r.table[["faithfulness", "complement"]].round(2).abs().values.tolist()  # 0 edges = corrupted, all = clean
+    [[0.0, 1.0], [1.03, 0.05], [1.0, 0.0]]
+    >>> choice = smallest_circuit(model, ds, eap_result, target=0.8)
+    >>> choice.n_edges, choice.reached
+    (7, True)
 """
 
 from __future__ import annotations

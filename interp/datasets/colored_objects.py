@@ -19,9 +19,9 @@ question) and ``end_pos``, for this model's tokenization.
 
 Example:
     >>> from interp.models import load_model
-    >>> model = load_model("smollm2")                                 # doctest: +SKIP
-    >>> ds = colored_objects_dataset(model, n=8, seed=0)              # doctest: +SKIP
-    >>> ds.answers[0], ds.counterfactuals[0]                          # doctest: +SKIP
+    >>> model = load_model("smollm2")  # SmolLM2: toy bytes: no 1-token colours  # doctest: +SKIP
+    >>> ds = colored_objects_dataset(model, n=8, seed=0)  # needs the SmolLM2 model above  # doctest: +SKIP
+    >>> ds.answers[0], ds.counterfactuals[0]  # needs the SmolLM2 model above  # doctest: +SKIP
     (' Blue', ' Green')
 """
 

@@ -10,9 +10,19 @@ Example:
     >>> from interp.datasets.registry import build_task, task_names
     >>> task_names()
     ['ioi', 'facts', 'colored_objects']
-    >>> ds = build_task("ioi", model=load_model("smollm2"), n=8, seed=0)   # doctest: +SKIP
-    >>> len(ds), ds.name                                                 # doctest: +SKIP
+    >>> ds = build_task("ioi", model=load_model("smollm2"), n=8, seed=0)  # SmolLM2: toy bytes: no 1-token names  # doctest: +SKIP
+    >>> len(ds), ds.name  # needs the SmolLM2 line above  # doctest: +SKIP
     (8, 'ioi')
+
+    A TaskDataset ``.jsonl`` file works with any model (here the toy Llama):
+
+    >>> import tempfile
+    >>> from interp.datasets import TaskDataset
+    >>> path = tempfile.mkdtemp() + "/demo.jsonl"
+    >>> TaskDataset("demo", clean=("ab cd x", "ef gh y"), answers=("y", "z")).to_jsonl(path)
+    >>> ds = build_task(path, model=model, n=1)
+    >>> len(ds), ds.name
+    (1, 'demo')
 """
 
 from __future__ import annotations

@@ -17,11 +17,13 @@ over the reference prompts that reach that position (``by_position=True``).
 Example:
     >>> from interp import load_model, tokenize, Site
     >>> from interp.gating import Ablation, ablating
-    >>> model = load_model("toy:llama")                                      # doctest: +SKIP
-    >>> batch = tokenize(model, ["Hello world", "Hi there"])                 # doctest: +SKIP
-    >>> heads = Ablation(sites=(Site("z", 1, 0), Site("z", 1, 2)), method="mean", reference=batch)  # doctest: +SKIP
-    >>> with ablating(model, [heads]):                                       # doctest: +SKIP
+    >>> model = load_model("toy:llama")
+    >>> batch = tokenize(model, ["Hello world", "Hi there"])
+    >>> heads = Ablation(sites=(Site("z", 1, 0), Site("z", 1, 2)), method="mean", reference=batch)
+    >>> with ablating(model, [heads]):
     ...     logits = model(batch.tokens)
+    >>> logits.shape                             # [batch, pos, d_vocab]
+    torch.Size([2, 12, 259])
 """
 
 from __future__ import annotations
@@ -264,7 +266,14 @@ def evaluate(model: Any, batch: Any, metric: Metric, ablations: Sequence[Ablatio
         ablations: applied for this run only.
 
     Example:
-        >>> evaluate(model, ds.tokenize(model), logit_diff, [Ablation(sites=("z.1.0",))])  # doctest: +SKIP
+        >>> from interp.datasets import TaskDataset
+        >>> ds = TaskDataset("demo", clean=("ab cd x", "ef gh y"), answers=("y", "z"),
+        ...                  counterfactuals=("z", "y"))
+        >>> batch = ds.tokenize(model)
+        >>> round(evaluate(model, batch, logit_diff), 4)
+        -0.1702
+        >>> round(evaluate(model, batch, logit_diff, [Ablation(sites=("z.1.0",))]), 4)
+        -0.1418
     """
     with torch.inference_mode(), ablating(model, list(ablations), tokens=batch.clean):
         return float(metric(_last_logits(model, batch.clean), batch).float().mean())

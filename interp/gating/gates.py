@@ -6,9 +6,14 @@
 * ``_last_logprobs``: a forward pass stopped at the final norm that unembeds only each row's last token.
 
 Example:
-    >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0    # doctest: +SKIP
-    >>> with gated(model, g):                                                # doctest: +SKIP
+    >>> import torch
+    >>> from interp.gating.gates import gated
+    >>> tokens = torch.tensor([[256, 72, 105]])
+    >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0
+    >>> with gated(model, g):
     ...     logits = model(tokens)       # head L1.H0 removed
+    >>> logits.shape
+    torch.Size([1, 3, 259])
 """
 
 from __future__ import annotations
@@ -70,9 +75,17 @@ def gated(model: Any, gates: torch.Tensor) -> Iterator[None]:
             of equal size, tile ``k`` gated by ``gates[k]``.
 
     Example:
-        >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0    # doctest: +SKIP
-        >>> with gated(model, g):                                                # doctest: +SKIP
+        >>> import torch
+        >>> from interp.hooks import patched
+        >>> from interp.sites import Site
+        >>> tokens = torch.tensor([[256, 72, 105]])
+        >>> g = torch.ones(model.cfg.n_layers, model.cfg.n_heads); g[1, 0] = 0
+        >>> with gated(model, g):
         ...     logits = model(tokens)       # head L1.H0 removed
+        >>> with patched(model, {Site("z", 1, head=0): 0.0}):
+        ...     zeroed = model(tokens)
+        >>> torch.allclose(logits, zeroed, atol=1e-5)
+        True
     """
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     if gates.dim() == 2:

@@ -7,8 +7,15 @@ logits (the residual entering the final norm). All scores come from one matrix p
 per prompt chunk: ``[senders, batch*pos*d_model] @ [batch*pos*d_model, receivers]``.
 
 Example:
-    >>> r = edge_attribution_patching(model, ds, AttributionConfig(ig_steps=5))   # doctest: +SKIP
-    >>> r.table.nlargest(5, "value")[["src", "dst", "dst_input", "value"]]         # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.patching.attribution import AttributionConfig
+    >>> ds = TaskDataset("demo", clean=("ab cd x", "ef gh y"), corrupted=("ab ce x", "ef gi y"),
+    ...                  answers=("y", "z"), counterfactuals=("z", "y"))
+    >>> r = edge_attribution_patching(model, ds, AttributionConfig(ig_steps=5))
+    >>> len(r.table)                  # every edge of the toy's graph (2 layers, 4 heads)
+    110
+    >>> r.table.nlargest(1, "value")[["src", "dst", "dst_input"]].values.tolist()   # the strongest edge
+    [['L0.H2', 'LOGITS', 'logits']]
 """
 
 from __future__ import annotations

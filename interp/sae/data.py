@@ -17,11 +17,15 @@ used instead through :func:`flatten_store`.
 Example:
     >>> from interp import load_model, Site
     >>> from interp.sae.data import capture_activations, ActivationBatches
-    >>> model = load_model("toy:llama")                                          # doctest: +SKIP
-    >>> acts = capture_activations(model, tokens, [Site("z", 1)])                # doctest: +SKIP
-    >>> batches = ActivationBatches.from_tensor(acts[Site("z", 1)], batch_size=256, seed=0)  # doctest: +SKIP
-    >>> next(batches).shape                                                      # doctest: +SKIP
-    torch.Size([256, 64])
+    >>> from interp import tokenize
+    >>> model = load_model("toy:llama")
+    >>> tokens = tokenize(model, ["Hello world", "Hi there"]).tokens
+    >>> acts = capture_activations(model, tokens, [Site("z", 1)])
+    >>> acts[Site("z", 1)].shape                 # [n_tokens, n_heads * d_head], padding masked out
+    torch.Size([22, 64])
+    >>> batches = ActivationBatches.from_tensor(acts[Site("z", 1)], batch_size=4, seed=0)
+    >>> next(batches).shape
+    torch.Size([4, 64])
 """
 
 from __future__ import annotations

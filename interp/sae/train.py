@@ -15,11 +15,18 @@ concatenated (``n_heads * d_head``); z SAEs are saved with
 
 Example:
     >>> from interp.sae.train import SAETrainConfig, train_sae
-    >>> from interp.sae.data import ActivationBatches
-    >>> cfg = SAETrainConfig(architecture="topk", k=16, expansion=4, training_tokens=50_000, batch_size=512)
-    >>> out = train_sae(ActivationBatches.from_tensor(acts, batch_size=512), cfg, site="resid_post.1",
-    ...                 model_name="toy:llama")                                    # doctest: +SKIP
-    >>> out.history.table[["tokens", "mse", "l0"]].tail(1)                          # doctest: +SKIP
+    >>> from interp.sae.data import ActivationBatches, capture_activations
+    >>> from interp import Site, tokenize
+    >>> tokens = tokenize(model, ["Hello world, this is a toy.", "Hi there, another prompt here."]).tokens
+    >>> acts = capture_activations(model, tokens, [Site("resid_post", 1)])[Site("resid_post", 1)]
+    >>> cfg = SAETrainConfig(architecture="topk", k=4, expansion=2, training_tokens=640, batch_size=32,
+    ...                      log_every=5)
+    >>> out = train_sae(ActivationBatches.from_tensor(acts, batch_size=32, seed=0), cfg, site="resid_post.1",
+    ...                 model_name="toy:llama")
+    >>> out.sae.cfg.d_sae                        # expansion * d_model
+    128
+    >>> out.history.table[["step", "tokens", "l0"]].tail(1).values.tolist()   # top-k: exactly k active
+    [[20.0, 640.0, 4.0]]
 """
 
 from __future__ import annotations

@@ -32,10 +32,14 @@ Example:
     >>> from interp import load_model
     >>> from interp.datasets.icl import load_icl
     >>> from interp.steering.fv import FVConfig, fit_function_vector, fv_layer_sweep
-    >>> model = load_model("toy:llama")                                       # doctest: +SKIP
-    >>> fit, held = load_icl("capitalization").split(30, seed=0)   # doctest: +SKIP
-    >>> fv = fit_function_vector(model, fit, FVConfig(n_prompts=4, n_demos=3, top_k=2))  # doctest: +SKIP
-    >>> fv_layer_sweep(model, fv, held, range(model.cfg.n_layers)).table            # doctest: +SKIP
+    >>> fit, held = load_icl("capitalization").split(30, seed=0)
+    >>> len(fit), len(held)
+    (30, 31)
+    >>> fit.prompts(1, n_demos=1, seed=0).prompts[0].count("Q:")    # one demonstration + the query
+    2
+    >>> model = load_model("smollm2")  # toy bytes: answers " x" are 2 tokens  # doctest: +SKIP
+    >>> fv = fit_function_vector(model, fit, FVConfig(n_prompts=4, n_demos=3, top_k=2))  # SmolLM2  # doctest: +SKIP
+    >>> fv_layer_sweep(model, fv, held, range(model.cfg.n_layers)).table  # SmolLM2  # doctest: +SKIP
 """
 
 from __future__ import annotations
