@@ -17,10 +17,10 @@ key dim changes with the padded width). Accumulation is in float64.
 Example:
     >>> from interp import load_model, collect, Site
     >>> from interp.cache import Mean, TopK
-    >>> model = load_model("toy:llama")                                    # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> s = Site("resid_post", 1)
-    >>> store = collect(model, ["hi", "hello"], [], reducers={"mean": Mean([s]), "top": TopK([s], k=3)})  # doctest: +SKIP
-    >>> store.reductions["mean"][s].shape                                  # doctest: +SKIP
+    >>> store = collect(model, ["hi", "hello"], [], reducers={"mean": Mean([s]), "top": TopK([s], k=3)})
+    >>> store.reductions["mean"][s].shape
     torch.Size([64])
 """
 

@@ -14,9 +14,9 @@ Example:
     >>> import torch
     >>> from interp import load_model, Site
     >>> from interp.steering import Axis, steered
-    >>> model = load_model("toy:llama")                                             # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> ax = Axis(name="demo", vector=torch.ones(64), site=Site("resid_post", 0), method="contrast")
-    >>> with steered(model, ax, alpha=2.0):                                         # doctest: +SKIP
+    >>> with steered(model, ax, alpha=2.0):
     ...     logits = model(torch.tensor([[256, 72, 105]]))
 """
 
