@@ -28,6 +28,8 @@ Example:
     >>> r = activation_patching(model, ds, PatchConfig(component="z"))
     >>> r.table.columns[:6].tolist()
     ['method', 'direction', 'metric', 'component', 'site', 'layer']
+    >>> r.table.metric.unique().tolist(), r.table.node.nunique()   # one row per metric and head (2 layers x 4)
+    (['logit_diff_norm', 'logit_diff', 'prob', 'kl'], 8)
 """
 
 from __future__ import annotations
