@@ -22,6 +22,16 @@ Example:
     >>> store = collect(model, ["hi", "hello"], [], reducers={"mean": Mean([s]), "top": TopK([s], k=3)})
     >>> store.reductions["mean"][s].shape
     torch.Size([64])
+    >>> import torch
+    >>> from interp.hooks import capturing
+    >>> from interp.models import tokenize
+    >>> acts = []
+    >>> for text in ["hi", "hello"]:                  # oracle: the mean over every real token, one prompt at a time
+    ...     with capturing(model, [s]) as got:
+    ...         _ = model(tokenize(model, [text]).tokens)
+    ...     acts.append(got[s][0])
+    >>> torch.allclose(store.reductions["mean"][s].float(), torch.cat(acts).mean(0), atol=1e-5)
+    True
 """
 
 from __future__ import annotations
