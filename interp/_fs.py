@@ -176,8 +176,19 @@ def folder_lock(folder: str | Path, *, what: str = "output folder") -> Iterator[
             (the message names the folder and the holder's pid).
 
     Example:
-        >>> with folder_lock(tmp / "store", what="activation store"):  # doctest: +SKIP
-        ...     write_files()
+        >>> import tempfile
+        >>> tmp = Path(tempfile.mkdtemp())
+        >>> with folder_lock(tmp / "store", what="activation store") as folder:
+        ...     print(sorted(p.name for p in folder.iterdir()))
+        ...     try:
+        ...         with folder_lock(folder, what="activation store"):   # a second writer is refused
+        ...             pass
+        ...     except StoreError as e:
+        ...         print(type(e).__name__, f"pid {os.getpid()} on host" in str(e))   # names this holder
+        ['.lock']
+        StoreError True
+        >>> sorted(p.name for p in (tmp / "store").iterdir())         # lock file removed on release
+        []
     """
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():

@@ -279,8 +279,15 @@ def intervening(model: Model, interventions: Iterable[Intervention]) -> Iterator
     """Apply interventions to every row of every forward pass in the block (hooks removed in ``finally``).
 
     Example:
-        >>> with intervening(model, [Intervention("ablate", "z.1.0")]):   # doctest: +SKIP
-        ...     logits = model(tokens)                                     # head L1.H0 zeroed
+        >>> import torch
+        >>> tokens = torch.tensor([[256, 72, 105]])
+        >>> clean = model(tokens)
+        >>> with intervening(model, [Intervention("ablate", "z.1.0")]):
+        ...     ablated = model(tokens)                                    # head L1.H0 zeroed
+        >>> ablated.shape, bool(torch.equal(clean, ablated))
+        (torch.Size([1, 3, 259]), False)
+        >>> torch.equal(model(tokens), clean)                             # hooks removed on exit
+        True
     """
     by_point: dict[Site, list[Intervention]] = {}
     for iv in interventions:

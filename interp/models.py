@@ -26,10 +26,12 @@ Defaults, stated once:
 
 Example:
     >>> from interp.models import load_model, tokenize
-    >>> model = load_model("toy:llama")                      # doctest: +SKIP
-    >>> batch = tokenize(model, ["Hello", "Hi there"])       # doctest: +SKIP
-    >>> batch.tokens.shape, batch.lengths.tolist()           # doctest: +SKIP
-    (torch.Size([2, 8]), [5, 8])
+    >>> model = load_model("toy:llama")
+    >>> batch = tokenize(model, ["Hello", "Hi there"])
+    >>> batch.tokens.shape, batch.lengths.tolist()           # the toy tokenizer adds BOS (id 256)
+    (torch.Size([2, 9]), [6, 9])
+    >>> batch.tokens[0, :3].tolist()
+    [256, 72, 101]
 """
 
 from __future__ import annotations

@@ -17,11 +17,21 @@ key dim changes with the padded width). Accumulation is in float64.
 Example:
     >>> from interp import load_model, collect, Site
     >>> from interp.cache import Mean, TopK
-    >>> model = load_model("toy:llama")                                    # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> s = Site("resid_post", 1)
-    >>> store = collect(model, ["hi", "hello"], [], reducers={"mean": Mean([s]), "top": TopK([s], k=3)})  # doctest: +SKIP
-    >>> store.reductions["mean"][s].shape                                  # doctest: +SKIP
+    >>> store = collect(model, ["hi", "hello"], [], reducers={"mean": Mean([s]), "top": TopK([s], k=3)})
+    >>> store.reductions["mean"][s].shape
     torch.Size([64])
+    >>> import torch
+    >>> from interp.hooks import capturing
+    >>> from interp.models import tokenize
+    >>> acts = []
+    >>> for text in ["hi", "hello"]:                  # oracle: the mean over every real token, one prompt at a time
+    ...     with capturing(model, [s]) as got:
+    ...         _ = model(tokenize(model, [text]).tokens)
+    ...     acts.append(got[s][0])
+    >>> torch.allclose(store.reductions["mean"][s].float(), torch.cat(acts).mean(0), atol=1e-5)
+    True
 """
 
 from __future__ import annotations

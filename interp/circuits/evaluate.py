@@ -29,12 +29,16 @@ mean over prompts; ``faithfulness = (LD_circuit - LD_corrupted) / (LD_clean - LD
 
 Example:
     >>> from interp import load_model
-    >>> from interp.datasets.registry import build_task
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.circuits.edges import model_edges
     >>> model = load_model("toy:llama,n_layers=2")
-    >>> ds = build_task("ioi", model=model, n=4)                                    # doctest: +SKIP
-    >>> r = evaluate_circuits(model, ds, {"none": [], "all": model_edges(model)})   # doctest: +SKIP
-    >>> r.table[["circuit", "faithfulness"]].round(6).values.tolist()              # doctest: +SKIP
-    [['none', 0.0], ['all', 1.0]]
+    >>> ds = TaskDataset("demo", clean=("ab cd x", "ef gh y"), corrupted=("ab ce x", "ef gi y"),
+    ...                  answers=("y", "z"), counterfactuals=("z", "y"))
+    >>> r = evaluate_circuits(model, ds, {"none": [], "all": model_edges(model)})
+    >>> r.table[["circuit", "n_edges"]].values.tolist()
+    [['none', 0], ['all', 82]]
+    >>> r.table.set_index("circuit").faithfulness.round(6).abs().to_dict()   # abs: the empty circuit gives -0.0
+    {'none': 0.0, 'all': 1.0}
 """
 
 from __future__ import annotations

@@ -12,11 +12,18 @@ raise with ``on_multi_token="error"``) and ``meta`` holds the subject's token sp
 :func:`known_facts` keeps the facts the model gets right.
 
 Example:
+    >>> import json, tempfile
     >>> from interp.models import load_model
-    >>> model = load_model("smollm2")                          # doctest: +SKIP
-    >>> ds = known_facts(model, facts_dataset(model))          # doctest: +SKIP
-    >>> ds.meta[0]["subject_start"], ds.meta[0]["subject_end"] # doctest: +SKIP
-    (3, 4)
+    >>> model = load_model("toy:llama")            # byte tokenizer: the answer must be one byte
+    >>> path = Path(tempfile.mkdtemp()) / "facts.jsonl"
+    >>> _ = path.write_text(json.dumps({"prompt": "Paris is in", "subject": "Paris", "answer": "F"}))
+    >>> ds = facts_dataset(model, path)
+    >>> ds.clean, ds.answers
+    (('Paris is in',), ('F',))
+    >>> ds.meta[0]["subject_start"], ds.meta[0]["subject_end"]     # BOS is token 0, 'Paris' tokens 1-5
+    (1, 6)
+    >>> len(known_facts(model, ds, min_prob=0.0))   # the argmax default would keep none: the toy knows no facts
+    1
 """
 
 from __future__ import annotations

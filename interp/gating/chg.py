@@ -47,10 +47,10 @@ Example:
     >>> from interp import load_model
     >>> from interp.datasets import TaskDataset
     >>> from interp.gating import CHGConfig, causal_head_gating
-    >>> model = load_model("toy:llama")                                        # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> ds = TaskDataset("abc", clean=("abcabc", "xyzxyz"), answers=("a", "x"))
-    >>> res = causal_head_gating(model, ds, config=CHGConfig(steps=20, n_masks=2))  # doctest: +SKIP
-    >>> res.table.columns[:4].tolist()                                          # doctest: +SKIP
+    >>> res = causal_head_gating(model, ds, config=CHGConfig(steps=20, n_masks=2))
+    >>> res.table.columns[:4].tolist()
     ['layer', 'head', 'node', 'g_plus']
 """
 

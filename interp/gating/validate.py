@@ -19,9 +19,19 @@ counterfactuals; otherwise :func:`head_patching` here, which runs any metric on 
 engine (:mod:`interp.engine`, one pass per layer with a world per head).
 
 Example:
-    >>> from interp.gating import CHGConfig, causal_head_gating, validate_chg        # doctest: +SKIP
-    >>> chg = causal_head_gating(model, ds, config=CHGConfig(steps=50))              # doctest: +SKIP
-    >>> validate_chg(model, ds, chg).table[["what", "metric_value", "baseline_mean"]]  # doctest: +SKIP
+    >>> from interp.datasets import TaskDataset
+    >>> from interp.gating import CHGConfig, causal_head_gating, validate_chg
+    >>> ds = TaskDataset("abc", clean=("abcabc", "xyzxyz"), answers=("a", "x"))
+    >>> chg = causal_head_gating(model, ds, config=CHGConfig(steps=20, n_masks=2))
+    >>> val = validate_chg(model, ds, chg)
+    >>> val.table[["what", "n_heads", "metric"]].values.tolist()
+    [['clean', 0, 'answer_logprob'], ['facilitating', 0, 'answer_logprob'], ['interfering', 0, 'answer_logprob']]
+    >>> val.meta.extra["verdict"]                 # the random toy model has no heads for this task
+    'fail'
+    >>> for reason in val.meta.extra["verdict_reasons"]:
+    ...     print(reason)
+    no head labelled facilitating
+    no exact patching (the dataset has no corrupted prompts): agreement not checked
 """
 
 from __future__ import annotations

@@ -22,12 +22,14 @@ in; *noising* runs the clean prompt with one corrupted activation patched in.
 Example:
     >>> from interp.models import load_model
     >>> from interp.datasets import TaskDataset
-    >>> model = load_model("toy:llama")                                     # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> ds = TaskDataset("demo", clean=("ab cd x",), corrupted=("ab ce x",),
     ...                  answers=("y",), counterfactuals=("z",))
-    >>> r = activation_patching(model, ds, PatchConfig(component="z"))      # doctest: +SKIP
-    >>> r.table.columns[:6].tolist()                                        # doctest: +SKIP
+    >>> r = activation_patching(model, ds, PatchConfig(component="z"))
+    >>> r.table.columns[:6].tolist()
     ['method', 'direction', 'metric', 'component', 'site', 'layer']
+    >>> r.table.metric.unique().tolist(), r.table.node.nunique()   # one row per metric and head (2 layers x 4)
+    (['logit_diff_norm', 'logit_diff', 'prob', 'kl'], 8)
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ Modules, one concern each:
 * :mod:`interp.sae.io` — SAE-Lens format save/load, pretrained releases (fail fast offline).
 
 Example:
-    >>> from interp.sae import SAETrainConfig, train_sae, evaluate_sae, load_sae   # doctest: +SKIP
+    >>> from interp.sae import SAETrainConfig, train_sae, evaluate_sae, load_sae
 
 Importing ``interp.sae`` does no work (and does not import sae_lens): names resolve on first use.
 """

@@ -18,9 +18,23 @@ reconstructed nor ablated, and CE/KL are measured at the positions whose predict
 intervention can change (``pos >= start_pos`` with a real next token).
 
 Example:
+    >>> import torch
+    >>> from sae_lens import SAE
     >>> from interp.sae.evaluate import evaluate_sae
-    >>> res = evaluate_sae(model, sae, "resid_post.15", split.held_out)     # doctest: +SKIP
-    >>> res.table.set_index("metric").value["ce_loss_recovered"]            # doctest: +SKIP
+    >>> d = model.cfg.d_model           # an SAE that reconstructs exactly: W_enc = [I, -I], W_dec = [I; -I]
+    >>> sae = SAE.from_dict({"architecture": "standard", "d_in": d, "d_sae": 2 * d, "dtype": "float32",
+    ...                      "device": "cpu", "apply_b_dec_to_input": True, "normalize_activations": "none",
+    ...                      "metadata": {"hook_name": ""}})
+    >>> with torch.no_grad():
+    ...     _ = sae.W_enc.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 1))
+    ...     _ = sae.W_dec.copy_(torch.cat([torch.eye(d), -torch.eye(d)], 0))
+    ...     _ = sae.b_enc.zero_(), sae.b_dec.zero_()
+    >>> tokens = torch.randint(0, 256, (4, 12), generator=torch.Generator().manual_seed(0))
+    >>> tokens[:, 0] = model.tokenizer.bos_token_id
+    >>> res = evaluate_sae(model, sae, "resid_post.0", tokens)
+    >>> v = res.table.set_index("metric").value
+    >>> round(v["explained_variance"], 4), round(v["ce_loss_recovered"], 4), round(v["kl_with_sae"], 4)
+    (1.0, 1.0, 0.0)
 """
 
 from __future__ import annotations

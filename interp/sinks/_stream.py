@@ -11,9 +11,11 @@ longer than the model's context raises :class:`~interp.errors.DataError` naming 
 prompts are then cut to ``max_len`` tokens (Gu et al. use T = 64).
 
 Example:
-    >>> from interp.models import load_model                                  # doctest: +SKIP
-    >>> from interp.sinks._stream import prepare, stream                      # doctest: +SKIP
-    >>> batch, kept = prepare(load_model("toy:llama"), ["ab", "abc"], 64)     # doctest: +SKIP
+    >>> from interp.models import load_model
+    >>> from interp.sinks._stream import prepare, stream
+    >>> batch, kept = prepare(load_model("toy:llama"), ["ab", "abc"], 3)
+    >>> batch.tokens.shape, batch.lengths.tolist(), kept     # BOS + bytes, cut to 3 tokens
+    (torch.Size([2, 3]), [3, 3], [0, 1])
 """
 
 from __future__ import annotations

@@ -14,10 +14,14 @@ Example:
     >>> import torch
     >>> from interp import load_model, Site
     >>> from interp.steering import Axis, steered
-    >>> model = load_model("toy:llama")                                             # doctest: +SKIP
+    >>> model = load_model("toy:llama")
     >>> ax = Axis(name="demo", vector=torch.ones(64), site=Site("resid_post", 0), method="contrast")
-    >>> with steered(model, ax, alpha=2.0):                                         # doctest: +SKIP
-    ...     logits = model(torch.tensor([[256, 72, 105]]))
+    >>> tokens = torch.tensor([[256, 72, 105]])
+    >>> clean = model(tokens)
+    >>> with steered(model, ax, alpha=2.0):
+    ...     logits = model(tokens)
+    >>> torch.allclose(logits, clean), torch.equal(model(tokens), clean)   # steered inside, hooks gone after
+    (False, True)
 """
 
 from __future__ import annotations
