@@ -382,7 +382,8 @@ def _stage_cache(job: _Job) -> str:
     notes = []
     for task in job.cfg.tasks:
         ds = job.subset(task, job.cfg.cache.prompts)
-        store = collect(job.model, list(ds.clean), job.cfg.cache.sites, out=job.out / "cache" / task,
+        name = Path(task).stem if task.endswith(".jsonl") else task   # a task file: its name, never its path
+        store = collect(job.model, list(ds.clean), job.cfg.cache.sites, out=job.out / "cache" / name,
                         progress=False, overwrite=True)
         notes.append(f"{task}: {len(store)} prompts x {job.cfg.cache.sites}")
     return "; ".join(notes)

@@ -240,3 +240,23 @@ def test_interp_run_facts_on_the_bundled_model(tmp_path, capsys):
     kinds = {r.kind for r in load_results(tmp_path / "o" / "results").values()}
     assert {"patching.nodes", "graph.faithfulness"} <= kinds
     assert "FAILED" not in (tmp_path / "o" / "report.md").read_text()
+
+
+def test_cache_stage_of_an_absolute_task_file_stays_inside_out(tmp_path):
+    """A task given as an absolute .jsonl path: its store goes to out/cache/<file stem>, never onto the file."""
+    import json
+
+    import interp.pipeline as pl
+
+    task = tmp_path / "data" / "demo.jsonl"
+    task.parent.mkdir()
+    task.write_text("\n".join(json.dumps({"clean": c, "corrupted": k, "answer": "x", "counterfactual": "y"})
+                              for c, k in (("ab cd", "ab ce"), ("ef gh", "ef gi"))) + "\n")
+    before = task.read_bytes()
+    cfg = PipelineConfig(name="t", model="toy:llama", tasks=(str(task),), out=str(tmp_path / "o"),
+                         cache=pl.CacheStage(prompts=2), patching=PatchingStage(enabled=False),
+                         gating=GatingStage(enabled=False), sinks=SinksStage(enabled=False),
+                         graph=GraphStage(enabled=False))
+    report = run_pipeline(cfg, log=lambda m: None)
+    assert {r.name: r.status for r in report.stages}["cache"] == "ok"
+    assert (tmp_path / "o" / "cache" / "demo" / "manifest.json").is_file() and task.read_bytes() == before
