@@ -7,7 +7,7 @@ clean + corrupted recording pass and the circuit's pass) against 3 plain forward
 not timed) and a random half of all edges (the densest mix of the two rewrite forms). Timings
 alternate (ours, 3 forwards, ours, ...) ``--reps`` times with torch's threads pinned; the report
 keeps every time, and the ratio of the minima. Also the marginal cost of one more circuit once the
-baseline pass is shared (:meth:`interp.circuits.Evaluator.logit_diffs`), what a curve pays per point.
+baseline pass is shared (:meth:`interp.circuits.Evaluator.run_masks`), what a curve pays per point.
 
     PYTHONPATH=. python benchmarks/bench_edge_eval.py --threads 2 --reps 3 --out benchmarks/out/edge_eval.json
 """
@@ -81,7 +81,7 @@ def main() -> None:
         marginal = []
         for _ in range(args.reps):
             t = time.perf_counter()
-            ev.logit_diffs([mask])
+            ev.run_masks([mask])
             marginal.append(time.perf_counter() - t)
         report["circuits"][name] = {
             "n_edges": len(circ), "faithfulness": faith, "eval_s": [round(x, 3) for x in ours],

@@ -153,15 +153,17 @@ def _softcap(value: Any) -> float | None:
 
 def _derived(model: Model, hf: Any) -> Family:
     """A family's facts read from the bridge (config and hook points), for families not in the table."""
-    cfg, hooks = model.cfg, getattr(model, "hook_dict", {}) or {}
+    cfg = model.cfg
+    blocks = getattr(model, "blocks", None)
+    block = blocks[0] if blocks is not None and len(blocks) else None
+    attn = getattr(block, "attn", None)
     pos = str(getattr(cfg, "positional_embedding_type", "standard"))
     positional = {"standard": "absolute", "rotary": "rope", "alibi": "alibi", "shortformer": "absolute"}.get(pos, "none")
     norm = "rmsnorm" if str(getattr(cfg, "normalization_type", "LN")).upper().startswith("RMS") else "layernorm"
     model_type = str(getattr(hf, "model_type", "") or "")
     return Family(name=model_type or type(model).__name__, norm=norm, positional=positional,
-                  post_attn_norm="blocks.0.ln1_post.hook_in" in hooks,
-                  post_mlp_norm="blocks.0.ln2_post.hook_in" in hooks,
-                  qk_norm="blocks.0.attn.q_norm.hook_in" in hooks,
+                  post_attn_norm=hasattr(block, "ln1_post"), post_mlp_norm=hasattr(block, "ln2_post"),
+                  qk_norm=hasattr(attn, "q_norm"),
                   causal=model_type not in _BIDIRECTIONAL,
                   parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)))
 

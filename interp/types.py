@@ -87,7 +87,7 @@ class Model(Protocol):
     Attributes:
         cfg: sizes (:class:`ModelConfig`).
         tokenizer: the model's tokenizer (:class:`Tokenizer`).
-        hook_dict: hook name (``"blocks.3.attn.hook_z"``, see :class:`interp.sites.Site`) -> hook point.
+        hook_dict: hook name (``Site("z", 3).hook_name``, see :class:`interp.sites.Site`) -> hook point.
         W_U: unembedding ``[d_model, d_vocab]``.
     """
 

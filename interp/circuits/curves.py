@@ -135,7 +135,7 @@ def _sweep(ev: Evaluator, scores: pd.DataFrame, sizes: list[int], config: CurveC
         if config.complement:
             masks.append(ev.valid & ~m)
             slots.append((n, "complement"))
-    lds = ev.logit_diffs(masks).tolist()
+    lds = ev.run_masks(masks).tolist()
     got: dict[int, dict[str, list[float]]] = {}
     for (n, what), ld in zip(slots, lds):
         got.setdefault(n, {}).setdefault(what, []).append(float(ev.faithfulness(ld)) if what != "ld" else ld)

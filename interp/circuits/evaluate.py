@@ -208,7 +208,7 @@ class Evaluator:
         return m
 
     # ----------------------------------------------------------------------- evaluation
-    def logit_diffs(self, masks: Sequence[Tensor]) -> Tensor:
+    def run_masks(self, masks: Sequence[Tensor]) -> Tensor:
         """Mean logit difference (float64 ``[circuit]``) of each circuit given as a :meth:`mask`.
 
         A circuit holding every edge is the clean run and, with ``ablation="patching"``, one with no edge into
@@ -384,7 +384,7 @@ def evaluate_circuits(model: Any, data: Any, circuits: Mapping[str, Iterable[Any
         circuits = {"circuit": circuits}
     ev = Evaluator(model, data, config)
     named = {str(k): canonical(model, v, what=f"circuit {k!r}") for k, v in circuits.items()}
-    lds = ev.logit_diffs([ev.mask(e) for e in named.values()])
+    lds = ev.run_masks([ev.mask(e) for e in named.values()])
     rows = [{"circuit": k, "ablation": config.ablation, "n_edges": len(e), "n_nodes": len(circuit_nodes(e)),
              "ld": float(ld), "faithfulness": float(ev.faithfulness(float(ld))), "ld_clean": ev.ld_clean,
              "ld_corrupted": ev.ld_corrupted} for (k, e), ld in zip(named.items(), lds)]

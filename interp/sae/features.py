@@ -18,12 +18,13 @@ Example:
     >>> from sae_lens import SAE
     >>> from interp.models import load_model
     >>> from interp.sae.features import FeatureConfig, analyze_features, direct_feature_attribution
+    >>> from interp.sites import Site
     >>> model = load_model("toy:llama")
     >>> with torch.random.fork_rng():                 # an untrained SAE on z.1 (4 heads x 16 = 64 inputs)
     ...     _ = torch.manual_seed(0)
     ...     sae = SAE.from_dict({"architecture": "standard", "d_in": 64, "d_sae": 32, "dtype": "float32",
     ...                          "device": "cpu", "reshape_activations": "hook_z",
-    ...                          "metadata": {"hook_name": "blocks.1.attn.hook_z"}})
+    ...                          "metadata": {"hook_name": Site("z", 1).hook_name}})
     >>> tokens = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))   # [rows, pos]
     >>> fa = analyze_features(model, sae, "z.1", tokens, FeatureConfig(n_examples=3))
     >>> len(fa.features.table), fa.features.table.columns[:5].tolist()        # one row per latent

@@ -10,8 +10,9 @@ Example:
     >>> import tempfile, torch
     >>> from sae_lens import SAE
     >>> from interp.sae.io import save_sae, load_sae
+    >>> from interp.sites import Site
     >>> sae = SAE.from_dict({"architecture": "standard", "d_in": 64, "d_sae": 32, "dtype": "float32",
-    ...                      "device": "cpu", "metadata": {"hook_name": "blocks.1.hook_resid_post"}})
+    ...                      "device": "cpu", "metadata": {"hook_name": Site("resid_post", 1).hook_name}})
     >>> folder = save_sae(sae, tempfile.mkdtemp() + "/resid_post.1")
     >>> sorted(p.name for p in folder.iterdir())
     ['cfg.json', 'sae_weights.safetensors']
