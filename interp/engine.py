@@ -7,7 +7,10 @@ A *pass* runs a set of **worlds** side by side on one batch axis (Penzai's
 
 * ``set`` / ``ablate``: the region becomes ``value`` (broadcast; ``ablate`` defaults to 0);
 * ``add`` / ``scale``: the region plus / times ``value``;
-* ``gate``: every head of a per-head site times ``value`` (``[head]`` or ``[batch, head]``);
+* ``gate``: every head of a per-head site times ``value`` (``[head]``, ``[batch, head]``, or
+  ``[tile, head]``: the rows split into equal tiles of consecutive rows, as CHG's mask tiles); the
+  value may be a zero-argument callable read when the hook runs (gates trained in a loop;
+  returning None leaves the pass ungated);
 * ``restore``: the region takes the same region of ``value``, a recorded activation of the
   site's hook (``[batch, pos, ...]``, or ``[pos, ...]`` shared by all rows), e.g. the
   clean run's activation in a corrupted world.
@@ -67,7 +70,7 @@ from interp.sites import Site
 if TYPE_CHECKING:
     from interp.types import Model
 
-__all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "intervening", "as_hook", "forward_hidden",
+__all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "intervening", "intervening_worlds", "as_hook", "forward_hidden",
            "final_logits", "causal_mask", "tail_ok"]
 
 #: Intervention types.
@@ -129,6 +132,9 @@ class Intervention:
         if self.op == "gate" and (site.head is not None or site.head_axis is None):
             raise ConfigError(f"gate {site}: gates act on every head of a per-head site (e.g. 'z.3'), "
                               "not on one head or a site without heads")
+        if self.op == "gate" and not callable(self.value) and torch.as_tensor(self.value).dim() not in (0, 1, 2):
+            raise ConfigError(f"gate {site}: gates must be [head], [batch, head] or [tile, head], "
+                              f"got {tuple(torch.as_tensor(self.value).shape)}")
         if self.op == "apply" and not callable(self.value):
             raise ConfigError(f"apply {site}: value must be a callable region -> new region, "
                               f"got {type(self.value).__name__}")
@@ -216,16 +222,22 @@ def _apply(block: Tensor, iv: Intervention) -> None:
     site, op = iv.site, iv.op
     n = block.shape[0]
     if op == "gate":
-        g = torch.as_tensor(iv.value).to(device=block.device, dtype=block.dtype)
+        value = iv.value() if callable(iv.value) else iv.value
+        if value is None:                                    # a live gate that is off for this pass
+            return
+        g = torch.as_tensor(value).to(device=block.device, dtype=block.dtype)
         shape = [1] * block.dim()
         shape[site.head_axis] = block.shape[site.head_axis]
+        if g.dim() == 2 and g.shape[0] != n and g.shape[0] and n % g.shape[0] == 0:
+            g = g.repeat_interleave(n // g.shape[0], dim=0)   # [tile, head]: equal tiles of consecutive rows
         if g.dim() == 2:
             shape[0] = n
+        src = block.clone() if g.requires_grad else block    # the product's backward must not see the write
         try:
-            new = block * g.reshape(shape)
+            new = src * g.reshape(shape)
         except RuntimeError as e:
             raise ShapeError(f"gate {site}: gates {tuple(g.shape)} do not fit {tuple(block.shape)} "
-                             "(expected [head] or [batch, head])") from e
+                             "(expected [head], [batch, head] or [tile, head] with tiles dividing the batch)") from e
         idx = _index(iv.positions, n, block.shape[1], site, block.device)
         block[idx] = new[idx]
         return
@@ -294,6 +306,37 @@ def intervening(model: Model, interventions: Iterable[Intervention]) -> Iterator
         by_point.setdefault(iv.site.layer_site, []).append(iv)
     with hooked(model, [(p, as_hook(ivs)) for p, ivs in by_point.items()]):
         yield
+
+
+@contextlib.contextmanager
+def intervening_worlds(model: Model, worlds: Sequence[World], n_rows: int, *, base: Sequence[Intervention] = (),
+                       record: Sequence[Site] = ()) -> Iterator[list[dict[Site, Tensor]]]:
+    """Apply each world's interventions to its own block of rows in any forward pass run in the block.
+
+    For passes the caller runs itself (a KV-cached step, a generation loop): the pass's batch must be
+    the worlds' blocks of ``n_rows`` consecutive rows, in the order given (a pass of another size
+    raises a ShapeError naming the site). ``base`` applies to every row. Worlds may not enter at a
+    layer (use :func:`run`). Yields, per world, ``{site: activation}`` of the last pass for ``record``.
+
+    Example:
+        >>> import torch
+        >>> tokens = torch.tensor([[256, 72, 105]]).repeat(2, 1)
+        >>> worlds = [World(), World((Intervention("ablate", "z.1.0"),))]
+        >>> with intervening_worlds(model, worlds, 1):
+        ...     logits = model(tokens)                      # row 0 clean, row 1 with L1.H0 zeroed
+        >>> with intervening(model, [Intervention("ablate", "z.1.0")]):
+        ...     ablated = model(tokens[:1])
+        >>> bool(torch.allclose(logits[1], ablated[0], atol=1e-5)), bool(torch.allclose(logits[0], model(tokens[:1])[0], atol=1e-5))
+        (True, True)
+    """
+    n_layers = model.cfg.n_layers
+    for k, w in enumerate(worlds):
+        if w.enter is not None or w.entry is not None:
+            raise ConfigError(f"world {k}: intervening_worlds runs whole passes; entering at a layer needs run()")
+    recorded: dict[int, dict[Site, Tensor]] = {i: {} for i in range(len(worlds))}
+    blocks = [_Block(i, None, None) for i in range(len(worlds))]
+    with hooked(model, _pass_hooks(blocks, worlds, base, n_rows, n_layers, record, recorded)):
+        yield [recorded[i] for i in range(len(worlds))]
 
 
 # --------------------------------------------------------------------------- one forward pass

@@ -164,3 +164,37 @@ def test_slice_positions_add_from_a_position_on(model):
     want = acts[Site("resid_pre", 1)].clone()
     want[:, 2:] += vec
     torch.testing.assert_close(out.recorded[0][Site("resid_pre", 1)], want)
+
+
+def test_gate_tiles_and_live_values_against_hand_oracle(model):
+    """[tile, head] gates split the rows into equal consecutive tiles; a callable value is read per pass."""
+    from interp.engine import intervening_worlds
+
+    z_site = Site("z", 1)
+    tokens = TOKENS.repeat(2, 1)                                    # 2 tiles of the 2 prompts
+    with torch.inference_mode(), capturing(model, [z_site]) as acts:
+        model(tokens)
+    clean = acts[z_site]
+    tiles = torch.tensor([[0.0, 1.0, 2.0, 1.0], [1.0, 0.5, 1.0, 0.0]])
+    oracle = clean * tiles.repeat_interleave(2, 0)[:, None, :, None]
+    box = {"g": tiles}
+    with torch.inference_mode(), intervening(model, [Intervention("gate", z_site, lambda: box["g"])]), \
+            capturing(model, [z_site]) as got:
+        model(tokens)
+        assert torch.allclose(got[z_site], oracle, atol=1e-6)
+        box["g"] = None                                             # a live gate that is off
+        model(tokens)
+        assert torch.allclose(got[z_site], clean, atol=1e-6)
+    with pytest.raises(ShapeError, match="tile"), intervening(model, [Intervention("gate", z_site, tiles)]):
+        model(tokens[:3])                                           # 3 rows do not split into 2 tiles
+    # intervening_worlds: one block of rows per world, any pass the caller runs
+    worlds = [World((Intervention("gate", z_site, tiles[k]),)) for k in range(2)]
+    with torch.inference_mode(), intervening_worlds(model, worlds, 2, record=[z_site]) as rec, \
+            capturing(model, [z_site]) as got:
+        model(tokens)
+    assert torch.allclose(got[z_site], oracle, atol=1e-6)
+    assert torch.allclose(rec[1][z_site], oracle[2:], atol=1e-6)
+    with pytest.raises(ShapeError, match="rows in the pass"), intervening_worlds(model, worlds, 2):
+        model(TOKENS)
+    with pytest.raises(ConfigError, match="entering"), intervening_worlds(model, [World(enter=1)], 2):
+        pass

@@ -2,7 +2,8 @@
 
 * :func:`gated`: multiply head outputs by fixed gates ``[n_layers, n_heads]`` or per mask tile
   ``[n_masks, n_layers, n_heads]`` for the duration of a block;
-* ``_gate_hooks``: the same hooks reading the current gates from a callable (registered once per fit);
+* ``_gate_hooks``: the same gates, read from a callable when the hooks run (the engine's live ``gate``
+  interventions, registered once per fit);
 * ``_last_logprobs``: a forward pass stopped at the final norm that unembeds only each row's last token.
 
 Example:
@@ -24,7 +25,7 @@ from typing import Any
 
 import torch
 
-from interp.errors import ConfigError, DataError
+from interp.errors import ConfigError
 from interp.sites import Site
 
 __all__ = ["gated"]
@@ -45,23 +46,21 @@ def _frozen(model: Any) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _gate_hooks(model: Any, current: Callable[[], torch.Tensor | None]) -> Iterator[None]:
-    """Gate hooks on every layer's ``z`` reading ``current()`` (``[k, layer, head]``; None = no gating).
+    """Live ``gate`` interventions of the engine on every layer's ``z`` reading ``current()``
+    (``[k, layer, head]``: ``k`` mask tiles of consecutive rows; None = no gating).
 
     Registered once per fit: looking hook points up costs more than a toy forward pass.
     """
-    from interp.hooks import hooked
+    from interp.engine import Intervention, intervening
 
-    def hook(z: torch.Tensor, site: Site) -> torch.Tensor | None:
-        gates = current()
-        if gates is None:
-            return None
-        k, b = gates.shape[0], z.shape[0]
-        if b % k:
-            raise DataError(f"batch of {b} rows cannot be split into {k} mask tiles")
-        g = gates[:, site.layer].to(z.dtype)                 # [k, head]
-        return (z.reshape(k, b // k, *z.shape[1:]) * g[:, None, None, :, None]).reshape(z.shape)
+    def layer_gates(layer: int) -> Callable[[], torch.Tensor | None]:
+        def value() -> torch.Tensor | None:
+            gates = current()
+            return None if gates is None else gates[:, layer]          # [tile, head]
+        return value
 
-    with hooked(model, [(Site("z", layer), hook) for layer in range(model.cfg.n_layers)]):
+    with intervening(model, [Intervention("gate", Site("z", layer), layer_gates(layer))
+                             for layer in range(model.cfg.n_layers)]):
         yield
 
 

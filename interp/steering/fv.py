@@ -243,12 +243,11 @@ def _indirect_effects_cached(model: Model, prompts: Any, ids: torch.Tensor, mean
                              *, progress: bool) -> torch.Tensor:
     from tqdm.auto import tqdm
 
-    from interp.hooks import hooked
+    from interp.engine import Intervention, World, intervening_worlds
     from interp.models import tokenize
 
     n_layers, n_heads = mean_z.shape[:2]
     gain = torch.zeros(n_layers, n_heads)
-    rows = torch.arange(n_heads)
     for prompt, a in tqdm(list(zip(prompts, ids.tolist())), disable=not progress, desc="head AIE (KV cache)"):
         tokens = tokenize(model, [prompt]).tokens
         got = _hf_prefix_cache(model, tokens)
@@ -263,11 +262,8 @@ def _indirect_effects_cached(model: Model, prompts: Any, ids: torch.Tensor, mean
             cache.batch_repeat_interleave(n_heads)              # row h patches head h
             last = last.expand(n_heads, 1)
             for l in layers:
-                def patch(act, site, _l=l):
-                    out = act.clone()
-                    out[rows.to(act.device), -1, rows.to(act.device)] = mean_z[_l].to(act.device, act.dtype)
-                    return out
-                with hooked(model, {Site("z", l): patch}):
+                worlds = [World((Intervention("set", Site("z", l, head=h), mean_z[l, h]),)) for h in range(n_heads)]
+                with intervening_worlds(model, worlds, 1):     # the cached step: one row per world
                     p = metrics.probs(hf(last, past_key_values=cache, use_cache=True).logits[:, -1])[:, a]
                 cache.crop(-1)
                 gain[l] += (p - base).cpu()
