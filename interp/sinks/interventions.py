@@ -31,12 +31,13 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
 
 from interp.errors import ConfigError, DataError
+from interp.engine import Intervention, intervening
 from interp.hooks import hooked
 from interp.results import Result, run_meta
 from interp.nodes import node_id
@@ -122,13 +123,16 @@ def act_calibrated(model: Model, heads: Sequence[tuple[int, int]], *, beta: floa
     for layer, head in heads:
         by_layer.setdefault(int(layer), []).append(int(head))
 
-    def fn(act: torch.Tensor, site: Site, _heads: list[int]) -> torch.Tensor:
-        out = act.clone()
-        idx = torch.tensor(_heads, device=act.device)
-        out[:, idx] = act_calibrate(act[:, idx], beta, threshold)
-        return out
+    def calibrate(heads: list[int]) -> Any:
+        def fn(region: torch.Tensor) -> torch.Tensor:              # [batch, head, q, k]
+            out = region.clone()
+            idx = torch.tensor(heads, device=region.device)
+            out[:, idx] = act_calibrate(region[:, idx], beta, threshold)
+            return out
+        return fn
 
-    with hooked(model, {Site("pattern", layer): (lambda a, s, _h=hs: fn(a, s, _h)) for layer, hs in by_layer.items()}):
+    with intervening(model, [Intervention("apply", Site("pattern", layer), calibrate(hs))
+                             for layer, hs in by_layer.items()]):
         yield
 
 
@@ -145,14 +149,14 @@ def massive_set(model: Model, layer: int, dims: Sequence[int], value: float | Se
     if len(values) != len(dims):
         raise ConfigError(f"massive_set: {len(dims)} dims but {len(values)} values")
 
-    def fn(act: torch.Tensor, site: Site) -> torch.Tensor:
-        out = act.clone()
+    def fn(region: torch.Tensor) -> torch.Tensor:
+        out = region.clone()
         for d, v in zip(dims, values):
             col = out[..., d]
             out[..., d] = torch.where(col.abs() > min_value, torch.full_like(col, v), col)
         return out
 
-    with hooked(model, {Site("resid_post", layer): fn}):
+    with intervening(model, [Intervention("apply", Site("resid_post", layer), fn)]):
         yield
 
 
