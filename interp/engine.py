@@ -60,7 +60,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int, Shaped
 from torch import Tensor
 
 from interp.errors import ConfigError, ShapeError, nearest
@@ -310,7 +310,7 @@ def intervening(model: Model, interventions: Iterable[Intervention]) -> Iterator
 
 @contextlib.contextmanager
 def intervening_worlds(model: Model, worlds: Sequence[World], n_rows: int, *, base: Sequence[Intervention] = (),
-                       record: Sequence[Site] = ()) -> Iterator[list[dict[Site, Tensor]]]:
+                       record: Sequence[Site] = ()) -> Iterator[list[dict[Site, Shaped[Tensor, "rows ..."]]]]:
     """Apply each world's interventions to its own block of rows in any forward pass run in the block.
 
     For passes the caller runs itself (a KV-cached step, a generation loop): the pass's batch must be
@@ -341,7 +341,7 @@ def intervening_worlds(model: Model, worlds: Sequence[World], n_rows: int, *, ba
 
 # --------------------------------------------------------------------------- one forward pass
 
-def causal_mask(n_pos: int, device: Any, model: Model = None) -> Tensor | dict[str, Tensor]:
+def causal_mask(n_pos: int, device: Any, model: Model = None) -> Bool[Tensor, "1 1 pos pos"] | dict[str, Bool[Tensor, "1 1 pos pos"]]:
     """``[1, 1, pos, pos]`` boolean causal mask (batch 1, so rows may be added mid-forward).
 
     For a model with sliding-window (local) attention layers (Gemma-2/3, Mistral style; see

@@ -25,6 +25,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Union
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.sites import Site, sites_by_layer, validate_site
 
@@ -85,7 +87,7 @@ def hooked(model: Model, hooks: Mapping[Site | str, HookFn] | Iterable[tuple[Sit
 
 @contextlib.contextmanager
 def capturing(model: Model, sites: Iterable[Site | str], *, clone: bool = True,
-              stop_after: bool = False) -> Iterator[dict[Site, torch.Tensor]]:
+              stop_after: bool = False) -> Iterator[dict[Site, Float[Tensor, "batch ..."]]]:
     """Capture activations at ``sites``; yields a dict filled during the forward pass.
 
     A site with a head yields only that head's slice. Activations are detached
@@ -120,8 +122,8 @@ def capturing(model: Model, sites: Iterable[Site | str], *, clone: bool = True,
         yield store
 
 
-def run_capture(model: Model, tokens: torch.Tensor, sites: Iterable[Site | str], *, clone: bool = False,
-                stop_early: bool = True, **forward_kwargs: Any) -> dict[Site, torch.Tensor]:
+def run_capture(model: Model, tokens: Int[Tensor, "batch pos"], sites: Iterable[Site | str], *, clone: bool = False,
+                stop_early: bool = True, **forward_kwargs: Any) -> dict[Site, Float[Tensor, "batch ..."]]:
     """One forward pass on ``tokens`` returning the activations at ``sites``.
 
     With ``stop_early`` the pass stops after the deepest site (layers beyond it never run).
@@ -176,7 +178,7 @@ def patched(model: Model, patches: Mapping[Site | str, Any]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def ablated(model: Model, sites: Iterable[Site | str], *, values: Mapping[Site, torch.Tensor] | None = None) -> Iterator[None]:
+def ablated(model: Model, sites: Iterable[Site | str], *, values: Mapping[Site, Float[Tensor, "..."]] | None = None) -> Iterator[None]:
     """Ablate sites during the block: zero, or set to the given ``values`` (e.g. means).
 
     ``values[site]`` must broadcast against the site's region (a mean over batch, say,

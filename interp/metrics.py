@@ -73,8 +73,8 @@ def logit_diff(logits: Float[Tensor, "batch d_vocab"], answer: Int[Tensor, " bat
     return _pick(logits, answer) - _pick(logits, counter)
 
 
-def normalized(value: Float[Tensor, "*batch"] | float, *, clean: float | Tensor,
-               corrupted: float | Tensor) -> Float[Tensor, "*batch"] | float:
+def normalized(value: Float[Tensor, "*batch"] | float, *, clean: float | Float[Tensor, "*batch"],
+               corrupted: float | Float[Tensor, "*batch"]) -> Float[Tensor, "*batch"] | float:
     """``(value - corrupted) / (clean - corrupted)``: 0 = corrupted behaviour, 1 = clean."""
     return (value - corrupted) / (clean - corrupted)
 
@@ -152,7 +152,7 @@ def check_metric_names(names: Iterable[str], allowed: Iterable[str] | None = Non
             raise ConfigError(f"unknown metric {m!r}.{nearest(m, allowed)} Known: {', '.join(allowed)}")
 
 
-def get_metric(name: str) -> Callable[..., Tensor]:
+def get_metric(name: str) -> Callable[..., Float[Tensor, "..."]]:
     """The metric function called ``name``; unknown names raise :class:`ConfigError` naming the nearest."""
     check_metric_names((name,))
     return METRICS[name]

@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp import metrics
 from interp.engine import Intervention, World, run
@@ -138,7 +140,7 @@ def subject_noise_std(model: Model, ds: Any) -> float:
     return float(torch.cat(rows).std())
 
 
-def draw_noise(shape: tuple[int, ...], std: float, *, uniform: bool, generator: torch.Generator) -> torch.Tensor:
+def draw_noise(shape: tuple[int, ...], std: float, *, uniform: bool, generator: torch.Generator) -> Float[Tensor, "..."]:
     """``std * eps`` with eps standard normal, or uniform in [-1, 1] (ROME's uniform option); float32, CPU."""
     if uniform:
         return std * (torch.rand(shape, generator=generator) * 2 - 1)
@@ -158,10 +160,10 @@ def site_kind_restoration(kind: str, token: int, layer: int, n_layers: int, wind
     return tuple((Site(comp, l), token) for l in _layers_of(kind, layer, n_layers, window))
 
 
-def restoration_probs(model: Model, tokens: torch.Tensor, subject: tuple[int, int], answer_id: int,
-                      noise: torch.Tensor, restorations: Sequence[Restoration], clean: dict[Site, torch.Tensor], *,
+def restoration_probs(model: Model, tokens: Int[Tensor, "1 pos"], subject: tuple[int, int], answer_id: int,
+                      noise: Float[Tensor, "copies subject d_model"], restorations: Sequence[Restoration], clean: dict[Site, Float[Tensor, "1 pos ..."]], *,
                       replace: bool = False, batch_size: int = 128, fast: bool = True,
-                      progress: Any = None) -> torch.Tensor:
+                      progress: Any = None) -> Float[Tensor, " restoration"]:
     """Mean answer probability over the noise copies for each restoration, batched.
 
     Args:

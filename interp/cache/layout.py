@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from jaxtyping import Int, Shaped
+from torch import Tensor
 
 from interp._fs import atomic_write_bytes, confined_path, fsync_dir, sha256_file
 from interp.errors import StoreError
@@ -108,7 +110,7 @@ def shard_entries(path: Path, manifest: Mapping[str, Any]) -> list[dict[str, Any
 
 
 # ---------------------------------------------------------------- tokens and texts
-def encode_tokens(rows_ids: torch.Tensor, lengths: Sequence[int], order: Sequence[int]) -> bytes:
+def encode_tokens(rows_ids: Int[Tensor, " n_tokens"], lengths: Sequence[int], order: Sequence[int]) -> bytes:
     """Bytes of ``tokens.safetensors``: flat ``ids`` [n_tokens], ``lengths`` and ``order`` [n_prompts]."""
     from safetensors.torch import save
 
@@ -141,7 +143,7 @@ def _checked_file(path: Path, manifest: Mapping[str, Any], key: str) -> tuple[Pa
     return f, data
 
 
-def load_tokens(path: Path, manifest: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+def load_tokens(path: Path, manifest: Mapping[str, Any]) -> tuple[Int[Tensor, " n_tokens"], Int[Tensor, " n_prompts"], list[int]]:
     """``(ids [n_tokens], lengths [n_prompts], order)`` from ``tokens.safetensors``, checked."""
     from safetensors.torch import load
 
@@ -237,7 +239,7 @@ def _append_record(path: Path, record: Mapping[str, Any]) -> None:
         os.close(fd)
 
 
-def write_shard(path: Path, name: str, tensors: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+def write_shard(path: Path, name: str, tensors: Mapping[str, Shaped[Tensor, "..."]]) -> dict[str, Any]:
     """Write one shard: temp file, checksum, record (write-ahead, fsynced), rename. Returns the record."""
     from safetensors.torch import save_file
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from jaxtyping import Bool, Shaped
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.sites import Site
@@ -71,7 +73,7 @@ def _sites(sites: Iterable[Site | str] | Site | str) -> tuple[Site, ...]:
     return out
 
 
-def real_tokens(acts: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def real_tokens(acts: Shaped[Tensor, "batch pos *rest"], mask: Bool[Tensor, "batch pos"]) -> Shaped[Tensor, "n_tokens *rest"]:
     """``[batch, pos, *rest]`` + ``[batch, pos]`` mask -> ``[n_tokens, *rest]`` (real tokens only)."""
     return acts[mask.to(acts.device)]
 

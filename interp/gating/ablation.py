@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError, ShapeError
 from interp.sites import Site
@@ -102,7 +104,7 @@ def _tokens_of(batch: Any) -> Any:
 
 
 def mean_values(model: Any, reference: Any, sites: Sequence[Site], *, by_position: bool = False
-                ) -> dict[Site, torch.Tensor]:
+                ) -> dict[Site, Float[Tensor, "..."]]:
     """Mean activation of each site over the real tokens of ``reference`` prompts.
 
     Args:
@@ -131,7 +133,7 @@ def mean_values(model: Any, reference: Any, sites: Sequence[Site], *, by_positio
     return out
 
 
-def resample_indices(batch_size: int, n_reference: int, *, seed: int, exclude_self: bool) -> torch.Tensor:
+def resample_indices(batch_size: int, n_reference: int, *, seed: int, exclude_self: bool) -> Int[Tensor, " batch"]:
     """Seeded draw of a reference prompt per batch row; ``exclude_self`` never draws row ``b`` for ``b``.
 
     Returns:
@@ -232,7 +234,7 @@ def _last_logits(model: Any, tokens: Any) -> torch.Tensor:
     return at_positions(model(tokens.tokens), tokens.last)
 
 
-def logit_diff(logits: torch.Tensor, batch: Any) -> torch.Tensor:
+def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], batch: Any) -> Float[Tensor, " batch"]:
     """``logit[answer] - logit[counterfactual]`` per prompt (``[batch]``)."""
     if batch.answer_ids is None or batch.counter_ids is None:
         raise DataError("logit_diff needs answers and counterfactuals in the dataset")
@@ -241,7 +243,7 @@ def logit_diff(logits: torch.Tensor, batch: Any) -> torch.Tensor:
     return metrics.logit_diff(logits, batch.answer_ids, batch.counter_ids)
 
 
-def answer_logprob(logits: torch.Tensor, batch: Any) -> torch.Tensor:
+def answer_logprob(logits: Float[Tensor, "batch pos d_vocab"], batch: Any) -> Float[Tensor, " batch"]:
     """``log p(answer)`` at the last token per prompt (``[batch]``)."""
     if batch.answer_ids is None:
         raise DataError("answer_logprob needs answers in the dataset")

@@ -62,6 +62,8 @@ from dataclasses import InitVar, dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError
 from interp.gating.gates import _frozen, _gate_hooks, _last_logprobs, gated
@@ -254,7 +256,7 @@ def gate_data(model: Any, dataset: Any, *, targets: Any = None) -> GateData:
     return GateData(tokens.tokens.to(dev), tokens.last.to(dev), ids.to(dev), tuple(tokens.texts), name)
 
 
-def init_gate_logits(n_masks: int, n_layers: int, n_heads: int, *, seed: int) -> torch.Tensor:
+def init_gate_logits(n_masks: int, n_layers: int, n_heads: int, *, seed: int) -> Float[Tensor, "mask layer head"]:
     """``logit(U(0,1))`` gate logits ``[n_masks, n_layers, n_heads]`` from a seeded generator."""
     gen = torch.Generator().manual_seed(int(seed))
     u = torch.rand(n_masks, n_layers, n_heads, generator=gen).clamp(1e-4, 1 - 1e-4)
@@ -376,8 +378,8 @@ def _open_shut(gates: torch.Tensor) -> torch.Tensor:
     return gates >= 0.5
 
 
-def role_codes(g_plus: torch.Tensor, g_minus: torch.Tensor, *, facilitating_threshold: float = 0.5,
-               interfering_threshold: float = 0.5) -> torch.Tensor:
+def role_codes(g_plus: Float[Tensor, "layer head"], g_minus: Float[Tensor, "layer head"], *, facilitating_threshold: float = 0.5,
+               interfering_threshold: float = 0.5) -> Int[Tensor, "layer head"]:
     """:func:`head_roles` as codes (same shape as the gates): 0 facilitating, 1 interfering, 2 irrelevant."""
     fac, intf = g_minus >= facilitating_threshold, g_plus <= interfering_threshold
     fac_wins = g_minus >= 1 - g_plus
@@ -387,8 +389,8 @@ def role_codes(g_plus: torch.Tensor, g_minus: torch.Tensor, *, facilitating_thre
     return codes
 
 
-def fit_stage(model: Any, data: GateData, init: torch.Tensor, lam: float, *, stage: str,
-              config: CHGConfig = CHGConfig()) -> torch.Tensor:
+def fit_stage(model: Any, data: GateData, init: Float[Tensor, "mask layer head"], lam: float, *, stage: str,
+              config: CHGConfig = CHGConfig()) -> Float[Tensor, "mask layer head"]:
     """Fit one stage of CHG from ``init`` logits ``[n_masks, n_layers, n_heads]``.
 
     A ``plus`` / ``minus`` stage stops when every mask's open / shut pattern (``G >= 0.5``, which
@@ -456,7 +458,7 @@ def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> C
                   time.perf_counter() - t0, {"base": run_base, "plus_minus": run_pm})
 
 
-def head_roles(g_plus: torch.Tensor, g_minus: torch.Tensor, *, facilitating_threshold: float = 0.5,
+def head_roles(g_plus: Float[Tensor, "layer head"], g_minus: Float[Tensor, "layer head"], *, facilitating_threshold: float = 0.5,
                interfering_threshold: float = 0.5) -> list[str]:
     """Taxonomy [U] of each head from mean gates (flattened order).
 

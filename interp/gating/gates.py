@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.sites import Site
@@ -65,7 +67,7 @@ def _gate_hooks(model: Any, current: Callable[[], torch.Tensor | None]) -> Itera
 
 
 @contextlib.contextmanager
-def gated(model: Any, gates: torch.Tensor) -> Iterator[None]:
+def gated(model: Any, gates: Float[Tensor, "layer head"] | Float[Tensor, "mask layer head"]) -> Iterator[None]:
     """Multiply head outputs ``z`` by ``gates`` during the block.
 
     Args:

@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.errors import ConfigError
 
@@ -214,7 +216,7 @@ def _build(cfg: InductionTrainConfig) -> Any:
     return model
 
 
-def induction_loss(model: Any, data: RepeatedSpans, spans: Spans) -> torch.Tensor:
+def induction_loss(model: Any, data: RepeatedSpans, spans: Spans) -> Float[Tensor, ""]:
     """Mean cross-entropy of the second copy's letters ``A[1:]`` (a HF causal LM)."""
     logits = model(input_ids=spans.tokens).logits[:, :-1]
     mask = data.loss_mask(spans)

@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.engine import Intervention, World, run
 from interp.errors import ConfigError
@@ -135,8 +137,8 @@ class Patch:
 
 
 def run_baseline(model: Model, pairs: PairData, sites: list[Site], counter: Counter | None = None,
-                 *, with_logp: bool = True, buckets: list[tuple[torch.Tensor, int]] | None = None,
-                 ) -> tuple[Baseline, dict[Site, torch.Tensor]]:
+                 *, with_logp: bool = True, buckets: list[tuple[Int[Tensor, " rows"], int]] | None = None,
+                 ) -> tuple[Baseline, dict[Site, Float[Tensor, "batch ..."]]]:
     """Clean and corrupted side by side in one pass: baselines and source activations.
 
     With ``buckets`` (from :meth:`PairData.length_buckets`) each group of prompts runs

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.engine import causal_mask, final_logits  # noqa: F401  (re-exported: patching's names)
 from interp.errors import ConfigError, DataError
@@ -199,7 +201,7 @@ class Baseline:
                             + "\n".join(lines))
 
 
-def row_stats(logits: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | None) -> dict[str, torch.Tensor]:
+def row_stats(logits: Float[Tensor, "rows d_vocab"], pairs: PairData, logp_clean: Float[Tensor, "batch d_vocab"] | None) -> dict[str, Float[Tensor, " rows"]]:
     """Per-row logit difference, answer probability and KL to clean.
 
     Args:
@@ -219,8 +221,8 @@ def row_stats(logits: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | 
     return out
 
 
-def hidden_stats(model: Model, hidden: torch.Tensor, pairs: PairData, logp_clean: torch.Tensor | None,
-                 metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def hidden_stats(model: Model, hidden: Float[Tensor, "rows d_model"], pairs: PairData, logp_clean: Float[Tensor, "batch d_vocab"] | None,
+                 metrics: tuple[str, ...]) -> dict[str, Float[Tensor, " rows"]]:
     """:func:`row_stats` from final normalised hidden states ``[rows, d_model]``.
 
     When the metrics are logit differences only (and the model has no output soft-cap),
@@ -239,15 +241,15 @@ def hidden_stats(model: Model, hidden: torch.Tensor, pairs: PairData, logp_clean
     return row_stats(final_logits(model, hidden), pairs, logp_clean)
 
 
-def normalize(ld: torch.Tensor, *, ld_clean: float, ld_corr: float) -> torch.Tensor:
+def normalize(ld: Float[Tensor, "*shape"], *, ld_clean: float, ld_corr: float) -> Float[Tensor, "*shape"]:
     """``(ld - ld_corr) / (ld_clean - ld_corr)`` (:func:`interp.metrics.normalized`)."""
     from interp.metrics import normalized
 
     return normalized(ld, clean=ld_clean, corrupted=ld_corr)
 
 
-def block_values(stats: dict[str, torch.Tensor], n_prompts: int, baseline: Baseline,
-                 metrics: tuple[str, ...]) -> dict[str, torch.Tensor]:
+def block_values(stats: dict[str, Float[Tensor, " rows"]], n_prompts: int, baseline: Baseline,
+                 metrics: tuple[str, ...]) -> dict[str, Float[Tensor, " block"]]:
     """Reduce per-row stats to one value per block (prompt means), for each metric."""
     out = {}
     for m in metrics:

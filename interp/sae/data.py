@@ -37,6 +37,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError, ShapeError, SiteError, StoreError, nearest
 from interp.sites import Site
@@ -87,14 +89,14 @@ def check_sae_site(model: Model, site: Site | str, d_in: int) -> Site:
     return s
 
 
-def flatten_site(act: torch.Tensor, site: Site) -> torch.Tensor:
+def flatten_site(act: Float[Tensor, "batch pos *rest"], site: Site) -> Float[Tensor, "batch pos d_in"]:
     """``[batch, pos, head, d_head] -> [batch, pos, head*d_head]`` for ``z``; other sites unchanged."""
     if site.component == "z" and site.head is None:
         return act.flatten(-2)
     return act
 
 
-def unflatten_site(x: torch.Tensor, site: Site, like: torch.Tensor) -> torch.Tensor:
+def unflatten_site(x: Float[Tensor, "batch pos d_in"], site: Site, like: Float[Tensor, "batch pos *rest"]) -> Float[Tensor, "batch pos *rest"]:
     """Inverse of :func:`flatten_site` given the original activation ``like``."""
     return x.reshape(like.shape)
 
@@ -153,9 +155,9 @@ def _iter_captures(model: Model, tokens: torch.Tensor, sites: Sequence[Site], *,
             yield out
 
 
-def capture_activations(model: Model, tokens: torch.Tensor, sites: Sequence[Site | str], *, batch_size: int = 8,
-                        lengths: torch.Tensor | None = None, start_pos: int = 1,
-                        dtype: torch.dtype | None = None) -> dict[Site, torch.Tensor]:
+def capture_activations(model: Model, tokens: Int[Tensor, "batch pos"], sites: Sequence[Site | str], *, batch_size: int = 8,
+                        lengths: Int[Tensor, " batch"] | None = None, start_pos: int = 1,
+                        dtype: torch.dtype | None = None) -> dict[Site, Float[Tensor, "n_tokens d_in"]]:
     """Activations at ``sites`` of every real token, flattened per token, in memory.
 
     The forward pass stops after the deepest site.
@@ -191,8 +193,8 @@ def _holds_cache(folder: Path) -> bool:
     return folder.is_dir() and any(p.name not in (LOCK_NAME, _STAGING) for p in folder.iterdir())
 
 
-def cache_activations(model: Model, tokens: torch.Tensor, sites: Sequence[Site | str], folder: str | Path, *,
-                      batch_size: int = 8, lengths: torch.Tensor | None = None, start_pos: int = 1,
+def cache_activations(model: Model, tokens: Int[Tensor, "batch pos"], sites: Sequence[Site | str], folder: str | Path, *,
+                      batch_size: int = 8, lengths: Int[Tensor, " batch"] | None = None, start_pos: int = 1,
                       shard_tokens: int = 65_536, dtype: torch.dtype = torch.float32,
                       overwrite: bool = False, meta: dict[str, Any] | None = None,
                       allow_nonfinite: bool = False) -> Path:
@@ -364,7 +366,7 @@ class ActivationShards:
         return len(self.shards)
 
 
-def flatten_store(store: Any, site: Site | str, *, start_pos: int = 1) -> torch.Tensor:
+def flatten_store(store: Any, site: Site | str, *, start_pos: int = 1) -> Float[Tensor, "n_tokens d_in"]:
     """``[n_tokens, d_in]`` from any store with ``store[site] -> [batch, pos, ...]``.
 
     Padding is masked with ``store.lengths`` when the store has it (``interp.cache``'s

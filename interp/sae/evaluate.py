@@ -44,6 +44,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.sites import Site
@@ -79,8 +81,9 @@ class SAEEvalConfig:
             raise ConfigError(f"max_rows must be > 0, got {self.max_rows}")
 
 
-def sae_codec(sae: Any, site: Site) -> tuple[Callable[[torch.Tensor], torch.Tensor],
-                                              Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]:
+def sae_codec(sae: Any, site: Site) -> tuple[Callable[[Float[Tensor, "batch pos ..."]], Float[Tensor, "batch pos d_sae"]],
+                                              Callable[[Float[Tensor, "batch pos d_sae"], Float[Tensor, "batch pos ..."]],
+                                                       Float[Tensor, "batch pos ..."]]]:
     """``(encode, decode)`` mapping a site's hook activation to latents and back to the hook's shape.
 
     ``encode(act) -> [..., d_sae]``; ``decode(latents, like=act) -> act-shaped reconstruction``.
@@ -111,8 +114,8 @@ def _ce_kl(logits: torch.Tensor, clean_logp: torch.Tensor, tokens: torch.Tensor,
     return float(ce[mask].sum()), float(kl[mask].sum())
 
 
-def evaluate_sae(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor, cfg: SAEEvalConfig = SAEEvalConfig(),
-                 *, lengths: torch.Tensor | None = None, name: str = "") -> Any:
+def evaluate_sae(model: Model, sae: Any, site: Site | str, tokens: Int[Tensor, "batch pos"], cfg: SAEEvalConfig = SAEEvalConfig(),
+                 *, lengths: Int[Tensor, " batch"] | None = None, name: str = "") -> Any:
     """Held-out metrics of ``sae`` at ``site``: Result ``sae.eval`` (columns metric, value).
 
     Args:

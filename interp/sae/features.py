@@ -41,6 +41,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.sites import Site
@@ -106,7 +108,7 @@ def _site(site: Site | str) -> Site:
     return site if isinstance(site, Site) else Site.parse(site)
 
 
-def decoder_directions(model: Model, sae: Any, site: Site | str, features: Sequence[int] | None = None) -> torch.Tensor:
+def decoder_directions(model: Model, sae: Any, site: Site | str, features: Sequence[int] | None = None) -> Float[Tensor, "feature d_model"]:
     """``[n_features, d_model]``: each latent's decoder row written into the residual stream.
 
     ``z`` SAEs map through each head's ``W_O`` (summed over heads); ``mlp_post`` through ``W_out``.
@@ -175,7 +177,7 @@ def _feature_acts(model: Model, sae: Any, site: Site, tokens: torch.Tensor, cfg:
             yield i, toks, lat
 
 
-def analyze_features(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor,
+def analyze_features(model: Model, sae: Any, site: Site | str, tokens: Int[Tensor, "batch pos"],
                      cfg: FeatureConfig = FeatureConfig()) -> FeatureAnalysis:
     """Density, max/mean activation, top-activating examples with context, histograms, logit effects.
 
@@ -282,7 +284,7 @@ def _enc_blocks(sae: Any, n_heads: int, features: Sequence[int] | None) -> tuple
     return W, b_dec
 
 
-def head_contributions(z: torch.Tensor, sae: Any, features: Sequence[int] | None = None) -> torch.Tensor:
+def head_contributions(z: Float[Tensor, "*batch head d_head"], sae: Any, features: Sequence[int] | None = None) -> Float[Tensor, "*batch head feature"]:
     """Per-head contributions to latent pre-activations: ``[..., head, d_head] -> [..., head, n_features]``.
 
     Sums over heads to ``hook_sae_acts_pre - b_enc`` (see the module docstring).
@@ -291,8 +293,8 @@ def head_contributions(z: torch.Tensor, sae: Any, features: Sequence[int] | None
     return torch.einsum("...hd,hdf->...hf", (z.to(W.dtype) - b_dec), W)
 
 
-def source_contributions(pattern: torch.Tensor, v: torch.Tensor, sae: Any, features: Sequence[int] | None = None,
-                         ) -> torch.Tensor:
+def source_contributions(pattern: Float[Tensor, "batch head query_pos key_pos"], v: Float[Tensor, "batch key_pos head d_head"], sae: Any, features: Sequence[int] | None = None,
+                         ) -> Float[Tensor, "batch head query_pos key_pos feature"]:
     """Per (head, source position) contributions: ``[batch, head, query_pos, key_pos, n_features]``.
 
     Args:
@@ -310,7 +312,7 @@ def source_contributions(pattern: torch.Tensor, v: torch.Tensor, sae: Any, featu
     return pattern.to(W.dtype)[..., None] * per_source[:, :, None]                       # [b, h, q, k, f]
 
 
-def direct_feature_attribution(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor, *,
+def direct_feature_attribution(model: Model, sae: Any, site: Site | str, tokens: Int[Tensor, "batch pos"], *,
                                features: Sequence[int], start_pos: int = 1, batch_size: int = 8) -> Any:
     """Result ``sae.dfa``: mean contribution of each head to each latent where the latent fires.
 
@@ -359,7 +361,7 @@ def direct_feature_attribution(model: Model, sae: Any, site: Site | str, tokens:
                   name=str(s))
 
 
-def dfa_sources(model: Model, sae: Any, site: Site | str, tokens: torch.Tensor, *, feature: int, row: int,
+def dfa_sources(model: Model, sae: Any, site: Site | str, tokens: Int[Tensor, "batch pos"], *, feature: int, row: int,
                 pos: int) -> Any:
     """Result ``sae.dfa_source``: contribution of each (head, source position) to ``feature`` at (row, pos).
 

@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, ShapeError
 from interp.sites import Site
@@ -247,7 +249,7 @@ def _history(records: list[dict], cfg: SAETrainConfig, site: Site, model: Model,
     return Result("sae.training", table, meta, name=str(site))
 
 
-def train_sae(provider: Iterator[torch.Tensor], cfg: SAETrainConfig, *, site: Site | str, model: Model = None,
+def train_sae(provider: Iterator[Float[Tensor, "batch d_in"]], cfg: SAETrainConfig, *, site: Site | str, model: Model = None,
               model_name: str = "", context_size: int | None = None,
               data_desc: dict[str, Any] | None = None) -> TrainedSAE:
     """Train an SAE with SAE-Lens's ``SAETrainer`` on batches from ``provider``.
@@ -305,7 +307,7 @@ def _checked(provider: Iterator[torch.Tensor], d_in: int) -> Iterator[torch.Tens
         yield batch
 
 
-def train_streaming(model: Model, tokens: torch.Tensor, cfg: SAETrainConfig, *, site: Site | str,
+def train_streaming(model: Model, tokens: Int[Tensor, "batch pos"], cfg: SAETrainConfig, *, site: Site | str,
                     start_pos: int = 1, store_batch_size_prompts: int = 8,
                     n_batches_in_buffer: int | None = None) -> TrainedSAE:
     """Train with SAE-Lens's own ``ActivationsStore``: the model runs inside the training loop.

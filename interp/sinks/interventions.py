@@ -35,6 +35,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError
 from interp.engine import Intervention, intervening
@@ -89,7 +91,7 @@ class InterventionConfig:
             raise ConfigError(f"window must be >= 2 and batch_size >= 1, got {self.window}, {self.batch_size}")
 
 
-def act_calibrate(pattern: torch.Tensor, beta: float = 0.4, threshold: float = 0.1) -> torch.Tensor:
+def act_calibrate(pattern: Float[Tensor, "*batch query_pos key_pos"], beta: float = 0.4, threshold: float = 0.1) -> Float[Tensor, "*batch query_pos key_pos"]:
     """ACT on one head's (or several heads') attention of unpadded causal sequences.
 
     Args:
@@ -194,7 +196,7 @@ def next_token_loss(model: Model, tokens: Tokens, batch_size: int = 8) -> float:
     return total / max(count, 1)
 
 
-def select_act_heads(model: Model, calib: torch.Tensor, candidates: Sequence[tuple[int, int]], *,
+def select_act_heads(model: Model, calib: Int[Tensor, "batch pos"], candidates: Sequence[tuple[int, int]], *,
                      max_heads: int = 3, beta: float = 0.4, threshold: float = 0.1,
                      batch_size: int = 8) -> tuple[list[tuple[int, int]], float, float]:
     """Greedy ACT head selection: add the candidate that lowers calibration loss most, while it helps.

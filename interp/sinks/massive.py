@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.models import TokenBatch
@@ -75,7 +77,7 @@ class MassiveConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def median_abs(hidden: torch.Tensor) -> float:
+def median_abs(hidden: Float[Tensor, "..."]) -> float:
     """Median of ``|hidden|`` over all entries (mean of the two middle values for even counts)."""
     s = hidden.abs().flatten().sort().values
     n = s.numel()

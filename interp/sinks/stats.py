@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.models import TokenBatch
@@ -81,7 +83,7 @@ class SinkConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def alpha_from_pattern(pattern: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def alpha_from_pattern(pattern: Float[Tensor, "batch head pos pos"], lengths: Int[Tensor, " batch"]) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
     """alpha_k of every key from one layer's pattern of a right-padded batch.
 
     Args:

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from jaxtyping import Float, Shaped
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError, ShapeError, StoreError
 from interp.nodes import node_id
@@ -159,7 +161,7 @@ def _jsonable(x: Any) -> Any:
     return str(x)
 
 
-def data_hash(x: torch.Tensor, labels: Any = None) -> str:
+def data_hash(x: Shaped[Tensor, "..."], labels: Any = None) -> str:
     """Short content hash of fitting data (activations and labels)."""
     import hashlib
 
@@ -391,7 +393,7 @@ def fit_axis(method: str, x: Any, labels: Any, *, site: Site, name: str = "", mo
 
 
 def residual_activations(model: Model, prompts: Sequence[str], layers: Sequence[int], *, position: str = "last",
-                         batch_size: int = 16, progress: bool = False) -> dict[int, torch.Tensor]:
+                         batch_size: int = 16, progress: bool = False) -> dict[int, Float[Tensor, "prompt d_model"]]:
     """Residual stream (``resid_post``) rows ``[n_prompts, d_model]`` per layer.
 
     Args:
@@ -425,7 +427,7 @@ def residual_activations(model: Model, prompts: Sequence[str], layers: Sequence[
     return {l: torch.cat(v) for l, v in out.items()}
 
 
-def rows_from_store(store: Any, site: Site, *, position: str = "last") -> torch.Tensor:
+def rows_from_store(store: Any, site: Site, *, position: str = "last") -> Float[Tensor, "batch d_model"]:
     """``[batch, d_model]`` rows from an activation store (``store[site]`` right-padded, ``store.lengths``)."""
     acts = torch.as_tensor(store[site]).float()
     lengths = torch.as_tensor(store.lengths).long().to(acts.device)
@@ -459,7 +461,7 @@ def axis_from_store(store: Any, site: Site, labels: Any, method: str, *, positio
 # --------------------------------------------------------------------------- Results
 
 
-def probe_by_layer(acts: dict[int, torch.Tensor], labels: Any, *, seed: int = 0, meta: Any = None,
+def probe_by_layer(acts: dict[int, Float[Tensor, "prompt d_model"]], labels: Any, *, seed: int = 0, meta: Any = None,
                    name: str = "", **probe_kw: Any) -> Any:
     """Fit a probe per layer; Result ``steering.probe`` (layer, node, accuracy, control_accuracy, ...)."""
     import pandas as pd
@@ -491,7 +493,7 @@ def axes_result(axes: Sequence[Axis], *, meta: Any = None, name: str = "") -> An
     return Result("steering.axes", pd.DataFrame(rows), meta or RunMeta(), name=name)
 
 
-def projections_result(axes: Sequence[Axis], acts: dict[int, torch.Tensor], labels: Any, *, meta: Any = None,
+def projections_result(axes: Sequence[Axis], acts: dict[int, Float[Tensor, "prompt d_model"]], labels: Any, *, meta: Any = None,
                        name: str = "") -> Any:
     """Result ``steering.projection``: projection of each labelled row on the axis of its layer."""
     import pandas as pd

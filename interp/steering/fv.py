@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp import metrics
 from interp.errors import ConfigError, DataError
@@ -139,7 +141,7 @@ def _answer_ids(model: Model, answers: Any) -> torch.Tensor:
     return torch.tensor(ids)
 
 
-def mean_head_outputs(model: Model, prompts: Any, *, batch_size: int = 16) -> torch.Tensor:
+def mean_head_outputs(model: Model, prompts: Any, *, batch_size: int = 16) -> Float[Tensor, "layer head d_head"]:
     """``[n_layers, n_heads, d_head]`` mean of ``z`` at each prompt's last real token."""
     from interp.hooks import run_capture
     from interp.models import tokenize
@@ -156,7 +158,7 @@ def mean_head_outputs(model: Model, prompts: Any, *, batch_size: int = 16) -> to
     return total / n
 
 
-def head_outputs(model: Model, mean_z: torch.Tensor) -> torch.Tensor:
+def head_outputs(model: Model, mean_z: Float[Tensor, "layer head d_head"]) -> Float[Tensor, "layer head d_model"]:
     """``[n_layers, n_heads, d_model]``: each head's mean ``z`` through its ``W_O`` slice."""
     outs = []
     for l in range(mean_z.shape[0]):
@@ -165,9 +167,9 @@ def head_outputs(model: Model, mean_z: torch.Tensor) -> torch.Tensor:
     return torch.stack(outs)
 
 
-def indirect_effects(model: Model, prompts: Any, answers: Any, mean_z: torch.Tensor, *,
+def indirect_effects(model: Model, prompts: Any, answers: Any, mean_z: Float[Tensor, "layer head d_head"], *,
                      layers: Any = None, batch_size: int = 16, kv_cache: bool | None = None,
-                     progress: bool = True) -> torch.Tensor:
+                     progress: bool = True) -> Float[Tensor, "layer head"]:
     """AIE ``[n_layers, n_heads]``: gain in P(answer) when a head's last-token z is set to its ICL mean.
 
     Without ``kv_cache`` the patches run on :mod:`interp.engine`: per layer and batch of
@@ -272,7 +274,8 @@ def _indirect_effects_cached(model: Model, prompts: Any, ids: torch.Tensor, mean
     return aie
 
 
-def function_vector(model: Model, mean_z: torch.Tensor, aie: torch.Tensor, *, top_k: int = 10, layer: int,
+def function_vector(model: Model, mean_z: Float[Tensor, "layer head d_head"], aie: Float[Tensor, "layer head"], *,
+                    top_k: int = 10, layer: int,
                     name: str = "", data: str = "") -> tuple[Axis, tuple[tuple[int, int], ...]]:
     """FV = sum of the top-k heads' (by AIE) mean outputs through ``W_O``; an Axis at ``resid_post.layer``."""
     flat = torch.nan_to_num(aie, nan=float("-inf")).flatten()

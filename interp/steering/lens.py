@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError, ShapeError
 from interp.nodes import node_id
@@ -35,7 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["logit_lens_logits", "AffineLens", "fit_affine_lens", "decode_accuracy", "decodability_vs_steerability"]
 
 
-def logit_lens_logits(model: Model, resid: torch.Tensor) -> torch.Tensor:
+def logit_lens_logits(model: Model, resid: Float[Tensor, "*batch d_model"]) -> Float[Tensor, "*batch d_vocab"]:
     """``[..., d_model] -> [..., d_vocab]``: final norm then unembedding (with ``b_U`` if present)."""
     if resid.shape[-1] != model.cfg.d_model:
         raise ShapeError(f"logit lens: expected [..., d_model={model.cfg.d_model}], got {tuple(resid.shape)}")
@@ -99,7 +101,7 @@ def fit_affine_lens(model: Model, texts: Sequence[str], layers: Sequence[int], *
     return AffineLens(maps)
 
 
-def decode_accuracy(model: Model, resid: torch.Tensor, answer_ids: torch.Tensor) -> float:
+def decode_accuracy(model: Model, resid: Float[Tensor, "batch d_model"], answer_ids: Int[Tensor, " batch"]) -> float:
     """Fraction of rows whose logit-lens argmax is the answer token."""
     pred = logit_lens_logits(model, resid).argmax(-1).cpu()
     return float((pred == answer_ids.cpu()).float().mean())

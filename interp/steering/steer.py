@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any, ContextManager, Union
 
 import numpy as np
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp import metrics
 from interp.errors import ConfigError, DataError, ShapeError, SiteError
@@ -132,7 +134,7 @@ def token_ids(model: Model, words: Sequence[str] | Sequence[int]) -> list[int]:
 
 
 def next_token_probs(model: Model, prompts: Sequence[str], *, steer: SteerFactory | None = None,
-                     batch_size: int = 16) -> torch.Tensor:
+                     batch_size: int = 16) -> Float[Tensor, "prompt d_vocab"]:
     """``[n_prompts, d_vocab]`` next-token probabilities at each prompt's last real token."""
     from interp.models import tokenize
 
