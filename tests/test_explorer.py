@@ -142,6 +142,10 @@ def test_method_agreement_oracle():
     # the node's effect is its primary score, oriented (positive = supports the clean behaviour)
     eff = {n["id"]: n["effect"] for n in d["nodes"]}
     assert (eff["L0.H1"], eff["L1.H0"], eff["L0.H0"]) == (0.6, 0.2, -0.1)
+    g.nx.nodes["L1.MLP"]["scores"]["chg.facilitation"] = 0.9                 # gating only: no effect to show
+    g.add_node("L0.MLP", score=-2.0)                                          # an unnamed score: shown as is
+    src = {n["id"]: (n["effect_source"], n["effect"]) for n in page_data(g)["nodes"]}
+    assert src["L1.MLP"] == ("", 0.0) and src["L0.MLP"] == ("score", -2.0)
     # default top_k: the circuit's heads and MLPs
     assert page_data(g, circuit=CIRCUIT)["top_k"] == 3
 

@@ -243,7 +243,7 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
   nodes.forEach(function (n) {
     var c = xy(n), g = sv("g", { "class": "node", "data-id": n.id, transform: "translate(" + c[0] + "," + c[1] + ")" });
     var ag = n.agreement || { n_methods: 0 };
-    var scored = ag.n_methods > 0 || Object.keys(n.scores).length > 0;
+    var scored = !!n.effect_source;
     var rad = 5 + 6 * (maxEffect > 0 ? Math.abs(n.effect) / maxEffect : 0);
     var fill = scored ? CORE.divergingColor(n.effect, maxEffect) : (KIND_COLOR[n.kind] || "#888");
     var box = n.kind === "mlp" || n.kind === "embed" || n.kind === "logits";
@@ -253,7 +253,8 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     g.appendChild(sv("rect", { x: -DX / 2 + 1, y: -rad - 12, width: DX - 2, height: 2 * rad + 14, fill: "transparent", "class": "hit" }));
     var role = n.roles.filter(function (x) { return ROLE_COLOR[x]; })[0];
     if (role) {
-      var ring = sv("circle", { r: rad + 2.6, stroke: ROLE_COLOR[role], "class": "role-ring", "data-role": role });
+      var ring = sv("circle", { r: rad + 2.6, "class": "role-ring", "data-role": role });
+      ring.style.stroke = ROLE_COLOR[role];   // a style: the stylesheet's node stroke would beat an attribute
       if (ag.role_conflict) { ring.setAttribute("stroke-dasharray", "3,2"); }
       g.appendChild(ring);
     }
@@ -474,7 +475,7 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
       var n = what.node; state.selected = n;
       panel.appendChild(el("h2", { id: "panel-title" }, n.id));
       panel.appendChild(kvTable({ kind: n.kind, layer: n.layer, head: n.head, feature: n.feature, score: n.score,
-                                  effect: n.effect, "in circuit": DATA.circuit ? (n.in_circuit ? "yes" : "no") : "" }));
+                                  effect: n.effect_source ? n.effect : "", "effect of": n.effect_source, "in circuit": DATA.circuit ? (n.in_circuit ? "yes" : "no") : "" }));
       if (n.roles.length) { panel.appendChild(tags(n.roles, "role")); }
       if (n.flags.length) { panel.appendChild(tags(n.flags, "flag")); }
       if (n.agreement && n.agreement.n_methods) { panel.appendChild(el("h3", null, "method agreement")); panel.appendChild(agreementBlock(n.agreement)); }

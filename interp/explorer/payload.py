@@ -211,10 +211,13 @@ def page_data(graph: CircuitGraph, *, circuit: Iterable[Any] | None = None, curv
     out_nodes = []
     for n, d in nodes:
         ag = agree[n]
-        lead = next((m for m in ag["methods"] if m["source"] == next(iter(d["scores"]), None)), None)
+        # the effect shown: the first comparable method's oriented score, else the primary score (gating's
+        # chg.* scores are not effects: a node with only those has no effect, "")
+        lead = ag["methods"][0] if ag["methods"] else None
+        plain = next((k for k in d["scores"] if not k.startswith("chg.")), "")
         out_nodes.append({"id": n, "kind": d["kind"], "layer": d["layer"], "head": d["head"], "feature": d["feature"],
-                          "score": d["score"], "effect": lead["value"] if lead else d["score"],
-                          "effect_source": lead["source"] if lead else next(iter(d["scores"]), ""),
+                          "score": d["score"], "effect": lead["value"] if lead else (d["score"] if plain else 0.0),
+                          "effect_source": lead["source"] if lead else plain,
                           "scores": d["scores"], "roles": d["roles"], "flags": d["flags"], "agreement": ag,
                           "in_circuit": n in c_nodes, "evidence": d["evidence"][:max_evidence],
                           "n_evidence": len(d["evidence"])})
