@@ -70,6 +70,8 @@ def test_without_circuit_the_page_is_the_full_graph():
     assert d["circuit"] is None and d["curve"] is None
     assert d["view"] == {"min": len(EDGES), "max": len(EDGES), "default": len(EDGES)}
     assert not any(e["in_circuit"] for e in d["edges"]) and not any(n["in_circuit"] for n in d["nodes"])
+    empty = page_data(_graph(), circuit=[])                               # a valid circuit: nothing in it
+    assert empty["view"] == {"min": 0, "max": len(EDGES), "default": 0} and empty["circuit"]["nodes"] == []
 
 
 def test_pruning_keeps_the_circuit_edges_first():

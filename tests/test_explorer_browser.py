@@ -176,7 +176,8 @@ def test_opens_on_the_circuit_widens_and_draws_the_curve(browser, tmp_path):
     n_circuit = data["view"]["default"]
     assert shown.count() == n_circuit == 4 and page.locator("svg#graph path.edge[data-circuit]:visible").count() == 4
     assert page.locator("svg#graph g.node:visible").count() == len(data["circuit"]["nodes"])
-    assert page.locator("#view-k").input_value() == "4" and "view: 4 of 8 edges" in page.locator("#counts").text_content()
+    assert page.locator("#view-k").input_value() == "4"
+    assert "view: 4 of 8 edges" in page.locator("#counts").text_content()
     assert "4 graph edges (6 model edges)" in page.locator("#circuit-info").text_content()
     # widen: the slider, then "all edges", then back to "circuit only"
     page.locator("#view-k").fill("6")

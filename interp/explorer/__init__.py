@@ -74,7 +74,7 @@ Example:
     >>> page_data(g, circuit=[("L0.H0", "L1.H1", "v")])             # doctest: +ELLIPSIS
     Traceback (most recent call last):
     ...
-    interp.errors.DataError: explorer circuit=: 1 item(s) not in the graph '</script> demo' (...): ('L0.H0', 'L1.H1', 'v'): node(s) ['L1.H1'] not in the graph
+    interp.errors.DataError: explorer circuit=: 1 item(s) not in the graph ...: ('L0.H0', 'L1.H1', 'v'): node(s) ['L1.H1'] ...
     >>> print(escape_json({"name": "</script>"}))
     {"name": "\\u003c/script\\u003e"}
 """
