@@ -158,3 +158,47 @@ def test_huge_graph_is_pruned_with_notice(browser, tmp_path):
     assert page.locator("svg#graph path.edge").count() == 2000
     assert page.locator("svg#graph g.node").count() == len(ids)
     assert errors == []
+
+
+def test_opens_on_the_circuit_widens_and_draws_the_curve(browser, tmp_path):
+    from test_explorer import CIRCUIT, CURVE, EDGES
+    from test_explorer import _graph as circuit_graph
+
+    from interp.explorer import page_data
+
+    g = circuit_graph(name=XSS[2])
+    g.add_node("L1.H0", score=0.4, source="exact/denoising/logit_diff", roles=["interfering"])   # contradicted
+    g.add_node("L1.H0", score=0.2, source="atp/denoising/logit_diff")
+    curve = CURVE.assign(method=XSS[1], selection=XSS[0])
+    data = page_data(g, circuit=CIRCUIT, curve=curve)
+    page, errors, requests = _open(browser, g.to_html(tmp_path / "circuit.html", circuit=CIRCUIT, curve=curve))
+    shown = page.locator("svg#graph path.edge:visible")
+    n_circuit = data["view"]["default"]
+    assert shown.count() == n_circuit == 4 and page.locator("svg#graph path.edge[data-circuit]:visible").count() == 4
+    assert page.locator("svg#graph g.node:visible").count() == len(data["circuit"]["nodes"])
+    assert page.locator("#view-k").input_value() == "4"
+    assert "view: 4 of 8 edges" in page.locator("#counts").text_content()
+    assert "4 graph edges (6 model edges)" in page.locator("#circuit-info").text_content()
+    # widen: the slider, then "all edges", then back to "circuit only"
+    page.locator("#view-k").fill("6")
+    assert shown.count() == 6 and page.locator("svg#graph path.edge.extra:visible").count() == 2
+    page.locator("#view-all").click()
+    assert shown.count() == len(EDGES) and page.locator("svg#graph g.node:visible").count() == len(g)
+    page.locator("#view-circuit").click()
+    assert shown.count() == 4
+    # roles, agreement: L1.H0 has an interfering ring, dashed (both methods say it supports the clean behaviour)
+    ring = page.locator('svg#graph g.node[data-id="L1.H0"] circle.role-ring')
+    assert ring.get_attribute("data-role") == "interfering" and ring.get_attribute("stroke-dasharray") == "3,2"
+    assert page.locator('svg#graph g.node[data-id="L1.H0"] text.badge.agree').text_content() == "2/2"   # top-3 in both
+    page.locator('svg#graph g.node[data-id="L1.H0"]').click()
+    assert "gating role contradicts" in page.locator("#panel").text_content()
+    # the curve: an inline SVG with the faithfulness line, random band, complement, marker and axis labels
+    assert page.locator("#curve-box").is_visible()
+    for kind in ("faithfulness", "random", "band", "complement"):
+        assert page.locator(f'svg#curve path[data-series="{kind}"]').count() == 1
+    assert page.locator("#curve-marker").count() == 1
+    text = page.locator("#curve-box").text_content()
+    assert "edges in circuit (log scale)" in text and "faithfulness (1 = clean)" in text
+    assert "chosen circuit: 6 edges, faithfulness 0.9" in text and XSS[1] in text     # a label shown as text
+    assert page.evaluate("window.__xss") is None and errors == []
+    assert [u for u in requests if not u.startswith("file:")] == []
