@@ -416,7 +416,7 @@ class TokenBatch:
 
 
 def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | None = None,
-             max_len: int | None = None, allow_special: bool = False) -> TokenBatch:
+             max_len: int | None = None, allow_special: bool = False, images: Any = None) -> TokenBatch:
     """Tokenize prompts the interp way: explicit BOS, right padding, lengths kept.
 
     Special-token text in a prompt is plain text by default: ``"<|im_start|>"`` written in
@@ -431,6 +431,9 @@ def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | 
             (``model.cfg.default_prepend_bos``).
         max_len: maximum tokens per prompt; ``None`` = the model's context length.
         allow_special: map special-token text in prompts to the special tokens.
+        images: images of a vision-language model's prompts (one per prompt, ``None`` or a list each);
+            a VLM's prompts always go through its processor and give an
+            :class:`interp.vlm.inputs.VisionBatch` (see :func:`interp.vlm.inputs.tokenize_vlm`).
 
     Raises:
         DataError: no prompts, a prompt that is not a string or not encodable as UTF-8
@@ -452,6 +455,10 @@ def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | 
         except UnicodeEncodeError as e:
             raise DataError(f"prompt {i} is not valid Unicode text: {e.reason} at character {e.start} "
                             f"({p[max(0, e.start - 20):e.start]!r} + {p[e.start]!r})") from e
+    if images is not None or getattr(model.cfg, "is_multimodal", False):
+        from interp.vlm.inputs import tokenize_vlm
+
+        return tokenize_vlm(model, prompts, images, prepend_bos=prepend_bos, max_len=max_len)
     tok = model.tokenizer
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     max_len = max_len or model.cfg.n_ctx
