@@ -34,7 +34,7 @@ Example:
     >>> with batch.feed(model):
     ...     logits = model(batch.tokens)
     >>> logits.shape
-    torch.Size([2, 27, 260])
+    torch.Size([2, 28, 260])
 """
 
 from __future__ import annotations

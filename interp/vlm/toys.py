@@ -113,5 +113,9 @@ def write_vlm_folder(cfg: Any, tmp: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.random.default_generator.manual_seed(cfg.seed)
         model = AutoModelForImageTextToText.from_config(hf_vlm_config(cfg), dtype=torch.float32)
+        proj = getattr(model.model.multi_modal_projector, "mm_input_projection_weight", None)
+        if proj is not None:  # Gemma 3 initialises its projection to zeros: images would have no effect
+            with torch.no_grad():
+                proj.normal_(0.0, 1.0 / proj.shape[0] ** 0.5)
     model.save_pretrained(tmp)
     vlm_processor(cfg.arch).save_pretrained(tmp)
