@@ -32,33 +32,37 @@ def _images():
 
 def _prompts(arch):
     m = MARK[arch]
-    return [f"{m} What colour is the circle?", f"Look: {m} red?", "no image here"]
+    return [f"{m} What colour is the circle?", f"Look: {m} red?", "no image here", f"{m} or {m}?"]
+
+
+def _per_prompt():
+    a, b = _images()
+    return [[a], [b], None, [b, a]]
 
 
 def test_positions_agree_with_processor(vlm):
     arch, model = vlm
-    a, b = _images()
-    batch = tokenize(model, _prompts(arch), images=[a, b, None])
+    batch = tokenize(model, _prompts(arch), images=_per_prompt())
     proc, img_id = model.processor, model.original_model.config.image_token_id
     assert batch.image_token_id == img_id
-    for i, (text, ims) in enumerate(zip(_prompts(arch), [[a], [b], None])):
+    for i, (text, ims) in enumerate(zip(_prompts(arch), _per_prompt())):
         ref = proc(text=[text], images=[ims] if ims else None, return_tensors="pt")
         n = int(batch.lengths[i])
         assert batch.tokens[i, :n].tolist() == ref["input_ids"][0].tolist()
         want = tuple(int(p) for p in (ref["input_ids"][0] == img_id).nonzero().flatten())
         assert batch.image_positions(i) == want
         if ims:
-            size = [ims[0].shape[:2]]
-            assert len(want) == proc._get_num_multimodal_tokens(image_sizes=size)["num_image_tokens"][0]
+            sizes = [im.shape[:2] for im in ims]
+            assert len(want) == sum(proc._get_num_multimodal_tokens(image_sizes=sizes)["num_image_tokens"])
         if "token_type_ids" in ref:
             assert batch.token_type_ids[i, :n].tolist() == ref["token_type_ids"][0].tolist()
-    assert batch.image_mask.sum(1).tolist()[2] == 0 and batch.images_per_prompt == (1, 1, 0)
+    assert batch.image_mask.sum(1).tolist()[2] == 0 and batch.images_per_prompt == (1, 1, 0, 2)
 
 
 def test_padded_batch_equals_single_runs_and_transformers(vlm):
     arch, model = vlm
     a, b = _images()
-    prompts, images = _prompts(arch), [a, b, None]
+    prompts, images = _prompts(arch), _per_prompt()
     batch = tokenize(model, prompts, images=images)
     with torch.inference_mode(), batch.feed(model):
         full = model(batch.tokens)
@@ -69,7 +73,7 @@ def test_padded_batch_equals_single_runs_and_transformers(vlm):
             one = model(single.tokens)
         torch.testing.assert_close(full[i, :n], one[0], atol=1e-5, rtol=0)
         if im is not None:  # plain transformers on the processor's own output
-            ref = model.processor(text=[text], images=[[im]], return_tensors="pt")
+            ref = model.processor(text=[text], images=[im], return_tensors="pt")
             with torch.inference_mode():
                 hf = model.original_model(**ref).logits
             torch.testing.assert_close(one[0], hf[0], atol=1e-5, rtol=0)
@@ -84,13 +88,14 @@ def test_collect_at_image_positions(vlm, tmp_path):
     from interp.hooks import run_capture
 
     arch, model = vlm
-    a, b = _images()
-    batch = tokenize(model, _prompts(arch), images=[a, b, None])
+    batch = tokenize(model, _prompts(arch), images=_per_prompt())
     site = Site("resid_post", 0)
     store = collect(model, batch, [site], batch_size=2, progress=False, out=tmp_path / "store")
     acts = store[site]
-    for i, im in enumerate([a, b]):
-        single = tokenize(model, [batch.texts[i]], images=[im])
+    for i, ims in enumerate(_per_prompt()):
+        if ims is None:
+            continue
+        single = tokenize(model, [batch.texts[i]], images=[ims])
         with torch.inference_mode(), single.feed(model):
             want = run_capture(model, single.tokens, [site])[site][0]
         pos = list(batch.image_positions(i))
@@ -119,12 +124,15 @@ def test_engine_token_group_positions(vlm):
             want = model(batch.tokens)[torch.arange(2), batch.last]
     torch.testing.assert_close(out.worlds[0], want, atol=1e-5, rtol=0)
     assert (out.worlds[0] - out.base).abs().max() > 1e-4
-    if arch == "llava":  # entering worlds run under the engine's causal mask: exact for causal images
-        with torch.inference_mode(), batch.feed(model):
-            ent = run(model, batch.tokens, [World(enter=1)], positions=batch.last, with_base=True)
-        torch.testing.assert_close(ent.worlds[0], ent.base, atol=1e-5, rtol=0)
-    else:  # Gemma 3's images attend bidirectionally: an explicit causal mask would silently change them
-        with torch.inference_mode(), batch.feed(model), pytest.raises(ConfigError, match="bidirectionally"):
+    # worlds entering at a layer run under the engine's explicit batch-1 mask (Gemma 3: plus image blocks)
+    same = tokenize(model, [_prompts(arch)[0]] * 2, images=[a, b])     # one image layout for both rows
+    with torch.inference_mode(), same.feed(model):
+        plain = model(same.tokens)[torch.arange(2), same.last]
+        ent = run(model, same.tokens, [World(enter=1)], positions=same.last, with_base=True)
+    torch.testing.assert_close(ent.base, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent.worlds[0], plain, atol=1e-5, rtol=0)
+    if arch == "gemma3vl":  # rows whose images lie at different positions cannot share one explicit mask
+        with torch.inference_mode(), batch.feed(model), pytest.raises(ConfigError, match="different positions"):
             run(model, batch.tokens, [World(enter=1)], positions=batch.last)
 
 

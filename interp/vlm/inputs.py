@@ -288,6 +288,41 @@ def tokenize_vlm(model: Model, prompts: Sequence[str], images: Any = None, *, pr
                        image_sizes=tuple(sizes), token_type_ids=tti if uses_types else None)
 
 
+def _with_image_blocks(mask: Any, types: Any, model: Model) -> Any:
+    """An explicit batch-1 boolean mask (the engine's, by layer type) plus each image's block both ways.
+
+    Gemma 3 builds ``full = causal | block`` and ``sliding = window & (causal | block)`` from
+    ``token_type_ids``; an explicit mask skips that, so the same blocks are added here. Every row of
+    the pass must share one image layout (the mask has one row).
+    """
+    import torch
+
+    if not bool((types == types[:1]).all()):
+        raise ConfigError(f"model {_name(model)}: image tokens attend bidirectionally and this pass gives one "
+                          "explicit attention mask for rows whose images lie at different positions; run prompts "
+                          "with the same image layout together")
+    img = types[0] == 1
+    start = img & ~torch.nn.functional.pad(img, (1, 0))[:-1]
+    group = torch.where(img, torch.cumsum(start.long(), 0), 0)
+    block = (group[:, None] == group[None, :]) & img[:, None] & img[None, :]
+    i = torch.arange(types.shape[1], device=types.device)
+    from interp.arch import arch_facts
+
+    window = arch_facts(model).sliding_window
+
+    def add(m: Any, local: bool) -> Any:
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool or m.dim() != 4 or m.shape[0] != 1:
+            raise ConfigError(f"model {_name(model)}: image tokens attend bidirectionally; cannot add them to an "
+                              f"explicit attention mask of {getattr(m, 'dtype', type(m).__name__)} "
+                              f"{tuple(getattr(m, 'shape', ()))} (expected a batch-1 boolean mask)")
+        extra = block & ((i[:, None] - i[None, :]) < window) if local and window else block
+        return m | extra[-m.shape[-2]:, -m.shape[-1]:].to(m.device)[None, None]
+
+    if isinstance(mask, dict):
+        return {k: add(v, k == "sliding_attention") for k, v in mask.items()}
+    return add(mask, False)
+
+
 @contextlib.contextmanager
 def feeding(model: Model, batch: VisionBatch, rows: Sequence[int] | None = None) -> Iterator[None]:
     """Scope: forward passes of ``model`` over rows of ``batch`` get those rows' images (hook removed in ``finally``).
@@ -296,9 +331,9 @@ def feeding(model: Model, batch: VisionBatch, rows: Sequence[int] | None = None)
     prompt of the batch, in order), which covers a plain batch, the engine's blocks of worlds and its
     one-row stub. Each row's ids are checked against the batch's; a pass holding image tokens whose
     rows are not the batch's raises :class:`~interp.errors.DataError`. A pass with no image tokens
-    runs unchanged. A pass given an explicit attention mask (the engine's worlds entering at a layer)
-    on a model whose images attend bidirectionally (Gemma 3) raises ConfigError: the mask would
-    make them causal.
+    runs unchanged. On a model whose images attend bidirectionally (Gemma 3), an explicit batch-1
+    mask (the engine's worlds entering at a layer) gets each image's block added, so such passes
+    compute what plain passes do; its rows must then share one image layout (else ConfigError).
     """
     import torch
 
@@ -320,13 +355,12 @@ def feeding(model: Model, batch: VisionBatch, rows: Sequence[int] | None = None)
             raise DataError(f"a forward pass of {n_rows} rows x {width} tokens with image tokens does not match "
                             f"the fed batch's prompts {prompts[:8]}{'...' if n_rows > 8 else ''}; pass the batch's "
                             "tokens (in its order, or repeated)")
-        extra = batch.model_inputs(prompts, width)
-        if "token_type_ids" in extra and kwargs.get("attention_mask") is not None:
-            raise ConfigError(f"model {_name(model)}: image tokens attend bidirectionally (token_type_ids); a pass "
-                              "with an explicit attention mask (e.g. engine worlds entering at a layer) would make "
-                              "them causal, which is not supported")
-        kwargs = {**kwargs, **{k: v.to(ids.device) for k, v in extra.items()}}
-        return args, kwargs
+        extra = {k: v.to(ids.device) for k, v in batch.model_inputs(prompts, width).items()}
+        mask = kwargs.get("attention_mask")
+        if "token_type_ids" in extra and isinstance(mask, (dict, torch.Tensor)) and \
+                (isinstance(mask, dict) or mask.dim() == 4):
+            kwargs = {**kwargs, "attention_mask": _with_image_blocks(mask, extra["token_type_ids"], model)}
+        return args, {**kwargs, **extra}
 
     handle = target.register_forward_pre_hook(pre, with_kwargs=True)
     try:
