@@ -101,6 +101,13 @@ def test_collect_at_image_positions(vlm, tmp_path):
         pos = list(batch.image_positions(i))
         torch.testing.assert_close(acts[i, pos], want[pos], atol=1e-5, rtol=0)
     assert acts[token_group(model, batch, "image")].shape == (int(batch.image_mask.sum()), model.cfg.d_model)
+    # the same prompts with other images are another store: never resumed from this one
+    a, b = _images()
+    swapped = tokenize(model, _prompts(arch), images=[[b], [a], None, [b, a]])
+    from interp.errors import StoreError
+
+    with pytest.raises(StoreError, match="differs in: images"):
+        collect(model, swapped, [site], batch_size=2, progress=False, out=tmp_path / "store")
 
 
 def test_engine_token_group_positions(vlm):

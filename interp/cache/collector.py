@@ -43,7 +43,7 @@ __all__ = ["collect", "DEFAULT_SHARD_BYTES"]
 DEFAULT_SHARD_BYTES = 256 * 2**20
 
 # Identity of a store: a rerun with the same values resumes; other values are a different store.
-_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "texts", "batch_size", "shards")
+_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "texts", "batch_size", "shards", "images")
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {"model_spec": manifest["model"].get("spec"), "model_revision": manifest["model"].get("revision"),
             "sites": manifest["sites"], "dtype": manifest["dtype"], "tokens": manifest["tokens"]["sha256"],
             "texts": manifest["texts"]["sha256"], "batch_size": manifest["batch_size"],
-            "shards": [[s["first"], s["last"]] for s in manifest["shards"]]}
+            "shards": [[s["first"], s["last"]] for s in manifest["shards"]], "images": manifest.get("images")}
 
 
 def _refuse_foreign_folder(out: Path) -> None:
@@ -372,6 +372,8 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
     files = ({"tokens": encode_tokens(flat_ids, lengths, order), "texts": encode_texts(prompts)}
              if out_path is not None else {})
     manifest = _new_manifest(model, keep, dtype, lengths, files, batch_size, budget, shards, library_versions())
+    if getattr(batch, "pixel_values", None) is not None:  # a VLM batch: its images are part of the store's identity
+        manifest["images"] = batch.images_digest
     if out_path is None:
         return _fill(model, batch, flat_ids, lengths, prompts, order, shards, set(), keep, capture, reducers, dtype,
                      None, manifest, progress, allow_nonfinite)

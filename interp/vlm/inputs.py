@@ -82,6 +82,17 @@ class VisionBatch(TokenBatch):
         """Positions of the image tokens of prompt ``row``."""
         return tuple(int(p) for p in self.image_mask[row].nonzero().flatten())
 
+    @property
+    def images_digest(self) -> str | None:
+        """sha256 of the pixel values and how many images each prompt has (``None`` without images)."""
+        import hashlib
+
+        if self.pixel_values is None:
+            return None
+        h = hashlib.sha256(repr(self.images_per_prompt).encode())
+        h.update(self.pixel_values.detach().float().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def model_inputs(self, rows: Sequence[int] | None = None, width: int | None = None) -> dict[str, Any]:
         """Forward kwargs (``pixel_values``, ``token_type_ids``) of prompts ``rows`` (default all), cut to ``width``."""
         import torch
