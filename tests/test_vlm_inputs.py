@@ -161,6 +161,11 @@ def test_object_group_covers_the_planted_square(vlm):
     assert positions(groups["late"]) == tuple(p for p in image_pos if p > max(positions(groups["object"])))
     assert not (groups["early"] & groups["object"]).any() and not (groups["late"] & groups["object"]).any()
     assert positions(token_group(model, batch, "last")) == (int(batch.lengths[0]) - 1,)
+    mixed = tokenize(model, [f"{MARK[arch]} where?", "no image"], images=[img, None])
+    shared = token_group(model, mixed, "object", box=(16, 8, 24, 16))       # one box: the imageless prompt skipped
+    assert positions(shared, 0) == positions(groups["object"]) and positions(shared, 1) == ()
+    with pytest.raises(DataError, match="box for prompt 1: it has 0 image"):
+        token_group(model, mixed, "object", box=[(16, 8, 24, 16), (0, 0, 4, 4)])
     assert set(positions(token_group(model, batch, "text"))) == set(range(int(batch.lengths[0]))) - set(image_pos)
 
 

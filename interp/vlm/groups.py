@@ -126,8 +126,9 @@ def token_group(model: Model, batch: VisionBatch, name: str, *, box: Any = None,
         model: the VLM the batch was tokenized for.
         batch: a :class:`~interp.vlm.inputs.VisionBatch`.
         name: one of :data:`GROUPS`.
-        box: ``"object"`` / ``"early"`` / ``"late"``: ``(x0, y0, x1, y1)`` pixels, one for every prompt or a
-            list with one per prompt (``None`` for a prompt left out).
+        box: ``"object"`` / ``"early"`` / ``"late"``: ``(x0, y0, x1, y1)`` pixels, one for every prompt that
+            has image ``image`` (the others get no positions), or a list with one per prompt (``None`` for a
+            prompt left out).
         image: which image of each prompt the box is on (0 = the first).
 
     Raises:
@@ -149,14 +150,15 @@ def token_group(model: Model, batch: VisionBatch, name: str, *, box: Any = None,
         return out
     if box is None:
         raise DataError(f"token group {name!r} needs box=(x0, y0, x1, y1)")
-    boxes = list(box) if box and isinstance(box[0], (list, tuple, type(None))) else [box] * len(batch)
+    shared = not (box and isinstance(box[0], (list, tuple, type(None))))
+    boxes = [box] * len(batch) if shared else list(box)
     if len(boxes) != len(batch):
         raise DataError(f"box: {len(boxes)} boxes for {len(batch)} prompts")
     out = torch.zeros_like(batch.mask)
     per = None
     first = 0
     for row, (n, b) in enumerate(zip(batch.images_per_prompt, boxes)):
-        if b is not None:
+        if b is not None and not (shared and image >= n):   # one box for all: prompts without the image skipped
             if image >= n:
                 raise DataError(f"box for prompt {row}: it has {n} image(s), no image {image}")
             if per is None:
