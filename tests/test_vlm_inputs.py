@@ -254,3 +254,19 @@ def test_sizes_the_processor_cannot_take():
     model.processor.image_processor.do_resize = False     # a processor that keeps the given size
     with pytest.raises(DataError, match=r"made 48x40 pixel images from 48x40, but the vision tower takes 32x32"):
         tokenize(model, ["<start_of_image> x"], images=np.zeros((40, 48, 3), dtype=np.uint8))
+
+
+def test_processor_outputs_interp_does_not_pass_are_refused(monkeypatch):
+    model = load_model("toy:llava")
+    real = model.processor
+
+    class Tiled:  # a processor like LLaVA-NeXT's / Qwen2.5-VL's, with one more input for the model
+        tokenizer, image_processor, image_token = real.tokenizer, real.image_processor, real.image_token
+
+        def __call__(self, **kw):
+            out = real(**kw)
+            out["image_grid_thw"] = torch.ones(1, 3, dtype=torch.long)
+            return out
+    monkeypatch.setattr(model, "processor", Tiled())
+    with pytest.raises(ConfigError, match="also returns image_grid_thw"):
+        tokenize(model, ["<image> x"], images=_images()[0])

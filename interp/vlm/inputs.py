@@ -200,6 +200,10 @@ def _per_prompt(images: Any, n: int) -> list[list[Any]]:
     return [[] if im is None else list(im) if isinstance(im, (list, tuple)) else [im] for im in images]
 
 
+#: processor outputs interp passes on (input ids and the mask are rebuilt; the rest go to forward).
+_PASSED = frozenset({"input_ids", "attention_mask", "pixel_values", "token_type_ids"})
+
+
 def _placeholder(processor: Any) -> str:
     tok = processor.tokenizer
     return getattr(tok, "boi_token", None) or getattr(processor, "image_token", None) or tok.image_token
@@ -259,6 +263,10 @@ def tokenize_vlm(model: Model, prompts: Sequence[str], images: Any = None, *, pr
             got = ", ".join(f"{p.width}x{p.height}" for p in pil)
             raise DataError(f"prompt {i}: the processor cannot take its image(s) ({got} pixels): "
                             f"{str(e).splitlines()[0]}") from e
+        unknown = sorted(set(out) - _PASSED)
+        if unknown:
+            raise ConfigError(f"model {_name(model)}: its processor also returns {', '.join(unknown)}, which interp "
+                              "does not pass to the model (supported: LLaVA-style and Gemma 3 processors)")
         ids = out["input_ids"][0].tolist()
         if bos:
             if tok.bos_token_id is None:
