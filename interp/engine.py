@@ -18,8 +18,7 @@ A *pass* runs a set of **worlds** side by side on one batch axis (Penzai's
 The *region* is the site's head slice (``Site("z", 3, head=1)``) at ``positions``: all
 (``None``), one (``int``), several (``tuple``), a ``slice``, one per row (a ``[batch]`` tensor),
 or a ``[batch, pos]`` bool mask (a VLM token group), indexing axis 1 after the head selection.
-Values longer than the pass along a position axis
-are cut to it (values recorded on longer prompts).
+Values longer than the pass along a position axis are cut to it (values recorded on longer prompts).
 
 A world may **enter at layer l** (``World(enter=l)``): its rows join the pass at
 ``resid_pre`` of layer ``l`` as copies of ``entry`` (recorded residuals ``[batch, pos,

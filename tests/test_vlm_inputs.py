@@ -205,7 +205,8 @@ def test_local_folder_and_arch_facts():
     model = load_model(str(folder))
     assert type(model.processor).__name__ == "LlavaProcessor"
     facts = arch_facts(model)
-    assert (facts.family, facts.vision, facts.image_attention, facts.image_grid) == ("llama", "llava", "causal", "fixed")
+    got = (facts.family, facts.vision, facts.image_attention, facts.image_grid)
+    assert got == ("llama", "llava", "causal", "fixed")
     assert arch_facts(load_model("toy:gemma3vl")).image_attention == "bidirectional"
     assert arch_facts(load_model("toy:llama")).vision is None
 

@@ -353,7 +353,8 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
         if s not in capture:
             capture.append(s)
 
-    batch = given if given is not None else tokenize(model, prompts)  # DataError on empty / too long prompts, before anything is written
+    # DataError on empty / too long prompts, before anything is written
+    batch = given if given is not None else tokenize(model, prompts)
     lengths = batch.lengths.tolist()
     flat_ids = batch.tokens[batch.mask]            # [n_tokens] every prompt's ids, concatenated
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])

@@ -25,7 +25,8 @@ Example:
     >>> batch = tokenize(model, ["<image> Where?"], images=np.zeros((32, 32, 3), dtype=np.uint8))
     >>> positions(token_group(model, batch, "object", box=(8, 8, 16, 16)))    # patch (1, 1) of the 4x4 grid
     (6,)
-    >>> len(positions(token_group(model, batch, "early", box=(8, 8, 16, 16)))), positions(token_group(model, batch, "last"))
+    >>> early = token_group(model, batch, "early", box=(8, 8, 16, 16))        # image tokens before it
+    >>> len(positions(early)), positions(token_group(model, batch, "last"))
     (5, (23,))
 """
 
@@ -104,7 +105,7 @@ def _processed_box(box: Sequence[float], size: tuple[int, int], image_processor:
 
 
 def object_patches(model: Model, batch: VisionBatch, box: Sequence[float], image: int = 0) -> tuple[int, ...]:
-    """Indices (within one image's tokens, raster order) of the grid cells that overlap ``box`` of batch image ``image``."""
+    """Indices (in one image's tokens, raster order) of the grid cells overlapping ``box`` on batch image ``image``."""
     if len(box) != 4 or not box[0] < box[2] or not box[1] < box[3]:
         raise DataError(f"box must be (x0, y0, x1, y1) with x0 < x1 and y0 < y1, got {tuple(box)}")
     rows, cols, offset = patch_grid(model, batch)
