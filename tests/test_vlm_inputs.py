@@ -271,3 +271,28 @@ def test_processor_outputs_interp_does_not_pass_are_refused(monkeypatch):
     monkeypatch.setattr(model, "processor", Tiled())
     with pytest.raises(ConfigError, match="also returns image_grid_thw"):
         tokenize(model, ["<image> x"], images=_images()[0])
+
+
+def test_restore_at_token_groups_fcct_mechanics(vlm):
+    """Noise the image tokens' embeddings; restoring layer 1's residual at image + text tokens gives the clean run."""
+    from interp.engine import Intervention, World, run
+    from interp.hooks import run_capture
+
+    arch, model = vlm
+    a, b = _images()
+    same = tokenize(model, [_prompts(arch)[0]] * 2, images=[a, b])
+    img, text = token_group(model, same, "image"), token_group(model, same, "text")
+    noise = torch.randn(same.tokens.shape[1], model.cfg.d_model, generator=torch.Generator().manual_seed(0))
+    corrupt = Intervention("add", Site("resid_pre", 0), noise * img[..., None].float())  # image tokens only
+    at = Site("resid_pre", 1)
+    with torch.inference_mode(), same.feed(model):
+        clean_h = run_capture(model, same.tokens, [at], stop_early=False)[at]
+        clean = model(same.tokens)[torch.arange(2), same.last]
+        worlds = [World((Intervention("restore", at, clean_h, positions=img | text),)),
+                  World((Intervention("restore", at, clean_h, positions=text),)),
+                  World((Intervention("restore", at, clean_h[0], positions=img | text),))]   # one prompt for all
+        out = run(model, same.tokens, worlds, positions=same.last, base=[corrupt], with_base=True)
+    assert (out.base - clean).abs().max() > 1e-3                      # the noise matters
+    torch.testing.assert_close(out.worlds[0], clean, atol=1e-5, rtol=0)
+    assert (out.worlds[1] - clean).abs().max() > 1e-3                 # text alone does not restore the image
+    torch.testing.assert_close(out.worlds[2], clean[:1].expand(2, -1), atol=1e-5, rtol=0)
