@@ -14,6 +14,8 @@ the architecture (norm kind and positions, positional scheme, causal or not);
 :func:`arch_facts` adds the ones a config sets (heads, KV heads, parallel residual,
 soft-caps, sliding window). For a family not in the table every fact is derived from
 the TransformerLens bridge (its config and hook points) and the Hugging Face config.
+A vision-language model's facts are its text model's, plus its wrapper's row of
+:data:`VISION_FAMILIES` (how image tokens attend, whether they form one fixed grid).
 
 Example:
     >>> from interp.models import load_model
@@ -36,7 +38,7 @@ from interp.errors import ConfigError, nearest
 if TYPE_CHECKING:
     from interp.types import Model
 
-__all__ = ["Family", "ArchFacts", "FAMILIES", "arch_facts", "require_arch"]
+__all__ = ["Family", "VisionFamily", "ArchFacts", "FAMILIES", "VISION_FAMILIES", "arch_facts", "require_arch"]
 
 POSITIONAL = ("absolute", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -93,6 +95,32 @@ FAMILIES: dict[str, Family] = {
 
 
 @dataclass(frozen=True, kw_only=True)
+class VisionFamily:
+    """What a vision-language wrapper fixes (its text model is a row of :data:`FAMILIES`).
+
+    Attributes:
+        name: readable name.
+        image_attention: ``"causal"`` or ``"bidirectional"`` (an image's tokens see each other both ways).
+        image_grid: ``"fixed"`` (one raster grid of tokens per image), ``"tiled"`` (any-resolution crops)
+            or ``"dynamic"`` (the grid follows the image size).
+    """
+
+    name: str
+    image_attention: str = "causal"
+    image_grid: str = "fixed"
+
+
+#: Hugging Face top-level ``model_type`` of vision-language models -> their image-token facts.
+VISION_FAMILIES: dict[str, VisionFamily] = {
+    "llava": VisionFamily(name="LLaVA"),
+    "llava_next": VisionFamily(name="LLaVA-NeXT", image_grid="tiled"),
+    "llava_onevision": VisionFamily(name="LLaVA-OneVision", image_grid="tiled"),
+    "gemma3": VisionFamily(name="Gemma 3 multimodal", image_attention="bidirectional"),
+    "qwen2_5_vl": VisionFamily(name="Qwen2.5-VL", image_grid="dynamic"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
 class ArchFacts:
     """Facts of one loaded model that methods consult (see :func:`arch_facts`).
 
@@ -105,6 +133,8 @@ class ArchFacts:
         n_heads, n_kv_heads: query heads and key/value heads per layer.
         sliding_window: local-attention window of the sliding layers, if any.
         attn_softcap, final_softcap: ``tanh`` soft-caps of attention scores / final logits.
+        vision: a vision-language model's top-level ``model_type`` (``"llava"``), ``None`` for text models.
+        image_attention, image_grid: as in :class:`VisionFamily` (``None`` for text models).
     """
 
     family: str
@@ -121,6 +151,9 @@ class ArchFacts:
     sliding_window: int | None = None
     attn_softcap: float | None = None
     final_softcap: float | None = None
+    vision: str | None = None
+    image_attention: str | None = None
+    image_grid: str | None = None
 
     @property
     def gqa(self) -> bool:
@@ -188,12 +221,17 @@ def arch_facts(model: Model) -> ArchFacts:
     layer_types = getattr(hf, "layer_types", None)
     if layer_types is not None and "sliding_attention" not in layer_types:
         window = None
+    top = getattr(getattr(model, "original_model", None), "config", None)
+    vision = str(top.model_type) if getattr(top, "vision_config", None) is not None else None
+    vfam = VISION_FAMILIES.get(vision or "")
     return ArchFacts(family=family or fam.name, known=row is not None, parallel_attn_mlp=bool(parallel),
                      norm=fam.norm, post_attn_norm=fam.post_attn_norm, post_mlp_norm=fam.post_mlp_norm,
                      qk_norm=fam.qk_norm, positional=fam.positional, causal=fam.causal, n_heads=n_heads,
                      n_kv_heads=n_kv, sliding_window=int(window) if window else None,
                      attn_softcap=_softcap(getattr(hf, "attn_logit_softcapping", None)),
-                     final_softcap=_softcap(getattr(hf, "final_logit_softcapping", None)))
+                     final_softcap=_softcap(getattr(hf, "final_logit_softcapping", None)), vision=vision,
+                     image_attention=vfam.image_attention if vfam else None,
+                     image_grid=vfam.image_grid if vfam else None)
 
 
 #: fact -> (how to name a value that blocks a method, why it blocks).

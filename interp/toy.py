@@ -15,6 +15,8 @@ Architectures (one per family of :data:`interp.arch.FAMILIES` that methods must 
 * ``gemma3``: Gemma-3 text style: post-norms, query/key norms, GQA, sliding + global layers.
 * ``neox``: GPT-NeoX style: parallel attention and MLP (``use_parallel_residual=True``),
   LayerNorm, partial RoPE.
+* ``llava``, ``gemma3vl``: vision-language models (a vision tower and projector feeding a
+  Llama / Gemma-3 text model) with a processor; see :mod:`interp.vlm.toys`.
 
 Gemma toys use a sliding window of :data:`SLIDING_WINDOW` tokens so that short prompts
 already exercise local attention.
@@ -39,9 +41,11 @@ from interp.errors import ConfigError, ModelNotFoundError, nearest
 
 __all__ = ["ToyConfig", "parse_toy_spec", "build_toy_folder", "byte_tokenizer", "write_model_folder"]
 
-ARCHS = ("llama", "gpt2", "gemma2", "gemma3", "neox")
+ARCHS = ("llama", "gpt2", "gemma2", "gemma3", "neox", "llava", "gemma3vl")
 #: archs whose config has key/value heads (grouped-query attention)
-_GQA = ("llama", "gemma2", "gemma3")
+_GQA = ("llama", "gemma2", "gemma3", "llava", "gemma3vl")
+#: vision-language archs (built by :mod:`interp.vlm.toys`)
+VLM = ("llava", "gemma3vl")
 SLIDING_WINDOW = 4
 
 
@@ -193,6 +197,13 @@ def build_toy_folder(cfg: ToyConfig, root: Path) -> Path:
 
     folder = root / f"{cfg.arch}-{cfg.key}"
     if (folder / "config.json").exists():
+        return folder
+    if cfg.arch in VLM:
+        from interp.vlm.toys import write_vlm_folder
+
+        with atomic_dir(folder) as tmp:
+            write_vlm_folder(cfg, tmp)
+            (tmp / "interp_source.json").write_text(json.dumps({"toy": dataclasses.asdict(cfg), "spec": cfg.spec}))
         return folder
     with atomic_dir(folder) as tmp:
         # CPU generator only: torch.manual_seed would also reseed every CUDA generator, which

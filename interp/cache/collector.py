@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -42,7 +43,7 @@ __all__ = ["collect", "DEFAULT_SHARD_BYTES"]
 DEFAULT_SHARD_BYTES = 256 * 2**20
 
 # Identity of a store: a rerun with the same values resumes; other values are a different store.
-_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "texts", "batch_size", "shards")
+_IDENTITY = ("model_spec", "model_revision", "sites", "dtype", "tokens", "texts", "batch_size", "shards", "images")
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,7 @@ def _identity(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {"model_spec": manifest["model"].get("spec"), "model_revision": manifest["model"].get("revision"),
             "sites": manifest["sites"], "dtype": manifest["dtype"], "tokens": manifest["tokens"]["sha256"],
             "texts": manifest["texts"]["sha256"], "batch_size": manifest["batch_size"],
-            "shards": [[s["first"], s["last"]] for s in manifest["shards"]]}
+            "shards": [[s["first"], s["last"]] for s in manifest["shards"]], "images": manifest.get("images")}
 
 
 def _refuse_foreign_folder(out: Path) -> None:
@@ -285,7 +286,8 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
 
     Args:
         model: a model from :func:`interp.load_model`.
-        prompts: prompts (strings).
+        prompts: prompts (strings), or a :class:`~interp.models.TokenBatch` from :func:`interp.tokenize`
+            (a VLM's batch with images: each forward pass gets its rows' images).
         sites: ``"resid_post,pattern"``, Sites or names (a bare component means every
             layer); ``None`` or ``[]`` to keep nothing (reducers only).
         batch_size: prompts per forward pass.
@@ -323,6 +325,9 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
     cfg = model.cfg
     param = next(model.parameters())
     dtype = dtype_from_name(dtype) if dtype is not None else param.dtype
+    given = None
+    if hasattr(prompts, "tokens") and hasattr(prompts, "texts"):  # a TokenBatch (a VLM's VisionBatch: images fed)
+        given, prompts = prompts, list(prompts.texts)
     if isinstance(prompts, str):
         prompts = [prompts]
     prompts = list(prompts)
@@ -348,7 +353,8 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
         if s not in capture:
             capture.append(s)
 
-    batch = tokenize(model, prompts)  # DataError on empty / too long prompts, before anything is written
+    # DataError on empty / too long prompts, before anything is written
+    batch = given if given is not None else tokenize(model, prompts)
     lengths = batch.lengths.tolist()
     flat_ids = batch.tokens[batch.mask]            # [n_tokens] every prompt's ids, concatenated
     order = sorted(range(len(prompts)), key=lambda i: -lengths[i])
@@ -367,6 +373,8 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
     files = ({"tokens": encode_tokens(flat_ids, lengths, order), "texts": encode_texts(prompts)}
              if out_path is not None else {})
     manifest = _new_manifest(model, keep, dtype, lengths, files, batch_size, budget, shards, library_versions())
+    if getattr(batch, "pixel_values", None) is not None:  # a VLM batch: its images are part of the store's identity
+        manifest["images"] = batch.images_digest
     if out_path is None:
         return _fill(model, batch, flat_ids, lengths, prompts, order, shards, set(), keep, capture, reducers, dtype,
                      None, manifest, progress, allow_nonfinite)
@@ -406,7 +414,8 @@ def _fill(model: Model, batch: Any, flat_ids: torch.Tensor, lengths: list[int], 
                 ids = [order[r] for r in b.rows]
                 blen = [lengths[i] for i in ids]
                 tokens = batch.tokens[ids, : b.width].to(device)
-                with torch.inference_mode():
+                feed = batch.feed(model, ids) if hasattr(batch, "feed") else contextlib.nullcontext()
+                with torch.inference_mode(), feed:
                     acts = _run(model, tokens, capture)
                     kept = {} if skip_store else {str(s): _own(acts[s], dtype, s, blen) for s in keep}
                     if not allow_nonfinite:  # before any of it is stored or reduced

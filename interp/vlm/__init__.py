@@ -1,0 +1,11 @@
+"""Vision-language models: loading, image inputs and token groups (analyses build on these).
+
+* :mod:`interp.vlm.inputs`: ``tokenize(model, texts, images=...)`` -> :class:`~interp.vlm.inputs.VisionBatch`
+  (input ids, ``pixel_values``, image-token positions), image files and arrays, and the scope
+  that feeds the images to every forward pass (so hooks, ``collect`` and the engine see them).
+* :mod:`interp.vlm.groups`: token groups (image, text, last; early / object / late visual tokens
+  of an object's box) as positions.
+* :mod:`interp.vlm.toys`: the tiny random VLMs ``toy:llava`` and ``toy:gemma3vl``.
+
+Nothing is imported here at import time.
+"""
