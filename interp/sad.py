@@ -122,6 +122,9 @@ class _Norm:
 
 
 def _norm(model: Any, layer: int) -> _Norm:
+    """The norm before attention: weight, bias, eps; centring from the architecture facts (LayerNorm centres)."""
+    from interp.arch import arch_facts
+
     ln = getattr(model.blocks[layer], "ln1", None)
     mod = getattr(ln, "_original_component", ln)
     weight = getattr(mod, "weight", None)
@@ -133,7 +136,7 @@ def _norm(model: Any, layer: int) -> _Norm:
         w = 1.0 + w
     b = getattr(mod, "bias", None)
     eps = getattr(mod, "variance_epsilon", getattr(mod, "eps", 1e-5))
-    center = "rms" not in type(mod).__name__.lower()
+    center = arch_facts(model).norm == "layernorm"
     return _Norm(w, torch.zeros_like(w) if b is None else b.detach().to(_DT), float(eps), center)
 
 
