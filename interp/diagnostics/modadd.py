@@ -12,7 +12,7 @@ the ``p^2`` pairs is the training set (full batch), the rest the test set.
 train/test accuracy and loss with the diagnostics every ``every`` steps (an
 :class:`~.callback.AttentionDiagnostics` injected). :func:`sweep` trains one run per weight decay;
 ``data/toy/modadd`` holds the committed curves of :data:`COMMITTED` (settings and seconds in its
-``interp_source.json``); the regimes they show are in its README section.
+``interp_source.json``; figure ``curves.svg``); the regimes they show are in the README ("What it finds").
 
 Example:
     >>> cfg = ModAddConfig(p=7, d_model=16, n_heads=2, d_mlp=32, steps=3, every=1)
