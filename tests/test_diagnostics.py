@@ -145,3 +145,18 @@ def test_committed_curves_separate_the_regimes():
     assert last.loc["wd=10", "m_test_acc"] > 0.5
     cos = [late.loc[f"wd={wd:g}", "cos_sim"] for wd in COMMITTED_DECAYS]
     assert cos == sorted(cos) and len(set(cos)) == len(cos)
+
+
+def test_cli_diagnostics(tmp_path, capsys):
+    from interp.cli import invoke
+
+    assert invoke(["diagnostics", "modadd", "--weight-decays", "0,x", "--out", str(tmp_path / "bad")]) == 2
+    assert "--weight-decays" in capsys.readouterr().err
+    assert invoke(["diagnostics", "modadd", "--weight-decays", "0,1", "--steps", "3", "--every", "2", "--p", "7",
+                   "--figures", "none", "--out", str(tmp_path / "m")]) == 0
+    assert "wd=1: step 2" in capsys.readouterr().out
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat sat on the mat\nhello world hello world again\n")
+    assert invoke(["diagnostics", "attention", "toy:llama", "--prompts", str(prompts), "--figures", "none",
+                   "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "manifest.json").is_file()

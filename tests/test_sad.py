@@ -127,3 +127,17 @@ def test_bad_input():
         trace(model, [torch.tensor([1, 2, 3])], "L9.H0")
     with pytest.raises(ConfigError, match="fraction"):
         SADConfig(fraction=0.0)
+
+
+def test_cli_sad(tmp_path, capsys):
+    from interp.cli import invoke
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("the cat sat on the mat and the cat\nhello world hello world\n")
+    assert invoke(["sad", "toy:llama", "--head", "L1.X0", "--out", str(tmp_path / "bad")]) == 2
+    assert "--head" in capsys.readouterr().err
+    code = invoke(["sad", "toy:llama", "--head", "L1.H0", "--prompts", str(prompts), "--positions", "all",
+                   "--threshold", "0.2", "--figures", "none", "--out", str(tmp_path / "o")])
+    assert code == 0 and (tmp_path / "o" / "summary.md").is_file()
+    assert invoke(["sad", "toy:gemma3", "--head", "L1.H0", "--prompts", str(prompts), "--out", str(tmp_path / "g")]) == 2
+    assert "query/key norms" in capsys.readouterr().err
