@@ -25,6 +25,23 @@ def main(n: int = 32, out: str | None = None) -> None:
     batch = tokenize(m, ds.clean)
     toks = [batch.tokens[i, : int(batch.lengths[i])] for i in range(len(ds))]
     ends = [[len(t) - 1] for t in toks]
+    from interp.hooks import run_capture
+    from interp.nodes import parse_node_id
+    from interp.sites import Site
+
+    layers = sorted({int(parse_node_id(h)["layer"]) for h in HEADS})
+    store = run_capture(m, batch.tokens, [Site("pattern", l) for l in layers])
+    for head in HEADS:
+        nid = parse_node_id(head)
+        pat = store[Site("pattern", int(nid["layer"]))][:, int(nid["head"])]
+        where = {"io": 0, "s1": 0, "s2": 0, "other": 0}
+        for b, meta in enumerate(ds.meta):
+            row = pat[b, len(toks[b]) - 1]
+            fired = [k for k in range(1, len(toks[b])) if row[k] >= 0.5]
+            for k in fired:
+                key = {meta["io_pos"]: "io", meta["s1_pos"]: "s1", meta["s2_pos"]: "s2"}.get(k, "other")
+                where[key] += 1
+        print(f"{head}: END firings by key (attention >= 0.5): {where}")
     for head in HEADS:
         res = trace(m, toks, head, query_positions=ends, config=SADConfig(depth=1), dataset="ioi")
         if out:
