@@ -63,6 +63,8 @@ from typing import Any
 
 import pandas as pd
 import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
 
 from interp.errors import ConfigError, DataError
 
@@ -316,7 +318,7 @@ class Decomposition:
     fraction: float
 
 
-def kept_terms(terms: torch.Tensor, fraction: float) -> torch.Tensor:
+def kept_terms(terms: Float[Tensor, "n k"], fraction: float) -> Bool[Tensor, "n k"]:
     """``[n, k]`` bool: per row, the fewest terms (largest first, in the score's sign) whose sum reaches
     ``fraction`` of the row's sum. A zero score keeps no term."""
     score = terms.sum(-1, keepdim=True)

@@ -35,13 +35,15 @@ from typing import Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ShapeError
 
 __all__ = ["pattern_stats", "diagnose", "Diagnostics", "entropy", "mean_pairwise_cosine"]
 
 
-def entropy(pattern: torch.Tensor, *, skip_first_query: bool = True) -> torch.Tensor:
+def entropy(pattern: Float[Tensor, "batch head query_pos key_pos"], *, skip_first_query: bool = True) -> Float[Tensor, "batch head"]:
     """``[batch, head]`` mean over queries of the attention entropy (nats) of ``pattern [batch, head, q, k]``."""
     p = pattern.double()
     h = -(p * torch.where(p > 0, p.log(), torch.zeros_like(p))).sum(-1)       # [batch, head, q]
@@ -50,7 +52,7 @@ def entropy(pattern: torch.Tensor, *, skip_first_query: bool = True) -> torch.Te
     return h.mean(-1)
 
 
-def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
+def mean_pairwise_cosine(vectors: Float[Tensor, "n d"]) -> float:
     """Mean cosine similarity over the pairs of rows of ``vectors [n, d]`` (NaN for fewer than 2 rows)."""
     n = vectors.shape[0]
     if n < 2:
@@ -61,7 +63,7 @@ def mean_pairwise_cosine(vectors: torch.Tensor) -> float:
     return float(sim[iu[0], iu[1]].mean())
 
 
-def pattern_stats(patterns: Sequence[torch.Tensor], *, skip_first_query: bool = True,
+def pattern_stats(patterns: Sequence[Float[Tensor, "batch head query_pos key_pos"]], *, skip_first_query: bool = True,
                   layers: Sequence[int] | None = None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Layer rows and head rows of the diagnostics from per-layer ``[batch, head, q, k]`` patterns.
 
@@ -98,7 +100,7 @@ class Diagnostics:
     heads: Any
 
 
-def diagnose(model: Any, tokens: torch.Tensor, *, skip_first_query: bool = True, dataset: str = "") -> Diagnostics:
+def diagnose(model: Any, tokens: Int[Tensor, "batch pos"], *, skip_first_query: bool = True, dataset: str = "") -> Diagnostics:
     """Attention diagnostics of an interp / TransformerLens bridge model on ``tokens [batch, pos]`` (one pass).
 
     Example:

@@ -31,6 +31,8 @@ from typing import Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError
 
@@ -39,7 +41,7 @@ __all__ = ["AttentionDiagnostics", "bridge_patterns", "mha_patterns"]
 PatternFn = Callable[[Any, Any], Sequence[torch.Tensor]]
 
 
-def bridge_patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
+def bridge_patterns(model: Any, tokens: Int[Tensor, "batch pos"]) -> list[Float[Tensor, "batch head query_pos key_pos"]]:
     """Per layer ``[batch, head, q, k]`` attention patterns of an interp / TransformerLens model (one pass)."""
     from interp.hooks import run_capture
     from interp.sites import Site
@@ -51,7 +53,7 @@ def bridge_patterns(model: Any, tokens: torch.Tensor) -> list[torch.Tensor]:
     return [store[s].float() for s in sites]
 
 
-def mha_patterns(model: torch.nn.Module, inputs: Any) -> list[torch.Tensor]:
+def mha_patterns(model: torch.nn.Module, inputs: Any) -> list[Float[Tensor, "batch head query_pos key_pos"]]:
     """Per ``nn.MultiheadAttention`` module (in module order) its ``[batch, head, q, k]`` weights on ``inputs``.
 
     Each module is asked for per-head weights for this one call (``need_weights=True,

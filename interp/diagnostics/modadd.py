@@ -31,6 +31,8 @@ from typing import Any
 
 import pandas as pd
 import torch
+from jaxtyping import Int
+from torch import Tensor
 
 from interp.errors import ConfigError
 
@@ -93,7 +95,7 @@ class ModAddTransformer(torch.nn.Module):
         return self.unembed(h[:, -1])
 
 
-def modadd_data(cfg: ModAddConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def modadd_data(cfg: ModAddConfig) -> tuple[Int[Tensor, "n_train 3"], Int[Tensor, " n_train"], Int[Tensor, "n_test 3"], Int[Tensor, " n_test"]]:
     """``(train_x, train_y, test_x, test_y)``: sequences ``[n, 3]`` and labels ``[n]``, split by ``cfg.seed``."""
     a, b = torch.meshgrid(torch.arange(cfg.p), torch.arange(cfg.p), indexing="ij")
     x = torch.stack([a.flatten(), b.flatten(), torch.full((cfg.p ** 2,), cfg.p)], 1)
