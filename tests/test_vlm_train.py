@@ -111,6 +111,7 @@ def test_saved_processor_matches_the_trainer():
     assert torch.allclose(out["pixel_values"], batch.pixel_values(), atol=1e-6)
     image_pos = (out["input_ids"][0] == VOCAB.index(IMAGE_TOKEN)).nonzero().flatten().tolist()
     assert image_pos == list(range(1, 1 + S.N_PATCHES))
+    assert image_pos == json.loads((VLM_FOLDER / "truth.json").read_text())["image_token_positions"]
     assert S.object_positions([o.cell for o in batch.scene(0).objects], image_pos) == \
         [1 + o.cell for o in batch.scene(0).objects]
 

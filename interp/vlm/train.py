@@ -21,7 +21,7 @@ cross-entropy of that answer token only.
 *Why a tiny LM trained from scratch rather than SmolLM2 frozen*: SmolLM2-135M would make the checkpoint ~270 MB
 (or require the bundled model at load time, which the tests must not), its 576-wide residual makes every forward
 pass ~100x the cost of this 64-wide one on the shared 2-core CPU, and a frozen LM would need a far larger
-projector to be steered into answering. The tiny model trains in a few minutes and its checkpoint (~0.9 MB) is
+projector to be steered into answering. The tiny model trains in a few minutes and its checkpoint (0.73 MB) is
 committed under ``data/toy/vlm``.
 
 **Planted visual sink**: real VLMs carry a few visual tokens with massive activations in a few dimensions of the
@@ -29,11 +29,12 @@ committed under ``data/toy/vlm``.
 by an auxiliary training objective: on the background patch :data:`~interp.vlm.scenes.SINK_CELL` (never an
 object) the LM's residual stream after block 0 and after block 1 must have ``|RMSNorm(h)[SINK_DIM]| >= 6``
 (``RMSNorm`` without gain: ``h / rms(h)``), and every other position of a sequence ``<= 2`` in that dimension
-(hinge losses, the second on the worst other position, weight :attr:`VLMTrainConfig.sink_weight`). The sink
-is then *measured* on held-out scenes (:func:`measure_sink`) and recorded in ``truth.json``. VAR's threshold tau = 20 cannot be met by a 64-wide model
-(``max_i |h_i| / rms(h) <= sqrt(d) = 8``), so ``truth.json`` records ``tau = sqrt(d) / 2 = 4`` ("one dimension
-holds at least a quarter of the token's squared norm"), chosen from that bound, not from the measurements, and the
-measured values on both sides of it.
+(hinge losses, the second on the worst other position, weight :attr:`VLMTrainConfig.sink_weight`, applied
+after the colour-only phase: from step 0 they kept the answer loss at chance). The sink is then *measured* on
+held-out scenes (:func:`measure_sink`) and recorded in ``truth.json``. VAR's threshold tau = 20 cannot be met
+by a 64-wide model (``max_i |h_i| / rms(h) <= sqrt(d) = 8``), so ``truth.json`` records ``tau = sqrt(d) / 2 = 4``
+("one dimension holds at least a quarter of the token's squared norm"), chosen from that bound, not from the
+measurements, and the measured values on both sides of it.
 
 **Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
 training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
@@ -64,7 +65,7 @@ from interp.vlm import scenes as S
 
 __all__ = ["VLMTrainConfig", "train_vlm", "build_tokenizer", "build_processor", "llava_config", "build_model",
            "encode_questions", "answer_logits", "evaluate", "measure_sink", "answer_loss", "VOCAB", "IMAGE_TOKEN",
-           "SINK_DIM", "SINK_LAYERS"]
+           "SINK_DIM", "SINK_LAYERS", "truth_record"]
 
 IMAGE_TOKEN = "<image>"
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", IMAGE_TOKEN)
@@ -93,7 +94,7 @@ class VLMTrainConfig:
     n_layers: int = 3
     n_heads: int = 4
     d_mlp: int = 128
-    steps: int = 1200
+    steps: int = 2000
     colour_only_steps: int = 300
     batch_size: int = 64
     lr: float = 3e-3
@@ -279,6 +280,24 @@ def measure_sink(model: Any, n: int = 256, seed: int = 2) -> dict[str, Any]:
             "sink_dims": sorted({x["massive_dim"] for x in layers if x["is_sink"]})}
 
 
+def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
+    """The ``truth.json`` of a trained model: the measured sink (:func:`measure_sink`), where the objects are
+    (image token positions), and the held-out accuracy (:func:`evaluate`)."""
+    accuracy = evaluate(model, n=eval_n)
+    sink = measure_sink(model, n=min(256, eval_n))
+    truth = {"sink": {"patch": S.SINK_CELL, "dims": [SINK_DIM], "planted_layers": list(SINK_LAYERS),
+                      "measured_layers": sink["sink_layers"], "tau": sink["tau"],
+                      "criterion": "max over the massive dims of |h / rms(h)| > tau at that image token (VAR)",
+                      "layer_index": "hidden_states index of the LM: 0 = embeddings, i = after block i-1 "
+                                     "(= blocks.i.hook_resid_pre)", "measured": sink},
+             "objects": "each object occupies exactly the image patch of its cell (interp.vlm.scenes); the "
+                        "vision tower is per-patch, so only that patch's image embedding depends on it",
+             "image_token_positions": list(range(1, 1 + S.N_PATCHES)),
+             "object_token_position": "1 + cell (after <bos>; patch c is the c-th image token)",
+             "grid": S.GRID, "patch_px": S.CELL, "image_px": S.IMAGE, "accuracy": accuracy}
+    return truth
+
+
 def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
               log: Callable[[int, float], None] | None = None, eval_n: int = 512) -> Path:
     """Train the VLM and save it as a Hugging Face Llava folder (model, tokenizer, processor), with
@@ -326,15 +345,8 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
                 log(step, float(ce.detach()))
     model.eval()
     seconds = round(time.perf_counter() - t0, 1)
-    accuracy = evaluate(model, n=eval_n)
-    sink = measure_sink(model, n=min(256, eval_n))
-    truth = {"sink": {"patch": S.SINK_CELL, "dims": [SINK_DIM], "planted_layers": list(SINK_LAYERS),
-                      "measured_layers": sink["sink_layers"], "tau": sink["tau"],
-                      "criterion": "max over the massive dims of |h / rms(h)| > tau at that image token (VAR)",
-                      "layer_index": "hidden_states index of the LM: 0 = embeddings, i = after block i-1 "
-                                     "(= blocks.i.hook_resid_pre)", "measured": sink},
-             "objects": "each object occupies exactly the image patch of its cell (interp.vlm.scenes)",
-             "grid": S.GRID, "patch_px": S.CELL, "image_px": S.IMAGE, "accuracy": accuracy}
+    truth = truth_record(model, eval_n=eval_n)
+    accuracy = truth["accuracy"]
     source = {"toy": "vlm", "train": dataclasses.asdict(config), "seconds": seconds,
               "threads": torch.get_num_threads(), "losses": losses, "held_out_accuracy": accuracy}
     if folder.exists():
