@@ -108,6 +108,8 @@ def test_saved_processor_matches_the_trainer():
     texts = [q.text for q in S.draw_questions(batch, "colour", seed=0)]
     out = proc(text=[IMAGE_TOKEN + t for t in texts], images=list(batch.images()), return_tensors="pt")
     assert torch.equal(out["input_ids"], encode_questions(texts))
+    cased = proc(text=[IMAGE_TOKEN + "What colour is the Circle?"], images=[batch.images()[0]], return_tensors="pt")
+    assert torch.equal(cased["input_ids"], encode_questions(["what colour is the circle?"]))
     assert torch.allclose(out["pixel_values"], batch.pixel_values(), atol=1e-6)
     image_pos = (out["input_ids"][0] == VOCAB.index(IMAGE_TOKEN)).nonzero().flatten().tolist()
     assert image_pos == list(range(1, 1 + S.N_PATCHES))
