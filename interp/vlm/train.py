@@ -43,7 +43,8 @@ without it the answer loss sat at the prior (1.04) for the 700 steps tried, and 
 with hard negatives) did not leave chance in 300 steps. The defaults of :class:`VLMTrainConfig` produced the
 committed checkpoint (settings, seconds, losses and held-out accuracy in its ``interp_source.json``).
 
-Run ``python -m interp.vlm.train data/toy/vlm`` to retrain it.
+Run ``python -m interp.vlm.train data/toy/vlm`` to retrain it (1 thread; it reproduced the committed
+``model.safetensors`` byte for byte, 392-508 s on the shared machine).
 """
 
 from __future__ import annotations
