@@ -38,6 +38,8 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError, nearest
 
@@ -173,7 +175,7 @@ class SceneBatch:
         return pixel_values(self.images())
 
 
-def pixel_values(images: np.ndarray) -> torch.Tensor:
+def pixel_values(images: np.ndarray) -> Float[Tensor, "batch 3 height width"]:
     """``uint8 [B, H, W, 3]`` images -> ``float32 [B, 3, H, W]``: ``(x / 255 - mean) / std``, the saved
     ``CLIPImageProcessor``'s rescale and normalise (it neither resizes nor crops)."""
     x = torch.as_tensor(np.asarray(images), dtype=torch.float32).permute(0, 3, 1, 2) / 255.0
@@ -183,7 +185,7 @@ def pixel_values(images: np.ndarray) -> torch.Tensor:
 
 
 @lru_cache(maxsize=1)
-def held_out_mask() -> torch.Tensor:
+def held_out_mask() -> Bool[Tensor, " key"]:
     """``bool [_KEY_BASE ** 3]``: the held-out scene keys (a fixed seeded tenth)."""
     g = torch.Generator().manual_seed(_HELD_OUT_SEED)
     return torch.rand(_KEY_BASE ** 3, generator=g) < _HELD_OUT_FRACTION
@@ -297,7 +299,7 @@ def minimal_pair(scene: Scene, shape: str, change: str, *, seed: int = 0) -> Sce
     return Scene(tuple(new if x is o else x for x in scene.objects))
 
 
-def object_positions(cells: list[int] | tuple[int, ...], image_positions: list[int] | torch.Tensor) -> list[int]:
+def object_positions(cells: list[int] | tuple[int, ...], image_positions: list[int] | Int[Tensor, " patch"]) -> list[int]:
     """Token positions of the image patches ``cells``, given the prompt's image-token positions (in order,
     one per patch: ``image_positions[c]`` is patch ``c``)."""
     pos = [int(p) for p in image_positions]

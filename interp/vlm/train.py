@@ -60,6 +60,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from jaxtyping import Float, Int
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.vlm import scenes as S
@@ -190,7 +192,7 @@ def _tokenizer() -> Any:
     return build_tokenizer()
 
 
-def encode_questions(texts: list[str]) -> torch.Tensor:
+def encode_questions(texts: list[str]) -> Int[Tensor, "batch pos"]:
     """``[B, 23]`` input ids of ``"<image>" + text`` with the image token expanded to one per patch (what the
     saved processor produces; checked in the tests)."""
     tok = _tokenizer()
@@ -198,7 +200,7 @@ def encode_questions(texts: list[str]) -> torch.Tensor:
     return ids
 
 
-def answer_logits(model: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor, **kw: Any) -> Any:
+def answer_logits(model: Any, input_ids: Int[Tensor, "batch pos"], pixel_values: Float[Tensor, "batch 3 height width"], **kw: Any) -> Any:
     """The model's output (``output_hidden_states`` as asked) and the logits at the last position."""
     out = model(input_ids=input_ids, pixel_values=pixel_values, **kw)
     return out, out.logits[:, -1]
@@ -219,8 +221,8 @@ def _rms_normed(h: torch.Tensor) -> torch.Tensor:
     return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
 
 
-def answer_loss(model: Any, input_ids: torch.Tensor, pixels: torch.Tensor, answers: torch.Tensor,
-                sink_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_loss(model: Any, input_ids: Int[Tensor, "batch pos"], pixels: Float[Tensor, "batch 3 height width"], answers: Int[Tensor, " batch"],
+                sink_weight: float = 0.0) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
     """(total loss, answer loss): cross-entropy of the answer at the last position, plus ``sink_weight`` times
     the hinge losses planting the sink (module docstring)."""
     out, logits = answer_logits(model, input_ids, pixels, output_hidden_states=sink_weight > 0)
