@@ -148,6 +148,19 @@ def test_exact_patching_ray_equals_local(engine, cfg):
     assert dist.meta.config == local.meta.config
 
 
+def test_cli_patch_ray_equals_local(cluster, tmp_path):
+    from interp.results import load_results
+
+    path = tmp_path / "toy.jsonl"
+    _toy_ds().to_jsonl(path)
+    args = ["patch", "toy:llama", "--task", str(path), "--method", "exact", "--n", "4", "--figures", "none"]
+    assert invoke([*args, "--out", str(tmp_path / "local")]) == 0
+    assert invoke([*args, "--out", str(tmp_path / "ray"), "--engine", "ray", "--workers", "2"]) == 0
+    (a,), (b,) = ([r.table for r in load_results(tmp_path / d).values()] for d in ("local", "ray"))
+    assert a.drop(columns=["value", "effect"]).equals(b.drop(columns=["value", "effect"]))
+    assert (a["value"] - b["value"]).abs().max() <= 1e-6
+
+
 def test_unreachable_address_is_one_line_and_writes_nothing(cluster, tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a b\n")
@@ -159,3 +172,17 @@ def test_unreachable_address_is_one_line_and_writes_nothing(cluster, tmp_path, c
     assert len(err.splitlines()) == 1 and "127.0.0.1:9" in err
     assert "--engine local" in err and "ray start --head" in err
     assert not out.exists()
+
+
+@pytest.mark.bundled
+def test_issue_check_smollm2_cache_ray_equals_local(cluster, tmp_path):
+    """The issue's check: `interp cache smollm2 --prompts data/prompts/prose.txt --sites resid_post --engine ray
+    --workers 2` equals the local run byte for byte (with a --max-memory that makes several shards)."""
+    root = Path(__file__).resolve().parents[1]
+    args = ["cache", "smollm2", "--prompts", str(root / "data/prompts/prose.txt"), "--sites", "resid_post",
+            "--max-memory", "60MB", "--no-progress"]
+    assert invoke([*args, "--out", str(tmp_path / "local")]) == 0
+    assert invoke([*args, "--out", str(tmp_path / "A"), "--engine", "ray", "--workers", "2"]) == 0
+    local, dist = _files(tmp_path / "local"), _files(tmp_path / "A")
+    assert len(json.loads(local["manifest.json"])["shards"]) >= 2
+    assert dist == local

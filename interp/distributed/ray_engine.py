@@ -94,7 +94,7 @@ class RayEngine:
         check_address(address)
         if ray.is_initialized():  # type: ignore[attr-defined]
             return
-        kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": True}
+        kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
         try:
             if address:
                 ray.init(address=address, **kw)  # type: ignore[attr-defined]
