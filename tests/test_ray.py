@@ -24,8 +24,8 @@ from interp.distributed import EngineConfig, RayEngine, activation_patching_ray,
 from interp.models import load_model  # noqa: E402
 from interp.patching import PatchConfig, activation_patching  # noqa: E402
 
-# the whole module shares one Ray instance and one engine: starting workers costs seconds each
-pytestmark = pytest.mark.slow
+# the module shares one Ray instance and one engine; starting Ray and workers that load a model takes
+# 15-45 s on the loaded test machine, so every test that starts workers is marked slow
 
 PROMPTS = [f"prompt {i} " + "ab cd " * (i % 5) for i in range(23)]
 SITES = "resid_post,pattern,z.1.2"
@@ -46,6 +46,13 @@ def engine(cluster):
         yield eng
 
 
+@pytest.fixture
+def free_cpus(cluster, engine):
+    """For a CLI run, which starts its own workers: the shared engine's workers give their CPUs back."""
+    engine.release_workers()
+    yield
+
+
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
@@ -55,6 +62,7 @@ def _local(model, out: Path) -> dict[str, bytes]:
     return _files(out)
 
 
+@pytest.mark.slow
 def test_cli_cache_ray_equals_local_byte_for_byte(cluster, tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")
@@ -90,6 +98,7 @@ def _fault_factory(marker: str, point: str, mode: str):
     return fault
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point,mode", [("recorded", "self"), ("shard_written", "external")])
 def test_worker_killed_mid_shard_is_retried(engine, toy_llama, tmp_path, point, mode):
     """Killed after the write-ahead record (before the rename) or while its temp file exists: the task is
@@ -127,6 +136,7 @@ def _toy_ds() -> TaskDataset:
     return TaskDataset("toy", clean, corrupted, ("x", "y", "z", "w"), ("q", "w", "e", "r"), meta)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg", [PatchConfig(component="z", max_rows=8),
                                  PatchConfig(component="resid_pre", positions="each", direction="noising"),
                                  PatchConfig(component="mlp_out", positions=("k",))])
@@ -148,7 +158,8 @@ def test_exact_patching_ray_equals_local(engine, cfg):
     assert dist.meta.config == local.meta.config
 
 
-def test_cli_patch_ray_equals_local(cluster, tmp_path):
+@pytest.mark.slow
+def test_cli_patch_ray_equals_local(free_cpus, tmp_path):
     from interp.results import load_results
 
     path = tmp_path / "toy.jsonl"
@@ -161,7 +172,7 @@ def test_cli_patch_ray_equals_local(cluster, tmp_path):
     assert (a["value"] - b["value"]).abs().max() <= 1e-6
 
 
-def test_unreachable_address_is_one_line_and_writes_nothing(cluster, tmp_path, capsys):
+def test_unreachable_address_is_one_line_and_writes_nothing(tmp_path, capsys):
     prompts = tmp_path / "p.txt"
     prompts.write_text("a b\n")
     out = tmp_path / "A"
@@ -175,7 +186,8 @@ def test_unreachable_address_is_one_line_and_writes_nothing(cluster, tmp_path, c
 
 
 @pytest.mark.bundled
-def test_issue_check_smollm2_cache_ray_equals_local(cluster, tmp_path):
+@pytest.mark.slow
+def test_issue_check_smollm2_cache_ray_equals_local(free_cpus, tmp_path):
     """The issue's check: `interp cache smollm2 --prompts data/prompts/prose.txt --sites resid_post --engine ray
     --workers 2` equals the local run byte for byte (with a --max-memory that makes several shards)."""
     root = Path(__file__).resolve().parents[1]

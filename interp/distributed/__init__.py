@@ -11,9 +11,9 @@
 Ray is optional (``pip install 'interp[ray]'``); nothing here imports it until an engine is entered.
 """
 
-from interp.distributed.config import ENGINES, EngineConfig, require_ray
+from interp.distributed.config import ENGINES, EngineConfig, open_engine, require_ray
 
-__all__ = ["ENGINES", "EngineConfig", "require_ray", "RayEngine", "collect_ray", "activation_patching_ray"]
+__all__ = ["ENGINES", "EngineConfig", "open_engine", "require_ray", "RayEngine", "collect_ray", "activation_patching_ray"]
 
 
 def __getattr__(name: str):  # lazy: the Ray-facing modules load on first use

@@ -11,11 +11,14 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from interp.errors import ConfigError, nearest
 
-__all__ = ["ENGINES", "EngineConfig", "RAY_MISSING", "require_ray", "engine_from_cli"]
+__all__ = ["ENGINES", "EngineConfig", "RAY_MISSING", "require_ray", "engine_from_cli", "open_engine"]
 
 ENGINES = ("local", "ray")
 RAY_MISSING = "Ray is not installed: pip install 'interp[ray]' (or run with --engine local)"
@@ -79,3 +82,21 @@ def engine_from_cli(engine: str, workers: int, address: str) -> EngineConfig:
     if cfg.distributed:
         require_ray()
     return cfg
+
+
+@contextlib.contextmanager
+def open_engine(config: EngineConfig) -> Iterator[Any]:
+    """``None`` for the local engine, else an entered :class:`~interp.distributed.ray_engine.RayEngine`.
+
+    Example:
+        >>> with open_engine(EngineConfig()) as eng:
+        ...     print(eng)
+        None
+    """
+    if not config.distributed:
+        yield None
+        return
+    from interp.distributed.ray_engine import RayEngine
+
+    with RayEngine(config) as engine:
+        yield engine

@@ -110,13 +110,14 @@ class RayEngine:
     def close(self) -> None:
         """Drop the workers; stop Ray if this engine started it."""
         ray = require_ray()
-        self._drop_workers()
+        self.release_workers()
         if self._started:
             ray.shutdown()  # type: ignore[attr-defined]
             self._started = False
 
     # ------------------------------------------------------------------ workers
-    def _drop_workers(self) -> None:
+    def release_workers(self) -> None:
+        """Kill this engine's workers (their CPUs return to the cluster); the next task starts new ones."""
         ray = require_ray()
         for actors in self._pools.values():
             for a in actors:
@@ -143,7 +144,7 @@ class RayEngine:
         if key in self._pools:
             return self._pools[key]
         ray = require_ray()
-        self._drop_workers()   # one model's workers at a time: they hold the cluster's CPUs
+        self.release_workers()   # one model's workers at a time: they hold the cluster's CPUs
         n = self.n_workers()
         deadline = time.monotonic() + 15.0     # CPUs of workers just killed come back within seconds
         while True:
