@@ -15,10 +15,13 @@ Ray is imported only here, when an engine is entered.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,9 @@ _ALTERNATIVES = ("use --engine local (this process), or start a cluster with `ra
 
 def check_address(address: str, timeout: float = 3.0) -> None:
     """Refuse a ``HOST:PORT`` / ``ray://HOST:PORT`` address that accepts no TCP connection, in ``timeout`` s.
+
+    (A port that answers but is not a Ray cluster fails in ``ray.init`` after Ray's own connect
+    timeout, ~30 s, with the same one-line error; Ray's retry logs are kept off the terminal.)
 
     Raises:
         ConfigError: malformed or unreachable, naming the address and the alternatives.
@@ -97,7 +103,8 @@ class RayEngine:
         kw: dict[str, Any] = {"include_dashboard": False, "logging_level": "ERROR", "log_to_driver": False}
         try:
             if address:
-                ray.init(address=address, **kw)  # type: ignore[attr-defined]
+                with _quiet_stderr():   # Ray's C++ client logs each failed retry to fd 2 for ~30 s
+                    ray.init(address=address, **kw)  # type: ignore[attr-defined]
             else:
                 n = self.config.workers or min(2, os.cpu_count() or 1)
                 ray.init(num_cpus=max(1, int(n * self.cpus_per_worker + 0.999)), **kw)  # type: ignore[attr-defined]
@@ -207,6 +214,22 @@ class RayEngine:
         self.stats["tasks"] += len(args)
         self.stats["task_seconds"].append(time.perf_counter() - t0)
         return out
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """File descriptor 2 goes to a temporary file while the block runs (restored in ``finally``)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 def _first_line(e: BaseException) -> str:
