@@ -368,6 +368,15 @@ _SCHEMAS: list[Schema] = [
         _C("complement", "float", "1 = clean", "faithfulness of every edge but the circuit (NaN: not run)",
            nan_ok=True),
     )),
+    # --------------------------------------------------------------- circuits: ACDC membership (issue 16 item 3)
+    Schema("circuits.acdc", "one edge of the model's graph after ACDC pruning", (
+        _C("src", "str", "", "sender node id"),
+        _C("dst", "str", "", "receiver node id (k/v of a GQA group: its first query head)"),
+        _C("dst_input", "str", "", "the receiver's input: q, k, v, mlp or logits"),
+        _C("metric", "str", "", "the metric ACDC thresholded (kl, logit_diff, logit_diff_norm)"),
+        _C("effect", "float", "metric units", "metric change measured when the edge was removed (0: untested)"),
+        _C("in_circuit", "bool", "", "the edge was kept"),
+    )),
 ]
 
 SCHEMAS: dict[str, Schema] = {s.kind: s for s in _SCHEMAS}
