@@ -328,7 +328,7 @@ _SCHEMAS: list[Schema] = [
     # --------------------------------------------------------------- ground-truth toys (issue 16 item 4)
     Schema("groundtruth.auc", "one discovery method scored against a toy's known circuit at one level", (
         _C("toy", "str", "", "the ground-truth toy (induction, planted)"),
-        _C("method", "str", "", "exact, atp, eap, eap-ig, chg"),
+        _C("method", "str", "", "exact, atp, eap, eap-ig, eap-ig-activations, acdc, chg"),
         _C("level", "str", "", "node (heads) or edge (sender -> receiver input)"),
         _C("auc", "float", "fraction", "ROC AUC of |score| for the true units (1 = all true units ranked first)"),
         _C("n_true", "int", "", "true units (heads or edges) in the circuit"),
