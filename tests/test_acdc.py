@@ -154,3 +154,21 @@ def test_partial_run_and_bad_input(model, ds, ev):
         acdc(model, ds, threshold=float("nan"), evaluator=ev)
     with pytest.raises(DataError, match="circuit"):
         acdc_circuit(evaluate_circuits(model, ds, []))
+
+
+def test_cli_acdc_writes_results_and_refuses_bad_metric(ds, tmp_path, capsys):
+    from interp.cli import invoke
+    from interp.results import load_results
+
+    task = tmp_path / "task.jsonl"
+    ds.to_jsonl(task)
+    spec = "toy:llama,n_layers=2,n_heads=2,n_kv_heads=1"
+    code = invoke(["circuit", "acdc", spec, "--task", str(task), "--n", "3", "--threshold", "0.05",
+                   "--metric", "logit_diff", "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    kinds = sorted(r.kind for r in load_results(tmp_path / "out").values())
+    assert kinds == ["circuits.acdc", "patching.edges"]
+    assert "kept" in capsys.readouterr().out
+    code = invoke(["circuit", "acdc", spec, "--metric", "acc", "--out", str(tmp_path / "o2")])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("interp: error: ")]
+    assert code == 2 and len(err) == 1 and "--metric" in err[0]
