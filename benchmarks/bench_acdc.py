@@ -13,6 +13,10 @@ not possible without running: pruning can disconnect more).
 
     PYTHONPATH=. python benchmarks/bench_acdc.py --threads 2 --threshold 0.02 --max-receivers 1 \\
         --out benchmarks/out/acdc.json
+    PYTHONPATH=. python benchmarks/bench_acdc.py --threads 2 --sample-circuits 8 --out benchmarks/out/acdc_sample.json
+
+``--sample-circuits K`` does not run ACDC: it times the evaluator on K circuits of ACDC's first round
+(the full graph minus one LOGITS edge each, batched as ACDC batches them) and projects the full run.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ def main() -> None:
     ap.add_argument("--metric", default="kl")
     ap.add_argument("--max-rows", type=int, default=64)
     ap.add_argument("--max-receivers", type=int, default=None)
+    ap.add_argument("--sample-circuits", type=int, default=0,
+                    help="instead of running ACDC: time the evaluator on this many circuits of ACDC's first round "
+                         "(the full graph minus one LOGITS edge each) and project")
     ap.add_argument("--out", default="benchmarks/out/acdc.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -52,6 +59,9 @@ def main() -> None:
     with torch.inference_mode():
         model(tokens)
     t_fwd = time.perf_counter() - t1
+    if args.sample_circuits:
+        sample(args, model, ev, t_base, t_fwd, int(tokens.shape[1]))
+        return
     t2 = time.perf_counter()
     r = acdc(model, ds, threshold=args.threshold, metric=args.metric, evaluator=ev,
              max_receivers=args.max_receivers, progress=True)
@@ -81,6 +91,39 @@ def main() -> None:
             "edges_left_used_nodes": todo_edges_used,
             "hours_if_all_left_tested": round(todo_edges_all * rounds_per_edge * per_circuit / 3600, 2),
             "hours_if_used_nodes_only": round(todo_edges_used * rounds_per_edge * per_circuit / 3600, 2),
+        },
+    }
+    print(json.dumps(report, indent=1))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+
+
+def sample(args, model, ev, t_base: float, t_fwd: float, n_tok: int) -> None:
+    """Seconds per evaluated circuit on ACDC's own first-round circuits, and the projection of a full run."""
+    logits = ev._r_index[("LOGITS", "logits")]
+    rows = ev.valid[:, logits].nonzero().flatten().tolist()[: args.sample_circuits]
+    masks = []
+    for i in rows:
+        m = ev.valid.clone()
+        m[i, logits] = False
+        masks.append(m)
+    f0 = ev.counter.forward
+    t0 = time.perf_counter()
+    ev.run_masks(masks, metric=args.metric if args.metric == "kl" else "logit_diff")
+    dt = time.perf_counter() - t0
+    per = dt / len(masks)
+    n_edges = len(ev.edges)
+    into_logits = int(ev.valid[:, logits].sum())
+    report = {
+        "model": args.model, "n_prompts": args.n, "threads": args.threads, "metric": args.metric,
+        "tokens_per_prompt": n_tok, "n_model_edges": n_edges, "n_receivers": len(ev.receivers),
+        "baseline_pass_s": round(t_base, 2), "one_forward_s": round(t_fwd, 2), "circuits_timed": len(masks),
+        "forward_passes": ev.counter.forward - f0, "seconds": round(dt, 2), "seconds_per_circuit": round(per, 2),
+        "forwards_per_circuit": round(per / t_fwd, 3),
+        "projection_hours": {
+            "logits_receiver_only_1_round": round(into_logits * per / 3600, 2),
+            "every_edge_tested_once": round(n_edges * per / 3600, 1),
+            "every_edge_tested_twice": round(2 * n_edges * per / 3600, 1),
         },
     }
     print(json.dumps(report, indent=1))
