@@ -110,6 +110,7 @@ class _Run:
         self.mask = ev.valid.clone()
         self.ref = torch.full(ev.valid.shape, math.nan, dtype=torch.float64)
         self.val = torch.full(ev.valid.shape, math.nan, dtype=torch.float64)
+        self.tested = torch.zeros_like(ev.valid)
         self.rounds = self.worlds = 0
         (self.cur,) = self.measure([self.mask]).tolist()
 
@@ -150,6 +151,7 @@ class _Run:
             for k, i in enumerate(pending):
                 remove = self.removes(self.cur, vals[k])
                 self.ref[i, j], self.val[i, j] = self.cur, vals[k]
+                self.tested[i, j] = True
                 if remove:
                     self.mask[i, j] = False
                     self.cur = vals[k]
@@ -222,14 +224,13 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
     circuit = [(ev.senders[s], *ev.receivers[r]) for s, r in run.mask.nonzero().tolist()]
     ld = float(ev.run_masks([run.mask])[0])
     rows_out = _rows(ev, run, metric)
-    ref_m = run.ref[ev.valid]
     extra = {"threshold": float(threshold), "abs_value": abs_value, "ablation": ev.config.ablation,
              "circuit": [list(e) for e in circuit], "n_edges": len(circuit), "n_nodes": len(circuit_nodes(circuit)),
              "n_model_edges": len(ev.edges), "metric_value": run.cur, "ld": ld,
              "faithfulness": float(ev.faithfulness(ld)), "ld_clean": ev.ld_clean, "ld_corrupted": ev.ld_corrupted,
              "kl_corrupted": ev.kl_corrupted, "complete": visited == len(ev.receivers),
              "receivers_visited": visited, "receivers_tested": tested_receivers,
-             "edges_tested": int(torch.isfinite(ref_m).sum()), "rounds": run.rounds, "circuits_run": run.worlds,
+             "edges_tested": int(run.tested.sum()), "rounds": run.rounds, "circuits_run": run.worlds,
              "forward_passes": ev.counter.forward - f0, "rows": ev.counter.rows - r0, "n_prompts": len(ev.pairs),
              "seconds": round(time.perf_counter() - t0, 3),
              "note": "effect = metric after removing the edge - metric of the circuit it was removed from; edges of "
