@@ -172,3 +172,19 @@ def test_cli_acdc_writes_results_and_refuses_bad_metric(ds, tmp_path, capsys):
     code = invoke(["circuit", "acdc", spec, "--metric", "acc", "--out", str(tmp_path / "o2")])
     err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("interp: error: ")]
     assert code == 2 and len(err) == 1 and "--metric" in err[0]
+
+
+def test_evaluator_kl_baseline_is_the_models_own(model, ds, ev):
+    """run_masks(metric="kl"): 0 for the full model, KL(clean || corrupted) of plain forwards for the empty circuit."""
+    from interp.metrics import at_positions, kl, log_probs
+
+    pairs = ev.pairs
+    with torch.inference_mode():
+        clean = at_positions(model(pairs.clean), pairs.last)
+        corr = at_positions(model(pairs.corrupted), pairs.last)
+    want = float(kl(corr, log_probs(clean)).double().mean())
+    full, empty = ev.valid.clone(), torch.zeros_like(ev.valid)
+    got = ev.run_masks([full, empty], metric="kl").tolist()
+    assert got[0] == 0.0 and abs(got[1] - want) < 1e-5 * max(1.0, want), (got, want)
+    with pytest.raises(ConfigError, match="metric"):
+        ev.run_masks([full], metric="prob")
