@@ -37,6 +37,7 @@ _EXPORTS = {
     "activation_patching": "interp.patching", "PatchConfig": "interp.patching", "path_patching": "interp.patching",
     "PathConfig": "interp.patching", "attribution_patching": "interp.patching",
     "edge_attribution_patching": "interp.patching", "AttributionConfig": "interp.patching",
+    "acdc": "interp.circuits",
     "ioi_dataset": "interp.datasets", "facts_dataset": "interp.datasets", "known_facts": "interp.datasets",
     "colored_objects_dataset": "interp.datasets", "build_task": "interp.datasets.registry",
     "Model": "interp.types", "Schema": "interp.schemas",

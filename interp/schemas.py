@@ -328,7 +328,7 @@ _SCHEMAS: list[Schema] = [
     # --------------------------------------------------------------- ground-truth toys (issue 16 item 4)
     Schema("groundtruth.auc", "one discovery method scored against a toy's known circuit at one level", (
         _C("toy", "str", "", "the ground-truth toy (induction, planted)"),
-        _C("method", "str", "", "exact, atp, eap, eap-ig, chg"),
+        _C("method", "str", "", "exact, atp, eap, eap-ig, eap-ig-activations, acdc, chg"),
         _C("level", "str", "", "node (heads) or edge (sender -> receiver input)"),
         _C("auc", "float", "fraction", "ROC AUC of |score| for the true units (1 = all true units ranked first)"),
         _C("n_true", "int", "", "true units (heads or edges) in the circuit"),
@@ -411,6 +411,16 @@ _SCHEMAS: list[Schema] = [
         _C("n_heads", "int", "", "heads in the layer"),
         _C("n_prompts", "int", "", "probe prompts"),
     ), extra_prefixes=("m_",)),
+
+    # --------------------------------------------------------------- circuits: ACDC membership (issue 16 item 3)
+    Schema("circuits.acdc", "one edge of the model's graph after ACDC pruning", (
+        _C("src", "str", "", "sender node id"),
+        _C("dst", "str", "", "receiver node id (k/v of a GQA group: its first query head)"),
+        _C("dst_input", "str", "", "the receiver's input: q, k, v, mlp or logits"),
+        _C("metric", "str", "", "the metric ACDC thresholded (kl, logit_diff, logit_diff_norm)"),
+        _C("effect", "float", "metric units", "metric change measured when the edge was removed (0: untested)"),
+        _C("in_circuit", "bool", "", "the edge was kept"),
+    )),
 ]
 
 SCHEMAS: dict[str, Schema] = {s.kind: s for s in _SCHEMAS}

@@ -158,6 +158,7 @@ class Evaluator:
         """Clean and corrupted rows side by side in one engine pass: baselines, and the activations at ``sites``
         (``[2 * batch, ...]``, clean first; kept by reference, nothing downstream writes to them)."""
         from interp.engine import forward_hidden
+        from interp.metrics import kl, log_probs
         from interp.patching.metrics import Baseline, final_logits, row_stats
 
         pairs, n_b = self.pairs, len(self.pairs)
@@ -168,7 +169,10 @@ class Evaluator:
         with torch.inference_mode():
             hid = forward_hidden(self.model, torch.cat([pairs.clean, pairs.corrupted]), pairs.last,
                                  [(s, keep) for s in sites], grow=False, counter=self.counter)
-            st = row_stats(final_logits(self.model, hid), pairs, None)
+            logits = final_logits(self.model, hid)
+            st = row_stats(logits, pairs, None)
+            self.logp_clean = log_probs(logits[:n_b])          # for the KL metric of run_masks
+            self.kl_corrupted = float(kl(logits[n_b:], self.logp_clean).double().mean())
         base = Baseline(ld_clean=st["ld"][:n_b], ld_corr=st["ld"][n_b:], p_clean=st["prob"][:n_b],
                         p_corr=st["prob"][n_b:], logp_clean=torch.empty(0))
         base.check(pairs)
@@ -208,13 +212,20 @@ class Evaluator:
         return m
 
     # ----------------------------------------------------------------------- evaluation
-    def run_masks(self, masks: Sequence[Tensor]) -> Tensor:
+    def run_masks(self, masks: Sequence[Tensor], *, metric: str = "logit_diff") -> Tensor:
         """Mean logit difference (float64 ``[circuit]``) of each circuit given as a :meth:`mask`.
+
+        With ``metric="kl"``: the mean ``KL(clean || circuit)`` of the next-token distributions at each
+        prompt's last token (:func:`interp.metrics.kl`) instead.
 
         A circuit holding every edge is the clean run and, with ``ablation="patching"``, one with no edge into
         ``LOGITS`` the corrupted run (the logits read the corrupted final residual): their values are the
         baselines, without a pass.
         """
+        if metric not in ("logit_diff", "kl"):
+            raise ConfigError(f"run_masks: metric must be 'logit_diff' or 'kl', got {metric!r}")
+        clean_value, corr_value = (self.ld_clean, self.ld_corrupted) if metric == "logit_diff" else \
+            (0.0, self.kl_corrupted)
         from interp.engine import run
         from interp.patching.attribution import split_qkv
         from interp.patching.metrics import hidden_stats
@@ -226,9 +237,9 @@ class Evaluator:
         todo = []
         for i, m in enumerate(masks):
             if not bool((self.valid & ~m).any()):      # every edge kept: the clean run itself
-                out[i] = self.ld_clean
+                out[i] = clean_value
             elif not bool(m[:, logits].any()) and self.config.ablation == "patching":  # the corrupted run itself
-                out[i] = self.ld_corrupted
+                out[i] = corr_value
             else:
                 todo.append(i)
         with torch.inference_mode(), split_qkv(self.model):
@@ -237,8 +248,12 @@ class Evaluator:
                 worlds = [self._world(masks[i]) for i in chunk]
                 hid = run(self.model, self.pairs.clean, worlds, positions=self.pairs.last, readout="hidden",
                           counter=self.counter).worlds
-                ld = hidden_stats(self.model, hid.reshape(-1, hid.shape[-1]), self.pairs, None, ("logit_diff",))["ld"]
-                out[chunk] = ld.reshape(len(worlds), n_b).double().mean(1).cpu()
+                flat = hid.reshape(-1, hid.shape[-1])
+                if metric == "kl":
+                    v = hidden_stats(self.model, flat, self.pairs, self.logp_clean, ("kl",))["kl"]
+                else:
+                    v = hidden_stats(self.model, flat, self.pairs, None, ("logit_diff",))["ld"]
+                out[chunk] = v.reshape(len(worlds), n_b).double().mean(1).cpu()
         return out
 
     def faithfulness(self, ld: Tensor | float) -> Tensor | float:

@@ -4,8 +4,8 @@
   spans; its previous-token and induction heads are identified from attention patterns
   (:func:`.truth.induction_heads`). Committed checkpoint: ``data/toy/induction``.
 * :mod:`.planted` — a GPT-2 with a four-head circuit set by hand (three copy heads and a mover).
-* :mod:`.score` — runs exact patching, AtP, EAP, EAP-IG and head gating and scores each with
-  ROC AUC over heads and edges (Result ``groundtruth.auc``).
+* :mod:`.score` — runs exact patching, AtP, EAP, EAP-IG (inputs, activations), ACDC and head
+  gating and scores each with ROC AUC over heads and edges (Result ``groundtruth.auc``).
 
 Example:
     >>> from interp.groundtruth import planted_truth

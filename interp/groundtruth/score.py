@@ -2,9 +2,17 @@
 
 Every method that exists runs on the toy's clean/corrupted pairs (denoising, metric
 ``logit_diff_norm``): exact activation patching of each head's ``z`` (all positions), AtP
-over heads, EAP and EAP-IG (5 steps) over edges (node scores: each sender's summed out-edges,
-:func:`interp.patching.attribution.node_sums`), and causal head gating (node score: the
-facilitation ``G-``, a head kept even when pushed shut). Each is scored as auto-circuit does:
+over heads, EAP, EAP-IG (5 steps, inputs interpolated) and EAP-IG-activations (5 steps, each
+sender group's output interpolated) over edges (node scores: each sender's summed out-edges,
+:func:`interp.patching.attribution.node_sums`), ACDC (:func:`interp.circuits.acdc`, KL metric)
+and causal head gating (node score: the facilitation ``G-``, a head kept even when pushed shut).
+
+ACDC returns a circuit, not a ranking; as in Conmy et al. its ROC comes from a sweep of
+thresholds: :data:`ACDC_SWEEP` (fractions of the corrupted run's ``KL(clean || corrupted)``),
+one ACDC run each on one shared :class:`~interp.circuits.Evaluator`. An edge scores the largest
+threshold at which it is still in the circuit (0: in none) and a head the largest score of its
+out-edges, so ``roc_auc_score`` traces the ROC through the sweep's points (ties: straight lines
+between them, as the paper draws it). Each is scored as auto-circuit does:
 ``sklearn.metrics.roc_auc_score(is_true, |score|)`` over all heads (node level) and, for the
 edge methods, over all edges of the ``patching.edges`` table (edge level). Head gating's
 facilitation is already a magnitude in ``[0, 1]`` and is used as is.
@@ -24,9 +32,11 @@ import pandas as pd
 
 from interp.groundtruth.truth import Truth
 
-__all__ = ["auc", "node_auc_rows", "score_methods", "METHODS"]
+__all__ = ["auc", "node_auc_rows", "score_methods", "acdc_sweep_scores", "METHODS", "ACDC_SWEEP"]
 
-METHODS = ("exact", "atp", "eap", "eap-ig", "chg")
+METHODS = ("exact", "atp", "eap", "eap-ig", "eap-ig-activations", "acdc", "chg")
+#: ACDC thresholds of the ground-truth sweep, as fractions of KL(clean || corrupted)
+ACDC_SWEEP = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
 
 def auc(is_true: Any, score: Any) -> float:
@@ -75,6 +85,33 @@ def _edge_row(toy: str, method: str, edges: pd.DataFrame, truth: Truth) -> dict[
             "top": [names[i] for i in order[: max(1, sum(labels))]]}
 
 
+def acdc_sweep_scores(model: Any, dataset: Any, sweep: tuple[float, ...] = ACDC_SWEEP,
+                      keep: Callable[[str, Any], None] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """ACDC (KL) at each threshold ``f * KL(clean || corrupted)`` of ``sweep``; edge and head scores (module doc).
+
+    Returns:
+        (edge table ``src, dst, dst_input, effect, first_in_group``: effect = the largest threshold fraction
+        keeping the edge, 0 if none; ``{head: score}``).
+    """
+    from interp.circuits import EdgeEvalConfig, Evaluator, acdc, acdc_circuit
+
+    ev = Evaluator(model, dataset, EdgeEvalConfig(max_rows=1024))
+    score = {e: 0.0 for e in ev.edges}
+    for f in sorted(sweep):
+        res = acdc(model, dataset, threshold=f * ev.kl_corrupted, metric="kl", evaluator=ev)
+        for e in acdc_circuit(res):
+            score[e] = max(score[e], f)
+        if keep is not None:
+            keep(f"acdc@{f:g}", res)
+    heads: dict[str, float] = {}
+    for (src, _, _), v in score.items():
+        heads[src] = max(heads.get(src, 0.0), v)
+    table = pd.DataFrame({"src": [e[0] for e in score], "dst": [e[1] for e in score],
+                          "dst_input": [e[2] for e in score], "effect": list(score.values()),
+                          "first_in_group": True})
+    return table, heads
+
+
 def score_methods(model: Any, dataset: Any, truth: Truth, *, toy: str, methods: tuple[str, ...] = METHODS,
                   chg_config: Any = None, ig_steps: int = 5,
                   keep: Callable[[str, Any], None] | None = None) -> Any:
@@ -88,7 +125,8 @@ def score_methods(model: Any, dataset: Any, truth: Truth, *, toy: str, methods: 
         methods: any of :data:`METHODS`.
         chg_config: :class:`interp.gating.CHGConfig` for head gating (default: 200 steps, 2 masks).
         ig_steps: EAP-IG interpolation steps.
-        keep: optional ``keep(method, result)`` receiving each method's own Result (injected).
+        keep: optional ``keep(method, result)`` receiving each method's own Result (injected; ACDC: one per
+            threshold of the sweep, named ``acdc@<fraction>``).
 
     Returns:
         Result ``groundtruth.auc``: one row per (method, level).
@@ -113,12 +151,16 @@ def score_methods(model: Any, dataset: Any, truth: Truth, *, toy: str, methods: 
             res = attribution_patching(model, dataset, AttributionConfig(components=("z",)))
             t = res.table
             scores = dict(zip(t["node"], t["effect"]))
-        elif method in ("eap", "eap-ig"):
-            res = edge_attribution_patching(model, dataset, AttributionConfig(ig_steps=ig_steps if method == "eap-ig"
-                                                                                else 0))
+        elif method in ("eap", "eap-ig", "eap-ig-activations"):
+            res = edge_attribution_patching(model, dataset, AttributionConfig(
+                ig_steps=0 if method == "eap" else ig_steps,
+                ig_mode="activations" if method == "eap-ig-activations" else "inputs"))
             sums = node_sums(res.table)
             scores = dict(zip(sums["node"], sums["effect"]))
             rows.append(_edge_row(toy, method, res.table, truth))
+        elif method == "acdc":
+            res, scores = acdc_sweep_scores(model, dataset, keep=keep)
+            rows.append(_edge_row(toy, method, res, truth))
         else:
             from interp.gating import CHGConfig, causal_head_gating
 
@@ -126,7 +168,7 @@ def score_methods(model: Any, dataset: Any, truth: Truth, *, toy: str, methods: 
                                                                                      progress=False))
             scores = dict(zip(res.table["node"], res.table["facilitation"]))
         rows.append(node_auc_rows(toy, method, heads, scores, truth))
-        if keep is not None:
+        if keep is not None and method != "acdc":      # ACDC: each run of the sweep was given to keep
             keep(method, res)
     table = pd.DataFrame(rows)
     meta = run_meta(model, dataset=dataset.name, data=list(zip(dataset.clean, dataset.corrupted)), config=None,

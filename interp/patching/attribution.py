@@ -20,7 +20,10 @@ inputs exist per KV head: their edge score is reported on every query head of th
 group (column ``kv_head``). **EAP-IG** (Hanna et al. 2024) averages the gradients over
 ``ig_steps`` points ``alpha = k/m, k = 1..m`` on the straight line from the corrupted
 to the clean input embeddings [U: right Riemann sum, as in the authors' code as we
-read it]. Edge values are estimated *changes* of the metric (normalised metrics divide
+read it]. **EAP-IG-activations** (``ig_mode="activations"``, edges only) instead interpolates
+each sender group's output (the embedding, a layer's heads, an MLP) with the rest of the
+run on the corrupted prompts (:func:`activation_ig_gradients`).
+Edge values are estimated *changes* of the metric (normalised metrics divide
 by ``LD_clean - LD_corr``). The sum of a node's out-edge scores equals its node score
 (the residual stream is a sum), which the tests check.
 
@@ -79,6 +82,9 @@ class AttributionConfig:
         metric: ``logit_diff_norm``, ``logit_diff`` or ``prob`` (KL has zero gradient at clean).
         ig_steps: 0 = plain AtP / EAP; m > 0 = integrated gradients over m interpolation
             steps of the input embeddings (EAP-IG; 5 is typical).
+        ig_mode: ``"inputs"`` (interpolate the input embeddings; EAP-IG-inputs) or ``"activations"``
+            (edges only: interpolate each sender group's output, EAP-IG-activations; see
+            :func:`activation_ig_gradients`).
         batch_size: prompts per pass (bounds memory; passes are counted in ``meta.extra``).
     """
 
@@ -88,6 +94,7 @@ class AttributionConfig:
     metric: str = "logit_diff_norm"
     ig_steps: int = 0
     batch_size: int = 32
+    ig_mode: str = "inputs"
 
     def __post_init__(self) -> None:
         for c in self.components:
@@ -100,10 +107,14 @@ class AttributionConfig:
         check_metrics((self.metric,), _ATTR_METRICS)
         if self.ig_steps < 0 or self.batch_size < 1:
             raise ConfigError(f"ig_steps must be >= 0 and batch_size >= 1, got {self.ig_steps}, {self.batch_size}")
+        if self.ig_mode not in ("inputs", "activations"):
+            raise ConfigError(f"ig_mode must be 'inputs' or 'activations', got {self.ig_mode!r}")
 
     @property
     def method(self) -> str:
-        return "eap-ig" if self.ig_steps else "atp"
+        if not self.ig_steps:
+            return "atp"
+        return "eap-ig" if self.ig_mode == "inputs" else "eap-ig-activations"
 
 
 @contextlib.contextmanager
@@ -123,11 +134,12 @@ def _metric_rows(logits: torch.Tensor, pairs: PairData, metric: str) -> torch.Te
 
 
 def _grad_pass(model: Model, pairs: PairData, idx: torch.Tensor, embeds: torch.Tensor | None, sites: list[Site],
-               metric: str, counter: Counter, rows_tokens: torch.Tensor) -> dict[Site, torch.Tensor]:
+               metric: str, counter: Counter, rows_tokens: torch.Tensor,
+               at: Site = Site("embed")) -> dict[Site, torch.Tensor]:
     """One forward + backward; returns the metric gradient (summed over rows' prompt means) at ``sites``.
 
     ``rows_tokens`` are the input rows (``k * b`` rows for ``b`` prompts); when ``embeds``
-    is given it replaces the embedding output (interpolated inputs).
+    is given it replaces the output of the hook at ``at`` (default the embedding: interpolated inputs).
     """
     sub = PairData(pairs.clean[idx], pairs.corrupted[idx], pairs.last[idx], pairs.answer_ids[idx],
                    pairs.counter_ids[idx], pairs.texts, pairs.corrupted_texts, pairs.dataset)
@@ -141,7 +153,7 @@ def _grad_pass(model: Model, pairs: PairData, idx: torch.Tensor, embeds: torch.T
     hooks: list[tuple[Site, Any]] = []
     if embeds is not None:
         leaf = embeds.detach().clone().requires_grad_(True)  # so layer-0 inputs are in the graph too
-        hooks.append((Site("embed"), lambda a, s: leaf))
+        hooks.append((at, lambda a, s: leaf))
     hooks += [(s, keep) for s in sites]
     with torch.enable_grad():
         hid = last_hidden(model, rows_tokens, sub.last, hooks, grow=False, counter=counter)
@@ -183,6 +195,38 @@ def _gradients(model: Model, pairs: PairData, cfg: AttributionConfig, sites: lis
     return out
 
 
+def activation_ig_gradients(model: Model, pairs: PairData, cfg: AttributionConfig, sites: list[Site],
+                            acts: dict[Site, torch.Tensor], counter: Counter, group: Site) -> dict[Site, torch.Tensor]:
+    """EAP-IG-activations: metric gradients at ``sites`` averaged over ``cfg.ig_steps`` runs of the corrupted
+    prompts in which the sender group ``group`` (``embed``, all heads of a layer via ``z``, or ``mlp_out``) outputs
+    ``a_corr + alpha (a_clean - a_corr)``, ``alpha = k/m, k = 1..m`` (right Riemann sum, as in the authors'
+    ``get_scores_ig_activations``); the m steps of a prompt chunk run as one batch.
+
+    Hanna et al.'s code runs the *clean* prompts with one layer's output interpolated and adds every layer's
+    runs into every edge; here the base run is the corrupted one (denoising, as every method of this module)
+    and a sender's edges take the gradients of its own group's runs only, so that (integrated-gradients
+    completeness) a group's summed out-edge scores tend, as m grows, to the exact effect of patching the
+    group's clean output into the corrupted run. ``group = embed`` is the inputs variant's run exactly.
+    """
+    n_b, m = len(pairs), cfg.ig_steps
+    dev = pairs.clean.device
+    out: dict[Site, torch.Tensor] = {}
+    for idx in _chunks(n_b, cfg.batch_size):
+        idx = idx.to(dev)
+        b = len(idx)
+        a_clean, a_corr = acts[group][:n_b][idx], acts[group][n_b:][idx]
+        alpha = (torch.arange(1, m + 1, device=dev, dtype=a_clean.dtype) / m).repeat_interleave(b)
+        alpha = alpha.reshape(-1, *([1] * (a_clean.dim() - 1)))
+        interp = a_corr.repeat(m, *([1] * (a_clean.dim() - 1))) + alpha * (a_clean - a_corr).repeat(
+            m, *([1] * (a_clean.dim() - 1)))
+        g = _grad_pass(model, pairs, idx, interp, sites, cfg.metric, counter, pairs.corrupted[idx].repeat(m, 1),
+                       at=group)
+        for s, v in g.items():
+            v = v.reshape(m, b, *v.shape[1:]).sum(0) / m
+            out[s] = torch.cat([out[s], v]) if s in out else v
+    return out
+
+
 def _grad_for(grads: dict[str, dict[Site, torch.Tensor]], cfg: AttributionConfig) -> dict[Site, torch.Tensor]:
     if cfg.ig_steps:
         return grads["ig"]
@@ -214,6 +258,9 @@ def attribution_patching(model: Model, data: Any, config: AttributionConfig = At
         Result ``patching.nodes`` (method ``atp`` or ``eap-ig``), columns as
         :func:`activation_patching`; ``meta.extra`` counts forward and backward passes.
     """
+    if config.ig_steps and config.ig_mode != "inputs":
+        raise ConfigError("attribution_patching: ig_mode='activations' is for edges (edge_attribution_patching); "
+                          "node IG interpolates the inputs")
     t0 = time.perf_counter()
     pairs = prepare_pairs(model, data)
     n_b, n_layers = len(pairs), model.cfg.n_layers

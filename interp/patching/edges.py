@@ -57,6 +57,11 @@ def _receivers(cfg: Any) -> list[tuple[Site, int, str, int, int]]:
 def edge_attribution_patching(model: Model, data: Any, config: Any = None, *, exact: Result | None = None) -> Result:
     """EAP (``config.ig_steps == 0``) or EAP-IG edge scores for every sender -> receiver edge.
 
+    EAP-IG interpolates the input embeddings (``config.ig_mode="inputs"``) or, with
+    ``ig_mode="activations"``, each sender group's output in turn (EAP-IG-activations: 1 + 2 x n_layers
+    groups, ``ig_steps`` forward + backward rows each; see
+    :func:`interp.patching.attribution.activation_ig_gradients`).
+
     Args:
         model: a model from :func:`interp.load_model` (its split-qkv mode is switched on
             only during the gradient passes).
@@ -67,12 +72,13 @@ def edge_attribution_patching(model: Model, data: Any, config: Any = None, *, ex
             out-edge scores of each sender is stored in ``meta.extra["agreement"]``.
 
     Returns:
-        Result ``patching.edges``: columns ``method`` (eap|eap-ig), ``direction``, ``metric``,
+        Result ``patching.edges``: columns ``method`` (eap|eap-ig|eap-ig-activations), ``direction``, ``metric``,
         ``src``, ``dst``, ``dst_input`` (q|k|v|mlp|logits), ``src_layer``, ``dst_layer``,
         ``kv_head`` (-1 unless a shared GQA k/v input), ``first_in_group``, ``value``
         (estimated metric change through that edge).
     """
-    from interp.patching.attribution import (AttributionConfig, _gradients, _grad_for, agreement, split_qkv)
+    from interp.patching.attribution import (AttributionConfig, _gradients, _grad_for, activation_ig_gradients,
+                                             agreement, split_qkv)
     from interp.patching.metrics import prepare_pairs
     from interp.arch import require_arch
 
@@ -88,9 +94,6 @@ def edge_attribution_patching(model: Model, data: Any, config: Any = None, *, ex
     base, acts = run_baseline(model, pairs, send_sites, counter, with_logp=False)
     recv = _receivers(cfg)
     recv_sites = list(dict.fromkeys(r[0] for r in recv))
-    with split_qkv(model):
-        grads = _gradients(model, pairs, config, recv_sites, acts, counter)
-    g = _grad_for(grads, config)
     sign = 1.0 if config.direction == "denoising" else -1.0
     div = (base.mean_clean - base.mean_corr) if config.metric == "logit_diff_norm" else 1.0
 
@@ -99,21 +102,47 @@ def edge_attribution_patching(model: Model, data: Any, config: Any = None, *, ex
     for l in range(n_layers):
         src_names += [node_id("head", layer=l, head=h) for h in range(n_heads)] + [node_id("mlp", layer=l)]
     scores = torch.zeros(len(src_names), len(recv), dtype=torch.float64, device=pairs.clean.device)
-    for i0 in range(0, n_b, config.batch_size):
-        sl = slice(i0, min(n_b, i0 + config.batch_size))
+
+    chunks = [slice(i0, min(n_b, i0 + config.batch_size)) for i0 in range(0, n_b, config.batch_size)]
+
+    def sender_deltas(sl: slice) -> torch.Tensor:
         deltas = [sign * (acts[Site("embed")][:n_b][sl] - acts[Site("embed")][n_b:][sl])]
         for l in range(n_layers):
             dz = acts[Site("z", l)][:n_b][sl] - acts[Site("z", l)][n_b:][sl]  # [b, P, H, dh]
             w_o = model.blocks[l].attn.W_O.detach()  # [H, dh, d]
             deltas += list((sign * torch.einsum("bphk,hkd->hbpd", dz, w_o)).unbind(0))
             deltas.append(sign * (acts[Site("mlp_out", l)][:n_b][sl] - acts[Site("mlp_out", l)][n_b:][sl]))
-        d_mat = torch.stack([d.reshape(-1) for d in deltas])  # [n_src, b*P*d]
-        cols = []
-        for site, idx, _, _, _ in recv:
-            gr = g[site][sl]
-            cols.append((gr.select(2, idx) if idx >= 0 else gr).reshape(-1))
-        g_mat = torch.stack(cols, dim=1)  # [b*P*d, n_dst]
-        scores += (d_mat @ g_mat).double()
+        return torch.stack([d.reshape(-1) for d in deltas])  # [n_src, b*P*d]
+
+    d_mats = [sender_deltas(sl) for sl in chunks] if config.ig_mode == "activations" and config.ig_steps else None
+
+    def add_scores(g: dict[Site, torch.Tensor], rows: slice) -> None:
+        """``scores[rows] += deltas[rows] . g`` (rows: the senders whose edges these gradients score)."""
+        for c, sl in enumerate(chunks):
+            d_mat = (d_mats[c] if d_mats is not None else sender_deltas(sl))[rows]
+            cols = []
+            for site, idx, _, _, _ in recv:
+                gr = g[site][sl]
+                cols.append((gr.select(2, idx) if idx >= 0 else gr).reshape(-1))
+            g_mat = torch.stack(cols, dim=1)  # [b*P*d, n_dst]
+            scores[rows] += (d_mat @ g_mat).double()
+
+    if config.ig_steps and config.ig_mode == "activations":
+        # one group of senders at a time: the embedding, each layer's heads, each MLP (their own gradients)
+        groups = [(Site("embed"), slice(0, 1))]
+        for l in range(n_layers):
+            b0 = 1 + l * (n_heads + 1)
+            groups += [(Site("z", l), slice(b0, b0 + n_heads)),
+                       (Site("mlp_out", l), slice(b0 + n_heads, b0 + n_heads + 1))]
+        for group, rows in groups:
+            with split_qkv(model):
+                g = activation_ig_gradients(model, pairs, config, recv_sites, acts, counter, group)
+            add_scores(g, rows)
+            del g
+    else:
+        with split_qkv(model):
+            grads = _gradients(model, pairs, config, recv_sites, acts, counter)
+        add_scores(_grad_for(grads, config), slice(None))
     scores = (scores / div).cpu()
 
     def src_layer(i: int) -> int:

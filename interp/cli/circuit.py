@@ -1,0 +1,64 @@
+"""``interp circuit acdc``: ACDC circuit discovery on a task (:func:`interp.circuits.acdc`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+circuit_app = typer.Typer(help="Circuit discovery on a task: acdc.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(circuit_app, name="circuit")
+
+
+@circuit_app.command("acdc")
+def acdc_cmd(
+    model: str = typer.Argument(..., help="model spec, e.g. smollm2 or toy:llama"),
+    task: str = typer.Option("ioi", "--task", help="a registered task (ioi, ...) or a TaskDataset JSONL file"),
+    out: Path = typer.Option(..., "--out", help="output folder for the Results"),
+    threshold: float = typer.Option(0.02, "--threshold", help="tau: remove an edge if the metric rises by less"),
+    metric: str = typer.Option("kl", "--metric", help="kl, logit_diff or logit_diff_norm"),
+    ablation: str = typer.Option("patching", "--ablation", help="patching or mean"),
+    n: int = typer.Option(16, "--n", help="number of prompt pairs"),
+    seed: int = typer.Option(0, "--seed"),
+    max_rows: int = typer.Option(64, "--max-rows", help="batch rows per forward pass"),
+    max_receivers: Optional[int] = typer.Option(None, "--max-receivers",
+                                                help="stop after this many receivers (a partial run, for timing)"),
+) -> None:
+    """Prune the model's edge graph with ACDC and write the edge Result (patching.edges) and the membership
+    (circuits.acdc).
+
+    \b
+    Examples:
+      interp circuit acdc smollm2 --task ioi --out out/acdc --threshold 0.02
+      interp circuit acdc toy:llama --task ioi --n 4 --out out/acdc_toy
+    """
+    from interp.circuits import ACDC_METRICS, acdc, acdc_membership
+    from interp.circuits.evaluate import ABLATIONS
+    from interp.cli._common import check_choice, check_out_dir, check_positive
+    from interp.cli.patch import _task
+    from interp.datasets.registry import check_task
+    from interp.models import load_model
+
+    check_choice(metric, ACDC_METRICS, "--metric")
+    check_choice(ablation, ABLATIONS, "--ablation")
+    check_positive(n, "--n")
+    check_positive(max_rows, "--max-rows")
+    check_task(task, "--task")
+    check_out_dir(out, "--out")
+    m = load_model(model)
+    ds = _task(m, task, n, seed)
+    r = acdc(m, ds, threshold=threshold, metric=metric, ablation=ablation, max_rows=max_rows,
+             max_receivers=max_receivers, progress=True)
+    out.mkdir(parents=True, exist_ok=True)
+    r.save(out)
+    acdc_membership(m, r).save(out)
+    e = r.meta.extra
+    typer.echo(f"acdc on {ds.name} ({len(ds)} pairs, {metric}, tau {threshold:g}): kept {e['n_edges']} of "
+               f"{e['n_model_edges']} edges ({e['n_nodes']} nodes), faithfulness {e['faithfulness']:.3f}; "
+               f"{e['edges_tested']} edges tested in {e['rounds']} batched rounds, {e['forward_passes']} forward "
+               f"passes, {e['seconds']:.0f} s{'' if e['complete'] else ' (partial run)'}")
+    typer.echo(f"wrote {out}")
