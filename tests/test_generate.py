@@ -14,7 +14,7 @@ import torch
 
 from interp.engine import Intervention, intervening
 from interp.errors import ConfigError, ShapeError, SiteError
-from interp.generate import generate
+from interp.generation import generate
 from interp.hooks import capturing
 from interp.sites import Site
 

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 
 def register(app: typer.Typer) -> None:
     @app.command("cache")
@@ -20,6 +22,8 @@ def register(app: typer.Typer) -> None:
         overwrite: bool = typer.Option(False, "--overwrite", help="replace a different store in --out"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
         allow_nan: bool = typer.Option(False, "--allow-nan", help="store NaN/inf activations instead of refusing them"),
+        device: str = typer.Option("", "--device", help=DEVICE_HELP),
+        model_dtype: str = typer.Option("", "--model-dtype", help=DTYPE_HELP),
     ) -> None:
         """Cache activations at SITES for every prompt in a file, as a resumable on-disk store.
 
@@ -46,9 +50,10 @@ def register(app: typer.Typer) -> None:
             check_sites(sites)
         except SiteError as e:
             raise SiteError(f"--sites: {e}") from e
+        opts = model_options(device, model_dtype, dtype_arg='--model-dtype')   # before any model work
         check_out_dir(out, "--out")
         t0 = time.perf_counter()
-        m = load_model(model)
+        m = load_model(model, **opts)
         store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,
                         progress=progress, overwrite=overwrite, allow_nonfinite=allow_nan)
         n_tok = int(store.lengths.sum())

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 METHODS = ("exact", "path", "atp", "eap", "eap-ig")
 
 
@@ -53,6 +55,8 @@ def register(app: typer.Typer) -> None:
                                                                      "(default: exact 256, path 1024)"),
         seed: int = typer.Option(0, "--seed"),
         figures: str = typer.Option("png", "--figures", help="png, svg, pdf, html or none"),
+        device: str = typer.Option("", "--device", help=DEVICE_HELP),
+        dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
     ) -> None:
         """Patch a task and write Results (patching.nodes / patching.edges) and heatmaps.
 
@@ -89,8 +93,9 @@ def register(app: typer.Typer) -> None:
             if method in ("atp", "eap", "eap-ig") else None
         check_positive(n, "--n")
         check_task(task, "--task")
+        opts = model_options(device, dtype)   # before any model work
         check_out_dir(out, "--out")
-        m = load_model(model)
+        m = load_model(model, **opts)
         ds = _task(m, task, n, seed)
         results = []
         exact = None

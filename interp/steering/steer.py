@@ -229,7 +229,7 @@ def generate(model: Model, prompts: Sequence[str] | str, *, max_new_tokens: int 
     Raises:
         ConfigError: ``max_new_tokens < 1``, or a ``steer`` that did not come from :func:`steer_factory`.
     """
-    from interp.generate import generate as _generate
+    from interp.generation import generate as _generate
 
     if isinstance(prompts, str):
         prompts = [prompts]

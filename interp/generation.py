@@ -28,7 +28,7 @@ so positions are exact); ``batch_size`` caps a group.
 Example:
     >>> from interp import load_model, Site
     >>> from interp.engine import Intervention
-    >>> from interp.generate import generate
+    >>> from interp.generation import generate
     >>> model = load_model("toy:llama")
     >>> out = generate(model, ["ab", "hello"], max_new_tokens=4, capture=[Site("resid_post", 0)])
     >>> out.new_tokens.shape, out.logits.shape                 # [batch, new], [batch, new, d_vocab]
