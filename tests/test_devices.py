@@ -156,3 +156,16 @@ def test_run_config_device_and_dtype(tmp_path, capsys, monkeypatch):
     bad.write_text('model = "toy:llama"\ndtype = "float8"\n')
     with pytest.raises(ConfigError, match="dtype 'float8'"):
         load_config(bad)
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="with a GPU the script runs the whole job")
+def test_gpu_run_script_skips_without_cuda(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_run.sh"
+    r = subprocess.run(["bash", str(script), str(tmp_path / "gpu")], capture_output=True, text=True,
+                       env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}, timeout=120)
+    assert r.returncode == 0 and "skipped: no CUDA device" in r.stdout
+    assert not (tmp_path / "gpu").exists()
