@@ -51,6 +51,19 @@ def test_cache_equals_recompute_and_oracle(fixture, request):
     assert not torch.equal(generate(model, PROMPTS, max_new_tokens=5).logits, cached.logits)
 
 
+@pytest.mark.parametrize("spec", ["toy:gemma2", "toy:neox"])
+def test_cache_equals_recompute_other_families(spec):
+    """Sliding-window attention (Gemma-2 toy: window 4, exceeded by 5 + 7 positions) and parallel blocks (NeoX)."""
+    from interp.models import load_model
+
+    model = load_model(spec)
+    iv = [Intervention("add", Site("resid_post", 0), torch.randn(64, generator=torch.Generator().manual_seed(0)))]
+    a = generate(model, ["hello"], max_new_tokens=8, interventions=iv)
+    b = generate(model, ["hello"], max_new_tokens=8, interventions=iv, use_cache=False)
+    assert torch.equal(a.new_tokens, b.new_tokens)
+    assert (a.logits - b.logits).abs().max() < 1e-4
+
+
 def test_at_steps_and_positions_cache_equals_recompute(toy_llama):
     v = torch.randn(64, generator=torch.Generator().manual_seed(2)) * 3
     ivs = [Intervention("add", Site("resid_post", 0), v, positions=slice(-1, None)),
