@@ -98,6 +98,18 @@ def test_restore_patching_during_generation(toy_llama):
     ref = generate(toy_llama, clean, max_new_tokens=5)
     assert torch.equal(patched.new_tokens, ref.new_tokens)
     assert (patched.logits - ref.logits).abs().max() < 1e-4
+    # one head restored from a recorded [batch, pos, head, d_head] z: step 0 equals the engine's own restore on
+    # the prompt; the cache equals recomputation afterwards (the value has no generated positions)
+    z = Site("z", 1, head=2)
+    with capturing(toy_llama, [z.layer_site]) as acts, torch.inference_mode():
+        toy_llama(clean)
+    iv = Intervention("restore", z, acts[z.layer_site])
+    g = generate(toy_llama, corrupt, max_new_tokens=4, interventions=[iv])
+    with torch.inference_mode(), intervening(toy_llama, [iv]):
+        want = toy_llama(corrupt)[0, -1]
+    assert (g.logits[0, 0] - want).abs().max() < 1e-5
+    assert torch.equal(g.new_tokens, generate(toy_llama, corrupt, max_new_tokens=4, interventions=[iv],
+                                              use_cache=False).new_tokens)
 
 
 def test_captures_equal_one_forward_of_the_final_sequence(toy_llama):
