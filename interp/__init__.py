@@ -41,6 +41,7 @@ _EXPORTS = {
     "ioi_dataset": "interp.datasets", "facts_dataset": "interp.datasets", "known_facts": "interp.datasets",
     "colored_objects_dataset": "interp.datasets", "build_task": "interp.datasets.registry",
     "Model": "interp.types", "Schema": "interp.schemas",
+    "generate": "interp.generation", "Generation": "interp.generation",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -347,8 +347,8 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
 
     Args:
         spec: ``"smollm2"``, a local Hugging Face folder, a hub name, or ``"toy:..."``.
-        device: torch device string; ``None`` picks CUDA when available, else CPU.
-        dtype: parameter dtype; ``None`` = float32.
+        device: torch device string; ``None`` picks CUDA when available, else CPU (:mod:`interp.devices`).
+        dtype: parameter dtype (float32, bfloat16, float16, or the torch dtype); ``None`` = float32.
         processing: fold norms and centre weights (TransformerLens compatibility mode).
         prepend_bos: default BOS handling of :func:`tokenize` for this model; ``None``
             follows the model's own tokenizer.
@@ -358,14 +358,18 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         ``revision`` is the model's identity (content hash, processing, dtype, BOS policy).
 
     Raises:
+        ConfigError: a device that does not exist here, or a dtype that is unsupported (or fails) on it.
         ModelNotFoundError: unknown spec (nearest names and offline options listed),
             missing bundled package, or a hub name while the hub is unreachable.
     """
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
-    dtype = dtype or torch.float32
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    from interp.devices import check_dtype, resolve_device, resolve_dtype
+
+    dtype = resolve_dtype(dtype)                   # ConfigError naming float32, bfloat16, float16
+    device = str(resolve_device(device))           # ConfigError naming the devices present here
+    check_dtype(dtype, device)                     # the dtype's basic ops run on that device
     folder, name = _resolve(spec)
     if folder is None:
         if not _hub_reachable():

@@ -165,7 +165,7 @@ class _Job:
 def _stage_load(job: _Job) -> str:
     from interp.models import load_model
 
-    job.model = load_model(job.cfg.model)
+    job.model = load_model(job.cfg.model, device=job.cfg.device or None, dtype=job.cfg.dtype)
     notes = []
     for task in job.cfg.tasks:
         job.data[task] = build_task(task, model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)

@@ -152,6 +152,8 @@ class PipelineConfig:
     tasks: tuple[str, ...] = ("ioi",)
     out: str = "out/ioi_circuit"
     seed: int = 0
+    device: str = ""            # "" = CUDA when present, else CPU; cpu, cuda, cuda:N, mps (interp.devices)
+    dtype: str = "float32"      # model dtype: float32, bfloat16, float16
     cache: CacheStage = field(default_factory=CacheStage)
     patching: PatchingStage = field(default_factory=PatchingStage)
     gating: GatingStage = field(default_factory=GatingStage)
@@ -161,6 +163,9 @@ class PipelineConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)   # [engine] kind = "ray", workers, address
 
     def __post_init__(self) -> None:
+        from interp.devices import resolve_dtype
+
+        resolve_dtype(self.dtype, arg="dtype")      # the device is checked where the job starts (it may differ here)
         if not self.tasks:
             raise ConfigError("tasks is empty; e.g. tasks = [\"ioi\"]")
         for t in self.tasks:

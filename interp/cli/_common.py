@@ -22,7 +22,8 @@ from pathlib import Path
 
 from interp.errors import ConfigError, InterpError, StoreError, nearest
 
-__all__ = ["run", "error_line", "check_out_dir", "check_choice", "check_positive", "check_formats", "FIGURE_FORMATS"]
+__all__ = ["run", "error_line", "check_out_dir", "check_choice", "check_positive", "check_formats", "FIGURE_FORMATS",
+           "DEVICE_HELP", "DTYPE_HELP", "model_options"]
 
 #: OSErrors that are the environment's answer, not a bug: reported in one line, exit 2.
 EXPECTED_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -177,3 +178,25 @@ def check_formats(text: str | Iterable[str], arg_name: str, allowed: Iterable[st
     for f in items:
         check_choice(f, names if len(items) == 1 else list(allowed), arg_name)
     return tuple(items)
+
+
+# --------------------------------------------------------------------------- devices and precision
+
+DEVICE_HELP = "torch device: cpu, cuda, cuda:N, mps (default: CUDA when present, else CPU)"
+DTYPE_HELP = "model dtype: float32 (default), bfloat16, float16"
+
+
+def model_options(device: str | None, dtype: str | None, *, device_arg: str = "--device",
+                  dtype_arg: str = "--dtype") -> dict[str, object]:
+    """Check ``--device`` / ``--dtype`` before any model work; returns ``load_model`` keyword arguments.
+
+    Raises:
+        ConfigError: a device absent here (the devices present named), an unknown dtype (the supported
+            ones named), or a dtype whose basic operations fail on that device.
+    """
+    from interp.devices import check_dtype, resolve_device, resolve_dtype
+
+    dev = resolve_device(device or None, arg=device_arg)
+    dt = resolve_dtype(dtype or None, arg=dtype_arg)
+    check_dtype(dt, dev, arg=dtype_arg)
+    return {"device": str(dev), "dtype": dt}

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 
 def register(app: typer.Typer) -> None:
     @app.command("cache")
@@ -25,6 +27,8 @@ def register(app: typer.Typer) -> None:
                                     "(0: one per CPU)"),
         address: str = typer.Option("", "--address", help="--engine ray: a cluster (HOST:PORT, ray://HOST:PORT, "
                                     "auto); empty: a local Ray instance"),
+        device: str = typer.Option("", "--device", help=DEVICE_HELP),
+        model_dtype: str = typer.Option("", "--model-dtype", help=DTYPE_HELP),
     ) -> None:
         """Cache activations at SITES for every prompt in a file, as a resumable on-disk store.
 
@@ -55,6 +59,7 @@ def register(app: typer.Typer) -> None:
             raise SiteError(f"--sites: {e}") from e
         from interp.distributed.config import engine_from_cli
 
+        opts = model_options(device, model_dtype, dtype_arg='--model-dtype')   # before any model work
         eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         t0 = time.perf_counter()
@@ -62,12 +67,12 @@ def register(app: typer.Typer) -> None:
             from interp.distributed import RayEngine, collect_ray
 
             with RayEngine(eng) as ray_engine:   # connects (or refuses the address) before the model loads
-                m = load_model(model)
+                m = load_model(model, **opts)
                 store = collect_ray(m, texts, sites, engine=ray_engine, batch_size=batch_size, out=out,
                                     max_memory=budget, dtype=store_dtype, progress=progress, overwrite=overwrite,
                                     allow_nonfinite=allow_nan)
         else:
-            m = load_model(model)
+            m = load_model(model, **opts)
             store = collect(m, texts, sites, batch_size=batch_size, out=out, max_memory=budget, dtype=store_dtype,
                             progress=progress, overwrite=overwrite, allow_nonfinite=allow_nan)
         n_tok = int(store.lengths.sum())

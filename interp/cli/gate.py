@@ -17,6 +17,8 @@ from pathlib import Path
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 from interp.gating.chg import CHGConfig
 from interp.gating.validate import ValidationConfig
 
@@ -47,6 +49,8 @@ def register(app: typer.Typer) -> None:
         n_random: int = typer.Option(_V.n_random, "--n-random", help="random head sets per comparison"),
         patch_prompts: int = typer.Option(16, "--patch-prompts", help="prompts for exact head patching (0 = all)"),
         figures: str = typer.Option("png", "--figures", help="figure format: png, svg, pdf, html or none"),
+        device: str = typer.Option("", "--device", help=DEVICE_HELP),
+        dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
     ) -> None:
         """Fit CHG gates until the roles are stable, label heads facilitating / interfering / irrelevant,
         validate (verdict and disagreements with exact patching), plot.
@@ -68,6 +72,7 @@ def register(app: typer.Typer) -> None:
         vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
         check_positive(n, "--n")
         check_task(task, "--task")
+        opts = model_options(device, dtype)   # before any model work
         check_out_dir(out, "--out")
         with contextlib.ExitStack() as stack:
             if not (ctx.parent is not None and ctx.parent.params.get("threads")):
@@ -75,7 +80,7 @@ def register(app: typer.Typer) -> None:
 
                 stack.callback(torch.set_num_threads, torch.get_num_threads())   # restored for in-process callers
                 torch.set_num_threads(1)
-            m = load_model(model)
+            m = load_model(model, **opts)
             ds = build_task(task, model=m, n=n, seed=seed)
             if validate and ds.corrupted:
                 ds.check_pairs(m)        # equal lengths, not identical: before the fit, not after it

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 METHODS = ("exact", "path", "atp", "eap", "eap-ig")
 
 
@@ -58,6 +60,8 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(0, "--workers", help="--engine ray: workers (0: one per CPU)"),
         address: str = typer.Option("", "--address", help="--engine ray: HOST:PORT, ray://HOST:PORT or auto; "
                                     "empty: a local Ray instance"),
+        device: str = typer.Option("", "--device", help=DEVICE_HELP),
+        dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
     ) -> None:
         """Patch a task and write Results (patching.nodes / patching.edges) and heatmaps.
 
@@ -98,6 +102,7 @@ def register(app: typer.Typer) -> None:
 
         from interp.distributed.config import engine_from_cli
 
+        opts = model_options(device, dtype)   # before any model work
         eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         stack = ExitStack()
@@ -108,7 +113,7 @@ def register(app: typer.Typer) -> None:
             ray_engine = stack.enter_context(RayEngine(eng))   # refuses a bad address before the model loads
             sweep = lambda m_, ds_, c_: activation_patching_ray(m_, ds_, c_, engine=ray_engine)  # noqa: E731
         with stack:
-            m = load_model(model)
+            m = load_model(model, **opts)
             ds = _task(m, task, n, seed)
             results = []
             exact = None

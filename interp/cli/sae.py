@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 sae_app = typer.Typer(help="Sparse autoencoders: train (SAE-Lens), evaluate, dashboards.", no_args_is_help=True,
                       add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
 
@@ -73,6 +75,8 @@ def train(
     fwd_batch: int = typer.Option(8, "--fwd-batch", help="rows per model forward pass"),
     seed: int = typer.Option(0, "--seed"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing SAE/results in --out"),
+    device: str = typer.Option("", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Train an SAE at SITE on the offline docstring corpus; save it in SAE-Lens's format.
 
@@ -92,8 +96,9 @@ def train(
 
     cfg = SAETrainConfig(architecture=architecture, k=k, l1_coefficient=l1, l0_coefficient=l0, expansion=expansion,
                          batch_size=batch_size, training_tokens=tokens, lr=lr, seed=seed)
+    opts = model_options(device, dtype)   # before any model work
     _check_out(out, overwrite, ("sae",))
-    m = load_model(model)
+    m = load_model(model, **opts)
     s = check_sae_site(m, site, site_width(m, site))
     split = _corpus(m, context_size, sources, max_chars)
     per_row = context_size - 1
@@ -153,6 +158,8 @@ def evaluate(
     context_size: int = typer.Option(128, "--context-size"),
     sources: str = typer.Option("stdlib,numpy,pandas", "--sources"),
     batch_size: int = typer.Option(8, "--batch-size", min=1),
+    device: str = typer.Option("", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """Held-out L0, explained variance, MSE, CE loss recovered, KL, dead/dense features (Result sae.eval).
 
@@ -164,8 +171,9 @@ def evaluate(
     from interp.sae.io import load_sae
 
     model_sae = load_sae(sae)
+    opts = model_options(device, dtype)   # before any model work
     check_out_dir(out, "--out")
-    m = load_model(model)
+    m = load_model(model, **opts)
     s = _site_of(model_sae, site)
     split = _corpus(m, context_size, sources, None)
     res = evaluate_sae(m, model_sae, s, split.held_out, SAEEvalConfig(max_rows=rows, batch_size=batch_size))
@@ -184,6 +192,8 @@ def dashboard(
     dfa_features: int = typer.Option(32, "--dfa-features", min=0, help="z SAEs: features attributed to heads"),
     context_size: int = typer.Option(128, "--context-size"),
     sources: str = typer.Option("stdlib,numpy,pandas", "--sources"),
+    device: str = typer.Option("", "--device", help=DEVICE_HELP),
+    dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
 ) -> None:
     """A self-contained HTML page per SAE (no CDN) + Results sae.features/examples/histogram/logits (+ sae.dfa).
 
@@ -197,8 +207,9 @@ def dashboard(
     from interp.sae.io import load_sae
 
     model_sae = load_sae(sae)
+    opts = model_options(device, dtype)   # before any model work
     check_out_dir(out, "--out")
-    m = load_model(model)
+    m = load_model(model, **opts)
     s = _site_of(model_sae, site)
     split = _corpus(m, context_size, sources, None)
     held = split.held_out[:rows]

@@ -7,6 +7,8 @@ from typing import Any, Optional
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 
 def default_prompt_files() -> dict[str, Path]:
     """The project's prompt sets (``data/prompts``) when running from a checkout: domains and controls."""
@@ -101,7 +103,9 @@ def register(app: typer.Typer) -> None:
               interventions: bool = typer.Option(True, "--interventions/--no-interventions",
                                                  help="run ACT and massive zero/mean (extra passes)"),
               formats: str = typer.Option("pdf,svg", "--formats", help="figure formats, comma-separated"),
-              progress: bool = typer.Option(True, "--progress/--quiet")) -> None:
+              progress: bool = typer.Option(True, "--progress/--quiet"),
+              device: str = typer.Option("", "--device", help=DEVICE_HELP),
+              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP)) -> None:
         """Attention sinks, massive activations, secondary sinks, dormant heads and interventions.
 
         Example: interp sinks smollm2 --out out/sinks
@@ -131,8 +135,9 @@ def register(app: typer.Typer) -> None:
         fmts = check_formats(formats, "--formats", none_ok=False)
         cfg = AnalysisConfig(sinks=SinkConfig(eps=eps, max_len=max_len), max_len=max_len, batch_size=batch_size,
                              run_interventions=interventions)
+        opts = model_options(device, dtype)   # before any model work
         check_out_dir(out, "--out")
-        m = load_model(model)
+        m = load_model(model, **opts)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = analyze(m, domains, cfg, progress=progress)

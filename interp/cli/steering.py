@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 
 def _ints(text: str | None, n_layers: int) -> list[int]:
     from interp.errors import ConfigError
@@ -68,7 +70,9 @@ def register(app: typer.Typer) -> None:
             fit_pairs: Optional[int] = typer.Option(None, help="fv: pairs used for fitting (default: half); the "
                                                               "rest are held out for the zero-shot accuracy"),
             alpha: float = typer.Option(1.0, help="fv: scale of the function vector in the accuracy sweep"),
-            out: Path = typer.Option(..., help="output folder")) -> None:
+            out: Path = typer.Option(..., help="output folder"),
+            device: str = typer.Option("", "--device", help=DEVICE_HELP),
+            dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP)) -> None:
         """Fit an axis per layer; save the best at OUT/axis and every layer's at OUT/axes/L<l>.
 
         Example: interp axes fit smollm2 --concept sentiment --method probe --out out/axes
@@ -94,8 +98,9 @@ def register(app: typer.Typer) -> None:
             from interp.datasets.contrast import load_contrast
 
             cs = load_contrast(concept)
+        opts = model_options(device, dtype)   # before any model work
         check_out_dir(out, "--out")
-        m = load_model(model)
+        m = load_model(model, **opts)
         out.mkdir(parents=True, exist_ok=True)
         if method == "fv":
             from interp.steering.fv import FVConfig, fit_function_vector, fv_layer_sweep
@@ -151,7 +156,9 @@ def register(app: typer.Typer) -> None:
               targets: Optional[str] = typer.Option(None, help="comma-separated single-token targets, e.g. ' great, good'"),
               negatives: Optional[str] = typer.Option(None, help="comma-separated contrast tokens"),
               gen_tokens: int = typer.Option(6, help="greedy tokens for qualitative examples (0: none)"),
-              out: Path = typer.Option(..., help="output folder")) -> None:
+              out: Path = typer.Option(..., help="output folder"),
+              device: str = typer.Option("", "--device", help=DEVICE_HELP),
+              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP)) -> None:
         """Sweep alpha for a saved axis: target effect, perplexity on neutral text, steered examples.
 
         Example: interp steer smollm2 --axis out/axes/axis --alphas -4,-2,0,2,4 --out out/steer
@@ -178,8 +185,9 @@ def register(app: typer.Typer) -> None:
                     raise ConfigError("give --prompts and --targets (defaults exist only for the sentiment concept)")
                 ps, tg = load_prompts(prompts), [t for t in targets.split(",") if t]
                 ng = [t for t in negatives.split(",") if t] if negatives else []
+        opts = model_options(device, dtype)   # before any model work
         check_out_dir(out, "--out")
-        m = load_model(model)
+        m = load_model(model, **opts)
         out.mkdir(parents=True, exist_ok=True)
         meta = run_meta(m, dataset=ax.name, seed=None, axis=str(axis), positions=str(pos))
         if ax.method == "fv":

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+
 
 def _round_robin(ds, n: int | None):
     """At most ``n`` facts taken in turn from each relation (so all relations are represented)."""
@@ -67,7 +69,9 @@ def register(app: typer.Typer) -> None:
               batch_size: int = typer.Option(128, "--batch-size", help="rows per forward pass"),
               seed: int = typer.Option(0, "--seed"),
               uniform: bool = typer.Option(False, "--uniform", help="uniform noise instead of Gaussian"),
-              replace: bool = typer.Option(False, "--replace", help="replace subject embeddings by noise")) -> None:
+              replace: bool = typer.Option(False, "--replace", help="replace subject embeddings by noise"),
+              device: str = typer.Option("", "--device", help=DEVICE_HELP),
+              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP)) -> None:
         """ROME causal tracing: Results, [tokens x layers] figures (PDF/SVG) and summary.md in --out.
 
         Example: interp trace smollm2 --out out/trace --n-facts 16 --samples 2 --tokens key --layer-stride 3
@@ -87,8 +91,9 @@ def register(app: typer.Typer) -> None:
         cfg = TracingConfig(n_samples=samples, noise=noise, window=window, tokens=tokens,
                             layer_stride=layer_stride, batch_size=batch_size, seed=seed, uniform=uniform,
                             replace=replace)
+        opts = model_options(device, dtype)   # before any model work
         check_out_dir(out, "--out")
-        m = load_model(model)
+        m = load_model(model, **opts)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = facts_dataset(m, facts)

@@ -4,7 +4,7 @@
   position on). Refuses NaN/inf alphas, a site other than the axis's own, and vectors of
   the wrong width.
 * :func:`next_token_probs`, :func:`target_prob`, :func:`accuracy`, :func:`perplexity`,
-  :func:`probe_score`, :func:`generate` — evaluations that take an optional ``steer``
+  :func:`probe_score`, :func:`generate` (KV cache, via :func:`interp.generate`) — evaluations that take an optional ``steer``
   factory ``fn(TokenBatch) -> context manager`` (so "last position" steering knows
   each prompt's length).
 * :func:`sweep` — alpha x layer grid; Result ``steering.sweep`` with the target effect and
@@ -105,12 +105,33 @@ def steered(model: Model, axis: Axis, alpha: float, *, positions: Positions = "a
         yield
 
 
+class _Steer:
+    """What :func:`steer_factory` returns: ``fn(TokenBatch) -> steered(...)``, plus the same steering as
+    one engine intervention for generation (:meth:`intervention`)."""
+
+    def __init__(self, model: Model, axis: Axis, alpha: float, positions: Positions) -> None:
+        self.model, self.axis, self.alpha, self.positions = model, axis, _check_alpha(alpha), positions
+
+    def __call__(self, tb: Any) -> ContextManager[Any]:
+        return steered(self.model, self.axis, self.alpha, positions=self.positions, lengths=tb.lengths)
+
+    def intervention(self) -> Any:
+        """The ``add`` intervention in :func:`interp.generate` positions: ``"all"`` = every position, ``"last"`` =
+        the prompt's last token and every generated one (each position that predicts a token), ``p`` = ``p`` on."""
+        from interp.engine import Intervention
+
+        with steered(self.model, self.axis, self.alpha, positions=self.positions):   # the same checks
+            pass
+        where = {"all": None, "last": slice(-1, None)}.get(self.positions, None) if isinstance(self.positions, str) \
+            else slice(self.positions, None)
+        return Intervention("add", self.axis.site, self.alpha * self.axis.vector, positions=where)
+
+
 def steer_factory(model: Model, axis: Axis | None, alpha: float, *, positions: Positions = "all") -> SteerFactory | None:
     """``fn(TokenBatch) -> steered(...)`` for the evaluation functions (None when no axis)."""
     if axis is None:
         return None
-    _check_alpha(alpha)
-    return lambda tb: steered(model, axis, alpha, positions=positions, lengths=tb.lengths)
+    return _Steer(model, axis, alpha, positions)
 
 
 def _ctx(steer: SteerFactory | None, tb: Any) -> ContextManager[Any]:
@@ -202,30 +223,23 @@ def probe_score(model: Model, probe: Axis, texts: Sequence[str], *, batch_size: 
 
 def generate(model: Model, prompts: Sequence[str] | str, *, max_new_tokens: int = 8,
              steer: SteerFactory | None = None) -> list[str]:
-    """Greedy continuations (no KV cache: short generations only), batched with right padding.
+    """Greedy continuations under a :func:`steer_factory` steering, with the KV cache (:func:`interp.generate`).
 
-    Returns the generated text only (without the prompt).
+    Each position is steered when it is run and its cached keys/values keep the steering: ``"last"``
+    steers the prompt's last token and every generated token. Returns the generated text only.
+
+    Raises:
+        ConfigError: ``max_new_tokens < 1``, or a ``steer`` that did not come from :func:`steer_factory`.
     """
-    from interp.models import TokenBatch, tokenize
+    from interp.generation import generate as _generate
 
     if isinstance(prompts, str):
         prompts = [prompts]
-    if max_new_tokens < 1:
-        raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    tb = tokenize(model, list(prompts))
-    tokens, lengths = tb.tokens, tb.lengths.clone()
-    start = lengths.clone()
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    with torch.inference_mode():
-        for _ in range(max_new_tokens):
-            tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], pad_id)], dim=1)
-            cur = TokenBatch(tokens=tokens, lengths=lengths, texts=tb.texts)
-            with _ctx(steer, cur):
-                logits = model(tokens)
-            nxt = logits[torch.arange(len(tokens), device=logits.device), lengths - 1].argmax(-1)
-            tokens[torch.arange(len(tokens), device=tokens.device), lengths] = nxt
-            lengths = lengths + 1
-    return [model.tokenizer.decode(tokens[i, int(start[i]):int(lengths[i])].tolist()) for i in range(len(tokens))]
+    if steer is not None and not isinstance(steer, _Steer):
+        raise ConfigError("generate: steer must come from steer_factory (generation applies it as an engine "
+                          "intervention with the KV cache); for other interventions call interp.generate")
+    ivs = [steer.intervention()] if steer is not None else []
+    return _generate(model, list(prompts), interventions=ivs, max_new_tokens=max_new_tokens).texts
 
 
 def sweep(model: Model, axes: Sequence[Axis], alphas: Sequence[float], prompts: Sequence[str],
