@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Float
+from torch import Tensor
 
 from interp.errors import ConfigError
 from interp.nodes import site_node
@@ -196,7 +198,8 @@ def _gradients(model: Model, pairs: PairData, cfg: AttributionConfig, sites: lis
 
 
 def activation_ig_gradients(model: Model, pairs: PairData, cfg: AttributionConfig, sites: list[Site],
-                            acts: dict[Site, torch.Tensor], counter: Counter, group: Site) -> dict[Site, torch.Tensor]:
+                            acts: dict[Site, Float[Tensor, "rows pos ..."]], counter: Counter,
+                            group: Site) -> dict[Site, Float[Tensor, "rows pos ..."]]:
     """EAP-IG-activations: metric gradients at ``sites`` averaged over ``cfg.ig_steps`` runs of the corrupted
     prompts in which the sender group ``group`` (``embed``, all heads of a layer via ``z``, or ``mlp_out``) outputs
     ``a_corr + alpha (a_clean - a_corr)``, ``alpha = k/m, k = 1..m`` (right Riemann sum, as in the authors'
