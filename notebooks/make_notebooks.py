@@ -172,6 +172,59 @@ prompt = "I watched the movie last night and it was"
 g = CircuitGraph(name="steering").add_result(axes_result(axes + probes))
 {layer: info["flags"] for layer, info in g.layers.items()}"""),
     ],
+    "vlm_analyses": [
+        ("md", "# Vision-language models: visual sinks, FCCT, NOTICE, VHD\n\nRuns on the random toy VLM `toy:llava` "
+               "(a 4x4 grid of image tokens) in seconds; pass the trained VLM's folder (`data/toy/vlm`) or any "
+               "LLaVA-style model to `load_model` instead. On a random toy the numbers are mechanics, not findings."),
+        ("code", """import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np, torch
+torch.set_num_threads(2)
+from interp import load_model, tokenize
+model = load_model("toy:llava")
+def square(channel):                       # a coloured square at pixels (8..16, 8..16): grid cell (1, 1)
+    a = np.zeros((32, 32, 3), dtype=np.uint8); a[8:16, 8:16, channel] = 255
+    return a
+red, blue = square(0), square(2)
+prompts = ["<image> Is there a red square? Y or N", "<image> Is there a blue square? Y or N"]
+batch = tokenize(model, prompts, images=[red, blue])
+answers = ["Y", "Y"]
+batch.image_mask.sum(1).tolist()"""),
+        ("md", "## Visual attention sinks and VAR\nSink tokens have a massive normalised hidden state (tau = 20); a "
+               "64-dim toy cannot reach 20, so this demo lowers tau. VAR redistributes attention in image-centric heads."),
+        ("code", """from interp.vlm.sinks import VarConfig, visual_sinks, image_centric_heads, var_effect
+cfg = VarConfig(tau=3.0, layers=(0, 1))
+sinks = visual_sinks(model, batch, cfg)
+var = var_effect(model, batch, answers, cfg)
+sinks.table.head(), var.table[["prompt", "p_base", "p_var", "argmax_changed"]]"""),
+        ("md", "## FCCT: cross-modal causal tracing\nNoise on the image tokens' embeddings; restore one component at "
+               "one layer for one token group; recovery = (P_patched - P_corrupt) / (P_clean - P_corrupt)."),
+        ("code", """from interp.vlm.fcct import fcct, patch_groups, object_ratio, iri
+grid = fcct(model, batch, answers, box=(8, 8, 16, 16))
+grid.figure()"""),
+        ("code", """from interp.vlm.plots import recovery_map, attention_map
+patches = fcct(model, batch, answers, groups=patch_groups(batch), name="patches")
+ratio = object_ratio(model, batch, answers, (8, 8, 16, 16), layer=0)
+print(f"object {ratio['object']:.3f} vs others {np.mean(ratio['others']):.3f}")
+recovery_map(patches)"""),
+        ("code", """attention_map(model, batch, layer=1, head=0)        # the last token's attention over the image"""),
+        ("code", """iri(model, batch, answers, grid).table"""),
+        ("md", "## NOTICE: a semantic minimal pair\nThe same prompts with the other image; head patching with the "
+               "normalised logit difference (Y vs N)."),
+        ("code", """from interp.vlm.notice import notice_patching
+swapped = tokenize(model, prompts, images=[blue, red])
+heads = notice_patching(model, batch, swapped, ["Y", "Y"], ["N", "N"])
+heads.table[heads.table.metric == "logit_diff_norm"].sort_values("effect", ascending=False).head()[["node", "effect"]]"""),
+        ("md", "## VHD and VHR\nEach head's last-token output with and without the image; VHR scales the selected heads."),
+        ("code", """from interp.vlm.vhd import vhd, vhr
+scores = vhd(model, batch, answers=answers)
+print("T-VHD", round(scores.meta.extra["t_vhd"], 4), "Spearman with ablation", round(scores.meta.extra["spearman"], 3))
+vhr(model, batch, answers, scores).table"""),
+        ("md", "## Visual token groups in the circuit graph"),
+        ("code", """from interp.graph import CircuitGraph
+g = CircuitGraph(name="vlm").add_result(grid).add_result(scores)
+g.nodes_of("visual"), g.edges[:4]"""),
+    ],
 }
 
 

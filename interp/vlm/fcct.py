@@ -50,7 +50,8 @@ if TYPE_CHECKING:
     from interp.types import Model
     from interp.vlm.inputs import VisionBatch
 
-__all__ = ["FcctConfig", "COMPONENTS", "answer_ids", "image_noise", "fcct", "iri", "LAMBDA"]
+__all__ = ["FcctConfig", "COMPONENTS", "answer_ids", "image_noise", "fcct", "iri", "LAMBDA", "patch_groups",
+           "object_ratio"]
 
 #: FCCT component -> the site restored.
 COMPONENTS = {"attn_out": "attn_out", "mlp_out": "mlp_out", "resid": "resid_post"}
@@ -144,7 +145,7 @@ def _groups(model: Model, batch: VisionBatch, groups: Any, box: Any) -> dict[str
 
 
 def fcct(model: Model, batch: VisionBatch, answers: Sequence[Any], *, groups: Any = None, box: Any = None,
-         config: FcctConfig = FcctConfig()) -> Result:
+         config: FcctConfig = FcctConfig(), name: str = "") -> Result:
     """FCCT's recovery grid over layers x components x token groups (see the module doc).
 
     Args:
@@ -153,6 +154,7 @@ def fcct(model: Model, batch: VisionBatch, answers: Sequence[Any], *, groups: An
         answers: per prompt the answer whose probability is traced (``"Yes"``), a string or id.
         groups: token group names (:data:`interp.vlm.groups.GROUPS`) or ``{name: [batch, pos] mask}``.
         box: the object's box for ``object`` / ``early`` / ``late`` (see :func:`~interp.vlm.groups.token_group`).
+        name: the Result's name (to tell several ``vlm.fcct`` Results apart).
 
     Returns:
         Result ``vlm.fcct``: one row per (layer, component, group) with ``p_patched``, ``recovery``.
@@ -188,7 +190,61 @@ def fcct(model: Model, batch: VisionBatch, answers: Sequence[Any], *, groups: An
                      "recovery": float(normalized(p, clean=p_clean, corrupted=p_corr))})
     meta = run_meta(model, data=batch.tokens, config=config, images=batch.images_digest, p_clean=p_clean,
                     p_corrupt=p_corr, groups=list(masks), box=None if box is None else list(box))
-    return Result("vlm.fcct", pd.DataFrame(rows), meta)
+    return Result("vlm.fcct", pd.DataFrame(rows), meta, name=name)
+
+
+def patch_groups(batch: VisionBatch, image: int = 0) -> dict[str, Tensor]:
+    """One group per image token of image ``image`` of every prompt: ``{"patch:k": [batch, pos] mask}``.
+
+    ``k`` indexes the image's tokens in raster order (the grid of :func:`interp.vlm.groups.patch_grid`);
+    every prompt must hold the same number of image tokens per image.
+    """
+    img = batch.image_mask
+    counts = [int(img[b].sum()) // max(n, 1) for b, n in enumerate(batch.images_per_prompt) if n]
+    if not counts or len(set(counts)) != 1:
+        raise DataError("patch groups need the same number of image tokens per image in every prompt")
+    per = counts[0]
+    out = {}
+    for k in range(per):
+        m = torch.zeros_like(img)
+        for b, n in enumerate(batch.images_per_prompt):
+            if n > image:
+                m[b, img[b].nonzero().flatten()[image * per + k]] = True
+        out[f"patch:{k}"] = m
+    return out
+
+
+def object_ratio(model: Model, batch: VisionBatch, answers: Sequence[Any], box: Any, *, layer: int = 0,
+                 component: str = "resid", n_random: int = 8, seed: int = 0,
+                 config: FcctConfig = FcctConfig()) -> dict[str, Any]:
+    """FCCT's object check: recovery from restoring the object's image tokens vs other image tokens of the same count.
+
+    Returns ``{"object": RR, "others": [RR of each random set], "ratio": RR / mean(others), "result": Result}``;
+    the random sets are drawn (seeded) from the non-object image tokens of each prompt.
+    """
+    from interp.vlm.groups import token_group
+
+    obj = token_group(model, batch, "object", box=box)
+    rest = batch.image_mask & ~obj
+    g = torch.Generator().manual_seed(seed)
+    groups = {"object": obj}
+    for i in range(n_random):
+        m = torch.zeros_like(obj)
+        for b in range(len(batch)):
+            k = int(obj[b].sum())
+            pool = rest[b].nonzero().flatten()
+            if k > len(pool):
+                raise DataError(f"prompt {b}: the object covers {k} image tokens, more than the {len(pool)} others")
+            m[b, pool[torch.randperm(len(pool), generator=g)[:k]]] = True
+        groups[f"random:{i}"] = m
+    cfg = FcctConfig(noise=config.noise, seed=config.seed, components=(component,), layers=(layer,),
+                     max_rows=config.max_rows)
+    r = fcct(model, batch, answers, groups=groups, config=cfg, name="object")
+    t = r.table.set_index("group").recovery
+    others = [float(t[f"random:{i}"]) for i in range(n_random)]
+    mean = sum(others) / len(others)
+    return {"object": float(t["object"]), "others": others, "ratio": float(t["object"]) / mean if mean else float("nan"),
+            "result": r}
 
 
 def iri(model: Model, batch: VisionBatch, answers: Sequence[Any], tracing: Result, *, component: str = "attn_out",
