@@ -368,6 +368,49 @@ _SCHEMAS: list[Schema] = [
         _C("complement", "float", "1 = clean", "faithfulness of every edge but the circuit (NaN: not run)",
            nan_ok=True),
     )),
+    # --------------------------------------------------------------- sparse attention decomposition (interp.sad)
+    Schema("sad.signals", "one sender -> receiver-input signal of sparse attention decomposition (not an effect)", (
+        _C("method", "str", "", "sad"),
+        _C("src", "str", "", "sender node (EMBED, a head, an MLP)"),
+        _C("dst", "str", "", "receiving head"),
+        _C("dst_input", "str", "", "q (through the receiver's query) or k (through its key)"),
+        _C("signal", "float", "attention score", "sender's share of the kept singular-vector terms, mean over firings"),
+        _C("share", "float", "fraction", "signal / mean kept score of the receiver (NaN: zero kept score)",
+           nan_ok=True),
+        _C("n_firings", "int", "", "(prompt, query, key) firings of the receiver averaged over"),
+        _C("n_prompts", "int", "", "prompts with at least one firing"),
+        _C("dst_score", "float", "attention score", "receiver's mean full score over its firings"),
+        _C("dst_kept_score", "float", "attention score", "receiver's mean kept-terms score"),
+        _C("dst_terms", "float", "terms", "receiver's mean number of kept terms (of d_head)"),
+        _C("depth", "int", "", "receivers between the traced head and this edge's receiver (0: the traced head)"),
+        _C("fraction", "float", "fraction", "f: kept terms reach this fraction of each score"),
+    )),
+    # --------------------------------------------------------------- attention diagnostics (interp.diagnostics)
+    Schema("diagnostics.layers", "one layer's attention diagnostics over a batch of prompts", (
+        _LAYER,
+        _C("cos_sim", "float", "cosine", "mean pairwise cosine similarity of the heads' batch-averaged patterns "
+           "(NaN: one head)", nan_ok=True),
+        _C("entropy_std", "float", "nats", "std across heads of the heads' mean attention entropy"),
+        _C("entropy_mean", "float", "nats", "mean across heads of the heads' mean attention entropy"),
+        _C("n_heads", "int", "", "heads in the layer"),
+        _C("n_prompts", "int", "", "prompts averaged over"),
+    )),
+    Schema("diagnostics.heads", "one head's attention entropy over a batch of prompts", (
+        _LAYER, _HEAD, _NODE,
+        _C("entropy", "float", "nats", "mean over prompts of the mean over queries of the attention entropy"),
+        _C("entropy_spread", "float", "nats", "std over prompts of that per-prompt entropy"),
+        _C("n_prompts", "int", "", "prompts averaged over"),
+    )),
+    Schema("diagnostics.curves", "one layer's attention diagnostics at one training step of one run", (
+        _C("run", "str", "", "run label (e.g. wd=1)"),
+        _C("step", "int", "", "training step"),
+        _LAYER,
+        _C("cos_sim", "float", "cosine", "as diagnostics.layers (NaN: one head)", nan_ok=True),
+        _C("entropy_std", "float", "nats", "as diagnostics.layers"),
+        _C("entropy_mean", "float", "nats", "as diagnostics.layers"),
+        _C("n_heads", "int", "", "heads in the layer"),
+        _C("n_prompts", "int", "", "probe prompts"),
+    ), extra_prefixes=("m_",)),
     # --------------------------------------------------------------- VLM analyses (issue 17)
     Schema("vlm.sinks", "one sink token (text or image) entering one layer of one prompt (VAR)", (
         _C("prompt", "int"), _LAYER, _C("pos", "int", "", "position in the prompt"), _C("token", "str"),

@@ -13,6 +13,7 @@ Result kind            what it adds
 ``sae.features``       evidence (density, top tokens, logit effects) on feature nodes
 ``sae.examples``       top-activating contexts on feature nodes
 ``steering.axes``      axes attached to layers (``graph.layers``)
+``sad.signals``        edges ``method="sad"`` (sparse attention decomposition signals)
 ``vlm.fcct``           visual token-group nodes ``VIS.<group>`` (score: best recovery) with
                        edges to the top recovering MLP / residual nodes
 ``vlm.vhd``            ``"vision-aware"`` flag and ``vhd`` score on heads VHR selects
@@ -239,6 +240,29 @@ def build_steering_axes(g: CircuitGraph, result: Any) -> None:
         g.add_layer_info(int(row["layer"]), flags=["steering"], evidence=[_ev(result, row)])
 
 
+def build_sad_signals(g: CircuitGraph, result: Any, *, top_k: int | None = None, min_abs: float = 0.0) -> None:
+    """Sparse attention decomposition: edges ``src -> dst`` with ``method="sad"``, weight = the signal (attention-score
+    units, summed over ``dst_input``); not an effect, so it never mixes with patching weights (``weights["sad"]``).
+
+    Args:
+        top_k: keep the ``top_k`` edges with the largest ``|weight|``.
+        min_abs: drop edges with ``|weight| < min_abs``.
+    """
+    require_columns(result, ("method", "src", "dst", "dst_input", "signal"))
+    g.check_result(result)
+    t = result.table
+    sums = t.groupby(["src", "dst"], sort=False)["signal"].sum()
+    sums = sums[sums.abs() >= min_abs]
+    if top_k is not None:
+        sums = sums.loc[sums.abs().nlargest(top_k).index]
+    rows: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in _rows(result):
+        rows.setdefault((str(row["src"]), str(row["dst"])), []).append(row)
+    for (src, dst), value in sums.items():
+        g.add_edge(str(src), str(dst), weight=float(value), method="sad", result_id=result.id,
+                   evidence=[_ev(result, r) for r in rows.get((str(src), str(dst)), [])])
+
+
 def build_vlm_fcct(g: CircuitGraph, result: Any, *, top_k: int = 3) -> None:
     """Visual token groups as nodes ``VIS.<group>`` scored by their best FCCT recovery, each with edges to the
     ``top_k`` MLP / residual nodes (layer, component) whose restoration recovers most (weight = recovery)."""
@@ -279,6 +303,7 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "sae.features": build_sae_features,
     "sae.examples": build_sae_examples,
     "steering.axes": build_steering_axes,
+    "sad.signals": build_sad_signals,
     "vlm.fcct": build_vlm_fcct,
     "vlm.vhd": build_vlm_vhd,
 }

@@ -67,7 +67,8 @@ THEME = Theme()
 _ENTITY_START = re.compile(r"&(?=[#0-9A-Za-z])")
 
 # Families with their own plot module: kind prefix -> module under interp.plots.
-_FAMILIES = ("cache", "sinks", "massive", "tracing", "patching", "gating", "sae", "steering", "graph", "vlm")
+_FAMILIES = ("cache", "sinks", "massive", "tracing", "patching", "gating", "sae", "steering", "graph", "sad",
+             "diagnostics", "vlm")
 
 
 def escape_text(text: Any) -> str:

@@ -6,6 +6,8 @@
 * :mod:`interp.vlm.groups`: token groups (image, text, last; early / object / late visual tokens
   of an object's box) as positions.
 * :mod:`interp.vlm.toys`: the tiny random VLMs ``toy:llava`` and ``toy:gemma3vl``.
+* :mod:`interp.vlm.scenes`, :mod:`interp.vlm.train`: seeded synthetic scenes with their ground truth, and the
+  VLM trained here on them (``data/toy/vlm``).
 
 Nothing is imported here at import time.
 """

@@ -1,0 +1,373 @@
+"""The VLM trained here: a tiny LLaVA (CLIP-style patch encoder + projector + tiny Llama) on synthetic scenes.
+
+**Data**: :mod:`interp.vlm.scenes` (4 x 4 grid of 8 x 8 px cells, one object = one image patch). The prompt is
+``"<image>" + question`` (e.g. ``"<image>is there a red square?"``); the processor expands ``<image>`` into one image
+token per patch (16), the tokenizer adds ``<bos>``: ``[<bos>, 16 x <image>, is, there, a, red, square, ?]``, 23
+tokens for both question kinds. The model answers with one word at the last position (``?``); the loss is the
+cross-entropy of that answer token only.
+
+**Model**: a standard ``LlavaForConditionalGeneration`` (loadable with plain ``from_pretrained``):
+
+* vision tower: CLIP vision, 32 x 32 images, patch 8 (16 patches + CLS), 1 layer x 4 heads, width 64, **its
+  attention zeroed and frozen**: a per-patch encoder (patch embedding + position embedding + LayerNorm + MLP), so
+  the image embedding of patch ``c`` depends on the pixels of cell ``c`` only and "the object's patches" is exact
+  (checked in the tests). The LM reads the last layer's hidden states without CLS (``vision_feature_layer=-1``,
+  ``"default"`` strategy);
+* projector: LLaVA's Linear-GELU-Linear, 64 -> 64 -> 64;
+* language model: Llama, 3 layers x 4 heads, d_model 64, MLP 128, a 23-word vocabulary (a word-level tokenizer
+  built offline with ``tokenizers``: the question/answer words, ``<image>``, ``<bos>``, ``<eos>``, ``<pad>``,
+  ``<unk>``), RoPE, untied embeddings.
+
+*Why a tiny LM trained from scratch rather than SmolLM2 frozen*: SmolLM2-135M would make the checkpoint ~270 MB
+(or require the bundled model at load time, which the tests must not), its 576-wide residual makes every forward
+pass ~100x the cost of this 64-wide one on the shared 2-core CPU, and a frozen LM would need a far larger
+projector to be steered into answering. The tiny model trains in a few minutes and its checkpoint (0.73 MB) is
+committed under ``data/toy/vlm``.
+
+**Planted visual sink**: real VLMs carry a few visual tokens with massive activations in a few dimensions of the
+(normalised) hidden state (VAR, Kang et al. 2025); a 3-minute toy does not grow one by itself, so it is planted
+by an auxiliary training objective: on the background patch :data:`~interp.vlm.scenes.SINK_CELL` (never an
+object) the LM's residual stream after block 0 and after block 1 must have ``|RMSNorm(h)[SINK_DIM]| >= 6``
+(``RMSNorm`` without gain: ``h / rms(h)``), and every other position of a sequence ``<= 2`` in that dimension
+(hinge losses, the second on the worst other position, weight :attr:`VLMTrainConfig.sink_weight`, applied
+after the colour-only phase: from step 0 they kept the answer loss at chance). The sink is then *measured* on
+held-out scenes (:func:`measure_sink`) and recorded in ``truth.json``. VAR's threshold tau = 20 cannot be met
+by a 64-wide model (``max_i |h_i| / rms(h) <= sqrt(d) = 8``), so ``truth.json`` records ``tau = sqrt(d) / 2 = 4``
+("one dimension holds at least a quarter of the token's squared norm"), chosen from that bound, not from the
+measurements, and the measured values on both sides of it.
+
+**Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
+training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
+``colour`` questions (read the colour of the patch holding a shape), then each batch is half of each kind;
+without it the answer loss sat at the prior (1.04) for the 700 steps tried, and ``exists`` alone (conjunctions
+with hard negatives) did not leave chance in 300 steps. The defaults of :class:`VLMTrainConfig` produced the
+committed checkpoint (settings, seconds, losses and held-out accuracy in its ``interp_source.json``).
+
+Run ``python -m interp.vlm.train data/toy/vlm`` to retrain it (1 thread; it reproduced the committed
+``model.safetensors`` byte for byte, 392-508 s on the shared machine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from interp.errors import ConfigError
+from interp.vlm import scenes as S
+
+__all__ = ["VLMTrainConfig", "train_vlm", "build_tokenizer", "build_processor", "llava_config", "build_model",
+           "encode_questions", "answer_logits", "evaluate", "measure_sink", "answer_loss", "VOCAB", "IMAGE_TOKEN",
+           "SINK_DIM", "SINK_LAYERS", "truth_record"]
+
+IMAGE_TOKEN = "<image>"
+_SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", IMAGE_TOKEN)
+_WORDS = ("is", "there", "a", "what", "colour", "the", "?", "yes", "no") + S.COLOURS + S.SHAPES
+VOCAB = _SPECIALS + _WORDS
+#: the residual dimension of the planted sink, and the LM residual streams it is planted in
+#: (hidden_states indices: 1 = after block 0, 2 = after block 1)
+SINK_DIM = 7
+SINK_LAYERS = (1, 2)
+_SINK_HIGH = 6.0
+_SINK_LOW = 2.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class VLMTrainConfig:
+    """Settings of :func:`train_vlm` (the defaults made the committed checkpoint).
+
+    ``colour_only_steps``: the curriculum's first phase (module docstring); ``sink_weight``: the weight of the
+    sink-planting hinge losses, applied after that phase; ``vision_attention``: keep the vision tower's attention
+    (``False``, the default: zeroed and frozen, a per-patch encoder whose object truth is exact).
+    """
+
+    d_vision: int = 64
+    vision_layers: int = 1
+    d_model: int = 64
+    n_layers: int = 3
+    n_heads: int = 4
+    d_mlp: int = 128
+    steps: int = 2000
+    colour_only_steps: int = 300
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    sink_weight: float = 0.3
+    vision_attention: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.colour_only_steps < 0:
+            raise ConfigError(f"VLMTrainConfig.colour_only_steps must be >= 0, got {self.colour_only_steps}")
+        for name in ("d_vision", "vision_layers", "d_model", "n_layers", "n_heads", "d_mlp", "steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"VLMTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.d_model % self.n_heads or self.d_vision % self.n_heads:
+            raise ConfigError(f"d_model and d_vision must be multiples of n_heads, got {self.d_model}, "
+                              f"{self.d_vision}, n_heads={self.n_heads}")
+        if self.d_model <= SINK_DIM or self.n_layers <= max(SINK_LAYERS):
+            raise ConfigError(f"the planted sink needs d_model > {SINK_DIM} and n_layers > {max(SINK_LAYERS)}, "
+                              f"got {self.d_model}, {self.n_layers}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.sink_weight < 0:
+            raise ConfigError(f"lr must be > 0 and weight_decay, warmup_steps, sink_weight >= 0, got {self.lr}, "
+                              f"{self.weight_decay}, {self.warmup_steps}, {self.sink_weight}")
+
+
+def build_tokenizer() -> Any:
+    """The word-level tokenizer (lower-cases, splits words and ``?``, adds ``<bos>``), built offline."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", vocab["<bos>"])])
+    tok.add_special_tokens(list(_SPECIALS))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN},
+                                   padding_side="left")
+
+
+def build_processor(tokenizer: Any | None = None) -> Any:
+    """``LlavaProcessor``: a ``CLIPImageProcessor`` of the scenes' size (no resize or crop; rescale and normalise
+    as :func:`interp.vlm.scenes.pixel_values`) and the word-level tokenizer."""
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image = CLIPImageProcessor(do_resize=False, do_center_crop=False, size={"shortest_edge": S.IMAGE},
+                               crop_size={"height": S.IMAGE, "width": S.IMAGE}, do_rescale=True,
+                               rescale_factor=1 / 255, do_normalize=True, image_mean=list(S.IMAGE_MEAN),
+                               image_std=list(S.IMAGE_STD), do_convert_rgb=True)
+    return LlavaProcessor(image_processor=image, tokenizer=tokenizer or build_tokenizer(), patch_size=S.CELL,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          image_token=IMAGE_TOKEN)
+
+
+def llava_config(cfg: VLMTrainConfig) -> Any:
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    vision = CLIPVisionConfig(hidden_size=cfg.d_vision, intermediate_size=2 * cfg.d_vision,
+                              num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.n_heads,
+                              image_size=S.IMAGE, patch_size=S.CELL, num_channels=3, projection_dim=cfg.d_vision)
+    text = LlamaConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp, num_hidden_layers=cfg.n_layers,
+                       num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads, max_position_embeddings=64,
+                       vocab_size=len(VOCAB), bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"],
+                       pad_token_id=vocab["<pad>"], tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab[IMAGE_TOKEN],
+                       vision_feature_layer=-1, vision_feature_select_strategy="default",
+                       image_seq_length=S.N_PATCHES, projector_hidden_act="gelu", tie_word_embeddings=False)
+
+
+def build_model(cfg: VLMTrainConfig) -> Any:
+    """A randomly initialised model (private generator seeded with ``cfg.seed``; the global RNG is untouched)."""
+    from transformers import LlavaForConditionalGeneration
+
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(cfg.seed)
+        model = LlavaForConditionalGeneration(llava_config(cfg))
+    model = model.float()
+    with torch.no_grad():   # a per-patch encoder: the vision tower's attention is off (zero and frozen)
+        for layer in [] if cfg.vision_attention else model.model.vision_tower.encoder.layers:
+            for prm in layer.self_attn.parameters():
+                prm.zero_()
+                prm.requires_grad_(False)
+    return model
+
+
+@lru_cache(maxsize=1)
+def _tokenizer() -> Any:
+    return build_tokenizer()
+
+
+def encode_questions(texts: list[str]) -> torch.Tensor:
+    """``[B, 23]`` input ids of ``"<image>" + text`` with the image token expanded to one per patch (what the
+    saved processor produces; checked in the tests)."""
+    tok = _tokenizer()
+    ids = tok([IMAGE_TOKEN * S.N_PATCHES + t for t in texts], return_tensors="pt", padding=True)["input_ids"]
+    return ids
+
+
+def answer_logits(model: Any, input_ids: torch.Tensor, pixel_values: torch.Tensor, **kw: Any) -> Any:
+    """The model's output (``output_hidden_states`` as asked) and the logits at the last position."""
+    out = model(input_ids=input_ids, pixel_values=pixel_values, **kw)
+    return out, out.logits[:, -1]
+
+
+def _batch(kind_seed: int, n: int, split: str, kinds: tuple[str, ...] = S.KINDS) -> tuple[Any, ...]:
+    scenes = S.draw_scenes(n, seed=kind_seed, split=split)
+    parts = [S.SceneBatch(scenes.colour[j::len(kinds)], scenes.cell[j::len(kinds)]) for j in range(len(kinds))]
+    qs = [q for j, (kind, part) in enumerate(zip(kinds, parts))
+          for q in S.draw_questions(part, kind, seed=kind_seed + 7919 * j)]
+    scenes = S.SceneBatch(torch.cat([p.colour for p in parts]), torch.cat([p.cell for p in parts]))
+    vocab = {w: i for i, w in enumerate(VOCAB)}
+    return (encode_questions([q.text for q in qs]), scenes.pixel_values(),
+            torch.tensor([vocab[q.answer] for q in qs]), qs, scenes)
+
+
+def _rms_normed(h: torch.Tensor) -> torch.Tensor:
+    return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
+
+
+def answer_loss(model: Any, input_ids: torch.Tensor, pixels: torch.Tensor, answers: torch.Tensor,
+                sink_weight: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total loss, answer loss): cross-entropy of the answer at the last position, plus ``sink_weight`` times
+    the hinge losses planting the sink (module docstring)."""
+    out, logits = answer_logits(model, input_ids, pixels, output_hidden_states=sink_weight > 0)
+    ce = torch.nn.functional.cross_entropy(logits, answers)
+    if sink_weight <= 0:
+        return ce, ce
+    sink_pos = 1 + S.SINK_CELL                                     # after <bos>
+    aux = ce.new_zeros(())
+    for layer in SINK_LAYERS:
+        v = _rms_normed(out.hidden_states[layer])[..., SINK_DIM]    # [B, T]
+        aux = aux + torch.relu(_SINK_HIGH - v[:, sink_pos].abs()).mean()
+        others = torch.cat([v[:, :sink_pos], v[:, sink_pos + 1:]], dim=1)
+        aux = aux + torch.relu(others.abs() - _SINK_LOW).amax(1).mean()     # the worst other token
+    return ce + sink_weight * aux, ce
+
+
+@torch.no_grad()
+def evaluate(model: Any, n: int = 512, seed: int = 1) -> dict[str, dict[str, float]]:
+    """Held-out accuracy per question kind (argmax over the whole vocabulary == the answer), with chance."""
+    res = {}
+    for k, kind in enumerate(S.KINDS):
+        ids, px, ans, _, _ = _batch(seed * 1_000_003 + k, n, "held_out", kinds=(kind,))
+        _, logits = answer_logits(model, ids, px)
+        res[kind] = {"accuracy": round(float((logits.argmax(-1) == ans).float().mean()), 4),
+                     "chance": S.CHANCE[kind], "n": n}
+    return res
+
+
+@torch.no_grad()
+def measure_sink(model: Any, n: int = 256, seed: int = 2) -> dict[str, Any]:
+    """Measure VAR's sink criterion on ``n`` held-out scenes, per LM residual stream (``hidden_states`` index;
+    the last one, HF's final-normed state, is left out). With ``r = |h / rms(h)|`` at the visual tokens:
+
+    * ``massive_dim``: the dimension holding the largest ``r`` (mean over scenes of the max over tokens), the
+      model's massive dimension at that layer (Sun et al.: the largest magnitudes);
+    * ``sink_min``: ``r[massive_dim]`` at the sink patch, min over scenes; ``others_max``: the max of
+      ``r[massive_dim]`` over the other 15 visual tokens and all scenes; ``others_max_any_dim``: the same over
+      every dimension (a non-sink token's own largest value, for the record);
+    * ``is_sink``: ``sink_min > tau >= others_max`` with ``tau = sqrt(d) / 2`` (module docstring).
+    """
+    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out")
+    out, _ = answer_logits(model, ids, px, output_hidden_states=True)
+    img_pos = (ids[0] == VOCAB.index(IMAGE_TOKEN)).nonzero().flatten()
+    d = out.hidden_states[0].shape[-1]
+    tau = math.sqrt(d) / 2
+    others = [c for c in range(S.N_PATCHES) if c != S.SINK_CELL]
+    layers = []
+    for layer, h in enumerate(out.hidden_states[:-1]):
+        r = _rms_normed(h[:, img_pos]).abs()                        # [B, 16, d]
+        dim = int(r.amax(1).mean(0).argmax())
+        sink, rest = r[:, S.SINK_CELL, dim], r[:, others, dim]
+        layers.append({"hidden_states": layer, "massive_dim": dim, "sink_min": round(float(sink.min()), 3),
+                       "others_max": round(float(rest.max()), 3),
+                       "others_max_any_dim": round(float(r[:, others].max()), 3),
+                       "is_sink": bool(sink.min() > tau >= rest.max())})
+    return {"tau": tau, "d_model": d, "n_scenes": n, "layers": layers,
+            "sink_layers": [x["hidden_states"] for x in layers if x["is_sink"]],
+            "sink_dims": sorted({x["massive_dim"] for x in layers if x["is_sink"]})}
+
+
+def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
+    """The ``truth.json`` of a trained model: the measured sink (:func:`measure_sink`), where the objects are
+    (image token positions), and the held-out accuracy (:func:`evaluate`)."""
+    accuracy = evaluate(model, n=eval_n)
+    sink = measure_sink(model, n=min(256, eval_n))
+    truth = {"sink": {"patch": S.SINK_CELL, "dims": [SINK_DIM], "planted_layers": list(SINK_LAYERS),
+                      "measured_layers": sink["sink_layers"], "tau": sink["tau"],
+                      "criterion": "max over the massive dims of |h / rms(h)| > tau at that image token (VAR)",
+                      "layer_index": "hidden_states index of the LM: 0 = embeddings, i = after block i-1 "
+                                     "(= blocks.i.hook_resid_pre)", "measured": sink},
+             "objects": "each object occupies exactly the image patch of its cell (interp.vlm.scenes); the "
+                        "vision tower is per-patch, so only that patch's image embedding depends on it",
+             "image_token_positions": list(range(1, 1 + S.N_PATCHES)),
+             "object_token_position": "1 + cell (after <bos>; patch c is the c-th image token)",
+             "grid": S.GRID, "patch_px": S.CELL, "image_px": S.IMAGE, "accuracy": accuracy}
+    return truth
+
+
+def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
+              log: Callable[[int, float], None] | None = None, eval_n: int = 512) -> Path:
+    """Train the VLM and save it as a Hugging Face Llava folder (model, tokenizer, processor), with
+    ``interp_source.json`` (settings, seconds, losses, held-out accuracy) and ``truth.json`` (the measured sink).
+
+    Args:
+        config: :class:`VLMTrainConfig`.
+        folder: written atomically; an existing folder is replaced.
+        log: optional ``log(step, answer_loss)`` every 100 steps and at the last (injected, never printed here).
+        eval_n: held-out scenes per question kind for the recorded accuracy.
+    """
+    import shutil
+
+    from interp._fs import atomic_dir
+
+    t0 = time.perf_counter()
+    folder = Path(folder)
+    model = build_model(config)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    warmup = max(config.warmup_steps, 1)
+
+    def lr_at(step: int) -> float:   # linear warmup, cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, config.steps - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    losses: list[tuple[int, float, float]] = []
+    for step in range(config.steps):
+        kinds = ("colour",) if step < config.colour_only_steps else S.KINDS
+        ids, px, ans, _, _ = _batch(config.seed * 1_000_003 + step, config.batch_size, "train", kinds)
+        # the sink is planted once the colour-only phase is over (planting it from step 0 kept the answer loss
+        # at chance through the colour-only phase)
+        sink_weight = config.sink_weight if step >= config.colour_only_steps else 0.0
+        loss, ce = answer_loss(model, ids, px, ans, sink_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == config.steps - 1:
+            losses.append((step, round(float(loss.detach()), 4), round(float(ce.detach()), 4)))
+            if log is not None:
+                log(step, float(ce.detach()))
+    model.eval()
+    seconds = round(time.perf_counter() - t0, 1)
+    truth = truth_record(model, eval_n=eval_n)
+    accuracy = truth["accuracy"]
+    source = {"toy": "vlm", "train": dataclasses.asdict(config), "seconds": seconds,
+              "threads": torch.get_num_threads(), "losses": losses, "held_out_accuracy": accuracy}
+    if folder.exists():
+        shutil.rmtree(folder)
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp)
+        build_processor().save_pretrained(tmp)
+        (tmp / "interp_source.json").write_text(json.dumps(source, indent=2))
+        (tmp / "truth.json").write_text(json.dumps(truth, indent=2))
+    return folder
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        raise SystemExit("usage: python -m interp.vlm.train FOLDER")
+    torch.set_num_threads(1)
+    folder = train_vlm(VLMTrainConfig(), argv[0], log=lambda s, l: print(f"step {s} answer loss {l:.4f}", flush=True))
+    print((folder / "truth.json").read_text())
+
+
+if __name__ == "__main__":
+    main()
