@@ -72,10 +72,12 @@ def sinks(model: str = typer.Argument(..., help="VLM spec, e.g. toy:llava or a l
           prompt: list[str] = _PROMPT, image: list[Path] = _IMAGE, answer: list[str] = _ANSWER, out: Path = _OUT,
           tau: float = typer.Option(20.0, "--tau", help="sink threshold on the RMS-normalised hidden state"),
           p: float = typer.Option(0.6, "--p", help="factor on the attention to sink tokens"),
-          layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated layers (default 2..L-2)")) -> None:
+          layers: Optional[str] = typer.Option(None, "--layers", help="comma-separated layers (default 2..L-2)"),
+          ) -> None:
     """Visual attention sinks, image-centric heads and VAR's effect on the answers.
 
-    Example: interp vlm sinks toy:llava --prompt "<image> Is it red?" --image red.png --answer Y --out out/vlm --tau 3 --layers 0,1
+    Example: interp vlm sinks toy:llava --prompt "<image> Is it red?" --image red.png --answer Y --out out/vlm
+    --tau 3 --layers 0,1
     """
     from interp.vlm import sinks as S
 
@@ -101,7 +103,8 @@ def fcct(model: str = typer.Argument(..., help="VLM spec"), prompt: list[str] = 
          iri_component: str = typer.Option("attn_out", "--iri", help="IRI component: attn_out or mlp_out")) -> None:
     """FCCT recovery over layers x components x token groups, per-patch recovery map, and IRI.
 
-    Example: interp vlm fcct toy:llava --prompt "<image> Is it red?" --image red.png --answer Y --box 8,8,16,16 --out out/fcct
+    Example: interp vlm fcct toy:llava --prompt "<image> Is it red?" --image red.png --answer Y --box 8,8,16,16
+    --out out/fcct
     """
     from interp.cli._common import check_choice
     from interp.vlm import fcct as F
@@ -145,7 +148,8 @@ def notice(model: str = typer.Argument(..., help="VLM spec"), prompt: list[str] 
            component: str = typer.Option("z", "--component", help="z (heads), attn_out or mlp_out")) -> None:
     """NOTICE patching (normalised logit difference) with an image minimal pair or a text replacement.
 
-    Example: interp vlm notice toy:llava --prompt "<image> red or blue?" --image red.png --corrupt-image blue.png --answer Y --counterfactual N --out out/notice
+    Example: interp vlm notice toy:llava --prompt "<image> red or blue?" --image red.png --corrupt-image blue.png
+    --answer Y --counterfactual N --out out/notice
     """
     from interp.cli._common import check_choice
     from interp.errors import ConfigError
@@ -180,7 +184,8 @@ def notice(model: str = typer.Argument(..., help="VLM spec"), prompt: list[str] 
 def vhd(model: str = typer.Argument(..., help="VLM spec"), prompt: list[str] = _PROMPT, image: list[Path] = _IMAGE,
         answer: list[str] = _ANSWER, out: Path = _OUT,
         alpha: float = typer.Option(2.0, "--alpha", help="VHR's factor on the selected heads' outputs"),
-        k: Optional[int] = typer.Option(None, "--k", help="T-VHD: mean of the top k (default: heads per layer)")) -> None:
+        k: Optional[int] = typer.Option(None, "--k", help="T-VHD: mean of the top k (default: heads per layer)"),
+        ) -> None:
     """Vision-aware head divergence, its Spearman with exact head ablation, and VHR's effect.
 
     Example: interp vlm vhd toy:llava --prompt "<image> Is it red?" --image red.png --answer Y --out out/vhd

@@ -113,7 +113,7 @@ def answer_ids(model: Model, answers: Sequence[Any], n: int) -> Tensor:
 
 
 def image_noise(model: Model, batch: VisionBatch, scale: float = 3.0, seed: int = 0) -> Intervention:
-    """FCCT's corruption: ``add`` Gaussian noise at the image tokens of ``resid_pre.0`` (std = ``scale`` x their std)."""
+    """FCCT's corruption: ``add`` Gaussian noise at the image tokens of ``resid_pre.0`` (std: ``scale`` x theirs)."""
     from interp.hooks import run_capture
 
     img = batch.image_mask
@@ -243,8 +243,8 @@ def object_ratio(model: Model, batch: VisionBatch, answers: Sequence[Any], box: 
     t = r.table.set_index("group").recovery
     others = [float(t[f"random:{i}"]) for i in range(n_random)]
     mean = sum(others) / len(others)
-    return {"object": float(t["object"]), "others": others, "ratio": float(t["object"]) / mean if mean else float("nan"),
-            "result": r}
+    ratio = float(t["object"]) / mean if mean else float("nan")
+    return {"object": float(t["object"]), "others": others, "ratio": ratio, "result": r}
 
 
 def iri(model: Model, batch: VisionBatch, answers: Sequence[Any], tracing: Result, *, component: str = "attn_out",

@@ -128,7 +128,8 @@ def notice_patching(model: Model, clean: VisionBatch, corrupted: VisionBatch, an
                      "value": float(normalized(ld, clean=ld_clean, corrupted=ld_corr))})
         rows.append({**common, "metric": "logit_diff", "value": ld})
     table = add_effect(pd.DataFrame(rows), {"logit_diff_norm": 0.0, "logit_diff": ld_corr})
-    meta = run_meta(model, data=[clean.tokens.tolist(), corrupted.tokens.tolist()], corruption=corruption, ld_clean=ld_clean,
+    meta = run_meta(model, data=[clean.tokens.tolist(), corrupted.tokens.tolist()], corruption=corruption,
+                    ld_clean=ld_clean,
                     ld_corr=ld_corr, images=clean.images_digest, corrupted_images=corrupted.images_digest,
                     n_prompts=n_b)
     return Result("patching.nodes", table, meta)

@@ -54,8 +54,8 @@ def grid_map(values: Any, *, rows: int | None = None, title: str = "", colorbar_
                   title=title, diverging=diverging, colorbar_title=colorbar_title)
     if image is not None:
         h, w = image.shape[:2]
-        fig.data[0].update(x0=w / z.shape[1] / 2 - 0.5, dx=w / z.shape[1], y0=h / rows / 2 - 0.5, dy=h / rows, x=None, y=None,
-                           opacity=0.55)
+        cw, ch = w / z.shape[1], h / rows                  # cells in pixels; image pixels are centred on integers
+        fig.data[0].update(x0=cw / 2 - 0.5, dx=cw, y0=ch / 2 - 0.5, dy=ch, x=None, y=None, opacity=0.55)
         fig.add_trace(go.Image(z=image))
         fig.data = (fig.data[1], fig.data[0])
         fig.update_layout(xaxis_title="x (pixels)", yaxis_title="y (pixels)")

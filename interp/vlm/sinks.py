@@ -24,6 +24,9 @@ its code, MICV-yonsei/VisAttnSink ``src/logic/logic.py`` (``DimProspector``, ``H
   attention. Our choice where the code would divide by zero (all image attention on sinks): the
   row is left unchanged. Layers: 2 .. L-2 (the code detects from layer 2 and skips the last layer).
 
+Our choice: sink tokens are found once, on the unmodified forward pass (the code finds them during the
+same pass, after the earlier layers' redistribution); the image-centric test runs on each pass's own pattern.
+
 The redistribution is an engine intervention (``apply`` on ``Site("pattern", l)``), so it composes
 with every other world of :func:`interp.engine.run`; at ``p = 1`` it is exactly the identity.
 """
@@ -95,7 +98,8 @@ def _rms(h: Tensor) -> Tensor:
 
 
 def sink_tokens(model: Model, batch: VisionBatch, config: VarConfig = VarConfig()
-                ) -> tuple[dict[int, Bool[Tensor, "batch pos"]], dict[int, Float[Tensor, "batch pos"]], tuple[int, ...]]:
+                ) -> tuple[dict[int, Bool[Tensor, "batch pos"]], dict[int, Float[Tensor, "batch pos"]],
+                           tuple[int, ...]]:
     """Sink tokens per analysed layer: ``(masks, values, dims)`` (see the module doc).
 
     ``masks[l]`` is ``[batch, pos]`` True at sink tokens (text or image) entering layer ``l``;
@@ -153,7 +157,8 @@ def query_mask(batch: VisionBatch) -> Bool[Tensor, "batch pos"]:
 
 def image_centric(pattern: Float[Tensor, "batch head q k"], image: Bool[Tensor, "batch k"],
                   sinks: Bool[Tensor, "batch k"], queries: Bool[Tensor, "batch q"], *, rho: float, floor: float
-                  ) -> tuple[Bool[Tensor, "batch head q"], Float[Tensor, "batch head q"], Float[Tensor, "batch head q"]]:
+                  ) -> tuple[Bool[Tensor, "batch head q"], Float[Tensor, "batch head q"],
+                             Float[Tensor, "batch head q"]]:
     """``(selected, image_attention, sink_share)`` per (prompt, head, query): VAR's ``HeadFork`` test."""
     pattern = pattern.float()
     image_attn = (pattern * image[:, None, None, :]).sum(-1)

@@ -138,7 +138,8 @@ def vhr(model: Model, batch: VisionBatch, answers: Sequence[Any], scores: Result
         raise DataError(f"VHR needs a vlm.vhd Result, got {scores.kind!r}")
     ids = answer_ids(model, answers, len(batch))
     sel = scores.table[scores.table.selected]
-    ivs = tuple(Intervention("scale", Site("z", int(r.layer), head=int(r.head)), float(alpha)) for r in sel.itertuples())
+    ivs = tuple(Intervention("scale", Site("z", int(r.layer), head=int(r.head)), float(alpha))
+                for r in sel.itertuples())
     with torch.inference_mode(), batch.feed(model):
         out = run(model, batch.tokens, [World(), World(ivs)], positions=batch.last)
     base, rein = out.worlds[0].float(), out.worlds[1].float()
