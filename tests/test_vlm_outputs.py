@@ -104,7 +104,7 @@ def test_cli_fcct_and_errors(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_vlm_notebook_runs_on_the_toy():
+def test_vlm_notebook_runs_on_the_trained_vlm():
     import nbformat
     from nbclient import NotebookClient
 

@@ -131,7 +131,8 @@ def fcct(model: str = typer.Argument(..., help="VLM spec"), prompt: list[str] = 
         ratio = F.object_ratio(m, batch, answers, b, layer=layer, config=cfg)
         ratio["result"].save(out)
         typer.echo(f"resid at layer {layer}: object patches recover {ratio['object']:.3f}, other patches of the same "
-                   f"count {sum(ratio['others']) / len(ratio['others']):.3f} (ratio {ratio['ratio']:.2f})")
+                   f"count {sum(ratio['others']) / len(ratio['others']):.3f} (difference {ratio['difference']:.3f}, "
+                   f"ratio {ratio['ratio']:.2f})")
     t = injected.table
     typer.echo(f"IRI ({iri_component}): mean P(answer) {t.p_base.mean():.4f} -> {t.p_iri.mean():.4f}")
     typer.echo(f"wrote {out}/")

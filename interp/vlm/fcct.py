@@ -219,8 +219,9 @@ def object_ratio(model: Model, batch: VisionBatch, answers: Sequence[Any], box: 
                  config: FcctConfig = FcctConfig()) -> dict[str, Any]:
     """FCCT's object check: recovery from restoring the object's image tokens vs other image tokens of the same count.
 
-    Returns ``{"object": RR, "others": [RR of each random set], "ratio": RR / mean(others), "result": Result}``;
-    the random sets are drawn (seeded) from the non-object image tokens of each prompt.
+    Returns ``{"object": RR, "others": [RR of each random set], "ratio": RR / mean(others) (NaN when that mean is
+    <= 0), "difference": RR - mean(others), "result": Result}``; the random sets are drawn (seeded) from the
+    non-object image tokens of each prompt.
     """
     from interp.vlm.groups import token_group
 
@@ -243,8 +244,9 @@ def object_ratio(model: Model, batch: VisionBatch, answers: Sequence[Any], box: 
     t = r.table.set_index("group").recovery
     others = [float(t[f"random:{i}"]) for i in range(n_random)]
     mean = sum(others) / len(others)
-    ratio = float(t["object"]) / mean if mean else float("nan")
-    return {"object": float(t["object"]), "others": others, "ratio": ratio, "result": r}
+    ratio = float(t["object"]) / mean if mean > 0 else float("nan")     # a ratio to a mean <= 0 means nothing
+    return {"object": float(t["object"]), "others": others, "ratio": ratio,
+            "difference": float(t["object"]) - mean, "result": r}
 
 
 def iri(model: Model, batch: VisionBatch, answers: Sequence[Any], tracing: Result, *, component: str = "attn_out",
