@@ -420,6 +420,54 @@ _SCHEMAS: list[Schema] = [
         _C("metric", "str", "", "the metric ACDC thresholded (kl, logit_diff, logit_diff_norm)"),
         _C("effect", "float", "metric units", "metric change measured when the edge was removed (0: untested)"),
         _C("in_circuit", "bool", "", "the edge was kept"),
+
+    # --------------------------------------------------------------- VLM analyses (issue 17)
+    Schema("vlm.sinks", "one sink token (text or image) entering one layer of one prompt (VAR)", (
+        _C("prompt", "int"), _LAYER, _C("pos", "int", "", "position in the prompt"), _C("token", "str"),
+        _C("is_image", "bool", "", "an image token (a visual sink)"),
+        _C("patch", "int", "", "index among the prompt's image tokens (-1 = text)"),
+        _C("value", "float", "normalised units", "max over the sink dims of |RMS-normalised hidden state|"),
+        _C("dims", "list", "", "the sink dimensions"),
+    )),
+    Schema("vlm.heads", "one head's image attention and visual-sink share (VAR's image-centric test)", (
+        _LAYER, _HEAD, _NODE,
+        _C("image_attention", "float", "probability", "mean attention of VAR's queries to image tokens"),
+        _C("sink_share", "float", "fraction", "mean share of that image attention on visual sinks"),
+        _C("frac_centric", "float", "fraction", "share of (prompt, query) coordinates where the head is image-centric"),
+        _C("centric_last", "float", "fraction", "share of prompts where it is image-centric at the last token"),
+        _C("n_visual_sinks", "int", "", "visual sink tokens at this layer over the batch"),
+    )),
+    Schema("vlm.var", "one prompt's answer without and with Visual Attention Redistribution", (
+        _C("prompt", "int"), _C("answer", "str"),
+        _C("p_base", "float", "probability"), _C("p_var", "float", "probability"),
+        _C("correct_base", "bool"), _C("correct_var", "bool"),
+        _C("argmax_changed", "bool", "", "the top token differs with VAR"),
+        _C("max_logit_change", "float", "logits", "largest |logit change| at the answer position"),
+    )),
+    Schema("vlm.fcct", "one restored (layer, component, token group) cell of cross-modal causal tracing", (
+        _LAYER, _C("component", "str", "", "attn_out, mlp_out or resid (resid_post)"),
+        _C("site", "str", "", "the restored site's component"),
+        _C("group", "str", "", "token group restored (image, text, last, object, early, late, ...)"),
+        _NODE, _C("n_positions", "float", "", "mean positions restored per prompt"),
+        _C("p_clean", "float", "probability"), _C("p_corrupt", "float", "probability"),
+        _C("p_patched", "float", "probability"),
+        _C("recovery", "float", "1 = clean", "(p_patched - p_corrupt) / (p_clean - p_corrupt)"),
+    )),
+    Schema("vlm.iri", "one prompt's answer without and with intermediate representation injection", (
+        _C("prompt", "int"), _C("component", "str", "", "attn_out or mlp_out"),
+        _C("p_base", "float", "probability"), _C("p_iri", "float", "probability"),
+        _C("correct_base", "bool"), _C("correct_iri", "bool"),
+    )),
+    Schema("vlm.vhd", "one head's vision-aware head divergence", (
+        _LAYER, _HEAD, _NODE,
+        _C("vhd", "float", "d_head units", "mean L2 distance of the head's last-token z with and without the image"),
+        _C("rank", "int", "", "1 = largest VHD"), _C("selected", "bool", "", "selected by VHR"),
+        _C("ablation_effect", "float", "probability", "change of the answer's probability with the head zeroed",
+           optional=True),
+    )),
+    Schema("vlm.vhr", "one prompt's answer without and with vision-aware head reinforcement", (
+        _C("prompt", "int"), _C("p_base", "float", "probability"), _C("p_vhr", "float", "probability"),
+        _C("correct_base", "bool"), _C("correct_vhr", "bool"),
     )),
 ]
 

@@ -172,6 +172,65 @@ prompt = "I watched the movie last night and it was"
 g = CircuitGraph(name="steering").add_result(axes_result(axes + probes))
 {layer: info["flags"] for layer, info in g.layers.items()}"""),
     ],
+    "vlm_analyses": [
+        ("md", "# Vision-language models: visual sinks, FCCT, NOTICE, VHD\n\nOn the VLM trained here "
+               "(`data/toy/vlm`: coloured shapes on a 4x4 grid, one object = one image patch, a visual sink planted "
+               "on patch 0). Any LLaVA-style folder or `toy:llava` works the same way."),
+        ("code", """import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import numpy as np, torch
+torch.set_num_threads(2)
+from interp import load_model, tokenize
+from interp.vlm import scenes as S
+model = load_model("data/toy/vlm")
+scenes = S.draw_scenes(16, seed=11, split="held_out")
+questions = S.draw_questions(scenes, "exists", seed=3, answer="yes")     # the asked object exists: its patch is known
+images = scenes.images()
+batch = tokenize(model, ["<image>" + q.text for q in questions], images=list(images))
+answers = [q.answer for q in questions]
+cells = [q.target.cell for q in questions]
+boxes = [((c % 4) * 8, (c // 4) * 8, (c % 4) * 8 + 8, (c // 4) * 8 + 8) for c in cells]   # pixels of each object
+questions[0].text, cells[:4]"""),
+        ("md", "## Visual attention sinks and VAR\nSink tokens: max over the sink dims of |h / rms(h)| > tau. "
+               "VAR's tau = 20 is out of reach at d_model = 64 (the bound is 8), so the planted sink's tau = 4 is used."),
+        ("code", """from interp.vlm.sinks import VarConfig, visual_sinks, var_effect
+found = visual_sinks(model, batch, VarConfig(tau=4.0, layers=(1, 2)))
+print("sink dims", found.meta.extra["dims"])
+found.table.groupby(["layer", "is_image", "patch"]).size()"""),
+        ("code", """var = var_effect(model, batch, answers, VarConfig(tau=4.0, layers=(1,)))
+var.table[["p_base", "p_var", "argmax_changed"]].describe().loc[["mean", "max"]]"""),
+        ("md", "## FCCT: cross-modal causal tracing\nNoise on the image tokens' embeddings; restore one component at "
+               "one layer for one token group; recovery = (P_patched - P_corrupt) / (P_clean - P_corrupt)."),
+        ("code", """from interp.vlm.fcct import fcct, patch_groups, object_ratio, iri
+grid = fcct(model, batch, answers, box=boxes)
+ratio = object_ratio(model, batch, answers, boxes, layer=0)
+print(f"object patch recovers {ratio['object']:.3f}, other patches {np.mean(ratio['others']):.3f} "
+      f"(difference {ratio['difference']:.3f})")
+grid.figure()"""),
+        ("code", """from interp.vlm.plots import recovery_map, attention_map
+one = tokenize(model, ["<image>" + questions[0].text], images=images[0])
+patches = fcct(model, one, answers[:1], groups=patch_groups(one), name="patches")
+print("asked object in patch", cells[0])
+recovery_map(patches, component="resid", layer=0, image=images[0])"""),
+        ("code", """attention_map(model, one, layer=1, head=0)        # the last token's attention over the image"""),
+        ("code", """iri(model, batch, answers, grid, group="text").table[["p_base", "p_iri"]].mean()"""),
+        ("md", "## NOTICE: a semantic minimal pair\nThe same scenes with the asked object's colour changed; head "
+               "patching with the normalised logit difference (yes vs no)."),
+        ("code", """from interp.vlm.notice import notice_patching
+pairs = [S.minimal_pair(scenes.scene(i), q.shape, "colour", seed=i).render() for i, q in enumerate(questions)]
+changed = tokenize(model, list(batch.texts), images=pairs)
+heads = notice_patching(model, batch, changed, ["yes"] * len(batch), ["no"] * len(batch))
+heads.table[heads.table.metric == "logit_diff_norm"].sort_values("effect", ascending=False).head()[["node", "effect"]]"""),
+        ("md", "## VHD and VHR\nEach head's last-token output with and without the image; VHR scales the selected heads."),
+        ("code", """from interp.vlm.vhd import vhd, vhr
+scores = vhd(model, batch, answers=answers)
+print("T-VHD", round(scores.meta.extra["t_vhd"], 3), "Spearman with exact ablation", round(scores.meta.extra["spearman"], 3))
+vhr(model, batch, answers, scores).table[["p_base", "p_vhr"]].mean()"""),
+        ("md", "## Visual token groups in the circuit graph"),
+        ("code", """from interp.graph import CircuitGraph
+g = CircuitGraph(name="vlm").add_result(grid).add_result(scores)
+g.nodes_of("visual"), [e for e in g.edges if e[0] == "VIS.object"]"""),
+    ],
 }
 
 

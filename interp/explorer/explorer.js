@@ -129,7 +129,7 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
   var nHeads = maxHead + 1;
   function rowOf(n) { return n.kind === "embed" ? -1 : (n.kind === "logits" ? maxLayer + 1 : n.layer); }
   var extra = {};  // row -> next free slot after heads and MLP
-  var KIND_ORDER = { head: 0, mlp: 1, resid: 2, sae: 3, embed: 4, logits: 5 };
+  var KIND_ORDER = { head: 0, mlp: 1, resid: 2, sae: 3, embed: 4, logits: 5, visual: 6 };
   var sorted = nodes.slice().sort(function (a, b) {
     return (KIND_ORDER[a.kind] - KIND_ORDER[b.kind]) || (a.layer - b.layer) || (a.head - b.head) || (a.feature - b.feature);
   });

@@ -14,6 +14,9 @@ Result kind            what it adds
 ``sae.examples``       top-activating contexts on feature nodes
 ``steering.axes``      axes attached to layers (``graph.layers``)
 ``sad.signals``        edges ``method="sad"`` (sparse attention decomposition signals)
+``vlm.fcct``           visual token-group nodes ``VIS.<group>`` (score: best recovery) with
+                       edges to the top recovering MLP / residual nodes
+``vlm.vhd``            ``"vision-aware"`` flag and ``vhd`` score on heads VHR selects
 =====================  ==============================================================
 
 Each builder checks the Result's columns first (missing columns -> :class:`DataError`
@@ -260,6 +263,35 @@ def build_sad_signals(g: CircuitGraph, result: Any, *, top_k: int | None = None,
                    evidence=[_ev(result, r) for r in rows.get((str(src), str(dst)), [])])
 
 
+def build_vlm_fcct(g: CircuitGraph, result: Any, *, top_k: int = 3) -> None:
+    """Visual token groups as nodes ``VIS.<group>`` scored by their best FCCT recovery, each with edges to the
+    ``top_k`` MLP / residual nodes (layer, component) whose restoration recovers most (weight = recovery)."""
+    from interp.graph.core import VISUAL_PREFIX
+
+    require_columns(result, ("layer", "component", "group", "node", "recovery"))
+    g.check_result(result)
+    rows = _rows(result)
+    for group in dict.fromkeys(str(r["group"]) for r in rows):
+        mine = sorted((r for r in rows if str(r["group"]) == group and _finite(r["recovery"])),
+                      key=lambda r: -r["recovery"])
+        if not mine:
+            continue
+        vis = VISUAL_PREFIX + group
+        g.add_node(vis, score=mine[0]["recovery"], source="fcct/recovery", evidence=[_ev(result, mine[0])])
+        for r in [r for r in mine if r["node"]][:top_k]:
+            g.add_edge(vis, str(r["node"]), weight=r["recovery"], method="fcct", result_id=result.id,
+                       evidence=[_ev(result, r)])
+
+
+def build_vlm_vhd(g: CircuitGraph, result: Any) -> None:
+    """``vhd`` scores on heads; the heads VHR selects get the ``"vision-aware"`` flag."""
+    require_columns(result, ("node", "vhd", "selected"))
+    g.check_result(result)
+    for row in _rows(result):
+        g.add_node(str(row["node"]), score=row["vhd"], source="vhd", flags=["vision-aware"] if row["selected"] else (),
+                   evidence=[_ev(result, row)])
+
+
 BUILDERS: dict[str, Callable[..., None]] = {
     "patching.nodes": build_patching_nodes,
     "patching.edges": build_patching_edges,
@@ -272,6 +304,8 @@ BUILDERS: dict[str, Callable[..., None]] = {
     "sae.examples": build_sae_examples,
     "steering.axes": build_steering_axes,
     "sad.signals": build_sad_signals,
+    "vlm.fcct": build_vlm_fcct,
+    "vlm.vhd": build_vlm_vhd,
 }
 
 

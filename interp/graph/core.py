@@ -71,7 +71,15 @@ def jsonable(value: Any) -> Any:
     return str(value)
 
 
+#: node ids of visual token groups (interp.vlm: ``VIS.object``, ``VIS.patch:5``): kind "visual", no layer.
+VISUAL_PREFIX = "VIS."
+
+
 def _node_defaults(node: str) -> dict[str, Any]:
+    if node.startswith(VISUAL_PREFIX) and len(node) > len(VISUAL_PREFIX):
+        out = copy.deepcopy(NODE_ATTRS)
+        out["kind"] = "visual"
+        return out
     parts = parse_node_id(node)
     out = copy.deepcopy(NODE_ATTRS)
     out["kind"] = parts["kind"]

@@ -68,7 +68,7 @@ _ENTITY_START = re.compile(r"&(?=[#0-9A-Za-z])")
 
 # Families with their own plot module: kind prefix -> module under interp.plots.
 _FAMILIES = ("cache", "sinks", "massive", "tracing", "patching", "gating", "sae", "steering", "graph", "sad",
-             "diagnostics")
+             "diagnostics", "vlm")
 
 
 def escape_text(text: Any) -> str:

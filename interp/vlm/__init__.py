@@ -8,6 +8,9 @@
 * :mod:`interp.vlm.toys`: the tiny random VLMs ``toy:llava`` and ``toy:gemma3vl``.
 * :mod:`interp.vlm.scenes`, :mod:`interp.vlm.train`: seeded synthetic scenes with their ground truth, and the
   VLM trained here on them (``data/toy/vlm``).
+* Analyses (issue 17): :mod:`interp.vlm.sinks` (visual sinks, image-centric heads, VAR),
+  :mod:`interp.vlm.fcct` (cross-modal causal tracing, IRI), :mod:`interp.vlm.notice` (NOTICE patching),
+  :mod:`interp.vlm.vhd` (VHD, T-VHD, VHR); :mod:`interp.vlm.plots` draws them over the image grid.
 
 Nothing is imported here at import time.
 """

@@ -1,0 +1,79 @@
+"""Planted truths of the VLM trained here (data/toy/vlm) checked by the VLM analyses (issue 17 Checks).
+
+Held-out scenes, "is there a <colour> <shape>?" questions whose answer is "yes" (the object exists, so its patch
+is known: patch = cell). Numbers seen when written (24 scenes): visual sink exactly the planted one; FCCT object
+patches recover 4.4x (layer 0) / 6.8x (layer 1) what random other patches of the same count recover; VHD vs exact
+head ablation Spearman 0.31 (the issue's > 0.5 is NOT met; see the xfail).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from interp import load_model, tokenize
+from interp.vlm import fcct as F
+from interp.vlm import scenes as S
+from interp.vlm import sinks as SK
+from interp.vlm import vhd as V
+
+FOLDER = Path(__file__).resolve().parents[1] / "data" / "toy" / "vlm"
+N = 24
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained():
+    model = load_model(str(FOLDER))
+    scenes = S.draw_scenes(N, seed=11, split="held_out")
+    qs = S.draw_questions(scenes, "exists", seed=3, answer="yes")
+    images = scenes.images()
+    batch = tokenize(model, ["<image>" + q.text for q in qs], images=[images[i] for i in range(N)])
+    cells = [q.target.cell for q in qs]
+    boxes = [((c % S.GRID) * S.CELL, (c // S.GRID) * S.CELL, (c % S.GRID + 1) * S.CELL, (c // S.GRID + 1) * S.CELL)
+             for c in cells]
+    return model, batch, cells, boxes
+
+
+def test_the_visual_sink_found_is_the_planted_one(trained):
+    model, batch, _, _ = trained
+    truth = json.loads((FOLDER / "truth.json").read_text())["sink"]
+    cfg = SK.VarConfig(tau=truth["tau"], layers=tuple(truth["planted_layers"]))   # VAR's criterion, tau for d = 64
+    found = SK.visual_sinks(model, batch, cfg)
+    assert found.meta.extra["dims"] == truth["dims"]                      # the sink dimension found from the data
+    image = found.table[found.table.is_image]
+    assert set(image.patch) == {truth["patch"]}                           # only the planted patch ...
+    for layer in truth["planted_layers"]:                                 # ... in every prompt, in every layer
+        assert sorted(image[image.layer == layer].prompt) == list(range(N))
+
+
+def test_fcct_recovers_from_the_object_patches(trained):
+    model, batch, cells, boxes = trained
+    answers = ["yes"] * N
+    for layer in (0, 1):
+        res = F.object_ratio(model, batch, answers, boxes, layer=layer, n_random=8)
+        assert res["object"] > 0 and res["ratio"] > 2.0, res              # "far more": at least twice
+    grid = F.fcct(model, batch, answers, box=boxes, config=F.FcctConfig(components=("resid",), layers=(0, 1)))
+    t = grid.table.set_index(["layer", "group"])
+    for layer in (0, 1):                                                  # recovery per restored token peaks on
+        per_token = {g: t.loc[(layer, g), "recovery"] / t.loc[(layer, g), "n_positions"]   # the object region
+                     for g in ("early", "object", "late")}
+        assert max(per_token, key=per_token.get) == "object", per_token
+
+
+@pytest.mark.xfail(strict=True, reason="measured Spearman(VHD, exact ablation harm) = 0.31 on the trained VLM: "
+                                       "L0.H3 never reads the image (VHD ~ 0) yet is the most harmful to ablate")
+def test_vhd_ranks_the_heads_whose_ablation_hurts_most(trained):
+    model, batch, _, _ = trained
+    scores = V.vhd(model, batch, answers=["yes"] * N)
+    assert scores.meta.extra["spearman"] > 0.5
+
+
+def test_vhd_of_a_head_blind_to_the_image(trained):
+    model, batch, _, _ = trained
+    t = V.vhd(model, batch).table.set_index("node").vhd
+    assert t["L0.H3"] < 1e-3 * t.max() and np.isfinite(t).all()
