@@ -420,7 +420,7 @@ _SCHEMAS: list[Schema] = [
         _C("metric", "str", "", "the metric ACDC thresholded (kl, logit_diff, logit_diff_norm)"),
         _C("effect", "float", "metric units", "metric change measured when the edge was removed (0: untested)"),
         _C("in_circuit", "bool", "", "the edge was kept"),
-
+    )),
     # --------------------------------------------------------------- VLM analyses (issue 17)
     Schema("vlm.sinks", "one sink token (text or image) entering one layer of one prompt (VAR)", (
         _C("prompt", "int"), _LAYER, _C("pos", "int", "", "position in the prompt"), _C("token", "str"),
