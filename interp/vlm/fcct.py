@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import torch
+from jaxtyping import Bool, Int
 from torch import Tensor
 
 from interp.engine import Intervention, World, run
@@ -88,7 +89,7 @@ class FcctConfig:
             raise ConfigError(f"FcctConfig.noise must be > 0, got {self.noise}")
 
 
-def answer_ids(model: Model, answers: Sequence[Any], n: int) -> Tensor:
+def answer_ids(model: Model, answers: Sequence[Any], n: int) -> Int[Tensor, " batch"]:
     """``[n]`` token ids of the answers (single-token strings or ids), one per prompt."""
     from interp.datasets._align import single_token_id
 
@@ -193,7 +194,7 @@ def fcct(model: Model, batch: VisionBatch, answers: Sequence[Any], *, groups: An
     return Result("vlm.fcct", pd.DataFrame(rows), meta, name=name)
 
 
-def patch_groups(batch: VisionBatch, image: int = 0) -> dict[str, Tensor]:
+def patch_groups(batch: VisionBatch, image: int = 0) -> dict[str, Bool[Tensor, "batch pos"]]:
     """One group per image token of image ``image`` of every prompt: ``{"patch:k": [batch, pos] mask}``.
 
     ``k`` indexes the image's tokens in raster order (the grid of :func:`interp.vlm.groups.patch_grid`);

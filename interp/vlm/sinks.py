@@ -184,7 +184,7 @@ def redistribute(pattern: Float[Tensor, "batch head q k"], image: Bool[Tensor, "
 
 
 def var_interventions(model: Model, batch: VisionBatch, config: VarConfig = VarConfig(),
-                      sinks: dict[int, Tensor] | None = None) -> list[Intervention]:
+                      sinks: dict[int, Bool[Tensor, "batch pos"]] | None = None) -> list[Intervention]:
     """VAR as engine interventions: one ``apply`` on ``Site("pattern", l)`` per layer with sink tokens.
 
     The heads are selected on the pattern of the pass itself (as the code does during the forward).
