@@ -4,6 +4,13 @@ Each stage has a frozen config with its budget (prompts, steps); ``run_pipeline`
 runs the enabled stages in order, times them, writes every Result, the circuit graph
 in JSON/GraphML/GEXF, the explorer page, PDF/SVG figures and ``report.md``.
 
+The graph stage chooses the circuit and evaluates it at edge level by default
+(:mod:`interp.pipeline_circuit`, :mod:`interp.circuits`): a faithfulness curve of the EAP
+edges against circuit size with random circuits and the complement, and the smallest circuit
+reaching ``graph.faithfulness_target``; ``graph.evaluation = "nodes"`` keeps the node-level
+evaluation (heads outside the circuit ablated). Relative task files are resolved against
+``base``, like every other path of the job.
+
 The pipeline fails loudly: a stage runs unless the config disables it; a stage that
 raises is recorded as failed, its traceback written to ``<out>/logs/<stage>.traceback.txt``
 (the path is in ``report.md``), the stages that need it are not run, and
@@ -60,6 +67,7 @@ Example (``analyses/ioi_circuit.toml``)::
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 import traceback
 from dataclasses import dataclass
@@ -123,6 +131,8 @@ class _Job:
         self.circuits: dict[str, Any] = {}
         self.faith: dict[str, Any] = {}
         self.sweeps: dict[str, Any] = {}
+        self.edge: dict[str, dict[str, Any]] = {}     # edge-level circuit per task (interp.pipeline_circuit)
+        self.task_files = {t: cfg.task_path(t, base) for t in cfg.tasks}   # task files resolved against base
         self.compare: list[Any] = []
 
     def stage(self, name: str, enabled: bool, fn: Callable[[], str | None], needs: tuple[str, ...] = ()) -> None:
@@ -168,7 +178,7 @@ def _stage_load(job: _Job) -> str:
     job.model = load_model(job.cfg.model, device=job.cfg.device or None, dtype=job.cfg.dtype)
     notes = []
     for task in job.cfg.tasks:
-        job.data[task] = build_task(task, model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
+        job.data[task] = build_task(job.task_files[task], model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
         notes.append(f"{task}: {len(job.data[task])} prompts")
     return f"model {job.cfg.model}; " + ", ".join(notes)
 
@@ -237,9 +247,9 @@ def _stage_gating(job: _Job) -> str:
     notes = []
     for task in job.cfg.tasks:
         ds = job.subset(task, c.prompts)
-        r = chg(job.model, ds, config=CHGConfig(max_steps=c.steps, n_masks=c.n_masks,
-                                                 batch_size=min(c.batch_size, len(ds)), seed=job.cfg.seed,
-                                                 progress=False))
+        r = chg(job.model, ds, config=CHGConfig(max_steps=c.steps, patience=c.patience, n_masks=c.n_masks,
+                                                 batch_size=min(c.batch_size, len(ds)) or None,
+                                                 micro_batch=c.micro_batch, seed=job.cfg.seed, progress=False))
         job.save(task, r)
         roles = r.table["role"].value_counts().to_dict() if "role" in r.table else {}
         stages = ", ".join(f"{k} {v['steps']} steps" + ("" if v["converged"] else " (not converged)")
@@ -295,8 +305,9 @@ def _sink_files(job: _Job) -> dict[str, Path]:
 
 
 def _stage_graph(job: _Job) -> str:
-    from interp.graph import CircuitGraph, FaithfulnessConfig, prune, random_baseline
+    from interp.graph import CircuitGraph
     from interp.graph.builders import BUILDERS
+    from interp.pipeline_circuit import edge_circuit, edge_result
 
     c = job.cfg.graph
     notes = []
@@ -309,37 +320,68 @@ def _stage_graph(job: _Job) -> str:
                 continue
             g.add_result(r, **({"top_k": c.keep_edges} if r.kind == "patching.edges" else {}))
         job.graphs[task] = g
-        has_edges = g.nx.number_of_edges() > 0
-        fconfig = FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation)
-        top_k = c.top_k_edges
-        if c.sweep_edges and has_edges:
-            from interp.graph import faithfulness
-
-            sizes = {f"top{k}_edges": prune(g, top_k_edges=k) for k in c.sweep_edges}
-            sw = faithfulness(job.model, sizes, job.subset(task, c.faithfulness_prompts), config=fconfig)
-            sw = dataclasses.replace(sw, name=f"{task}_size_sweep")
-            job.save(task, sw)
-            job.sweeps[task] = sw
-            if c.faithfulness_target is not None:
-                top_k = _smallest_faithful(sw.table, c.sweep_edges, c.faithfulness_target)
-        circuit = prune(g, top_k_edges=top_k) if has_edges else prune(g, top_k_nodes=top_k, kinds=["head", "mlp"])
+        eap = edge_result(job.results[task])
+        explorer: dict[str, Any] = {}
+        if c.evaluation == "edges" and eap is not None:
+            ec = edge_circuit(job, task, g, eap)
+            job.edge[task] = ec
+            job.save(task, ec["curve"])
+            job.save(task, ec["eval"])
+            circuit = ec["graph"]
+            explorer = {"circuit": ec["edges"], "curve": ec["curve"].table}
+            edges_file = gdir / f"{task}_circuit_edges.json"
+            edges_file.write_text(json.dumps([list(e) for e in ec["edges"]]), encoding="utf-8")
+            job.files.append(edges_file)
+            size, ex = ec["size"], ec["curve"].meta.extra
+            reached = "" if ec["reached"] is None else (" (reaches" if ec["reached"] else " (does NOT reach") + \
+                f" the target {ec['target']})"
+            notes.append(f"{task}: graph {len(g)} nodes / {g.nx.number_of_edges()} edges; edge-level circuit "
+                         f"{size['n_edges']} edges, {size['n_heads']} heads, {size['n_mlps']} MLPs, faithfulness "
+                         f"{ec['faithfulness']:.3f}{reached}; curve AUC {ex['auc']:.3f} (random "
+                         f"{ex['auc_random']:.3f}), {len(ec['curve'].table)} sizes")
+        else:
+            if c.evaluation == "edges":
+                notes.append(f"{task}: no edge Result (patching.eap = false): node-level evaluation")
+            circuit = _node_circuit(job, task, g, notes)
         circuit.nx.graph["name"] = f"{task}_circuit"
         job.circuits[task] = circuit
         for fmt in c.formats:
             job.files.append(getattr(g, f"to_{fmt}")(gdir / f"{task}_graph.{fmt}"))
             job.files.append(getattr(circuit, f"to_{fmt}")(gdir / f"{task}_circuit.{fmt}"))
-        job.files.append(g.to_html(job.out / f"{task}_explorer.html"))
-        job.files.append(circuit.to_html(job.out / f"{task}_circuit_explorer.html"))
-        fb = random_baseline(job.model, circuit, job.subset(task, c.faithfulness_prompts),
-                             n_samples=c.random_samples, seed=job.cfg.seed, config=fconfig)
-        fb = dataclasses.replace(fb, name=f"{task}_random_baseline")
-        job.save(task, fb)
-        job.faith[task] = fb
-        row = fb.table.iloc[0]
-        notes.append(f"{task}: graph {len(g)} nodes / {g.nx.number_of_edges()} edges; circuit "
-                     f"{row.n_heads} heads, {row.n_mlps} MLPs, {circuit.nx.number_of_edges()} edges, "
-                     f"faithfulness {row.faithfulness:.3f}")
+        job.files.append(g.to_html(job.out / f"{task}_explorer.html", **explorer))
     return "; ".join(notes)
+
+
+def _node_circuit(job: _Job, task: str, g: Any, notes: list[str]) -> Any:
+    """The node-level circuit (``graph.evaluation = "nodes"``): nodes of the top-k edges, heads outside it ablated."""
+    from interp.graph import FaithfulnessConfig, prune, random_baseline
+
+    c = job.cfg.graph
+    has_edges = g.nx.number_of_edges() > 0
+    fconfig = FaithfulnessConfig(ablate_mlps=c.ablate_mlps, ablation=c.ablation)
+    top_k = c.top_k_edges
+    if c.sweep_edges and has_edges:
+        from interp.graph import faithfulness
+
+        sizes = {f"top{k}_edges": prune(g, top_k_edges=k) for k in c.sweep_edges}
+        sw = faithfulness(job.model, sizes, job.subset(task, c.faithfulness_prompts), config=fconfig)
+        sw = dataclasses.replace(sw, name=f"{task}_size_sweep")
+        job.save(task, sw)
+        job.sweeps[task] = sw
+        if c.faithfulness_target is not None:
+            top_k = _smallest_faithful(sw.table, c.sweep_edges, c.faithfulness_target)
+    circuit = prune(g, top_k_edges=top_k) if has_edges else prune(g, top_k_nodes=top_k, kinds=["head", "mlp"])
+    circuit.nx.graph["name"] = f"{task}_circuit"
+    fb = random_baseline(job.model, circuit, job.subset(task, c.faithfulness_prompts),
+                         n_samples=c.random_samples, seed=job.cfg.seed, config=fconfig)
+    fb = dataclasses.replace(fb, name=f"{task}_random_baseline")
+    job.save(task, fb)
+    job.faith[task] = fb
+    row = fb.table.iloc[0]
+    notes.append(f"{task}: graph {len(g)} nodes / {g.nx.number_of_edges()} edges; node-level circuit "
+                 f"{row.n_heads} heads, {row.n_mlps} MLPs, {circuit.nx.number_of_edges()} edges, "
+                 f"faithfulness {row.faithfulness:.3f}")
+    return circuit
 
 
 def _smallest_faithful(sweep: Any, sizes: tuple[int, ...], target: float) -> int:
@@ -350,6 +392,7 @@ def _smallest_faithful(sweep: Any, sizes: tuple[int, ...], target: float) -> int
 
 
 def _stage_figures(job: _Job) -> str:
+    from interp.circuits import curve_figure
     from interp.plots import export, figure
 
     fdir = job.out / "figures"
@@ -360,8 +403,10 @@ def _stage_figures(job: _Job) -> str:
                                     fdir / f"{task}_circuit.{ext}"))
             made += 1
     for r in [r for rs in job.results.values() for r in rs] + job.shared + job.compare:
+        if r.kind == "circuits.eval":    # one number per circuit: in report.md
+            continue
         try:
-            fig = figure(r)
+            fig = curve_figure(r) if r.kind == "circuits.curve" else figure(r)
         except ConfigError:  # interp.plots has no figure for this Result kind: noted; any other error fails
             missing.add(r.kind)
             continue

@@ -64,22 +64,29 @@ class PatchingStage:
 class GatingStage:
     """Causal head gating (roles of heads), validated by default.
 
-    ``steps`` caps each stage (stages stop earlier when the roles are stable for
-    ``CHGConfig.patience`` steps). ``validate``: ablation of the facilitating / interfering
-    heads vs random heads and agreement with exact head patching (the patching stage's exact
-    ``z`` Result when there is one, else noising patching on the gating prompts); the verdict
-    and every disagreement go to report.md.
+    ``steps`` caps each stage (``CHGConfig.max_steps``); a stage stops earlier once its roles have
+    been unchanged for ``patience`` steps (``CHGConfig.patience``; 0 = always run ``steps``).
+    ``batch_size`` = prompts per step (0 = all of them: a deterministic gradient, so the roles can
+    stop changing); ``micro_batch`` bounds the rows of one forward/backward pass. ``validate``:
+    ablation of the facilitating / interfering heads vs random heads and agreement with exact head
+    patching (the patching stage's exact ``z`` Result when there is one, else noising patching on
+    the gating prompts); the verdict and every disagreement go to report.md.
     """
 
     enabled: bool = True
-    prompts: int = 16
-    steps: int = 25
+    prompts: int = 8
+    steps: int = 60
+    patience: int = 10
     n_masks: int = 1
-    batch_size: int = 8
+    batch_size: int = 0
+    micro_batch: int = 16
     validate: bool = True
 
     def __post_init__(self) -> None:
-        _positive(self, "prompts", "steps", "n_masks", "batch_size")
+        _positive(self, "prompts", "steps", "n_masks", "micro_batch")
+        if self.patience < 0 or self.batch_size < 0:
+            raise ConfigError(f"gating.patience and gating.batch_size must be >= 0 (0: never stop early / every "
+                              f"prompt), got {self.patience}, {self.batch_size}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,29 +108,56 @@ class SinksStage:
 
 @dataclass(frozen=True, kw_only=True)
 class GraphStage:
-    """Circuit graph: evidence from every Result, the circuit = nodes of the strongest edges, faithfulness.
+    """Circuit graph: evidence from every Result; the circuit chosen and evaluated at edge level.
 
-    The circuit keeps the nodes of the ``top_k_edges`` strongest edges; with
-    ``faithfulness_target`` it is instead the smallest of the ``sweep_edges`` circuits whose
-    faithfulness (LD(circuit) / LD(full)) reaches the target (the largest when none does).
+    ``evaluation = "edges"`` (default, :mod:`interp.circuits`): circuits are sets of EAP edges
+    ``(src, dst, dst_input)`` selected by ``selection`` (``top_n`` or EAP-IG's ``greedy``) and
+    evaluated with every edge outside them patched (``edge_ablation``: the paired corrupted
+    prompt's sender output, or its positional mean). The faithfulness curve runs over
+    ``curve_sizes`` (empty: 0, then ``curve_points`` sizes spaced geometrically up to every scored
+    edge) with ``random_samples`` random circuits and the complement at each size; the circuit is
+    the smallest evaluated size reaching ``faithfulness_target`` (``refine`` extra sizes are tried
+    inside the bracket found); when none does, the most faithful one, flagged in report.md.
+    ``faithfulness_prompts`` clean/corrupted pairs; ``max_rows`` batch rows per pass.
+
+    ``evaluation = "nodes"`` (the earlier, node-level evaluation): the circuit keeps the nodes of
+    the ``top_k_edges`` strongest edges, or, when ``sweep_edges`` is given, the smallest of those
+    sizes reaching ``faithfulness_target``; heads outside it are ablated (``ablation``: mean or paired;
+    MLPs too with ``ablate_mlps``).
     """
 
     enabled: bool = True
+    evaluation: str = "edges"
     keep_edges: int = 2000
-    top_k_edges: int = 100
     faithfulness_prompts: int = 16
-    random_samples: int = 5
+    random_samples: int = 3
+    faithfulness_target: float | None = 0.8
+    # edge level
+    selection: str = "top_n"
+    curve_sizes: tuple[int, ...] = ()
+    curve_points: int = 12
+    refine: int = 8
+    edge_ablation: str = "patching"
+    max_rows: int = 64
+    # node level
+    top_k_edges: int = 100
     sweep_edges: tuple[int, ...] = ()
-    faithfulness_target: float | None = None
     ablation: str = "mean"
     ablate_mlps: bool = False
     formats: tuple[str, ...] = ("json", "graphml", "gexf")
     figures: tuple[str, ...] = ("pdf", "svg")
 
     def __post_init__(self) -> None:
-        _positive(self, "keep_edges", "top_k_edges", "faithfulness_prompts")
-        if self.faithfulness_target is not None and not self.sweep_edges:
-            raise ConfigError("graph.faithfulness_target needs graph.sweep_edges (the circuit sizes to choose from)")
+        _positive(self, "keep_edges", "top_k_edges", "faithfulness_prompts", "max_rows")
+        if self.evaluation not in ("edges", "nodes"):
+            raise ConfigError(f"graph.evaluation must be 'edges' or 'nodes', got {self.evaluation!r}")
+        if self.selection not in ("top_n", "greedy"):
+            raise ConfigError(f"graph.selection must be 'top_n' or 'greedy', got {self.selection!r}")
+        if self.edge_ablation not in ("patching", "mean"):
+            raise ConfigError(f"graph.edge_ablation must be 'patching' or 'mean', got {self.edge_ablation!r}")
+        if any(n < 0 for n in self.curve_sizes) or self.curve_points < 2 or self.refine < 0 or self.random_samples < 0:
+            raise ConfigError(f"graph: curve_sizes must be >= 0, curve_points >= 2, refine and random_samples >= 0; "
+                              f"got {self.curve_sizes}, {self.curve_points}, {self.refine}, {self.random_samples}")
         if self.ablation not in ("mean", "paired"):
             raise ConfigError(f"graph.ablation must be 'mean' or 'paired', got {self.ablation!r}")
         bad = [f for f in self.formats if f not in ("json", "graphml", "gexf")]
@@ -168,11 +202,24 @@ class PipelineConfig:
         resolve_dtype(self.dtype, arg="dtype")      # the device is checked where the job starts (it may differ here)
         if not self.tasks:
             raise ConfigError("tasks is empty; e.g. tasks = [\"ioi\"]")
-        for t in self.tasks:
-            check_task(t, "tasks")      # the one task registry: unknown names get the nearest
+        for t in self.tasks:            # the one task registry: unknown names get the nearest
+            if not _is_path(t):         # a task file is checked by :meth:`task_path` against the job's base
+                check_task(t, "tasks")
         if self.compare.enabled and len(self.tasks) < 2:
             raise ConfigError(f"[compare] needs two tasks, got tasks = {list(self.tasks)}; add a task or set "
                               "compare.enabled = false")
+
+    def task_path(self, task: str, base: str | Path = ".") -> str:
+        """``task`` as :func:`~interp.datasets.registry.build_task` takes it: a registered name as is, a task
+        file resolved against ``base`` (the folder relative paths of the job are resolved against) and checked.
+
+        Raises:
+            ConfigError: an unknown task name.
+            DataError: a task file that is missing or malformed (named with ``base`` applied).
+        """
+        if not _is_path(task) or Path(task).is_absolute():
+            return check_task(task, "tasks")
+        return check_task(str(Path(base) / task), "tasks")
 
     @property
     def max_prompts(self) -> int:
@@ -182,6 +229,11 @@ class PipelineConfig:
                 self.gating.prompts), (self.cache.enabled, self.cache.prompts),
                 (self.graph.enabled, self.graph.faithfulness_prompts)]
         return max([n for on, n in used if on], default=1)
+
+
+def _is_path(task: Any) -> bool:
+    """A task given as a file (a ``.jsonl``/``.json`` name or a path with a folder), not a registered name."""
+    return isinstance(task, str) and (Path(task).suffix in (".jsonl", ".json") or "/" in task or "\\" in task)
 
 
 def _positive(cfg: Any, *names: str) -> None:

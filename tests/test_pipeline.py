@@ -35,6 +35,8 @@ def test_shipped_configs_parse():
     assert cfg.graph.formats == ("json", "graphml", "gexf") and not cfg.compare.enabled
     cmp = load_config(ROOT / "analyses" / "compare_ioi_colored.toml")
     assert cmp.tasks == ("ioi", "colored_objects") and cmp.compare.enabled and not cmp.gating.enabled
+    assert cfg.graph.evaluation == "edges" and cfg.graph.faithfulness_target == 0.8 and cmp.graph.evaluation == "nodes"
+    assert cfg.gating.patience >= 1 and cfg.gating.batch_size == 0 and cfg.gating.validate
 
 
 def test_config_errors(tmp_path):
@@ -61,8 +63,9 @@ def test_runs_every_stage_on_toy(tmp_path, monkeypatch):
                          patching=PatchingStage(prompts=4, exact_prompts=2, batch_size=4),
                          gating=GatingStage(steps=2, prompts=4, batch_size=4),
                          sinks=SinksStage(prompt_dir=str(tmp_path / "prompts"), prompts=2, max_len=16),
-                         graph=GraphStage(top_k_edges=10, faithfulness_prompts=4, random_samples=2,
-                                          sweep_edges=(3, 10), faithfulness_target=-1e9, figures=("svg",)))
+                         graph=GraphStage(evaluation="nodes", top_k_edges=10, faithfulness_prompts=4,
+                                          random_samples=2, sweep_edges=(3, 10), faithfulness_target=-1e9,
+                                          figures=("svg",)))
     report = run_pipeline(cfg, log=lambda m: None)
     status = {r.name: r.status for r in report.stages}
     assert all(status[s] == "ok" for s in ("load", "cache", "patching", "gating", "sinks", "graph", "figures")), \
@@ -176,8 +179,8 @@ def test_smallest_faithful_circuit_size():
     assert _smallest_faithful(sweep, (100, 400, 1000), 0.8) == 400
     assert _smallest_faithful(sweep, (100, 400, 1000), 0.9) == 1000
     assert _smallest_faithful(sweep, (100, 400, 1000), 0.99) == 1000      # none reaches it: the largest
-    with pytest.raises(ConfigError, match="sweep_edges"):
-        GraphStage(faithfulness_target=0.8)
+    with pytest.raises(ConfigError, match="graph.evaluation must be 'edges' or 'nodes'"):
+        GraphStage(evaluation="node")
 def _toml(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
     return path
@@ -260,3 +263,132 @@ def test_cache_stage_of_an_absolute_task_file_stays_inside_out(tmp_path):
     report = run_pipeline(cfg, log=lambda m: None)
     assert {r.name: r.status for r in report.stages}["cache"] == "ok"
     assert (tmp_path / "o" / "cache" / "demo" / "manifest.json").is_file() and task.read_bytes() == before
+
+
+# --------------------------------------------------------------------------- the edge-level circuit (issue 16)
+def _explorer_takes_circuit() -> bool:
+    """Whether the explorer accepts ``circuit=`` and ``curve=`` (another branch adds them): signature only."""
+    import inspect
+
+    import interp.explorer as ex
+
+    params = set(inspect.signature(ex.write_html).parameters)
+    if "kwargs" in params and hasattr(ex, "page_data"):
+        params |= set(inspect.signature(ex.page_data).parameters)
+    return {"circuit", "curve"} <= params
+
+
+def _record_explorer_calls(monkeypatch, calls: list) -> None:
+    """Record the kwargs of every ``CircuitGraph.to_html`` call; drop ``circuit``/``curve`` when the explorer
+    does not take them yet (decided by its signature), so the rest of the stage can be checked."""
+    from interp.graph.core import CircuitGraph
+
+    real = CircuitGraph.to_html
+    takes = _explorer_takes_circuit()
+
+    def to_html(self, path, **kw):
+        calls.append((Path(path).name, kw))
+        return real(self, path, **(kw if takes else {k: v for k, v in kw.items() if k not in ("circuit", "curve")}))
+
+    monkeypatch.setattr(CircuitGraph, "to_html", to_html)
+
+
+def test_edge_level_circuit_report_and_reevaluation(tmp_path, monkeypatch):
+    """The default graph stage chooses and evaluates the circuit at edge level; report.md shows the curve, the
+    chosen size, random baselines, the complement, method agreement and the gating verdict; the chosen circuit
+    re-evaluated independently by evaluate_circuits gives the reported faithfulness."""
+    import json
+
+    import pandas as pd
+
+    from interp import load_model
+    from interp.circuits import EdgeEvalConfig, circuit_nodes, evaluate_circuits, model_edges
+    from interp.graph import load_graph
+    from interp.results import load_results
+
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
+    calls: list = []
+    _record_explorer_calls(monkeypatch, calls)
+    target = 0.8
+    cfg = PipelineConfig(name="edgejob", model="toy:llama", tasks=("toy",), out=str(tmp_path / "out"),
+                         cache=pl_cache(enabled=False),
+                         patching=PatchingStage(prompts=4, exact_prompts=4, batch_size=4),
+                         gating=GatingStage(steps=40, patience=3, prompts=4),
+                         sinks=SinksStage(enabled=False),
+                         graph=GraphStage(faithfulness_prompts=4, random_samples=2, curve_points=6, refine=4,
+                                          faithfulness_target=target, formats=("json",), figures=("svg",)))
+    report = run_pipeline(cfg, log=lambda m: None)
+    assert report.ok, [(r.name, r.status, r.note) for r in report.stages]
+    out = tmp_path / "out"
+    every = list(load_results(out / "results").values())
+    results = {r.name: r for r in every if r.kind.startswith("circuits.")}
+    curve, ev = results["toy_curve"], results["toy_circuit"]
+    assert curve.kind == "circuits.curve" and ev.kind == "circuits.eval"
+    edges = [tuple(e) for e in ev.meta.extra["edges"]]
+    assert edges == [tuple(e) for e in json.loads((out / "graph" / "toy_circuit_edges.json").read_text())]
+    # the chosen circuit = the smallest evaluated size reaching the target (the curve is the evidence)
+    t = curve.table.sort_values("n_edges")
+    reached = t[t.faithfulness >= target]
+    chosen = int(reached.n_edges.min()) if len(reached) else int(t.loc[t.faithfulness.idxmax(), "n_edges"])
+    assert len(edges) == chosen
+    # independent re-evaluation of the saved edges on the same prompts and the same (seeded) toy
+    model = load_model("toy:llama")
+    ds = toy_task(model, n=cfg.max_prompts).subset(range(4))
+    again = evaluate_circuits(model, ds, {"c": edges, "rest": sorted(set(model_edges(model)) - set(edges))},
+                              EdgeEvalConfig(ablation=cfg.graph.edge_ablation)).table.set_index("circuit")
+    reported = float(ev.table.faithfulness.iloc[0])
+    assert abs(again.faithfulness["c"] - reported) < 1e-5
+    row = t[t.n_edges == chosen].iloc[0]
+    assert abs(row.faithfulness - reported) < 1e-5 and abs(row.complement - again.faithfulness["rest"]) < 1e-5
+    nodes = circuit_nodes(edges)
+    n_heads, n_mlps = sum(".H" in n for n in nodes), sum(n.endswith(".MLP") for n in nodes)
+    text = report.path.read_text()
+    assert f"**Chosen circuit: {chosen} edges, {n_heads} heads, {n_mlps} MLPs" in text
+    assert f"faithfulness {reported:.3f}**" in text
+    assert f"random circuits {row.random_mean:.3f} +/- {row.random_std:.3f}, the complement {row.complement:.3f}" \
+        in text
+    assert f"AUC {curve.meta.extra['auc']:.3f}, random {curve.meta.extra['auc_random']:.3f}" in text
+    assert "| n_edges | n_nodes | faithfulness | random_mean | random_std | complement |" in text
+    assert (out / "figures" / f"{curve.id}.svg").is_file() and f"figures/{curve.id}.svg" in text
+    # the circuit graph holds exactly the node pairs of the chosen edges
+    g = load_graph(out / "graph" / "toy_circuit.json")
+    assert set(g.nx.edges) == {(s, d) for s, d, _ in edges}
+    # method agreement and the gating verdict
+    assert "## Method agreement (heads)" in text
+    agree = text.split("## Method agreement (heads)")[1].split("\n## ")[0]
+    for method in ("| exact |", "| atp |", "| eap |"):
+        assert method in agree, agree
+    assert "**Validation verdict:" in text and "## Head gating (CHG)" in text
+    chg = next(r for r in every if r.kind == "gating.chg")
+    for st in chg.meta.extra["stages"].values():     # patience reached the gating (stops when roles are stable)
+        assert st["steps"] <= 40 and (not st["converged"] or st["steps"] < 40)
+    # the full graph's explorer gets the circuit and the curve
+    kw = dict(calls)["toy_explorer.html"]
+    assert [tuple(e) for e in kw["circuit"]] == edges and isinstance(kw["curve"], pd.DataFrame)
+    assert kw["curve"][["n_edges", "faithfulness"]].round(9).equals(curve.table[["n_edges", "faithfulness"]].round(9))
+
+
+def test_task_files_are_resolved_against_base(tmp_path, monkeypatch):
+    """A relative task file is looked up under the job's base, not the current directory (and before the model)."""
+    import json
+
+    from interp.errors import DataError
+
+    base, elsewhere = tmp_path / "job", tmp_path / "elsewhere"
+    (base / "data").mkdir(parents=True)
+    elsewhere.mkdir()
+    (base / "data" / "demo.jsonl").write_text("\n".join(
+        json.dumps({"clean": c, "corrupted": k, "answer": "x", "counterfactual": "y"})
+        for c, k in (("ab cd", "ab ce"), ("ef gh", "ef gi"))) + "\n")
+    monkeypatch.chdir(elsewhere)
+    cfg = PipelineConfig(name="t", model="toy:llama", tasks=("data/demo.jsonl",), out="o",
+                         cache=pl_cache(prompts=2), patching=PatchingStage(enabled=False),
+                         gating=GatingStage(enabled=False), sinks=SinksStage(enabled=False),
+                         graph=GraphStage(enabled=False))
+    report = run_pipeline(cfg, base=base, log=lambda m: None)
+    assert report.ok and "data/demo.jsonl: 2 prompts" in report.stages[0].note
+    assert (base / "o" / "cache" / "demo" / "manifest.json").is_file()
+    missing = dataclasses.replace(cfg, tasks=("data/none.jsonl",))
+    with pytest.raises(DataError, match="none.jsonl"):
+        run_pipeline(missing, base=base, log=lambda m: None)
+    assert not (base / "o" / "report.md").read_text().count("none.jsonl")   # refused before anything ran
