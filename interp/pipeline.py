@@ -133,6 +133,7 @@ class _Job:
         self.sweeps: dict[str, Any] = {}
         self.edge: dict[str, dict[str, Any]] = {}     # edge-level circuit per task (interp.pipeline_circuit)
         self.task_files = {t: cfg.task_path(t, base) for t in cfg.tasks}   # task files resolved against base
+        self.engine: Any = None          # a RayEngine while run_pipeline holds one ([engine] kind = "ray"), else None
         self.compare: list[Any] = []
 
     def stage(self, name: str, enabled: bool, fn: Callable[[], str | None], needs: tuple[str, ...] = ()) -> None:
@@ -190,8 +191,14 @@ def _stage_cache(job: _Job) -> str:
     for task in job.cfg.tasks:
         ds = job.subset(task, job.cfg.cache.prompts)
         name = Path(task).stem if task.endswith(".jsonl") else task   # a task file: its name, never its path
-        store = collect(job.model, list(ds.clean), job.cfg.cache.sites, out=job.out / "cache" / name,
-                        progress=False, overwrite=True)
+        if job.engine is not None:
+            from interp.distributed import collect_ray
+
+            store = collect_ray(job.model, list(ds.clean), job.cfg.cache.sites, out=job.out / "cache" / name,
+                                engine=job.engine, progress=False, overwrite=True)
+        else:
+            store = collect(job.model, list(ds.clean), job.cfg.cache.sites, out=job.out / "cache" / name,
+                            progress=False, overwrite=True)
         notes.append(f"{task}: {len(store)} prompts x {job.cfg.cache.sites}")
     return "; ".join(notes)
 
@@ -219,8 +226,13 @@ def _stage_patching(job: _Job) -> str:
             from interp.patching import PatchConfig
             from interp.patching import activation_patching as patch
 
-            r = patch(job.model, job.subset(task, c.exact_prompts),
-                      PatchConfig(component="z", positions="all", direction=c.direction, metrics=(c.metric,)))
+            pcfg = PatchConfig(component="z", positions="all", direction=c.direction, metrics=(c.metric,))
+            if job.engine is not None:
+                from interp.distributed import activation_patching_ray
+
+                r = activation_patching_ray(job.model, job.subset(task, c.exact_prompts), pcfg, engine=job.engine)
+            else:
+                r = patch(job.model, job.subset(task, c.exact_prompts), pcfg)
             job.save(task, r)
             notes.append(f"{task}: exact head patching {c.exact_prompts} prompts")
     return "; ".join(notes)
@@ -450,6 +462,17 @@ def run_pipeline(config: PipelineConfig, *, base: str | Path = ".", log: Callabl
     job.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     evidence = tuple(n for n, on in (("patching", config.patching.enabled), ("gating", config.gating.enabled)) if on)
+    from interp.distributed.config import open_engine
+
+    with open_engine(config.engine) as job.engine:     # [engine]: caching and exact patching on Ray workers
+        _run_stages(job, config, evidence)
+    from interp.pipeline_report import write_report
+
+    path = write_report(job, time.perf_counter() - t0)
+    return PipelineReport(config, job.records, path, job.files)
+
+
+def _run_stages(job: _Job, config: PipelineConfig, evidence: tuple[str, ...]) -> None:
     job.stage("load", True, lambda: _stage_load(job))
     job.stage("cache", config.cache.enabled, lambda: _stage_cache(job), needs=("load",))
     job.stage("patching", config.patching.enabled, lambda: _stage_patching(job), needs=("load",))
@@ -458,7 +481,3 @@ def run_pipeline(config: PipelineConfig, *, base: str | Path = ".", log: Callabl
     job.stage("graph", config.graph.enabled, lambda: _stage_graph(job), needs=("load", *evidence))
     job.stage("compare", config.compare.enabled, lambda: _stage_compare(job), needs=("graph",))
     job.stage("figures", config.graph.enabled, lambda: _stage_figures(job), needs=("graph",))
-    from interp.pipeline_report import write_report
-
-    path = write_report(job, time.perf_counter() - t0)
-    return PipelineReport(config, job.records, path, job.files)

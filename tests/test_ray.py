@@ -198,3 +198,36 @@ def test_issue_check_smollm2_cache_ray_equals_local(free_cpus, tmp_path):
     local, dist = _files(tmp_path / "local"), _files(tmp_path / "A")
     assert len(json.loads(local["manifest.json"])["shards"]) >= 2
     assert dist == local
+
+
+@pytest.mark.slow
+def test_pipeline_engine_ray_equals_local(free_cpus, tmp_path, monkeypatch):
+    """``[engine] kind = "ray"`` in a pipeline config: the cache stage's store is byte-equal and the exact head
+    patching Result equal (1e-6) to the same job run locally."""
+    from interp.datasets import registry
+    from interp.distributed.config import EngineConfig
+    from interp.pipeline import run_pipeline
+    from interp.pipeline_config import (CacheStage, GatingStage, GraphStage, PatchingStage, PipelineConfig,
+                                        SinksStage)
+    from interp.results import load_results
+
+    from test_pipeline import toy_task
+
+    monkeypatch.setitem(registry.TASKS, "toy", registry.Task("toy", toy_task))
+    tables = {}
+    for kind in ("local", "ray"):
+        cfg = PipelineConfig(name="eng", model="toy:llama", tasks=("toy",), out=str(tmp_path / kind),
+                             cache=CacheStage(prompts=6, sites="resid_post"),
+                             patching=PatchingStage(atp=False, eap=False, exact_prompts=4),
+                             gating=GatingStage(enabled=False), sinks=SinksStage(enabled=False),
+                             graph=GraphStage(enabled=False),
+                             engine=EngineConfig(kind=kind, workers=2) if kind == "ray" else EngineConfig())
+        report = run_pipeline(cfg, log=lambda m: None)
+        assert report.ok, report.stages
+        exact = [r for r in load_results(tmp_path / kind / "results").values() if r.kind == "patching.nodes"]
+        assert len(exact) == 1
+        tables[kind] = exact[0].table
+    assert _files(tmp_path / "local" / "cache" / "toy") == _files(tmp_path / "ray" / "cache" / "toy")
+    a, b = tables["local"], tables["ray"]
+    assert list(a["node"]) == list(b["node"])
+    assert float((a["effect"] - b["effect"]).abs().max()) < 1e-6
