@@ -28,6 +28,7 @@ import torch
 from interp._fs import atomic_write_bytes, atomic_write_json, confined_path, folder_lock, sha256_file
 from interp.cache.layout import (FORMAT, MANIFEST, RECORD, TEXTS, TOKENS, encode_texts, encode_tokens, read_manifest,
                                  repair, shard_name, sort_records, write_shard)
+from interp.arch import padding_kwargs
 from interp.cache.reducers import Reducer
 from interp.cache.store import ActivationStore, _Chunk, _dtype_name, _pos_axes, dtype_from_name, parse_bytes
 from interp.errors import ConfigError, DataError, StoreError
@@ -407,7 +408,7 @@ def _fill(model: Model, batch: Any, flat_ids: torch.Tensor, lengths: list[int], 
                 blen = [lengths[i] for i in ids]
                 tokens = batch.tokens[ids, : b.width].to(device)
                 with torch.inference_mode():
-                    acts = _run(model, tokens, capture)
+                    acts = _run(model, tokens, capture, padding_kwargs(model, batch.mask[ids, : b.width].to(device)))
                     kept = {} if skip_store else {str(s): _own(acts[s], dtype, s, blen) for s in keep}
                     if not allow_nonfinite:  # before any of it is stored or reduced
                         for s in capture:
@@ -452,10 +453,11 @@ def _fill(model: Model, batch: Any, flat_ids: torch.Tensor, lengths: list[int], 
                            chunks=chunks, manifest=manifest, reductions=reductions)
 
 
-def _run(model: Model, tokens: torch.Tensor, capture: Sequence[Site]) -> dict[Site, torch.Tensor]:
+def _run(model: Model, tokens: torch.Tensor, capture: Sequence[Site],
+         extra: Mapping[str, Any]) -> dict[Site, torch.Tensor]:
     from interp.hooks import run_capture
 
-    return run_capture(model, tokens, capture, clone=False, stop_early=True)
+    return run_capture(model, tokens, capture, clone=False, stop_early=True, **extra)
 
 
 

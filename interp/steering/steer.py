@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from interp import metrics
+from interp.arch import require_arch
 from interp.errors import ConfigError, DataError, ShapeError, SiteError
 from interp.sites import Site
 from interp.steering.axes import Axis
@@ -138,6 +139,7 @@ def next_token_probs(model: Model, prompts: Sequence[str], *, steer: SteerFactor
 
     if not prompts:
         raise DataError("no prompts given")
+    require_arch(model, method="next-token probabilities", causal=True)
     out = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
@@ -171,6 +173,7 @@ def perplexity(model: Model, texts: Sequence[str], *, steer: SteerFactory | None
 
     if not texts:
         raise DataError("no texts given for perplexity")
+    require_arch(model, method="perplexity (next-token loss)", causal=True)
     nll, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
@@ -210,6 +213,7 @@ def generate(model: Model, prompts: Sequence[str] | str, *, max_new_tokens: int 
         prompts = [prompts]
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    require_arch(model, method="generation", causal=True)
     tb = tokenize(model, list(prompts))
     tokens, lengths = tb.tokens, tb.lengths.clone()
     start = lengths.clone()
