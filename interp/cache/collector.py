@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from interp._fs import atomic_write_bytes, atomic_write_json, confined_path, folder_lock, sha256_file
+from interp.arch import padding_kwargs
 from interp.cache.layout import (FORMAT, MANIFEST, RECORD, TEXTS, TOKENS, encode_texts, encode_tokens, read_manifest,
                                  repair, shard_name, sort_records, write_shard)
-from interp.arch import padding_kwargs
 from interp.cache.reducers import Reducer
 from interp.cache.store import ActivationStore, _Chunk, _dtype_name, _pos_axes, dtype_from_name, parse_bytes
 from interp.errors import ConfigError, DataError, StoreError
