@@ -14,8 +14,6 @@ import torch
 from interp.errors import ConfigError
 from interp.sites import Site
 
-gemma_only = [pytest.mark.bundled, pytest.mark.gemma3]
-
 PROMPTS = ["The Eiffel Tower is located in the city of Paris, the capital of France.",
            "def add(a, b):\n    return a + b",
            "Apples, bananas, cherries and grapes."]
@@ -76,6 +74,7 @@ def test_logits_equal_plain_transformers_on_a_padded_batch(gemma, gemma_hf):
             assert (got[i, :n] - want).abs().max() < 1e-4, p
 
 
+@pytest.mark.slow
 @pytest.mark.bundled
 @pytest.mark.gemma3
 def test_cache_sinks_and_massive_match_plain_transformers(gemma, gemma_hf):
@@ -108,6 +107,7 @@ def test_cache_sinks_and_massive_match_plain_transformers(gemma, gemma_hf):
     np.testing.assert_allclose(got, alpha.mean(0), atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.bundled
 @pytest.mark.gemma3
 def test_exact_patching_and_atp_run_and_eap_refuses_post_norms(gemma):
