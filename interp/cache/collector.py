@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from interp._fs import atomic_write_bytes, atomic_write_json, confined_path, folder_lock, sha256_file
+from interp.arch import padding_kwargs
 from interp.cache.layout import (FORMAT, MANIFEST, RECORD, TEXTS, TOKENS, encode_texts, encode_tokens, read_manifest,
                                  repair, shard_name, sort_records, write_shard)
 from interp.cache.reducers import Reducer
@@ -432,7 +433,7 @@ def _fill(model: Model, batch: Any, flat_ids: torch.Tensor, lengths: list[int], 
                 tokens = batch.tokens[ids, : b.width].to(device)
                 feed = batch.feed(model, ids) if hasattr(batch, "feed") else contextlib.nullcontext()
                 with torch.inference_mode(), feed:
-                    acts = _run(model, tokens, capture)
+                    acts = _run(model, tokens, capture, padding_kwargs(model, batch.mask[ids, : b.width].to(device)))
                     kept = {} if skip_store else {str(s): _own(acts[s], dtype, s, blen) for s in keep}
                     if not allow_nonfinite:  # before any of it is stored or reduced
                         for s in capture:
@@ -477,10 +478,11 @@ def _fill(model: Model, batch: Any, flat_ids: torch.Tensor, lengths: list[int], 
                            chunks=chunks, manifest=manifest, reductions=reductions)
 
 
-def _run(model: Model, tokens: torch.Tensor, capture: Sequence[Site]) -> dict[Site, torch.Tensor]:
+def _run(model: Model, tokens: torch.Tensor, capture: Sequence[Site],
+         extra: Mapping[str, Any]) -> dict[Site, torch.Tensor]:
     from interp.hooks import run_capture
 
-    return run_capture(model, tokens, capture, clone=False, stop_early=True)
+    return run_capture(model, tokens, capture, clone=False, stop_early=True, **extra)
 
 
 

@@ -112,7 +112,7 @@ class Evaluator:
         from interp.patching._run import Counter
         from interp.patching.metrics import prepare_pairs
 
-        require_arch(model, method="edge-level circuit evaluation", parallel_attn_mlp=False, post_attn_norm=False,
+        require_arch(model, method="edge-level circuit evaluation", causal=True, parallel_attn_mlp=False, post_attn_norm=False,
                      post_mlp_norm=False)
         self.model, self.config = model, config
         self.counter = Counter()

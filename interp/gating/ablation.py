@@ -291,6 +291,9 @@ def ablation_table(model: Any, batch: Any, ablation_sets: Mapping[str, Sequence[
 
     from interp.results import Result, run_meta
 
+    from interp.arch import require_arch
+
+    require_arch(model, method="ablation table (last-token metrics)", causal=True)
     if metric is None:
         metric_name, metric = default_metric(batch)
     clean = evaluate(model, batch, metric)

@@ -232,6 +232,9 @@ def gate_data(model: Any, dataset: Any, *, targets: Any = None) -> GateData:
         DataError: no targets, a target that is not one token, or an id outside the vocabulary
             (the message names the prompts).
     """
+    from interp.arch import require_arch
+
+    require_arch(model, method="head gating (next-token targets)", causal=True)
     dev = _device(model)
     if hasattr(dataset, "answers"):
         if not dataset.answers:

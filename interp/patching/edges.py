@@ -82,7 +82,8 @@ def edge_attribution_patching(model: Model, data: Any, config: Any = None, *, ex
     from interp.patching.metrics import prepare_pairs
     from interp.arch import require_arch
 
-    require_arch(model, method="EAP edges", parallel_attn_mlp=False, post_attn_norm=False, post_mlp_norm=False)
+    require_arch(model, method="EAP edges", causal=True, parallel_attn_mlp=False, post_attn_norm=False,
+                 post_mlp_norm=False)
     config = config or AttributionConfig()
     t0 = time.perf_counter()
     pairs = prepare_pairs(model, data)

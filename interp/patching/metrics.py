@@ -120,8 +120,10 @@ def prepare_pairs(model: Model, data: Any) -> PairData:
             prompts of different token lengths, or answers that are not single tokens
             (the messages name the prompts).
     """
+    from interp.arch import require_arch
     from interp.datasets.base import TaskDataset
 
+    require_arch(model, method="patching (next-token logit metrics)", causal=True)
     if isinstance(data, PairData):
         return data
     if not isinstance(data, TaskDataset):

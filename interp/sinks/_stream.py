@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
+from interp.arch import padding_kwargs
 from interp.errors import DataError
 from interp.hooks import StopForward, hooked
 from interp.models import TokenBatch, tokenize
@@ -153,7 +154,7 @@ def stream(model: Model, batch: TokenBatch, reducers: Sequence[Reducer], *, batc
             current[:] = [Chunk(tokens, lengths.to(tokens.device), start)]
             fired.clear()
             try:
-                model(tokens)
+                model(tokens, **padding_kwargs(model, current[0].mask))
             except StopForward:
                 pass
 

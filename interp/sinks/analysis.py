@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from interp.arch import arch_facts
 from interp.errors import ConfigError, DataError
 from interp.results import Result, run_meta
 from interp.sinks._stream import prepare, stream
@@ -90,7 +91,8 @@ def analyze(model: Model, domains: Mapping[str, Sequence[str]] | Sequence[str], 
     batch, kept = prepare(model, prompts, config.max_len)
     width = max(batch.tokens.shape[1], 1)
     n_kv = getattr(cfg, "n_key_value_heads", None) or cfg.n_heads
-    sinks = SinkReducer(len(batch), cfg.n_layers, cfg.n_heads, width, config.sinks.min_queries)
+    sinks = SinkReducer(len(batch), cfg.n_layers, cfg.n_heads, width, config.sinks.min_queries,
+                        causal=arch_facts(model).causal)
     massive = MassiveReducer(len(batch), cfg.n_layers, config.massive.top_k)
     secondary = SecondaryReducer(len(batch), cfg.n_layers, width, config.secondary.norm_factor)
     drain = DrainReducer(len(batch), cfg.n_layers, n_kv)

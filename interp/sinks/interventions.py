@@ -257,6 +257,9 @@ def interventions(model: Model, calib_texts: Sequence[str], eval_texts: Sequence
         loss_after, delta (after - before). Rows are left out when nothing applies (no
         candidate heads, no massive dims).
     """
+    from interp.arch import require_arch
+
+    require_arch(model, method="sink interventions (next-token loss)", causal=True)
     calib = text_windows(model, calib_texts, config.window)[: config.max_windows]
     held = text_windows(model, eval_texts, config.window)[: config.max_windows]
     before = next_token_loss(model, held, config.batch_size)

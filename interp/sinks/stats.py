@@ -36,6 +36,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from interp.arch import arch_facts
 from interp.errors import ConfigError
 from interp.models import TokenBatch
 from interp.nodes import node_id
@@ -83,12 +84,15 @@ class SinkConfig:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
-def alpha_from_pattern(pattern: Float[Tensor, "batch head pos pos"], lengths: Int[Tensor, " batch"]) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
+def alpha_from_pattern(pattern: Float[Tensor, "batch head pos pos"], lengths: Int[Tensor, " batch"],
+                       causal: bool = True) -> tuple[Float[Tensor, "..."], Float[Tensor, "..."]]:
     """alpha_k of every key from one layer's pattern of a right-padded batch.
 
     Args:
         pattern: ``[batch, head, query_pos, key_pos]`` attention probabilities.
         lengths: ``[batch]`` real tokens per prompt.
+        causal: queries ``t >= k`` see key ``k``; ``False`` (bidirectional encoder): every real
+            query sees every real key, so alpha_k is the mean over all ``T`` real queries.
 
     Returns:
         ``alpha`` ``[batch, head, key_pos]`` (0 at padded keys) and ``n_queries``
@@ -98,6 +102,8 @@ def alpha_from_pattern(pattern: Float[Tensor, "batch head pos pos"], lengths: In
     qmask = (pos[None, :] < lengths[:, None]).to(pattern.dtype)              # [batch, q]
     colsum = (qmask[:, None, None, :] @ pattern)[:, :, 0]                    # [batch, head, key], no copy of pattern
     n_queries = (lengths[:, None] - pos[None, :]).clamp(min=0)               # [batch, k]
+    if not causal:
+        n_queries = lengths[:, None] * (n_queries > 0)
     alpha = colsum / n_queries.clamp(min=1)[:, None, :].to(pattern.dtype)
     return alpha * (n_queries > 0)[:, None, :], n_queries
 
@@ -113,8 +119,9 @@ class SinkReducer:
       prompts at keys with at least ``min_queries`` queries.
     """
 
-    def __init__(self, n_prompts: int, n_layers: int, n_heads: int, width: int, min_queries: int = 4) -> None:
-        self.n_layers, self.n_heads, self.min_queries = n_layers, n_heads, min_queries
+    def __init__(self, n_prompts: int, n_layers: int, n_heads: int, width: int, min_queries: int = 4,
+                 causal: bool = True) -> None:
+        self.n_layers, self.n_heads, self.min_queries, self.causal = n_layers, n_heads, min_queries, causal
         self.alpha_first = np.zeros((n_prompts, n_layers, n_heads))
         self.sink_mass = np.zeros((n_prompts, n_layers, n_heads))
         self.alpha_sum = np.zeros((n_layers, n_heads, width))
@@ -125,7 +132,7 @@ class SinkReducer:
 
     def update(self, act: torch.Tensor, site: Site, chunk: Chunk) -> None:
         pattern = act.float()
-        alpha, n_q = alpha_from_pattern(pattern, chunk.lengths)
+        alpha, n_q = alpha_from_pattern(pattern, chunk.lengths, self.causal)
         rows = slice(chunk.offset, chunk.offset + len(chunk))
         layer = site.layer
         self.alpha_first[rows, layer] = alpha[:, :, 0].cpu().numpy()
@@ -201,7 +208,8 @@ def sink_scores(model: Model, prompts: Sequence[str] | TokenBatch, config: SinkC
     """
     batch, kept = prepare(model, prompts, config.max_len)
     cfg = model.cfg
-    red = SinkReducer(len(batch), cfg.n_layers, cfg.n_heads, batch.tokens.shape[1], config.min_queries)
+    red = SinkReducer(len(batch), cfg.n_layers, cfg.n_heads, batch.tokens.shape[1], config.min_queries,
+                      causal=arch_facts(model).causal)
     stream(model, batch, [red], batch_size=config.batch_size, progress=progress, desc="sink scores")
     meta = run_meta(model, dataset=dataset, data=batch.tokens, config=config, prompts_kept=len(kept))
     return sink_results(red, config.eps, meta)

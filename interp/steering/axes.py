@@ -402,6 +402,7 @@ def residual_activations(model: Model, prompts: Sequence[str], layers: Sequence[
     """
     from tqdm.auto import tqdm
 
+    from interp.arch import padding_kwargs
     from interp.hooks import run_capture
     from interp.models import tokenize
 
@@ -415,7 +416,7 @@ def residual_activations(model: Model, prompts: Sequence[str], layers: Sequence[
     with torch.inference_mode():
         for i in tqdm(starts, disable=not progress, desc="activations"):
             tb = tokenize(model, list(prompts[i:i + batch_size]))
-            acts = run_capture(model, tb.tokens, sites)
+            acts = run_capture(model, tb.tokens, sites, **padding_kwargs(model, tb.mask))
             for s in sites:
                 a = acts[s].float()
                 if position == "last":

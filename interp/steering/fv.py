@@ -296,6 +296,9 @@ def function_vector(model: Model, mean_z: Float[Tensor, "layer head d_head"], ai
 
 def fit_function_vector(model: Model, task: Any, config: FVConfig = FVConfig(), *, progress: bool = True) -> FunctionVector:
     """The whole recipe on an :class:`~interp.datasets.icl.IclTask` (filtered to single-token answers)."""
+    from interp.arch import require_arch
+
+    require_arch(model, method="function vectors (next-token answers)", causal=True)
     task = task.for_model(model)
     clean = task.prompts(config.n_prompts, config.n_demos, seed=config.seed)
     shuffled = task.prompts(config.n_prompts, config.n_demos, seed=config.seed + 1, shuffled=True)

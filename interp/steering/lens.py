@@ -75,6 +75,9 @@ def fit_affine_lens(model: Model, texts: Sequence[str], layers: Sequence[int], *
     ``ridge`` (relative to the mean squared feature scale) keeps the solve stable when there
     are fewer tokens than dims. Massive-activation positions are included as they are.
     """
+    from interp.arch import require_arch
+
+    require_arch(model, method="affine lens (right-padded batches)", causal=True)
     from interp.hooks import run_capture
     from interp.models import tokenize
 

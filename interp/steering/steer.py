@@ -37,6 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from interp import metrics
+from interp.arch import require_arch
 from interp.errors import ConfigError, DataError, ShapeError, SiteError
 from interp.sites import Site
 from interp.steering.axes import Axis
@@ -161,6 +162,7 @@ def next_token_probs(model: Model, prompts: Sequence[str], *, steer: SteerFactor
 
     if not prompts:
         raise DataError("no prompts given")
+    require_arch(model, method="next-token probabilities", causal=True)
     out = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
@@ -194,6 +196,7 @@ def perplexity(model: Model, texts: Sequence[str], *, steer: SteerFactory | None
 
     if not texts:
         raise DataError("no texts given for perplexity")
+    require_arch(model, method="perplexity (next-token loss)", causal=True)
     nll, count = 0.0, 0
     with torch.inference_mode():
         for i in range(0, len(texts), batch_size):
@@ -235,6 +238,7 @@ def generate(model: Model, prompts: Sequence[str] | str, *, max_new_tokens: int 
 
     if isinstance(prompts, str):
         prompts = [prompts]
+    require_arch(model, method="generation", causal=True)
     if steer is not None and not isinstance(steer, _Steer):
         raise ConfigError("generate: steer must come from steer_factory (generation applies it as an engine "
                           "intervention with the KV cache); for other interventions call interp.generate")
