@@ -273,6 +273,9 @@ def generate(model: Model, prompts: Sequence[str] | str | Int[Tensor, "batch pos
             longer than the model's context. SiteError: an unknown site, or an attention-pattern site.
         ShapeError / DataError: prompts or intervention values that do not fit.
     """
+    from interp.arch import require_arch
+
+    require_arch(model, method="generation", causal=True)
     steps = _check_options(max_new_tokens, do_sample, temperature, top_k, top_p, at_steps)
     ivs = list(interventions)
     for iv in ivs:

@@ -104,6 +104,7 @@ def test_causal_only_methods_refuse_naming_bidirectional_attention(minilm):
     from interp.datasets import TaskDataset
     from interp.patching import PatchConfig, activation_patching, attribution_patching
     from interp.patching.edges import edge_attribution_patching
+    from interp import generate as interp_generate
     from interp.steering.steer import generate, next_token_probs
 
     ds = TaskDataset("pairs", ("the cat sat",), ("the dog sat",), (" down",), (" up",))
@@ -111,7 +112,8 @@ def test_causal_only_methods_refuse_naming_bidirectional_attention(minilm):
              "patching ": lambda: attribution_patching(minilm, ds),
              "EAP edges": lambda: edge_attribution_patching(minilm, ds),
              "generation": lambda: generate(minilm, "hello"),
-             "next-token probabilities": lambda: next_token_probs(minilm, ["hello"])}
+             "next-token probabilities": lambda: next_token_probs(minilm, ["hello"]),
+             "generation ": lambda: interp_generate(minilm, ["hello"], max_new_tokens=2)}
     for method, call in calls.items():
         with pytest.raises(ConfigError, match="bidirectional attention") as e:
             call()
