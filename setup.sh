@@ -45,8 +45,13 @@ if [ ! -f "$stamp" ]; then
   touch "$stamp"
 fi
 
-echo "== preparing the bundled models (converted once to Hugging Face folders; Gemma 3 takes a few minutes)"
-.venv/bin/interp models --prepare
+if [ "$want_tests" = 1 ]; then
+  echo "== preparing the bundled models (converted once to Hugging Face folders; Gemma 3 takes a few minutes)"
+  .venv/bin/interp models --prepare
+else
+  echo "== preparing the bundled model (converted once to a Hugging Face folder)"
+  .venv/bin/interp models --prepare --only smollm2
+fi
 
 if [ "$want_tests" = 1 ] && ! .venv/bin/python -c 'import ray' 2>/dev/null; then
   echo "== installing the Ray extra (interp[ray]) for the distributed tests"
