@@ -200,3 +200,27 @@ def model_options(device: str | None, dtype: str | None, *, device_arg: str = "-
     dt = resolve_dtype(dtype or None, arg=dtype_arg)
     check_dtype(dt, dev, arg=dtype_arg)
     return {"device": str(dev), "dtype": dt}
+
+
+def prompt_texts(prompts: str | Path | None, task: str, n: int) -> list[str] | None:
+    """``--prompts FILE`` (read and checked now, first ``n``) or None after checking ``--task`` by name.
+
+    Called before the model loads; :func:`task_texts` builds the task's prompts once it has.
+    """
+    if prompts is not None:
+        from interp.datasets import load_prompts
+
+        return list(load_prompts(prompts))[:n]
+    from interp.datasets.registry import check_task
+
+    check_task(task, "--task")
+    return None
+
+
+def task_texts(texts: list[str] | None, task: str, model: object, n: int, seed: int) -> list[str]:
+    """``texts`` from :func:`prompt_texts`, or the clean prompts of ``task`` built for the loaded ``model``."""
+    if texts is not None:
+        return texts
+    from interp.datasets.registry import build_task
+
+    return list(build_task(task, model=model, n=n, seed=seed).clean)

@@ -26,27 +26,16 @@ def attention(model: str = typer.Argument(..., help="model spec, e.g. smollm2 or
     \b
     Example: interp diagnostics attention smollm2 --task ioi --n 32 --out out/diag
     """
-    from interp.cli._common import check_formats, check_out_dir, check_positive
+    from interp.cli._common import check_formats, check_out_dir, check_positive, prompt_texts, task_texts
     from interp.diagnostics import diagnose
     from interp.models import load_model, tokenize
 
     check_positive(n, "--n")
     fig_formats = check_formats(figures, "--figures")
-    texts = None
-    if prompts is not None:
-        from interp.datasets import load_prompts
-
-        texts = load_prompts(prompts)[:n]
-    else:
-        from interp.datasets.registry import check_task
-
-        check_task(task, "--task")
+    texts = prompt_texts(prompts, task, n)
     check_out_dir(out, "--out")
     m = load_model(model)
-    if texts is None:
-        from interp.datasets.registry import build_task
-
-        texts = list(build_task(task, model=m, n=n, seed=seed).clean)
+    texts = task_texts(texts, task, m, n, seed)
     batch = tokenize(m, texts)
     length = int(batch.lengths.min())
     d = diagnose(m, batch.tokens[:, :length], dataset=str(prompts) if prompts is not None else task)

@@ -53,7 +53,8 @@ def register(app: typer.Typer) -> None:
           interp sad smollm2 --head L23.H3 --task ioi --n 32 --out out/sad
           interp sad toy:llama --head L1.H0 --prompts data/prompts/prose.txt --positions all --out out/sad
         """
-        from interp.cli._common import check_choice, check_formats, check_out_dir, check_positive
+        from interp.cli._common import (check_choice, check_formats, check_out_dir, check_positive, prompt_texts,
+                                        task_texts)
         from interp.errors import ConfigError
         from interp.models import load_model, tokenize
         from interp.nodes import parse_node_id
@@ -69,21 +70,10 @@ def register(app: typer.Typer) -> None:
         check_positive(n, "--n")
         fig_formats = check_formats(figures, "--figures")
         cfg = SADConfig(fraction=fraction, attn_threshold=threshold, top_k=top_k, depth=depth)
-        texts = None
-        if prompts is not None:
-            from interp.datasets import load_prompts
-
-            texts = load_prompts(prompts)[:n]
-        else:
-            from interp.datasets.registry import check_task
-
-            check_task(task, "--task")
+        texts = prompt_texts(prompts, task, n)
         check_out_dir(out, "--out")
         m = load_model(model)
-        if texts is None:
-            from interp.datasets.registry import build_task
-
-            texts = list(build_task(task, model=m, n=n, seed=seed).clean)
+        texts = task_texts(texts, task, m, n, seed)
         batch = tokenize(m, texts)
         toks = [batch.tokens[i, : int(batch.lengths[i])] for i in range(len(texts))]
         qpos = [[len(t) - 1] for t in toks] if positions == "last" else None
