@@ -37,7 +37,8 @@ def _root(threads: int = typer.Option(0, "--threads", min=0, help="torch CPU thr
 
 
 # One module per command family; each defines register(app).
-COMMAND_MODULES = ["models", "cache", "sinks", "sae", "run", "steering", "gate", "trace", "patch", "sad", "diagnostics"]
+COMMAND_MODULES = ["models", "cache", "sinks", "sae", "run", "steering", "gate", "trace", "patch", "sad", "diagnostics",
+                   "transcoders", "attribute"]
 _registered: list[str] = []
 
 
