@@ -5,6 +5,7 @@
 * :mod:`interp.transcoders.evaluate` — L0, explained variance, replacement-model next-token loss.
 * :mod:`interp.transcoders.attribution` — local replacement model, attribution graph, pruning, scores.
 * :mod:`interp.transcoders.graph_json` — Neuronpedia graph JSON out, CircuitGraph in.
+* :mod:`interp.transcoders.interventions` — scale a feature, compare the logit change with the graph's prediction.
 
 Importing ``interp.transcoders`` does no work: names resolve on first use.
 """
@@ -21,6 +22,8 @@ _EXPORTS = {
     "evaluate_transcoders": "evaluate", "replaced_mlps": "evaluate",
     "AttributionConfig": "attribution", "Attribution": "attribution", "attribute": "attribution",
     "MAX_PROMPT_TOKENS": "attribution",
+    "intervention_agreement": "interventions", "predicted_logit_change": "interventions",
+    "observed_logit_change": "interventions",
     "to_neuronpedia": "graph_json", "from_neuronpedia": "graph_json",
 }
 
