@@ -8,7 +8,10 @@
    with every MLP replaced vs the original.
 3. Build the attribution graph of a 12-token prompt (``interp.transcoders.attribute``), timed,
    with the process's peak RSS (``ru_maxrss``) before and after.
-4. For each of ``--prompts`` prompts: replacement and completeness scores.
+4. Ablate each of the graph's 10 most influential features in the replacement model (frozen and
+   open attention/norms, downstream features recomputed) and compare the top logit's change with
+   the graph's prediction (:func:`interp.transcoders.interventions.intervention_agreement`).
+5. For each of ``--prompts`` prompts: replacement and completeness scores.
 
 Usage::
 
@@ -105,6 +108,15 @@ def main() -> None:
                        "top_probs": g.logit_probs.tolist(),
                        "pruned_nodes": len(g.to_graph()), "load_avg": os.getloadavg()}
     print(json.dumps(report["graph"], indent=1), flush=True)
+    from interp.transcoders.interventions import intervention_agreement
+
+    report["interventions"] = {}
+    for mode in ("frozen", "open"):
+        t6 = time.perf_counter()
+        rep = intervention_agreement(m, g, tcs, top=10, factor=0.0, mode=mode)
+        rep["seconds"] = time.perf_counter() - t6
+        report["interventions"][mode] = rep
+        print(mode, {k: v for k, v in rep.items() if k != "rows"}, flush=True)
     report["prompts"] = []
     for p in PROMPTS[1:args.prompts]:
         t5 = time.perf_counter()

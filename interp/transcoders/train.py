@@ -11,7 +11,7 @@ SAE-Lens's ``JumpReLUTranscoder``:
   inference is the running mean of the smallest kept activation (SAE-Lens's own batch-top-k ->
   JumpReLU conversion), so the saved transcoder is a JumpReLU transcoder with L0 ~ k.
 * ``architecture="jumprelu"``: JumpReLU with a learned per-feature threshold (straight-through
-  rectangle-kernel gradients, Rajamanoharan et al. 2024) and a tanh L0 penalty.
+  rectangle-kernel gradients, Rajamanoharan et al. 2024) and an L0 penalty (the count of open gates).
 
 Data: the pairs ``(mlp_in.l, mlp_out.l)`` of every real token (padding and the first
 ``start_pos`` positions dropped) from an :class:`interp.cache.ActivationStore` holding both
