@@ -54,6 +54,25 @@ def _all_targets(model, tcs, graph, rec, vals, errs, emb):
 
 def test_every_edge_equals_the_finite_difference_in_the_frozen_model(toy_llama, tcs, graph):
     """Zeroing source s (one feature, one error vector, one embedding) changes target t by exactly A[t, s]."""
+    _check_finite_differences(toy_llama, tcs, graph)
+
+
+@pytest.mark.slow
+def test_finite_differences_on_a_layernorm_model(toy_gpt2, tmp_path):
+    """The same on GPT-2 style (LayerNorm, absolute positions): frozen LayerNorm scales, linear centring."""
+    from interp.cache import collect
+    from interp.transcoders import TranscoderTrainConfig, load_transcoders, train_transcoders
+    from interp.transcoders.attribution import attribute
+
+    texts = [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(20)]
+    store = collect(toy_gpt2, texts, "mlp_in,mlp_out", progress=False)
+    train_transcoders(toy_gpt2, store, TranscoderTrainConfig(d_sae=64, k=4, steps=50, batch_size=128, lr=3e-3),
+                      folder=tmp_path)
+    tcs2 = load_transcoders(toy_gpt2, tmp_path)
+    _check_finite_differences(toy_gpt2, tcs2, attribute(toy_gpt2, "the lazy dog", tcs2))
+
+
+def _check_finite_differences(toy_llama, tcs, graph):
     from interp.transcoders.attribution import record_prompt
 
     rec = record_prompt(toy_llama, torch.tensor(graph.tokens), tcs)

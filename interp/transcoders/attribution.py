@@ -137,9 +137,13 @@ def record_prompt(model: Model, tokens: Int[Tensor, " pos"], transcoders: Mappin
 
 def frozen_targets(model: Model, rec: Recording, transcoders: Mapping[int, Any], *,
                    feature_vals: Mapping[int, Float[Tensor, "rows n"]], errors: Mapping[int, Float[Tensor, "rows pos d_model"]],
-                   embed: Float[Tensor, "rows pos d_model"]
-                   ) -> tuple[dict[int, Float[Tensor, "rows pos d_model"]], Float[Tensor, "rows pos d_model"]]:
+                   embed: Float[Tensor, "rows pos d_model"], stop_after: int | None = None
+                   ) -> tuple[dict[int, Float[Tensor, "rows pos d_model"]], Float[Tensor, "rows pos d_model"] | None]:
     """Forward pass of the frozen local replacement model with the given node values (one set per row).
+
+    Args:
+        stop_after: stop once ``mlp_in`` of this layer is computed (feature targets up to that layer
+            need nothing later); the final hidden state is then not returned (None).
 
     Returns:
         ``({layer: mlp_in [rows, pos, d_model]}, final normalised hidden [rows, pos, d_model])``,
@@ -159,6 +163,8 @@ def frozen_targets(model: Model, rec: Recording, transcoders: Mapping[int, Any],
     def mlp_in(x: int) -> Any:
         def fn(act: Tensor, site: Site) -> None:
             seen[x] = act
+            if stop_after == x:
+                raise StopForward(f"mlp_in.{x}")
         return fn
 
     def mlp_out(x: int) -> Any:
@@ -187,7 +193,7 @@ def frozen_targets(model: Model, rec: Recording, transcoders: Mapping[int, Any],
             model(rec.tokens[None].expand(rows, -1))
         except StopForward:
             pass
-    return seen, out["h"]
+    return seen, out.get("h")
 
 
 def _salient_logits(model: Model, logits: Tensor, cfg: AttributionConfig) -> tuple[Tensor, Tensor, Tensor]:
@@ -330,8 +336,10 @@ def attribute(model: Model, prompt: str | Int[Tensor, " pos"], transcoders: Mapp
         errs = {x: rec.error[x][None].expand(rows, -1, -1).clone().requires_grad_(True) for x in range(n_layers)}
         emb = rec.embed[None].expand(rows, -1, -1).clone().requires_grad_(True)
         with torch.enable_grad():
-            seen, h = frozen_targets(model, rec, transcoders, feature_vals=vals, errors=errs, embed=emb)
-            total = h.new_zeros(())
+            deepest = None if any(k == "l" for k, _ in batch) else max(int(feats[i, 0]) for _, i in batch)
+            seen, h = frozen_targets(model, rec, transcoders, feature_vals=vals, errors=errs, embed=emb,
+                                     stop_after=deepest)
+            total = emb.new_zeros(())
             for r, (kind, i) in enumerate(batch):
                 if kind == "l":
                     total = total + h[r, -1] @ logit_vecs[i].to(h.dtype)
