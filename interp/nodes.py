@@ -2,7 +2,9 @@
 
 Ids: ``"EMBED"``, ``"L5.H1"`` (head 1 of layer 5), ``"L3.MLP"``, ``"L7.SAE.1234"``
 (feature 1234 of an SAE at layer 7), ``"L4.RESID"`` (a residual-stream site, e.g. a
-steering axis), ``"LOGITS"``.
+steering axis), ``"LOGITS"``; ``"L7.TC.1234"`` (transcoder feature 1234 at layer 7) and
+``"LOGITS.791"`` (the logit of token id 791). Any id may end in ``"@pos"``, one token
+position (attribution graphs: ``"L7.TC.1234@3"``, ``"L2.MLP@3"`` the error node, ``"EMBED@0"``).
 
 This module is the one mapping between :class:`~interp.sites.Site` and node ids:
 :func:`site_node` names the node a site belongs to (a head's ``z``/``q``/``k``/``v``/
@@ -28,12 +30,22 @@ from interp.errors import ConfigError
 
 __all__ = ["node_id", "parse_node_id", "NODE_KINDS", "site_node", "node_site", "COMPONENT_NODE_KIND"]
 
-NODE_KINDS = ("embed", "head", "mlp", "sae", "resid", "logits")
-_RE = re.compile(r"^L(\d+)\.(?:H(\d+)|(MLP)|SAE\.(\d+)|(RESID))$")
+NODE_KINDS = ("embed", "head", "mlp", "sae", "resid", "logits", "tc")
+_RE = re.compile(r"^L(\d+)\.(?:H(\d+)|(MLP)|SAE\.(\d+)|(RESID)|TC\.(\d+))$")
+_AT = re.compile(r"^(.+)@(\d+)$")
 
 
-def node_id(kind: str, layer: int | None = None, head: int | None = None, feature: int | None = None) -> str:
-    """Build a node id from its parts."""
+def node_id(kind: str, layer: int | None = None, head: int | None = None, feature: int | None = None,
+            pos: int | None = None) -> str:
+    """Build a node id from its parts (``pos``: one token position, appended as ``@pos``)."""
+    if pos is not None:
+        return f"{node_id(kind, layer, head, feature)}@{int(pos)}"
+    if kind == "logits" and feature is not None:
+        return f"LOGITS.{int(feature)}"
+    if kind == "tc":
+        if layer is None or feature is None:
+            raise ConfigError("a transcoder feature node needs a layer and a feature index")
+        return f"L{int(layer)}.TC.{int(feature)}"
     if kind == "embed":
         return "EMBED"
     if kind == "logits":
@@ -56,12 +68,17 @@ def node_id(kind: str, layer: int | None = None, head: int | None = None, featur
 
 
 def parse_node_id(text: str) -> dict[str, Any]:
-    """Inverse of :func:`node_id`: ``{"kind", "layer", "head", "feature"}``."""
+    """Inverse of :func:`node_id`: ``{"kind", "layer", "head", "feature"}`` (plus ``"pos"`` for ``...@pos``)."""
+    at = _AT.match(text)
+    if at:
+        return {**parse_node_id(at.group(1)), "pos": int(at.group(2))}
+    if text.startswith("LOGITS.") and text[7:].isdigit():
+        return {"kind": "logits", "layer": None, "head": None, "feature": int(text[7:])}
     if text in ("EMBED", "LOGITS"):
         return {"kind": text.lower(), "layer": None, "head": None, "feature": None}
     m = _RE.match(text)
     if not m:
-        raise ConfigError(f"not a node id: {text!r} (expected EMBED, LOGITS, L5.H1, L3.MLP, L7.SAE.12, L4.RESID)")
+        raise ConfigError(f"not a node id: {text!r} (expected EMBED, LOGITS, L5.H1, L3.MLP, L7.SAE.12, L4.RESID, L7.TC.12, LOGITS.791, any with @pos)")
     layer = int(m.group(1))
     if m.group(2) is not None:
         return {"kind": "head", "layer": layer, "head": int(m.group(2)), "feature": None}
@@ -69,6 +86,8 @@ def parse_node_id(text: str) -> dict[str, Any]:
         return {"kind": "mlp", "layer": layer, "head": None, "feature": None}
     if m.group(4) is not None:
         return {"kind": "sae", "layer": layer, "head": None, "feature": int(m.group(4))}
+    if m.group(6) is not None:
+        return {"kind": "tc", "layer": layer, "head": None, "feature": int(m.group(6))}
     return {"kind": "resid", "layer": layer, "head": None, "feature": None}
 
 
@@ -113,6 +132,6 @@ def node_site(node: str) -> Any:
     from interp.sites import Site
 
     parts = parse_node_id(node)
-    if parts["kind"] == "sae":
-        raise ConfigError(f"node {node!r} is an SAE feature; it has no hook site of its own")
+    if parts["kind"] in ("sae", "tc"):
+        raise ConfigError(f"node {node!r} is an SAE/transcoder feature; it has no hook site of its own")
     return Site(_OUTPUT_COMPONENT[parts["kind"]], parts["layer"], head=parts["head"])

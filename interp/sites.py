@@ -87,6 +87,8 @@ COMPONENTS: dict[str, Component] = {
         _c("k_input", "blocks.{layer}.hook_k_input", "batch pos kv_head d_model", "per-KV-head key input; needs split qkv input", per_head=True),
         _c("v_input", "blocks.{layer}.hook_v_input", "batch pos kv_head d_model", "per-KV-head value input; needs split qkv input", per_head=True),
         _c("mlp_in", "blocks.{layer}.ln2.hook_in", "batch pos d_model", "MLP input (residual entering the MLP's norm; the MLP path only)"),
+        _c("ln1_scale", "blocks.{layer}.ln1.hook_scale", "batch pos one", "the attention norm's scale (RMS / std) per token"),
+        _c("ln_final_scale", "ln_final.hook_scale", "batch pos one", "the final norm's scale (RMS / std) per token"),
     ]
 }
 
@@ -304,6 +306,7 @@ def _dim_sizes(cfg: Any) -> dict[str, int]:
         "kv_head": n_kv,
         "d_mlp": cfg.d_mlp,
         "d_vocab": cfg.d_vocab,
+        "one": 1,
     }
 
 
@@ -331,7 +334,7 @@ def sites_by_layer(sites: Sequence[Site]) -> int:
     """Deepest layer any of ``sites`` needs (-1 when only model-wide sites before the blocks)."""
     deepest = -1
     for s in sites:
-        if s.component in ("ln_final", "final_resid"):
+        if s.component in ("ln_final", "final_resid", "ln_final_scale"):
             return 10**9
         if s.layer is not None:
             deepest = max(deepest, s.layer)

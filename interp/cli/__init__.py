@@ -38,7 +38,7 @@ def _root(threads: int = typer.Option(0, "--threads", min=0, help="torch CPU thr
 
 # One module per command family; each defines register(app).
 COMMAND_MODULES = ["models", "cache", "sinks", "sae", "run", "steering", "gate", "trace", "patch", "sad", "diagnostics",
-                   "circuit", "vlm"]
+                   "circuit", "vlm", "transcoders", "attribute"]
 _registered: list[str] = []
 
 

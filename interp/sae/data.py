@@ -52,7 +52,7 @@ __all__ = ["SAE_COMPONENTS", "site_width", "flatten_site", "unflatten_site", "ca
 FORMAT = "interp.sae.acts/2"
 
 #: Components an SAE can be trained on here (flattened per token).
-SAE_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "mlp_out", "attn_out", "z", "mlp_post")
+SAE_COMPONENTS = ("resid_pre", "resid_mid", "resid_post", "mlp_out", "attn_out", "z", "mlp_post", "mlp_in")
 
 
 def _as_site(site: Site | str) -> Site:
