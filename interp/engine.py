@@ -77,7 +77,7 @@ __all__ = ["OPS", "Intervention", "World", "Outcome", "Counter", "run", "interve
 OPS = ("set", "add", "scale", "ablate", "gate", "restore", "apply")
 _FINAL = Site("ln_final")
 #: Components without a layer that come after every block.
-_AFTER_BLOCKS = ("ln_final", "final_resid")
+_AFTER_BLOCKS = ("ln_final", "final_resid", "ln_final_scale")
 
 
 class Counter:
