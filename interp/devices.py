@@ -3,7 +3,7 @@
 * :func:`resolve_device` — ``None``/``"auto"`` (CUDA when present, else CPU), ``"cpu"``, ``"cuda"``,
   ``"cuda:N"``, ``"mps"``; a device that does not exist here is a :class:`~interp.errors.ConfigError`
   naming the devices that do (:func:`available_devices`).
-* :func:`resolve_dtype` — ``float32`` / ``bfloat16`` / ``float16`` (and ``fp32``, ``bf16``, ``fp16``,
+* :func:`resolve_dtype` — ``float32`` / ``bfloat16`` / ``float16`` / ``float64`` (and ``fp32``, ``bf16``, ``fp16``,
   ``half``) or a ``torch.dtype``; anything else names the three.
 * :func:`check_dtype` — runs the operations a transformer forward needs (matmul, softmax, layer and
   RMS norm, GELU/SiLU, attention) once on tiny tensors of that dtype on that device; one that fails is
@@ -21,7 +21,7 @@ Example:
     >>> resolve_dtype("float8")
     Traceback (most recent call last):
     ...
-    interp.errors.ConfigError: dtype 'float8' is not supported; expected one of float32, bfloat16, float16
+    interp.errors.ConfigError: dtype 'float8' is not supported; expected one of float32, bfloat16, float16, float64
 """
 
 from __future__ import annotations
@@ -35,9 +35,10 @@ from interp.errors import ConfigError, nearest
 __all__ = ["DTYPES", "available_devices", "resolve_device", "resolve_dtype", "check_dtype", "dtype_name"]
 
 #: The dtypes interp runs models in.
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("float32", "bfloat16", "float16", "float64")
 _ALIASES = {"float32": "float32", "fp32": "float32", "float": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
-            "float16": "float16", "fp16": "float16", "half": "float16"}
+            "float16": "float16", "fp16": "float16", "half": "float16", "float64": "float64", "fp64": "float64",
+            "double": "float64"}
 
 
 def available_devices() -> list[str]:

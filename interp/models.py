@@ -311,7 +311,7 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
     Args:
         spec: ``"smollm2"``, a local Hugging Face folder, a hub name, or ``"toy:..."``.
         device: torch device string; ``None`` picks CUDA when available, else CPU (:mod:`interp.devices`).
-        dtype: parameter dtype (float32, bfloat16, float16, or the torch dtype); ``None`` = float32.
+        dtype: parameter dtype (float32, bfloat16, float16, float64, or the torch dtype); ``None`` = float32.
         processing: fold norms and centre weights (TransformerLens compatibility mode).
         prepend_bos: default BOS handling of :func:`tokenize` for this model; ``None``
             follows the model's own tokenizer.
@@ -330,7 +330,7 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
 
     from interp.devices import check_dtype, resolve_device, resolve_dtype
 
-    dtype = resolve_dtype(dtype)                   # ConfigError naming float32, bfloat16, float16
+    dtype = resolve_dtype(dtype)                   # ConfigError naming float32, bfloat16, float16, float64
     device = str(resolve_device(device))           # ConfigError naming the devices present here
     check_dtype(dtype, device)                     # the dtype's basic ops run on that device
     folder, name = _resolve(spec)

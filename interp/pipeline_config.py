@@ -187,7 +187,7 @@ class PipelineConfig:
     out: str = "out/ioi_circuit"
     seed: int = 0
     device: str = ""            # "" = CUDA when present, else CPU; cpu, cuda, cuda:N, mps (interp.devices)
-    dtype: str = "float32"      # model dtype: float32, bfloat16, float16
+    dtype: str = "float32"      # model dtype: float32, bfloat16, float16, float64
     cache: CacheStage = field(default_factory=CacheStage)
     patching: PatchingStage = field(default_factory=PatchingStage)
     gating: GatingStage = field(default_factory=GatingStage)

@@ -39,11 +39,12 @@ def test_missing_device_names_the_available_ones(spec, text):
 
 
 def test_resolve_dtype():
-    assert [resolve_dtype(n) for n in DTYPES] == [torch.float32, torch.bfloat16, torch.float16]
+    assert [resolve_dtype(n) for n in DTYPES] == [torch.float32, torch.bfloat16, torch.float16, torch.float64]
+    assert resolve_dtype("double") is torch.float64
     assert resolve_dtype("bf16") is torch.bfloat16 and resolve_dtype("half") is torch.float16
     assert resolve_dtype(None) is torch.float32 and resolve_dtype(torch.bfloat16) is torch.bfloat16
-    for bad in ("float8", "int8", torch.float64):
-        with pytest.raises(ConfigError, match="expected one of float32, bfloat16, float16"):
+    for bad in ("float8", "int8", torch.int64):
+        with pytest.raises(ConfigError, match="expected one of float32, bfloat16, float16, float64"):
             resolve_dtype(bad)
 
 
@@ -150,8 +151,8 @@ def test_run_config_device_and_dtype(tmp_path, capsys, monkeypatch):
     assert load_config(cfg).device == "tpu" and load_config(cfg).dtype == "float32"
     code, err = _cli(capsys, "run", cfg)
     assert code == 2 and "job.toml: device 'tpu'" in err and not (tmp_path / "out").exists()
-    code, err = _cli(capsys, "run", cfg, "--device", "cpu", "--dtype", "fp64")
-    assert code == 2 and "--dtype 'fp64'" in err and not (tmp_path / "out").exists()
+    code, err = _cli(capsys, "run", cfg, "--device", "cpu", "--dtype", "fp8")
+    assert code == 2 and "--dtype 'fp8'" in err and not (tmp_path / "out").exists()
     bad = tmp_path / "bad.toml"
     bad.write_text('model = "toy:llama"\ndtype = "float8"\n')
     with pytest.raises(ConfigError, match="dtype 'float8'"):

@@ -183,7 +183,7 @@ def check_formats(text: str | Iterable[str], arg_name: str, allowed: Iterable[st
 # --------------------------------------------------------------------------- devices and precision
 
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N, mps (default: CUDA when present, else CPU)"
-DTYPE_HELP = "model dtype: float32 (default), bfloat16, float16"
+DTYPE_HELP = "model dtype: float32 (default), bfloat16, float16, float64"
 
 
 def model_options(device: str | None, dtype: str | None, *, device_arg: str = "--device",

@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
             out: Path = typer.Option(None, "--out", help="output folder (default: the config's `out`)"),
             device: str = typer.Option("", "--device", help="torch device (default: the config's `device`, else "
                                        "CUDA when present, else CPU)"),
-            dtype: str = typer.Option("", "--dtype", help="model dtype float32, bfloat16, float16 (default: the "
+            dtype: str = typer.Option("", "--dtype", help="model dtype float32, bfloat16, float16, float64 (default: the "
                                       "config's `dtype`)")) -> None:
         """Run an analysis pipeline and write Results, graphs, explorer pages, figures and report.md.
 
