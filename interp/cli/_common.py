@@ -224,3 +224,17 @@ def task_texts(texts: list[str] | None, task: str, model: object, n: int, seed: 
     from interp.datasets.registry import build_task
 
     return list(build_task(task, model=model, n=n, seed=seed).clean)
+
+
+def parse_layers(text: str | None, n_layers: int, arg_name: str = "--layers") -> list[int]:
+    """``"3,5"`` -> ``[3, 5]`` checked against the model's layers; empty = every layer."""
+    if not text:
+        return list(range(n_layers))
+    try:
+        layers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{arg_name}: expected comma-separated layer numbers, got {text!r}") from e
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if bad:
+        raise ConfigError(f"{arg_name} {bad} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
+    return layers

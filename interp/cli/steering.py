@@ -13,22 +13,7 @@ from typing import Optional
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
-
-
-def _ints(text: str | None, n_layers: int) -> list[int]:
-    from interp.errors import ConfigError
-
-    if not text:
-        return list(range(n_layers))
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--layers: expected comma-separated integers, got {text!r}") from e
-    bad = [l for l in out if not 0 <= l < n_layers]
-    if bad:
-        raise ConfigError(f"--layers {bad} out of range: the model has {n_layers} layers (0..{n_layers - 1})")
-    return out
+from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options, parse_layers
 
 
 def _floats(text: str) -> list[float]:
@@ -114,7 +99,7 @@ def register(app: typer.Typer) -> None:
             res = fv.result(meta)
             res.save(out)
             _save_fig(res, out, "fv_aie")
-            sw = fv_layer_sweep(m, fv, held, _ints(layers, m.cfg.n_layers) if layers else [fv.axis.layer],
+            sw = fv_layer_sweep(m, fv, held, parse_layers(layers, m.cfg.n_layers) if layers else [fv.axis.layer],
                                 alpha=alpha, meta=meta)
             sw.save(out)
             typer.echo(f"function vector {task.name}: top heads {', '.join(fv.axis.stats['heads'])}; "
@@ -123,7 +108,7 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  FV at L{r.layer} (alpha {alpha:g}): zero-shot accuracy {r.accuracy:.2f} on "
                            f"{len(held.pairs)} held-out pairs (unsteered {r.baseline:.2f})")
             return
-        ls = _ints(layers, m.cfg.n_layers)
+        ls = parse_layers(layers, m.cfg.n_layers)
         acts = A.residual_activations(m, cs.texts, ls, progress=True)
         y = np.asarray(cs.labels)
         spec = m.interp_info.spec if getattr(m, "interp_info", None) else model

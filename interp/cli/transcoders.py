@@ -12,23 +12,10 @@ from typing import Optional
 
 import typer
 
+from interp.cli._common import parse_layers
+
 tc_app = typer.Typer(help="Per-layer transcoders (MLP input -> MLP output): train, evaluate.", no_args_is_help=True,
                      add_completion=False, rich_markup_mode=None, pretty_exceptions_enable=False)
-
-
-def _layers(text: str, n_layers: int) -> list[int]:
-    from interp.errors import ConfigError
-
-    if not text:
-        return list(range(n_layers))
-    try:
-        layers = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError as e:
-        raise ConfigError(f"--layers: expected comma-separated layer numbers, got {text!r}") from e
-    bad = [x for x in layers if not 0 <= x < n_layers]
-    if bad:
-        raise ConfigError(f"--layers: {bad} out of range, the model has {n_layers} layers")
-    return layers
 
 
 @tc_app.command("train")
@@ -74,7 +61,7 @@ def train(
     m = load_model(model)
     root = out or transcoder_home(m)
     check_out_dir(root, "--out")
-    chosen = _layers(layers, int(m.cfg.n_layers))
+    chosen = parse_layers(layers, int(m.cfg.n_layers))
     split = tokenize_corpus(m, build_corpus(CorpusConfig(sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
                                                            max_chars=max_chars)), context_size=context_size)
     rows = min(split.train.shape[0], math.ceil(tokens / (context_size - 1)))
