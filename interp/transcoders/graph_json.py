@@ -39,7 +39,7 @@ def _process_token(token: str) -> str:
     return token.replace("\n", "⏎").replace("\t", "→").replace("\r", "↵")
 
 
-def _node(**kw: Any) -> dict[str, Any]:
+def _json_node(**kw: Any) -> dict[str, Any]:
     base = {"token_prob": 0.0, "is_target_logit": False, "run_idx": 0, "reverse_ctx_idx": 0, "clerp": "",
             "influence": None, "activation": None}
     return base | kw
@@ -57,24 +57,24 @@ def to_neuronpedia(graph: Any, *, slug: str = "graph", scan: str = "", transcode
         infl = float(cum[i])
         if i < n_f:
             layer, pos, feat = graph.features[i].tolist()
-            nodes[i] = _node(node_id=f"{layer}_{feat}_{pos}", feature=feat, layer=str(layer), ctx_idx=pos,
+            nodes[i] = _json_node(node_id=f"{layer}_{feat}_{pos}", feature=feat, layer=str(layer), ctx_idx=pos,
                              feature_type="cross layer transcoder", jsNodeId=f"{layer}_{feat}-0", influence=infl,
                              activation=float(graph.activations[i]))
         elif i < tok_start:
             layer, pos = divmod(i - n_f, n_pos)
-            nodes[i] = _node(node_id=f"0_{layer}_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
+            nodes[i] = _json_node(node_id=f"0_{layer}_{pos}", feature=-1, layer=str(layer), ctx_idx=pos,
                              feature_type="mlp reconstruction error", jsNodeId=f"{layer}_{pos}-0", influence=infl)
         elif i < logit_start:
             pos = i - tok_start
             vocab = graph.tokens[pos]
-            nodes[i] = _node(node_id=f"E_{vocab}_{pos}", feature=pos, layer="E", ctx_idx=pos,
+            nodes[i] = _json_node(node_id=f"E_{vocab}_{pos}", feature=pos, layer="E", ctx_idx=pos,
                              feature_type="embedding", jsNodeId=f"E_{vocab}-{pos}", influence=infl)
         else:
             j = i - logit_start
             vocab, prob = int(graph.logit_tokens[j]), float(graph.logit_probs[j])
             layer = str(n_layers + 1)
             token = _process_token(graph.logit_strs[j]) if getattr(graph, "logit_strs", None) else str(vocab)
-            nodes[i] = _node(node_id=f"{layer}_{vocab}_{n_pos - 1}", feature=vocab, layer=layer, ctx_idx=n_pos - 1,
+            nodes[i] = _json_node(node_id=f"{layer}_{vocab}_{n_pos - 1}", feature=vocab, layer=layer, ctx_idx=n_pos - 1,
                              feature_type="logit", token_prob=prob, is_target_logit=j == 0,
                              jsNodeId=f"L_{vocab}-{n_pos - 1}", clerp=f'Output "{token}" (p={prob:.3f})')
     feature_ids = {n["node_id"] for i, n in nodes.items() if i < n_f}

@@ -292,7 +292,7 @@ def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
                       "measured_layers": sink["sink_layers"], "tau": sink["tau"],
                       "criterion": "max over the massive dims of |h / rms(h)| > tau at that image token (VAR)",
                       "layer_index": "hidden_states index of the LM: 0 = embeddings, i = after block i-1 "
-                                     "(= blocks.i.hook_resid_pre)", "measured": sink},
+                                     "(= Site resid_pre.i)", "measured": sink},
              "objects": "each object occupies exactly the image patch of its cell (interp.vlm.scenes); the "
                         "vision tower is per-patch, so only that patch's image embedding depends on it",
              "image_token_positions": list(range(1, 1 + S.N_PATCHES)),
