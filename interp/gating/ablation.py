@@ -234,22 +234,27 @@ def _last_logits(model: Any, tokens: Any) -> torch.Tensor:
     return at_positions(model(tokens.tokens), tokens.last)
 
 
-def logit_diff(logits: Float[Tensor, "batch pos d_vocab"], batch: Any) -> Float[Tensor, " batch"]:
-    """``logit[answer] - logit[counterfactual]`` per prompt (``[batch]``)."""
-    if batch.answer_ids is None or batch.counter_ids is None:
-        raise DataError("logit_diff needs answers and counterfactuals in the dataset")
+def batch_metric(name: str, *, counterfactual: bool) -> Metric:
+    """The :mod:`interp.metrics` function ``name`` as ``fn(logits, batch) -> [batch]`` over a gating batch's
+    answer (and counterfactual) ids: the adapter gating's ``evaluate`` takes; no metric is computed here."""
     from interp import metrics
 
-    return metrics.logit_diff(logits, batch.answer_ids, batch.counter_ids)
+    fn = getattr(metrics, name)
+
+    def on_batch(logits: Float[Tensor, "batch pos d_vocab"], batch: Any) -> Float[Tensor, " batch"]:
+        if batch.answer_ids is None or (counterfactual and batch.counter_ids is None):
+            raise DataError(f"{name} needs answers{' and counterfactuals' if counterfactual else ''} in the dataset")
+        ids = (batch.answer_ids, batch.counter_ids) if counterfactual else (batch.answer_ids,)
+        return fn(logits, *ids)
+
+    on_batch.__name__ = on_batch.__qualname__ = name
+    return on_batch
 
 
-def answer_logprob(logits: Float[Tensor, "batch pos d_vocab"], batch: Any) -> Float[Tensor, " batch"]:
-    """``log p(answer)`` at the last token per prompt (``[batch]``)."""
-    if batch.answer_ids is None:
-        raise DataError("answer_logprob needs answers in the dataset")
-    from interp import metrics
-
-    return metrics.logprob(logits, batch.answer_ids)
+#: ``logit[answer] - logit[counterfactual]`` per prompt (``[batch]``), from :func:`interp.metrics.logit_diff`.
+logit_diff = batch_metric("logit_diff", counterfactual=True)
+#: ``log p(answer)`` at the last token per prompt (``[batch]``), from :func:`interp.metrics.logprob`.
+answer_logprob = batch_metric("logprob", counterfactual=False)
 
 
 def default_metric(batch: Any) -> tuple[str, Metric]:
