@@ -142,6 +142,8 @@ def method_agreement(results: list[Any], metric: str, *, k: int = 10) -> pd.Data
         ranked = t.reindex(t["effect"].abs().sort_values(ascending=False).index)
         mine = [tuple(x) for x in ranked[["layer", "head"]].head(k).to_numpy().tolist()]
         method = str(r.table["method"].iloc[0]) if "method" in r.table.columns else r.name
+        if method.startswith("eap-ig") and r.kind == "patching.nodes":
+            method = f"{method} (nodes)"      # node attribution with IG steps shares the edge method's name
         rows.append({"method": method, "n_heads": len(t), "spearman": rho,
                      f"top{k}_overlap": len(top & set(mine)) / max(1, min(k, len(top))),
                      "top3": ", ".join(f"L{l}.H{h}" for l, h in mine[:3])})
