@@ -109,7 +109,7 @@ def _asset(name: str) -> str:
 def render_html(graph: CircuitGraph, **kwargs: Any) -> str:
     """The page as a string (keyword arguments: ``circuit``, ``curve``, ``max_edges``, ... of :func:`page_data`)."""
     page = _asset("template.html")
-    css, js = _asset("explorer.css"), _asset("explorer.js")
+    css, js = _asset("explorer.css"), _asset("features.js") + "\n" + _asset("explorer.js")
     if "</script" in js.lower() or "</style" in css.lower():
         raise AssertionError("explorer assets must not contain closing script/style tags")
     data = escape_json(page_data(graph, **kwargs))
@@ -147,4 +147,4 @@ def show(graph: CircuitGraph, *, height: int = 640, **kwargs: Any) -> Any:
 
     page = render_html(graph, **kwargs)
     return HTML(f'<iframe srcdoc="{html.escape(page, quote=True)}" style="width:100%;height:{int(height)}px;'
-                'border:1px solid #ddd" sandbox="allow-scripts"></iframe>')
+                'border:1px solid #ddd" sandbox="allow-scripts allow-downloads"></iframe>')

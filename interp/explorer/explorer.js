@@ -94,12 +94,14 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
   if (typeof document === "undefined" || !document.getElementById("graph-data")) { return; }
   var SVGNS = "http://www.w3.org/2000/svg";
   var DATA = JSON.parse(document.getElementById("graph-data").textContent);
-  var KIND_COLOR = { embed: "#999999", head: "#0072B2", mlp: "#E69F00", sae: "#009E73", resid: "#CC79A7", logits: "#555555" };
+  var KIND_COLOR = { embed: "#999999", head: "#0072B2", mlp: "#E69F00", sae: "#009E73", resid: "#CC79A7", logits: "#555555",
+                     supernode: "#8e6bbf" };
   var ROLE_COLOR = { facilitating: "#1b9e77", interfering: "#e7298a", irrelevant: "#bbbbbb" };
   var CURVE_COLOR = ["#1f77b4", "#9467bd", "#8c564b", "#17becf"];
   var view = DATA.view || { min: DATA.edges.length, max: DATA.edges.length, default: DATA.edges.length };
   var state = { search: "", nodeMin: 0, edgeMin: 0, methods: {}, selected: null, k: view.default,
-                all: !DATA.circuit };
+                all: !DATA.circuit, supernodes: (DATA.supernodes || []).slice(), picked: [], pick: false };
+  var GRID = DATA.grid, CTX = DATA.attribution;
 
   function el(tag, attrs, text) {
     var e = document.createElement(tag);
@@ -145,7 +147,19 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
   var DX = 34, DY = 30, LEFT = 60, TOP = 20;
   var nRows = maxLayer + 3;
   var W = LEFT + maxSlot * DX + 20, H = TOP + nRows * DY + 10;
-  function xy(n) { return [LEFT + n._slot * DX + DX / 2, TOP + (maxLayer + 1 - n._row) * DY + DY / 2]; }
+  // feature graphs: x = token position (columns labelled with the prompt's tokens), y = layer
+  var GBOX = null;
+  if (GRID) {
+    var cell = {}, maxCell = 1;
+    nodes.forEach(function (n) { if (n.xy) { var k = n.xy[1] + "_" + n.pos; cell[k] = (cell[k] || 0) + 1; maxCell = Math.max(maxCell, cell[k]); } });
+    maxLayer = GRID.n_layers - 1; nRows = maxLayer + 3;
+    GBOX = { left: LEFT, top: TOP, cw: Math.max(48, 11 * (maxCell + 1)), dy: DY };
+    W = LEFT + GRID.n_pos * GBOX.cw + 20; H = TOP + nRows * DY + 70;
+  }
+  function xy(n) {
+    if (GBOX && n.xy) { return FEATURES.gridXY(n.xy, GRID, GBOX); }
+    return [LEFT + n._slot * DX + DX / 2, TOP + (maxLayer + 1 - n._row) * DY + DY / 2];
+  }
 
   var maxScore = 0, maxEffect = 0, maxW = 0;
   nodes.forEach(function (n) { maxScore = Math.max(maxScore, Math.abs(n.score)); maxEffect = Math.max(maxEffect, Math.abs(n.effect)); });
@@ -161,6 +175,11 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     var C = DATA.circuit;
     document.getElementById("circuit-info").textContent = "chosen circuit: " + C.n_edges + " graph edges" +
       (C.given === "edges" ? " (" + C.n_model_edges + " model edges)" : "") + ", " + C.n_heads + " heads, " + C.n_mlps + " MLPs";
+  }
+  if (GRID) {
+    document.getElementById("legend").appendChild(el("span", { id: "feature-legend" }, "feature graph: x = token position, y = layer; " +
+      "circle = transcoder feature (#index), dashed grey box = error node, bottom row = token embeddings, top row = output logits; " +
+      "shift-click (or 'pick nodes') to pick nodes for a supernode"));
   }
   if (DATA.notice) { var nt = document.getElementById("notice"); nt.textContent = DATA.notice; nt.hidden = false; }
   var methods = {};
@@ -222,13 +241,43 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     label.setAttribute("data-layer", r);
     gGrid.appendChild(label);
   }
+  if (GRID) {
+    for (var c = 0; c < GRID.n_pos; c++) {
+      var cx = LEFT + c * GBOX.cw, ly = TOP + nRows * DY + 6;
+      gGrid.appendChild(sv("line", { x1: cx, x2: cx, y1: TOP, y2: TOP + nRows * DY, "class": "grid" }));
+      var tl = sv("text", { x: cx + GBOX.cw / 2, y: ly, "class": "col-label", "data-pos": c, "text-anchor": "end",
+                            transform: "rotate(-40 " + (cx + GBOX.cw / 2) + " " + ly + ")" });
+      tl.textContent = GRID.tokens[c];
+      var tt = sv("title"); tt.textContent = "position " + c + ": " + JSON.stringify(GRID.tokens[c]); tl.appendChild(tt);
+      gGrid.appendChild(tl);
+    }
+  }
+  function logitToken(n) {
+    var lg = CTX ? CTX.logits.filter(function (x) { return x.id === n.id; })[0] : null;
+    return lg ? lg.token : "logit " + n.feature;
+  }
+  function nodeLabel(n) {
+    if (n.kind === "supernode") { return n.name; }
+    if (GRID && n.pos >= 0) {
+      if (n.kind === "tc") { return "#" + n.feature; }
+      if (n.kind === "mlp") { return "err"; }
+      if (n.kind === "embed") { return GRID.tokens[n.pos]; }
+      if (n.kind === "logits") { return logitToken(n); }
+    }
+    return n.kind === "head" ? "H" + n.head : (n.kind === "sae" ? "f" + n.feature : n.id);
+  }
+  function draw() {
+  gEdges.textContent = ""; gNodes.textContent = "";
+  var G = FEATURES.groupGraph(DATA.nodes, DATA.edges, state.supernodes);
+  nodes = G.nodes; edges = G.edges; byId = {};
+  nodes.forEach(function (n) { byId[n.id] = n; });
   // draw the strongest last so they sit on top
   edges.slice().reverse().forEach(function (e) {
     var s = byId[e.source], t = byId[e.target];
     if (!s || !t) { return; }
     var a = xy(s), b = xy(t), mx = (a[0] + b[0]) / 2 + (a[1] === b[1] ? 0 : 12), my = (a[1] + b[1]) / 2;
     var p = sv("path", { d: "M" + a[0] + "," + a[1] + " Q" + mx + "," + my + " " + b[0] + "," + b[1], "class": "edge" });
-    var w = maxW > 0 ? Math.abs(e.weight) / maxW : 0;
+    var w = maxW > 0 ? Math.min(1, Math.abs(e.weight) / maxW) : 0;
     p.setAttribute("stroke", e.effect >= 0 ? "#2166ac" : "#b2182b");
     p.setAttribute("stroke-width", (0.4 + 4.6 * w).toFixed(2));
     p.setAttribute("stroke-opacity", (0.25 + 0.65 * w).toFixed(2));
@@ -244,12 +293,14 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     var c = xy(n), g = sv("g", { "class": "node", "data-id": n.id, transform: "translate(" + c[0] + "," + c[1] + ")" });
     var ag = n.agreement || { n_methods: 0 };
     var scored = !!n.effect_source;
-    var rad = 5 + 6 * (maxEffect > 0 ? Math.abs(n.effect) / maxEffect : 0);
-    var fill = scored ? CORE.divergingColor(n.effect, maxEffect) : (KIND_COLOR[n.kind] || "#888");
-    var box = n.kind === "mlp" || n.kind === "embed" || n.kind === "logits";
+    var rad = n.kind === "supernode" ? 9 : 5 + 6 * (maxEffect > 0 ? Math.min(1, Math.abs(n.effect) / maxEffect) : 0);
+    var fill = GRID && n.pos >= 0 && n.kind !== "tc" ? (n.kind === "mlp" ? "#d4d4d4" : KIND_COLOR[n.kind]) : (n.kind === "supernode" ? KIND_COLOR.supernode
+      : (scored ? CORE.divergingColor(n.effect, maxEffect) : (KIND_COLOR[n.kind] || "#888")));
+    var box = n.kind === "mlp" || n.kind === "embed" || n.kind === "logits" || n.kind === "supernode";
     var shape = box ? sv("rect", { x: -rad, y: -rad * 0.7, width: 2 * rad, height: 1.4 * rad, fill: fill })
       : sv("circle", { r: rad, fill: fill });
-    if (n.flags.indexOf("sink") >= 0) { shape.setAttribute("stroke-dasharray", "2,1"); }
+    if (n.flags.indexOf("sink") >= 0 || (GRID && n.kind === "mlp")) { shape.setAttribute("stroke-dasharray", "2,1"); }
+    if (n.kind === "supernode") { shape.setAttribute("rx", 4); }
     g.appendChild(sv("rect", { x: -DX / 2 + 1, y: -rad - 12, width: DX - 2, height: 2 * rad + 14, fill: "transparent", "class": "hit" }));
     var role = n.roles.filter(function (x) { return ROLE_COLOR[x]; })[0];
     if (role) {
@@ -260,7 +311,7 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     }
     g.appendChild(shape);
     var t = sv("text", { y: -rad - 3, "text-anchor": "middle" });
-    t.textContent = n.kind === "head" ? "H" + n.head : (n.kind === "sae" ? "f" + n.feature : n.id);
+    t.textContent = nodeLabel(n);
     g.appendChild(t);
     var bd = CORE.badge(ag);
     if (bd) {
@@ -272,9 +323,13 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
       (ag.n_methods ? "  methods: " + ag.sign + ", top-" + ag.top_k + " in " + ag.n_top + "/" + ag.n_methods : "") +
       (ag.role_conflict ? "  (role contradicts the methods' sign)" : "");
     g.appendChild(title);
-    g.addEventListener("click", function () { select({ node: n }); });
+    g.addEventListener("click", function (ev) {
+      if ((ev.shiftKey || state.pick) && n.kind !== "supernode") { togglePick(n.id); } else { select({ node: n }); }
+    });
     n._el = g; gNodes.appendChild(g);
   });
+  }
+  draw();
 
   function matches(n) {
     if (!state.search) { return false; }
@@ -283,7 +338,7 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
   }
   var inView = {};
   function nodeVisible(n) {
-    return !!inView[n.id] && (n.kind === "embed" || n.kind === "logits" || Math.abs(n.score) >= state.nodeMin);
+    return !!inView[n.id] && (n.kind === "embed" || n.kind === "logits" || n.kind === "supernode" || Math.abs(n.score) >= state.nodeMin);
   }
   function edgeVisible(e) {
     var ok = Object.keys(e.weights).some(function (m) { return state.methods[m]; });
@@ -291,14 +346,15 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
       nodeVisible(byId[e.source]) && nodeVisible(byId[e.target]);
   }
   function refresh() {
-    inView = CORE.shownNodeIds(DATA, state.k, state.all);
+    inView = CORE.shownNodeIds({ nodes: nodes, edges: edges, circuit: DATA.circuit }, state.k, state.all);
     var shownN = 0, shownE = 0;
     nodes.forEach(function (n) {
       var vis = nodeVisible(n);
       n._el.style.display = vis ? "" : "none";
       if (vis) { shownN++; }
       var cls = "node" + (matches(n) ? " match" : "") + (state.search && !matches(n) ? " dim" : "") +
-        (state.selected === n ? " selected" : "") + (DATA.circuit && !n.in_circuit ? " outside" : "");
+        (state.selected === n ? " selected" : "") + (DATA.circuit && !n.in_circuit ? " outside" : "") +
+        (state.picked.indexOf(n.id) >= 0 ? " picked" : "") + (n.kind === "supernode" ? " super" : "");
       n._el.setAttribute("class", cls);
     });
     edges.forEach(function (e) {
@@ -474,22 +530,28 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     if (what.node) {
       var n = what.node; state.selected = n;
       panel.appendChild(el("h2", { id: "panel-title" }, n.id));
-      panel.appendChild(kvTable({ kind: n.kind, layer: n.layer, head: n.head, feature: n.feature, score: n.score,
-                                  effect: n.effect_source ? n.effect : "", "effect of": n.effect_source, "in circuit": DATA.circuit ? (n.in_circuit ? "yes" : "no") : "" }));
+      panel.appendChild(kvTable(GRID && n.pos >= 0 ? { kind: n.kind === "mlp" ? "error (transcoder residual)" : n.kind, layer: n.layer,
+                                  feature: n.feature, position: n.pos, token: GRID.tokens[n.pos], score: n.score, "score of": n.effect_source }
+        : { kind: n.kind, layer: n.layer, head: n.head, feature: n.feature, score: n.score,
+            effect: n.effect_source ? n.effect : "", "effect of": n.effect_source, "in circuit": DATA.circuit ? (n.in_circuit ? "yes" : "no") : "" }));
       if (n.roles.length) { panel.appendChild(tags(n.roles, "role")); }
       if (n.flags.length) { panel.appendChild(tags(n.flags, "flag")); }
       if (n.agreement && n.agreement.n_methods) { panel.appendChild(el("h3", null, "method agreement")); panel.appendChild(agreementBlock(n.agreement)); }
       if (Object.keys(n.scores).length) { panel.appendChild(el("h3", null, "scores")); panel.appendChild(kvTable(n.scores)); }
       var li = (DATA.layers || {})[String(n.layer)];
       if (li && li.flags.length) { panel.appendChild(el("div", { "class": "hint" }, "layer flags: " + li.flags.join(", "))); }
-      panel.appendChild(el("h3", null, "evidence"));
-      panel.appendChild(evidenceBlock(n.evidence, n.n_evidence));
+      if (CTX) { featurePanel(n); }
+      if (n.kind === "supernode") { supernodePanel(n); } else {
+        panel.appendChild(el("h3", null, "evidence"));
+        panel.appendChild(evidenceBlock(n.evidence, n.n_evidence));
+      }
     } else if (what.edge) {
       var e = what.edge; state.selected = e;
       panel.appendChild(el("h2", { id: "panel-title" }, e.source + " -> " + e.target));
       panel.appendChild(kvTable({ method: e.method, weight: e.weight, result: e.result_id, rank: e.rank,
                                   "in circuit": e.in_circuit ? "yes" + (e.inputs.length ? " (" + e.inputs.join(", ") + ")" : "") : "no" }));
       panel.appendChild(el("h3", null, "weights")); panel.appendChild(kvTable(e.weights));
+      if (e.parts) { panel.appendChild(el("h3", null, "sum of " + e.parts.length + " member edges")); panel.appendChild(kvTable(e.parts.reduce(function (o, q) { o[q[0] + " -> " + q[1]] = q[2]; return o; }, {}))); }
       panel.appendChild(el("h3", null, "evidence"));
       panel.appendChild(evidenceBlock(e.evidence, e.n_evidence));
     } else if (what.layer !== undefined) {
@@ -500,6 +562,85 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     }
     refresh();
   }
-  window.interpExplorer = { select: select, data: DATA, setK: setK, state: state };
+  // ------------------------------------------------------------------ feature graphs: panel and supernodes
+  function featurePanel(n) {
+    if (n.kind === "tc") {
+      var ex = CTX.examples[FEATURES.featureKey(n.id)];
+      panel.appendChild(el("h3", null, "top activating examples"));
+      if (ex && ex.length) {
+        panel.appendChild(el("div", { "class": "hint" }, CTX.examples_source));
+        panel.appendChild(examples(ex));
+      } else {
+        panel.appendChild(el("p", { "class": "hint", id: "no-examples" }, "no dashboard examples embedded (pass examples= to " +
+          "attribution_context): only the activations on this prompt are known"));
+      }
+      var acts = (CTX.nodes[n.id] || {}).prompt_acts || [];
+      panel.appendChild(el("h3", null, "activations on this prompt"));
+      var ul = el("ul", { "class": "examples prompt-acts" });
+      acts.forEach(function (pa) { ul.appendChild(el("li", null, "pos " + pa[0] + " " + JSON.stringify(GRID.tokens[pa[0]]) + ": " + fmt(pa[1]))); });
+      panel.appendChild(ul);
+    }
+    if (n.kind === "embed" && GRID) { panel.appendChild(el("p", null, "token " + JSON.stringify(GRID.tokens[n.pos]) + " at position " + n.pos)); }
+    var rows = FEATURES.logitEffects(CTX, n.id);
+    if (!rows.length) { return; }
+    panel.appendChild(el("h3", null, "logit effects (direct effect on each top output logit" +
+      (CTX.effects_from === "links" ? ", kept links only; 0 = pruned" : "") + ")"));
+    var t = el("table", { "class": "ev logit-effects" }), hr = el("tr");
+    ["token", "p", "direct effect"].forEach(function (c) { hr.appendChild(el("th", null, c)); }); t.appendChild(hr);
+    rows.forEach(function (r) {
+      var tr = el("tr"); tr.appendChild(el("td", null, JSON.stringify(r.token))); tr.appendChild(el("td", null, fmt(r.prob)));
+      tr.appendChild(el("td", { "class": r.effect > 0 ? "pos" : (r.effect < 0 ? "neg" : "") }, fmt(r.effect))); t.appendChild(tr);
+    });
+    panel.appendChild(t);
+  }
+  function supernodePanel(n) {
+    panel.appendChild(el("h3", null, "members (" + n.members.length + ")"));
+    var ul = el("ul", { "class": "examples members" });
+    n.members.forEach(function (m) { ul.appendChild(el("li", null, m)); });
+    panel.appendChild(ul);
+    var b = el("button", { type: "button", id: "super-ungroup" }, "ungroup");
+    b.addEventListener("click", function () {
+      state.supernodes = state.supernodes.filter(function (sn) { return sn.name !== n.name; });
+      state.selected = null; panel.textContent = ""; draw(); refresh();
+    });
+    panel.appendChild(b);
+  }
+  var msg = document.getElementById("super-msg");
+  function say(text, bad) { msg.textContent = text; msg.setAttribute("class", bad ? "warn" : "hint"); }
+  function togglePick(id) {
+    var i = state.picked.indexOf(id);
+    if (i >= 0) { state.picked.splice(i, 1); } else { state.picked.push(id); }
+    say(state.picked.length + " picked"); refresh();
+  }
+  var nodeIds = {};
+  DATA.nodes.forEach(function (n) { nodeIds[n.id] = true; });
+  if (GRID || state.supernodes.length) {
+    document.getElementById("super-ctl").hidden = false;
+    document.getElementById("pick-mode").addEventListener("change", function (ev) { state.pick = ev.target.checked; });
+    document.getElementById("super-group").addEventListener("click", function () {
+      var r = FEATURES.addSupernode(state.supernodes, document.getElementById("super-name").value, state.picked, nodeIds);
+      if (!r.ok) { say(r.error, true); return; }
+      state.supernodes = r.supernodes; state.picked = []; document.getElementById("super-name").value = "";
+      say("grouped " + r.supernodes[r.supernodes.length - 1].members.length + " nodes"); draw(); refresh();
+    });
+    document.getElementById("super-save").addEventListener("click", function () {
+      var text = JSON.stringify(FEATURES.supernodeFile(meta, state.supernodes), null, 1);
+      var a = el("a", { href: URL.createObjectURL(new Blob([text], { type: "application/json" })),
+                        download: String(meta.name || "graph").replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 60) + ".supernodes.json" });
+      document.body.appendChild(a); a.click(); a.remove();
+    });
+    document.getElementById("super-load").addEventListener("change", function (ev) {
+      var f = ev.target.files[0];
+      if (!f) { return; }
+      var rd = new FileReader();
+      rd.onload = function () {
+        try { state.supernodes = FEATURES.parseSupernodeFile(JSON.parse(String(rd.result)), nodeIds, meta); }
+        catch (err) { say(f.name + ": " + err.message, true); return; }
+        state.picked = []; say("loaded " + state.supernodes.length + " supernodes"); draw(); refresh();
+      };
+      rd.readAsText(f);
+    });
+  }
+  window.interpExplorer = { select: select, data: DATA, setK: setK, state: state, draw: draw, refresh: refresh };
   refresh();
 })();

@@ -170,7 +170,8 @@ def curve_payload(curve: Any, chosen: int | None) -> dict[str, Any]:
 
 def page_data(graph: CircuitGraph, *, circuit: Iterable[Any] | None = None, curve: Any = None,
               max_edges: int = 3000, max_nodes: int = 3000, max_evidence: int = 200,
-              top_k: int | None = None) -> dict[str, Any]:
+              top_k: int | None = None, features: dict[str, Any] | None = None,
+              supernodes: Any = None) -> dict[str, Any]:
     """The JSON payload of the page: meta, notice, nodes, edges, layers, circuit, curve (pruned for huge graphs).
 
     Args:
@@ -179,6 +180,12 @@ def page_data(graph: CircuitGraph, *, circuit: Iterable[Any] | None = None, curv
         max_edges, max_nodes: the most edges/nodes embedded (circuit ones always kept, then the strongest).
         max_evidence: evidence rows kept per node/edge.
         top_k: the rank counted as "top" in method agreement (default: the circuit's head/MLP count, else 10).
+        features: the side-panel data of an attribution graph (:func:`interp.explorer.features.attribution_context`
+            or ``context_from_neuronpedia``): prompt tokens (column labels), logit effects, examples.
+        supernodes: ``[{"name", "members"}]`` or a supernode file (:mod:`interp.explorer.supernodes`).
+
+    A graph with transcoder feature nodes (``L7.TC.1234@3``) gets ``grid`` (``tokens``, ``n_pos``,
+    ``n_layers``) and each positioned node ``xy`` (:func:`interp.explorer.features.feature_layout`).
 
     Each edge carries ``rank``: circuit edges first (by ``|weight|``), then the rest by ``|weight|``; the
     page shows the edges of ``rank < k`` for its edge count ``k`` (``view.default`` = the circuit's size).
@@ -219,7 +226,7 @@ def page_data(graph: CircuitGraph, *, circuit: Iterable[Any] | None = None, curv
                           "score": d["score"], "effect": lead["value"] if lead else (d["score"] if plain else 0.0),
                           "effect_source": lead["source"] if lead else plain,
                           "scores": d["scores"], "roles": d["roles"], "flags": d["flags"], "agreement": ag,
-                          "in_circuit": n in c_nodes, "evidence": d["evidence"][:max_evidence],
+                          "in_circuit": n in c_nodes, "evidence": d["evidence"][:max_evidence], "pos": _pos(n),
                           "n_evidence": len(d["evidence"])})
     out_edges = []
     for rank, (u, v, d) in enumerate(edges):
@@ -236,9 +243,54 @@ def page_data(graph: CircuitGraph, *, circuit: Iterable[Any] | None = None, curv
                 "n_mlps": sum(g.nodes[n]["kind"] == "mlp" for n in c_nodes)}
     view = {"min": n_circ if chosen else len(out_edges), "max": len(out_edges),
             "default": n_circ if chosen else len(out_edges)}
+    grid, feats, sns = _feature_parts(graph, out_nodes, features, supernodes)
     return {"meta": dict(graph.meta), "notice": " ".join(notices), "nodes": out_nodes, "edges": out_edges,
+            "grid": grid, "attribution": feats, "supernodes": sns,
             "layers": {k: {"flags": v["flags"], "evidence": v["evidence"][:max_evidence]}
                        for k, v in graph.layers.items()},
             "results": graph.results, "totals": {"nodes": n_nodes, "edges": n_edges},
             "circuit": circ, "view": view, "top_k": top_k,
             "curve": curve_payload(curve, chosen["n_model_edges"] if chosen else None) if curve is not None else None}
+
+
+def _pos(node: str) -> int:
+    from interp.explorer.features import node_pos
+
+    p = node_pos(node)
+    return -1 if p is None else p
+
+
+def _feature_parts(graph: CircuitGraph, out_nodes: list[dict[str, Any]], features: dict[str, Any] | None,
+                   supernodes: Any) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[dict[str, Any]]]:
+    """``(grid, features, supernodes)`` of the payload; sets ``xy`` on positioned nodes of a feature graph."""
+    from pathlib import Path
+
+    from interp.explorer.features import feature_layout, is_feature_graph
+    from interp.explorer.supernodes import check_supernodes, load_supernodes
+
+    if isinstance(supernodes, (str, Path)):
+        sns = load_supernodes(supernodes, graph)
+    else:
+        sns = check_supernodes(supernodes or [], graph)
+    if features is not None and not (isinstance(features, dict) and {"tokens", "nodes", "logits"} <= set(features)):
+        raise DataError("explorer features=: expected the dict of interp.explorer.features.attribution_context "
+                        f"(tokens, nodes, logits), got {type(features).__name__}")
+    if not is_feature_graph(graph):
+        if features is not None:
+            raise DataError(f"explorer features=: graph {graph.name!r} has no transcoder feature nodes (L7.TC.1234@pos)")
+        return None, None, sns
+    positioned = [n for n in out_nodes if n["pos"] >= 0]
+    n_layers = int(features["n_layers"]) if features else max(
+        [n["layer"] + 1 for n in positioned if n["kind"] in ("tc", "mlp")] or [0])
+    tokens = list(features["tokens"]) if features else []
+    n_pos = max([len(tokens)] + [n["pos"] + 1 for n in positioned])
+    xy = feature_layout([n["id"] for n in positioned], n_layers, n_pos=n_pos,
+                        probs={n["id"]: n["score"] for n in positioned if n["kind"] == "logits"})
+    for n in out_nodes:
+        if n["id"] in xy:
+            n["xy"] = list(xy[n["id"]])
+    grid = {"tokens": tokens + [""] * (n_pos - len(tokens)), "n_pos": n_pos, "n_layers": n_layers}
+    if features is not None:
+        shown = {n["id"] for n in out_nodes}
+        features = {**features, "nodes": {k: v for k, v in features["nodes"].items() if k in shown}}
+    return grid, features, sns
