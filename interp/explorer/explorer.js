@@ -324,7 +324,7 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
       (ag.role_conflict ? "  (role contradicts the methods' sign)" : "");
     g.appendChild(title);
     g.addEventListener("click", function (ev) {
-      if ((ev.shiftKey || state.pick) && n.kind !== "supernode") { togglePick(n.id); } else { select({ node: n }); }
+      if ((ev.shiftKey || state.pick) && n.kind !== "supernode") { UI.togglePick(n.id); } else { select({ node: n }); }
     });
     n._el = g; gNodes.appendChild(g);
   });
@@ -540,8 +540,8 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
       if (Object.keys(n.scores).length) { panel.appendChild(el("h3", null, "scores")); panel.appendChild(kvTable(n.scores)); }
       var li = (DATA.layers || {})[String(n.layer)];
       if (li && li.flags.length) { panel.appendChild(el("div", { "class": "hint" }, "layer flags: " + li.flags.join(", "))); }
-      if (CTX) { featurePanel(n); }
-      if (n.kind === "supernode") { supernodePanel(n); } else {
+      if (CTX) { UI.featurePanel(n); }
+      if (n.kind === "supernode") { UI.supernodePanel(n); } else {
         panel.appendChild(el("h3", null, "evidence"));
         panel.appendChild(evidenceBlock(n.evidence, n.n_evidence));
       }
@@ -562,85 +562,9 @@ if (typeof module === "object" && module.exports) { module.exports = CORE; }
     }
     refresh();
   }
-  // ------------------------------------------------------------------ feature graphs: panel and supernodes
-  function featurePanel(n) {
-    if (n.kind === "tc") {
-      var ex = CTX.examples[FEATURES.featureKey(n.id)];
-      panel.appendChild(el("h3", null, "top activating examples"));
-      if (ex && ex.length) {
-        panel.appendChild(el("div", { "class": "hint" }, CTX.examples_source));
-        panel.appendChild(examples(ex));
-      } else {
-        panel.appendChild(el("p", { "class": "hint", id: "no-examples" }, "no dashboard examples embedded (pass examples= to " +
-          "attribution_context): only the activations on this prompt are known"));
-      }
-      var acts = (CTX.nodes[n.id] || {}).prompt_acts || [];
-      panel.appendChild(el("h3", null, "activations on this prompt"));
-      var ul = el("ul", { "class": "examples prompt-acts" });
-      acts.forEach(function (pa) { ul.appendChild(el("li", null, "pos " + pa[0] + " " + JSON.stringify(GRID.tokens[pa[0]]) + ": " + fmt(pa[1]))); });
-      panel.appendChild(ul);
-    }
-    if (n.kind === "embed" && GRID) { panel.appendChild(el("p", null, "token " + JSON.stringify(GRID.tokens[n.pos]) + " at position " + n.pos)); }
-    var rows = FEATURES.logitEffects(CTX, n.id);
-    if (!rows.length) { return; }
-    panel.appendChild(el("h3", null, "logit effects (direct effect on each top output logit" +
-      (CTX.effects_from === "links" ? ", kept links only; 0 = pruned" : "") + ")"));
-    var t = el("table", { "class": "ev logit-effects" }), hr = el("tr");
-    ["token", "p", "direct effect"].forEach(function (c) { hr.appendChild(el("th", null, c)); }); t.appendChild(hr);
-    rows.forEach(function (r) {
-      var tr = el("tr"); tr.appendChild(el("td", null, JSON.stringify(r.token))); tr.appendChild(el("td", null, fmt(r.prob)));
-      tr.appendChild(el("td", { "class": r.effect > 0 ? "pos" : (r.effect < 0 ? "neg" : "") }, fmt(r.effect))); t.appendChild(tr);
-    });
-    panel.appendChild(t);
-  }
-  function supernodePanel(n) {
-    panel.appendChild(el("h3", null, "members (" + n.members.length + ")"));
-    var ul = el("ul", { "class": "examples members" });
-    n.members.forEach(function (m) { ul.appendChild(el("li", null, m)); });
-    panel.appendChild(ul);
-    var b = el("button", { type: "button", id: "super-ungroup" }, "ungroup");
-    b.addEventListener("click", function () {
-      state.supernodes = state.supernodes.filter(function (sn) { return sn.name !== n.name; });
-      state.selected = null; panel.textContent = ""; draw(); refresh();
-    });
-    panel.appendChild(b);
-  }
-  var msg = document.getElementById("super-msg");
-  function say(text, bad) { msg.textContent = text; msg.setAttribute("class", bad ? "warn" : "hint"); }
-  function togglePick(id) {
-    var i = state.picked.indexOf(id);
-    if (i >= 0) { state.picked.splice(i, 1); } else { state.picked.push(id); }
-    say(state.picked.length + " picked"); refresh();
-  }
-  var nodeIds = {};
-  DATA.nodes.forEach(function (n) { nodeIds[n.id] = true; });
-  if (GRID || state.supernodes.length) {
-    document.getElementById("super-ctl").hidden = false;
-    document.getElementById("pick-mode").addEventListener("change", function (ev) { state.pick = ev.target.checked; });
-    document.getElementById("super-group").addEventListener("click", function () {
-      var r = FEATURES.addSupernode(state.supernodes, document.getElementById("super-name").value, state.picked, nodeIds);
-      if (!r.ok) { say(r.error, true); return; }
-      state.supernodes = r.supernodes; state.picked = []; document.getElementById("super-name").value = "";
-      say("grouped " + r.supernodes[r.supernodes.length - 1].members.length + " nodes"); draw(); refresh();
-    });
-    document.getElementById("super-save").addEventListener("click", function () {
-      var text = JSON.stringify(FEATURES.supernodeFile(meta, state.supernodes), null, 1);
-      var a = el("a", { href: URL.createObjectURL(new Blob([text], { type: "application/json" })),
-                        download: String(meta.name || "graph").replace(/[^A-Za-z0-9_.-]+/g, "_").slice(0, 60) + ".supernodes.json" });
-      document.body.appendChild(a); a.click(); a.remove();
-    });
-    document.getElementById("super-load").addEventListener("change", function (ev) {
-      var f = ev.target.files[0];
-      if (!f) { return; }
-      var rd = new FileReader();
-      rd.onload = function () {
-        try { state.supernodes = FEATURES.parseSupernodeFile(JSON.parse(String(rd.result)), nodeIds, meta); }
-        catch (err) { say(f.name + ": " + err.message, true); return; }
-        state.picked = []; say("loaded " + state.supernodes.length + " supernodes"); draw(); refresh();
-      };
-      rd.readAsText(f);
-    });
-  }
+  // feature graphs: the side panel of feature nodes and the supernode controls (features.js)
+  var UI = FEATURE_UI({ DATA: DATA, GRID: GRID, CTX: CTX, state: state, panel: panel, el: el, fmt: fmt, examples: examples,
+                        draw: draw, refresh: refresh, meta: meta });
   window.interpExplorer = { select: select, data: DATA, setK: setK, state: state, draw: draw, refresh: refresh };
   refresh();
 })();
