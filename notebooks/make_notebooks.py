@@ -231,6 +231,101 @@ vhr(model, batch, answers, scores).table[["p_base", "p_vhr"]].mean()"""),
 g = CircuitGraph(name="vlm").add_result(grid).add_result(scores)
 g.nodes_of("visual"), [e for e in g.edges if e[0] == "VIS.object"]"""),
     ],
+    "attribution_graph": [
+        ("md", "# Attribution graph: \"The Eiffel Tower is located in the city of\" -> \" Paris\"\n\n"
+               "Traces the prompt through per-layer transcoders with circuit-tracer's method (the local replacement "
+               "model: attention patterns and norm scales frozen, transcoders in place of the MLPs, error nodes; "
+               "edges are direct effects; pruned by node and edge influence) and shows the graph inline in the "
+               "explorer: features laid out by layer (y) and token (x), each with its top activating examples and "
+               "its direct effects on the top logits, and supernodes grouped by hand.\n\n"
+               "**What it needs.** The bundled SmolLM2-135M (prepared by `setup.sh`) **and its trained transcoders**, "
+               "one per layer, in the user cache (`~/.cache/interp/transcoders/<model identity>/L0` ... `L29`), made by "
+               "`interp transcoders train smollm2` (see the README's transcoder section for the budget and time). "
+               "Without them the model cell stops with an error naming the missing layers.\n\n"
+               "To run it without them, start Jupyter with `INTERP_ATTRIBUTION_NOTEBOOK=toy`: it then uses the tiny "
+               "random `toy:llama` with transcoders trained here in seconds (the toy knows no facts, so there is no "
+               "Paris; `tests/test_notebooks.py` runs it this way, and on SmolLM2 when the transcoders are present)."),
+        ("code", """import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1"); os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import torch
+torch.set_num_threads(2)
+MODEL = os.environ.get("INTERP_ATTRIBUTION_NOTEBOOK", "smollm2")   # "toy": toy:llama + toy transcoders trained here
+PROMPT, TARGET = "The Eiffel Tower is located in the city of", " Paris"
+MODEL"""),
+        ("code", """import tempfile
+from interp import load_model
+from interp.transcoders import load_transcoders
+from interp.transcoders.attribution import AttributionConfig
+cfg = AttributionConfig()                      # circuit-tracer's pruning: node influence 0.8, edge influence 0.98
+if MODEL == "toy":
+    from interp.cache import collect
+    from interp.transcoders import TranscoderTrainConfig, train_transcoders
+    model = load_model("toy:llama")
+    texts = [f"the quick brown fox {i} jumps over the lazy dog number {i * 7}" for i in range(12)]
+    tc_dir = tempfile.mkdtemp(prefix="toy-transcoders-")
+    train_transcoders(model, collect(model, texts, "mlp_in,mlp_out", progress=False),
+                      TranscoderTrainConfig(d_sae=32, k=2, steps=30, batch_size=64, lr=3e-3), folder=tc_dir)
+    transcoders = load_transcoders(model, tc_dir)
+    cfg = AttributionConfig(node_threshold=0.99)   # the toy's MLPs carry little influence: keep more nodes
+else:
+    model = load_model(MODEL)
+    transcoders = load_transcoders(model)      # the user cache; a StoreError names any missing layer
+len(transcoders), model.cfg.n_layers"""),
+        ("md", "## The attribution graph\nOne backward pass per batch of targets (active features, then the top "
+               "logits); replacement and completeness scores as circuit-tracer defines them."),
+        ("code", """import pandas as pd
+from interp.transcoders.attribution import attribute
+attr = attribute(model, PROMPT, transcoders, cfg)
+print(f"{attr.n_pos} tokens, {attr.n_features} active features, scores {attr.scores()}")
+print(f"{TARGET!r} among the top logits: {TARGET in attr.logit_strs}")
+pd.DataFrame({"token": attr.logit_strs, "prob": attr.logit_probs.tolist()})"""),
+        ("md", "## Into the explorer\nThe pruned graph as a `CircuitGraph`. "
+               "Each feature's **top activating examples** come from the SAE dashboard's feature analysis "
+               "(`interp.sae.features.analyze_features`) run with its layer's transcoder over the held-out texts "
+               "below; its **logit effects** are its direct effects on the top logits (the graph's adjacency). "
+               "Click a node for its panel; shift-click nodes, name them and press *group* to make a supernode."),
+        ("code", """from interp import tokenize
+from interp.explorer import show
+from interp.explorer.features import attribution_context, feature_examples
+graph = attr.to_graph(name="eiffel")
+held_out = ["The Louvre is a museum in Paris, the capital of France.", "Big Ben is a clock tower in London.",
+            "The Colosseum stands in the city of Rome.", "Berlin is the capital and largest city of Germany.",
+            "The Statue of Liberty is located in New York.", "Tokyo Tower is a landmark in Japan.",
+            "She moved to the city of Lyon last year.", "The tower was built for the 1889 World's Fair.",
+            "Madrid is located in the centre of Spain.", "The river Seine flows through the city."]
+examples, source = feature_examples(model, transcoders, graph, tokenize(model, held_out).tokens, n_examples=5)
+ctx = attribution_context(attr, graph, examples=examples, examples_source=source)
+print(graph, "|", len(examples), "features with examples")
+show(graph, features=ctx, height=720)"""),
+        ("md", "## Supernodes, saved with the graph\nGroups made in the page are saved with its *download supernodes* "
+               "button; in code, `save_supernodes` writes the same JSON sidecar next to the graph file and "
+               "`load_supernodes` reads either back. Here: the four most influential features as one node."),
+        ("code", """from pathlib import Path
+from interp.explorer.supernodes import load_supernodes, save_supernodes, sidecar_path
+out = Path(tempfile.mkdtemp(prefix="eiffel-"))
+graph_file = graph.to_json(out / "circuit_graph.json")
+top = sorted(graph.nodes_of("tc"), key=lambda n: -graph.node(n)["score"])[:4]
+sidecar = save_supernodes(sidecar_path(graph_file), [{"name": "most influential", "members": top}], graph)
+supernodes = load_supernodes(sidecar, graph)
+print(sidecar.name, supernodes)
+show(graph, features=ctx, supernodes=supernodes, height=720)"""),
+        ("md", "## Neuronpedia graph JSON, and back\nThe same graph in circuit-tracer's format (supernodes in "
+               "`qParams.supernodes`), validated, loaded back into a `CircuitGraph` with the same nodes and edges, "
+               "and reopened in the explorer from the file alone."),
+        ("code", """import json
+from interp.explorer.features import context_from_neuronpedia
+from interp.explorer.supernodes import from_neuronpedia_supernodes, to_neuronpedia_supernodes
+from interp.transcoders.graph_json import from_neuronpedia, to_neuronpedia, validate_neuronpedia
+np_file = out / "eiffel.json"
+np_file.write_text(json.dumps(to_neuronpedia_supernodes(to_neuronpedia(attr, slug="eiffel"), supernodes)))
+obj = json.loads(np_file.read_text())
+validate_neuronpedia(obj)
+back = from_neuronpedia(obj)
+assert sorted(back.nodes) == sorted(graph.nodes) and sorted(back.edges) == sorted(graph.edges)
+assert from_neuronpedia_supernodes(obj) == supernodes
+back.to_html(out / "eiffel.html", features=context_from_neuronpedia(obj, back), supernodes=supernodes)
+len(back), len(back.edges), sorted(p.name for p in out.iterdir())"""),
+    ],
 }
 
 

@@ -8,6 +8,8 @@ import pytest
 
 NB_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(p.name for p in NB_DIR.glob("*.ipynb"))
+#: notebooks that need more than the bundled model, each run by its own tests below
+OWN_TESTS = {"attribution_graph.ipynb"}
 
 
 def test_notebooks_are_generated_from_the_script():
@@ -27,8 +29,12 @@ def test_notebooks_are_generated_from_the_script():
 
 @pytest.mark.bundled
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NOTEBOOKS)
+@pytest.mark.parametrize("name", [n for n in NOTEBOOKS if n not in OWN_TESTS])
 def test_notebook_runs(name):
+    _execute(name)
+
+
+def _execute(name):
     import nbformat
     from nbclient import NotebookClient
 
@@ -39,3 +45,36 @@ def test_notebook_runs(name):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if o.output_type == "error"]
     assert errors == []
     assert all(c.execution_count for c in nb.cells if c.cell_type == "code")
+    return nb
+
+
+def _explorer_pages(nb):
+    """The inline explorer pages (iframe srcdoc HTML) among the notebook's outputs."""
+    return [o["data"]["text/html"] for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+            if "text/html" in o.get("data", {}) and "graph-data" in o["data"]["text/html"]]
+
+
+@pytest.mark.slow
+def test_attribution_notebook_runs_on_a_toy(monkeypatch):
+    """The attribution-graph notebook on toy:llama with transcoders trained in its first cells (seconds)."""
+    monkeypatch.setenv("INTERP_ATTRIBUTION_NOTEBOOK", "toy")       # the kernel inherits the environment
+    nb = _execute("attribution_graph.ipynb")
+    pages = _explorer_pages(nb)
+    assert len(pages) == 2 and all(p.startswith("<iframe srcdoc=") for p in pages)
+    assert "most influential" in pages[1]                             # the supernode, embedded in the second page
+    assert "toy:llama" in "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+
+
+@pytest.mark.bundled
+@pytest.mark.slow
+def test_attribution_notebook_runs_on_smollm2(monkeypatch):
+    """On the bundled model with the transcoders of the user cache (skipped until they are trained)."""
+    from interp import load_model
+    from interp.transcoders import transcoder_home
+
+    root = transcoder_home(load_model("smollm2"))
+    missing = [x for x in range(30) if not (root / f"L{x}" / "cfg.json").is_file()]
+    if missing:
+        pytest.skip(f"no SmolLM2 transcoders for layer(s) {missing[:5]}... under {root} (interp transcoders train smollm2)")
+    monkeypatch.setenv("INTERP_ATTRIBUTION_NOTEBOOK", "smollm2")
+    assert len(_explorer_pages(_execute("attribution_graph.ipynb"))) == 2
