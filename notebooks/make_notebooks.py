@@ -241,7 +241,8 @@ g.nodes_of("visual"), [e for e in g.edges if e[0] == "VIS.object"]"""),
                "**What it needs.** The bundled SmolLM2-135M (prepared by `setup.sh`) **and its trained transcoders**, "
                "one per layer, in the user cache (`~/.cache/interp/transcoders/<model identity>/L0` ... `L29`), made by "
                "`interp transcoders train smollm2` (see the README's transcoder section for the budget and time). "
-               "Without them the model cell stops with an error naming the missing layers.\n\n"
+               "Without them the model cell stops with an error naming the missing layers. On CPU the graph of "
+               "this 12-token prompt takes minutes (BENCHMARKS.md has the measured time and memory).\n\n"
                "To run it without them, start Jupyter with `INTERP_ATTRIBUTION_NOTEBOOK=toy`: it then uses the tiny "
                "random `toy:llama` with transcoders trained here in seconds (the toy knows no facts, so there is no "
                "Paris; `tests/test_notebooks.py` runs it this way, and on SmolLM2 when the transcoders are present)."),

@@ -42,6 +42,12 @@ faithfulness against ``log(1 + n_edges)``, the random-circuit mean with a +/- st
 complement, reference lines at 0 and 1, and a marker at the chosen circuit's size (its model
 edges).
 
+**Feature graphs** (attribution graphs through transcoders, node ids ``L7.TC.1234@3``): laid out by
+token position (x, columns labelled with the prompt's tokens) and layer (y), with each node's top
+activating examples and logit effects in the side panel (``features=``: see
+:mod:`interp.explorer.features`), and **supernodes** grouped by hand, drawn as one node with summed
+edges, saved as a JSON sidecar (``supernodes=``: see :mod:`interp.explorer.supernodes`).
+
 Graphs with more than ``max_edges`` edges are pruned to the circuit's and then the strongest
 edges (by ``|weight|``) and the page shows a notice saying so; nodes beyond ``max_nodes`` are
 dropped the same way, and each node/edge keeps at most ``max_evidence`` rows.
@@ -126,7 +132,8 @@ def write_html(graph: CircuitGraph, path: str | Path, *, circuit: Any = None, cu
     Args:
         circuit: the chosen circuit (``(src, dst, dst_input)`` edges and/or node ids); the page opens on it.
         curve: a ``circuits.curve`` Result (or its table), drawn in the side panel.
-        kwargs: ``max_edges``, ``max_nodes``, ``max_evidence``, ``top_k`` of :func:`page_data`.
+        kwargs: ``max_edges``, ``max_nodes``, ``max_evidence``, ``top_k``, ``features``, ``supernodes`` of
+            :func:`page_data`.
 
     Raises:
         DataError: circuit edges or nodes not in the graph (named), or a curve table without
