@@ -185,6 +185,35 @@ def test_examples_are_the_transcoder_activations(toy):
         assert len(rows) <= 3 and all(len(r["left"]) <= 4 for r in rows)
 
 
+def test_examples_from_saved_dashboards(toy, tmp_path):
+    """The sae.examples Results an SAE dashboard run saves for a transcoder give the same panel rows; examples of
+    another site (an SAE's features) or another model are refused."""
+    from interp import tokenize
+    from interp.explorer.features import dashboard_examples, examples_from_table
+    from interp.results import Result
+    from interp.sae.features import FeatureConfig, analyze_features
+    from interp.sites import Site
+
+    model, tcs, _ = toy
+    tokens = tokenize(model, [f"a lazy dog {i} and the brown fox" for i in range(4)]).tokens
+    fa = analyze_features(model, tcs[1], Site("mlp_in", 1), tokens, FeatureConfig(n_examples=3, context=4))
+    fa.examples.save(tmp_path / "L1")
+    fa.features.save(tmp_path / "L1")
+    ex, source = dashboard_examples(model, [tmp_path / "L1"], n_examples=3)
+    assert ex == examples_from_table(fa.examples, n_examples=3) and ex and "mlp_in.1" in source
+    assert all(k.startswith("L1.TC.") for k in ex)
+    t = fa.examples
+    Result(t.kind, t.table, replace(t.meta, extra={**t.meta.extra, "site": "resid_post.1"}), "resid_post.1").save(tmp_path / "sae")
+    with pytest.raises(DataError, match="not of a transcoder input"):
+        dashboard_examples(model, [tmp_path / "sae"])
+    Result(t.kind, t.table, replace(t.meta, model_revision="other"), t.name).save(tmp_path / "other")
+    with pytest.raises(DataError, match="model revision 'other'"):
+        dashboard_examples(model, [tmp_path / "other"])
+    with pytest.raises(DataError, match="no sae.examples"):
+        fa.features.save(tmp_path / "none")
+        dashboard_examples(model, [tmp_path / "none"])
+
+
 def test_neuronpedia_json_reopens_in_the_explorer(toy):
     """Attribution -> Neuronpedia JSON (file text) -> CircuitGraph + context: the same page nodes, layout and
     edges as the graph built directly, and supernodes travel in qParams.supernodes."""

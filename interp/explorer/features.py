@@ -18,11 +18,12 @@ The side panel of a node (the *feature context*, :func:`attribution_context`):
   path; not only the edges kept by pruning);
 * **activations on this prompt**: the feature's activation at every prompt position where it is
   active (from the Attribution's active features);
-* **top activating examples** over held-out text, when given: :func:`feature_examples` runs the
-  SAE dashboard's analysis (:func:`interp.sae.features.analyze_features`, the rows the SAE
-  dashboard shows) with each layer's transcoder on its input site ``mlp_in.l``, and
-  :func:`examples_from_table` converts an existing ``sae.examples`` table. Without them the panel
-  says that only the prompt's activations are known.
+* **top activating examples** over held-out text, when given: from saved SAE dashboards of the
+  transcoders (:func:`dashboard_examples` reads the ``sae.examples`` Results that
+  ``interp sae dashboard MODEL --sae <transcoder folder L<l>> --out DIR`` writes), or computed here
+  (:func:`feature_examples` runs the dashboard's analysis,
+  :func:`interp.sae.features.analyze_features`, with each layer's transcoder on its input site
+  ``mlp_in.l``). Without them the panel says that only the prompt's activations are known.
 
 :func:`context_from_neuronpedia` rebuilds the context from a saved Neuronpedia graph JSON (prompt
 tokens, activations, logit nodes; logit effects then come from the kept links only, and the page
@@ -47,7 +48,7 @@ if TYPE_CHECKING:
     from interp.types import Model
 
 __all__ = ["node_pos", "is_feature_graph", "feature_layout", "attribution_context", "feature_examples",
-           "examples_from_table", "context_from_neuronpedia", "feature_key"]
+           "examples_from_table", "dashboard_examples", "context_from_neuronpedia", "feature_key"]
 
 _KIND_ORDER = {"tc": 0, "mlp": 1}
 
@@ -214,6 +215,48 @@ def feature_examples(model: Model, transcoders: Mapping[int, Any], graph: Circui
     source = (f"top activations over {int(tokens.shape[0])} rows x {int(tokens.shape[1])} tokens "
               "(interp.sae.features.analyze_features on mlp_in, as the SAE dashboard)")
     return out, source
+
+
+def dashboard_examples(model: Model, folders: Iterable[Any], *, n_examples: int = 5
+                       ) -> tuple[dict[str, list[dict[str, Any]]], str]:
+    """Top activating examples from saved SAE dashboards of the transcoders: every ``sae.examples`` Result in
+    the results ``folders`` (``interp sae dashboard MODEL --sae <transcoder L<l>> --out DIR``).
+
+    Returns:
+        ``(examples, source)`` as :func:`feature_examples`.
+
+    Raises:
+        StoreError: a folder that is not a results folder.
+        DataError: examples of another site than a transcoder input ``mlp_in.l`` (an SAE's feature 12 is
+            not transcoder feature 12), of another model revision, or no ``sae.examples`` at all.
+    """
+    from interp.models import model_info
+    from interp.results import load_results
+    from interp.sites import Site
+
+    want = model_info(model).revision
+    out: dict[str, list[dict[str, Any]]] = {}
+    names = []
+    for folder in folders:
+        for rid, res in load_results(folder).items():
+            if res.kind != "sae.examples":
+                continue
+            site = str(res.meta.extra.get("site") or res.name)
+            try:
+                component = Site.parse(site).component
+            except Exception:
+                component = ""
+            if component != "mlp_in":
+                raise DataError(f"{folder}/{rid}: examples of site {site!r}, not of a transcoder input mlp_in.<layer>; "
+                                "an SAE's features are not the transcoder's")
+            if res.meta.model_revision and want and res.meta.model_revision != want:
+                raise DataError(f"{folder}/{rid}: examples of model revision {res.meta.model_revision!r}, "
+                                f"this model is {want!r}")
+            out.update(examples_from_table(res, n_examples=n_examples))
+            names.append(site)
+    if not names:
+        raise DataError(f"no sae.examples Result in {', '.join(map(str, folders))} (write them with interp sae dashboard)")
+    return out, f"top activations from the SAE dashboards of {', '.join(sorted(set(names)))}"
 
 
 _CLERP = re.compile(r'^Output "(.*)" \(p=[^)]*\)$', re.S)
