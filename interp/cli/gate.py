@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+from interp.cli._common import DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, model_options
 
 from interp.gating.chg import CHGConfig
 from interp.gating.validate import ValidationConfig
@@ -56,6 +56,7 @@ def register(app: typer.Typer) -> None:
                                     "empty: a local Ray instance"),
         device: str = typer.Option("", "--device", help=DEVICE_HELP),
         dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
+        device_map: str = typer.Option("", "--device-map", help=DEVICE_MAP_HELP),
     ) -> None:
         """Fit CHG gates until the roles are stable, label heads facilitating / interfering / irrelevant,
         validate (verdict and disagreements with exact patching), plot.
@@ -79,7 +80,7 @@ def register(app: typer.Typer) -> None:
         check_task(task, "--task")
         from interp.distributed.config import engine_from_cli
 
-        opts = model_options(device, dtype)   # before any model work
+        opts = model_options(device, dtype, device_map=device_map)   # before any model work
         eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         with contextlib.ExitStack() as stack:

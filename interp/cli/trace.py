@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+from interp.cli._common import DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, model_options
 
 
 def _round_robin(ds, n: int | None):
@@ -76,7 +76,8 @@ def register(app: typer.Typer) -> None:
               address: str = typer.Option("", "--address", help="--engine ray: HOST:PORT, ray://HOST:PORT or auto; "
                                           "empty: a local Ray instance"),
               device: str = typer.Option("", "--device", help=DEVICE_HELP),
-              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP)) -> None:
+              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
+              device_map: str = typer.Option("", "--device-map", help=DEVICE_MAP_HELP)) -> None:
         """ROME causal tracing: Results, [tokens x layers] figures (PDF/SVG) and summary.md in --out.
 
         Example: interp trace smollm2 --out out/trace --n-facts 16 --samples 2 --tokens key --layer-stride 3
@@ -100,7 +101,7 @@ def register(app: typer.Typer) -> None:
 
         from interp.distributed.config import engine_from_cli
 
-        opts = model_options(device, dtype)   # before any model work
+        opts = model_options(device, dtype, device_map=device_map)   # before any model work
         eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         stack = contextlib.ExitStack()

@@ -43,7 +43,7 @@ def model_recipe(model: Any) -> dict[str, Any]:
         spec = str(Path(spec).resolve())
     device = next(model.parameters()).device.type
     return {"spec": spec, "revision": info.revision, "dtype": info.dtype, "processing": info.processing,
-            "prepend_bos": info.prepend_bos, "device": device}
+            "prepend_bos": info.prepend_bos, "device": device, "device_map": getattr(info, "device_map", None)}
 
 
 class Worker:
@@ -60,7 +60,8 @@ class Worker:
         self._evaluators: dict[str, Any] = {}
         self.started = time.time()
         try:
-            self.model = load_model(recipe["spec"], device=recipe["device"], dtype=getattr(torch, recipe["dtype"]),
+            where = {"device_map": recipe["device_map"]} if recipe.get("device_map") else {"device": recipe["device"]}
+            self.model = load_model(recipe["spec"], dtype=getattr(torch, recipe["dtype"]), **where,
                                     processing=recipe["processing"], prepend_bos=recipe["prepend_bos"])
         except InterpError as e:
             self.error = str(e)
