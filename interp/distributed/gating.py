@@ -43,8 +43,8 @@ __all__ = ["causal_head_gating_ray", "replay_stage"]
 
 
 def replay_stage(init: Float[Tensor, "mask layer head"], gates: Float[Tensor, "step mask layer head"],
-                 task: Float[Tensor, "step mask"], roles: Callable[[Tensor], Tensor] | None,
-                 config: CHGConfig) -> tuple[Tensor, Tensor, StageRun]:
+                 task: Float[Tensor, "step mask"], roles: Callable[[Any], Any] | None,
+                 config: CHGConfig) -> tuple[Float[Tensor, "mask layer head"], Float[Tensor, " mask"], StageRun]:
     """The stopping rule of :func:`interp.gating.chg._optimize` applied to a recorded stage.
 
     Args:
