@@ -174,7 +174,8 @@ def check_dtype(dtype: Any, device: Any, *, arg: str = "dtype") -> None:
                       f"{', '.join(ok) or 'none'} (torch {torch.__version__})")
 
 
-def resolve_device_map(device_map: Any, *, device: Any = None, arg: str = "device_map") -> str | dict[str, Any] | None:
+def resolve_device_map(device_map: Any, *, device: Any = None, arg: str = "device_map",
+                       device_arg: str = "device") -> str | dict[str, Any] | None:
     """A device map the bridge can apply here (``None``/``""``: none, load on one device).
 
     Args:
@@ -195,7 +196,7 @@ def resolve_device_map(device_map: Any, *, device: Any = None, arg: str = "devic
     if device_map is None or (isinstance(device_map, str) and not device_map.strip()):
         return None
     if device is not None and str(device).strip().lower() not in ("", "auto"):
-        raise ConfigError(f"{arg} and device {str(device)!r} are exclusive: give one (a device map places every "
+        raise ConfigError(f"{arg} and {device_arg} {str(device)!r} are exclusive: give one (a device map places every "
                           "module itself)")
     have = available_devices()
     dm = device_map

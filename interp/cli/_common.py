@@ -199,7 +199,7 @@ def model_options(device: str | None, dtype: str | None, *, device_arg: str = "-
     from interp.devices import check_dtype, device_map_devices, resolve_device, resolve_device_map, resolve_dtype
 
     if device_map:
-        dmap = resolve_device_map(device_map, device=device or None, arg="--device-map")
+        dmap = resolve_device_map(device_map, device=device or None, arg="--device-map", device_arg=device_arg)
         dt = resolve_dtype(dtype or None, arg=dtype_arg)
         for d in device_map_devices(dmap):
             check_dtype(dt, d, arg=dtype_arg)
