@@ -176,7 +176,8 @@ class _Job:
 def _stage_load(job: _Job) -> str:
     from interp.models import load_model
 
-    job.model = load_model(job.cfg.model, device=job.cfg.device or None, dtype=job.cfg.dtype)
+    where = {"device_map": job.cfg.device_map} if job.cfg.device_map else {"device": job.cfg.device or None}
+    job.model = load_model(job.cfg.model, dtype=job.cfg.dtype, **where)
     notes = []
     for task in job.cfg.tasks:
         job.data[task] = build_task(job.task_files[task], model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)

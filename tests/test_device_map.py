@@ -91,3 +91,15 @@ def test_auto_device_map_on_cuda_matches_cpu(toy_llama):
     with torch.inference_mode():
         got = mapped(TOKENS.to(next(mapped.parameters()).device)).cpu()
         assert torch.allclose(got, toy_llama(TOKENS), atol=1e-4, rtol=1e-4)
+
+
+def test_pipeline_config_device_map(tmp_path, capsys):
+    from interp.pipeline_config import load_config
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('model = "toy:llama"\ndevice_map = \'{"": "cpu"}\'\n')
+    assert load_config(cfg).device_map == '{"": "cpu"}'
+    cfg.write_text(f'model = "toy:llama"\nout = "{tmp_path / "job"}"\ndevice_map = \'{{"": "disk"}}\'\n')
+    assert invoke(["run", str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{cfg}: device_map" in err and not (tmp_path / "job").exists()

@@ -189,7 +189,8 @@ DEVICE_MAP_HELP = ("instead of --device, the bridge's multi-device loading: auto
 
 
 def model_options(device: str | None, dtype: str | None, *, device_arg: str = "--device",
-                  dtype_arg: str = "--dtype", device_map: str | None = None) -> dict[str, object]:
+                  dtype_arg: str = "--dtype", device_map: str | None = None,
+                  device_map_arg: str = "--device-map") -> dict[str, object]:
     """Check ``--device`` / ``--dtype`` before any model work; returns ``load_model`` keyword arguments.
 
     Raises:
@@ -199,7 +200,7 @@ def model_options(device: str | None, dtype: str | None, *, device_arg: str = "-
     from interp.devices import check_dtype, device_map_devices, resolve_device, resolve_device_map, resolve_dtype
 
     if device_map:
-        dmap = resolve_device_map(device_map, device=device or None, arg="--device-map", device_arg=device_arg)
+        dmap = resolve_device_map(device_map, device=device or None, arg=device_map_arg, device_arg=device_arg)
         dt = resolve_dtype(dtype or None, arg=dtype_arg)
         for d in device_map_devices(dmap):
             check_dtype(dt, d, arg=dtype_arg)
