@@ -202,8 +202,8 @@ def test_issue_check_smollm2_cache_ray_equals_local(free_cpus, tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_engine_ray_equals_local(free_cpus, tmp_path, monkeypatch):
-    """``[engine] kind = "ray"`` in a pipeline config: the cache stage's store is byte-equal and the exact head
-    patching Result equal (1e-6) to the same job run locally."""
+    """``[engine] kind = "ray"`` in a pipeline config: the cache stage's store is byte-equal, the exact head
+    patching and the head gating Results equal (1e-6) to the same job run locally."""
     from interp.datasets import registry
     from interp.distributed.config import EngineConfig
     from interp.pipeline import run_pipeline
@@ -219,18 +219,27 @@ def test_pipeline_engine_ray_equals_local(free_cpus, tmp_path, monkeypatch):
         cfg = PipelineConfig(name="eng", model="toy:llama", tasks=("toy",), out=str(tmp_path / kind),
                              cache=CacheStage(prompts=6, sites="resid_post"),
                              patching=PatchingStage(atp=False, eap=False, exact_prompts=4),
-                             gating=GatingStage(enabled=False), sinks=SinksStage(enabled=False),
+                             gating=GatingStage(prompts=4, steps=6, patience=2, n_masks=2, validate=False),
+                             sinks=SinksStage(enabled=False),
                              graph=GraphStage(enabled=False),
                              engine=EngineConfig(kind=kind, workers=2) if kind == "ray" else EngineConfig())
         report = run_pipeline(cfg, log=lambda m: None)
         assert report.ok, report.stages
-        exact = [r for r in load_results(tmp_path / kind / "results").values() if r.kind == "patching.nodes"]
-        assert len(exact) == 1
+        res = list(load_results(tmp_path / kind / "results").values())
+        exact = [r for r in res if r.kind == "patching.nodes"]
+        gates = [r for r in res if r.kind == "gating.chg"]
+        assert len(exact) == 1 and len(gates) == 1
         tables[kind] = exact[0].table
+        tables[kind + "_chg"] = gates[0]
     assert _files(tmp_path / "local" / "cache" / "toy") == _files(tmp_path / "ray" / "cache" / "toy")
     a, b = tables["local"], tables["ray"]
     assert list(a["node"]) == list(b["node"])
     assert float((a["effect"] - b["effect"]).abs().max()) < 1e-6
+    ga, gb = tables["local_chg"], tables["ray_chg"]
+    assert gb.meta.extra["stages"] == ga.meta.extra["stages"] and "engine" in gb.meta.extra
+    num = [c for c in ga.table.columns if ga.table[c].dtype == float]
+    assert float((ga.table[num] - gb.table[num]).abs().max().max()) <= 1e-6
+    assert list(ga.table.role) == list(gb.table.role)
 
 
 # ---------------------------------------------------------------- tracing grids, head gating, circuit evaluation
