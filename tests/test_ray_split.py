@@ -42,6 +42,17 @@ class InProcessEngine:
         return out
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread, as a Ray worker has (two threads on a loaded 2-core machine spin-wait: 20x slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def model4():
     return load_model("toy:llama,n_layers=4")
