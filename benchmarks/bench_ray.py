@@ -132,6 +132,32 @@ def bench_patch(model, engines: dict, n: int) -> dict:
     return out
 
 
+def bench_trace(model, engines: dict, n_facts: int, rnd: int) -> dict:
+    """Causal tracing grid (``tokens="key"``, 3 noise copies, every layer) of ``n_facts`` known facts."""
+    from interp.datasets import facts_dataset, known_facts
+    from interp.distributed import causal_trace_ray
+    from interp.tracing import TracingConfig, causal_trace
+
+    if "facts" not in _LOCAL:
+        _LOCAL["facts"] = known_facts(model, facts_dataset(model), limit=n_facts)
+    ds = _LOCAL["facts"]
+    cfg = TracingConfig(n_samples=3, tokens="key", batch_size=128)
+    out: dict = {"facts": len(ds)}
+    for name, eng in engines.items():   # A then B, back to back: the local run, then the same grid on Ray
+        t0 = time.perf_counter()
+        grid, _ = causal_trace(model, ds, cfg, progress=False)
+        local_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        g, _ = causal_trace_ray(model, ds, cfg, engine=eng, progress=False)
+        wall = time.perf_counter() - t0
+        diff = float((g.table["p_restored"] - grid.table["p_restored"]).abs().max())
+        out["rows"] = len(grid.table) * cfg.n_samples
+        out[f"{name}_round{rnd}"] = {"local_s": round(local_s, 3), "wall_s": round(wall, 3),
+                                     "tasks": g.meta.extra["engine"]["tasks"], "max_abs_diff": diff}
+        print(f"trace {name} round {rnd}: {out[f'{name}_round{rnd}']}", flush=True)
+    return out
+
+
 def project(job: dict, bandwidth: float = 1e9) -> dict:
     """T(N) = S + W / N through the 1- and 2-worker walls; transfer per task at ``bandwidth`` B/s."""
     t1, t2 = job["ray1"]["wall_s"], job["ray2"]["wall_s"]
@@ -152,6 +178,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the local run (workers use 1)")
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--jobs", default="cache,patch", help="cache, patch, trace (comma-separated)")
+    ap.add_argument("--facts", type=int, default=2, help="known facts of the tracing grid")
     args = ap.parse_args()
 
     import ray
@@ -170,7 +198,23 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_ray_"))
     try:
         results = {}
-        for job in ("cache", "patch"):
+        if "trace" in args.jobs.split(","):   # A/B: local, 1 worker, 2 workers, twice, in that order
+            res = {}
+            for rnd in (1, 2):
+                for workers in (1, 2):
+                    eng = RayEngine(EngineConfig(kind="ray", workers=workers))
+                    eng.connect()
+                    t0 = time.perf_counter()
+                    eng.workers(model)
+                    start = round(time.perf_counter() - t0, 2)
+                    r = bench_trace(model, {f"ray{workers}": eng}, args.facts, rnd)
+                    r[f"ray{workers}_round{rnd}"]["worker_start_s"] = start
+                    res.update(r)
+                    eng.close()
+                    res[f"load_avg_after_ray{workers}_round{rnd}"] = [round(x, 1) for x in os.getloadavg()]
+            results["trace"] = res
+            print("trace", json.dumps(res, indent=1), flush=True)
+        for job in [j for j in ("cache", "patch") if j in args.jobs.split(",")]:
             res = {}
             for workers in (1, 2):
                 eng = RayEngine(EngineConfig(kind="ray", workers=workers))

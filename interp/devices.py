@@ -11,6 +11,11 @@
   calls all three before any weights are read, so a bad device or dtype fails in a second and
   nothing is written.
 
+* :func:`resolve_device_map` — a ``device_map`` for the bridge's own multi-device loading
+  (``auto``, ``balanced``, ``balanced_low_0``, ``sequential``, or a JSON object / dict of module name ->
+  device); a strategy without CUDA devices, a device that does not exist here, disk/meta offload and
+  cpu+CUDA mixes (which the bridge refuses) are ConfigErrors naming the alternatives.
+
 The library never calls ``.cuda()``: tensors follow the model (``next(model.parameters()).device``)
 or an argument.
 
@@ -32,7 +37,12 @@ from typing import Any
 
 from interp.errors import ConfigError, nearest
 
-__all__ = ["DTYPES", "available_devices", "resolve_device", "resolve_dtype", "check_dtype", "dtype_name"]
+__all__ = ["DTYPES", "available_devices", "resolve_device", "resolve_dtype", "check_dtype", "dtype_name",
+           "DEVICE_MAP_STRATEGIES", "resolve_device_map", "device_map_devices"]
+
+#: The string device maps of accelerate (through ``from_pretrained``), all spreading layers over CUDA devices.
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
+_MAP_EXAMPLE = "or a JSON object of module -> device such as '{\"\": \"cpu\"}' or '{\"\": 0}'"
 
 #: The dtypes interp runs models in.
 DTYPES = ("float32", "bfloat16", "float16", "float64")
@@ -162,3 +172,74 @@ def check_dtype(dtype: Any, device: Any, *, arg: str = "dtype") -> None:
     ok = [d for d in DTYPES if _failure(dev, d) is None]
     raise ConfigError(f"{arg} {name} is not supported on {dev} here ({failed}); use one of "
                       f"{', '.join(ok) or 'none'} (torch {torch.__version__})")
+
+
+def resolve_device_map(device_map: Any, *, device: Any = None, arg: str = "device_map",
+                       device_arg: str = "device") -> str | dict[str, Any] | None:
+    """A device map the bridge can apply here (``None``/``""``: none, load on one device).
+
+    Args:
+        device_map: a strategy name (:data:`DEVICE_MAP_STRATEGIES`), a JSON object text, or a dict of
+            module name (``""`` = the whole model) -> device (``"cpu"``, ``"cuda:1"``, or a CUDA index).
+        device: the single-device option; giving both is an error (they are exclusive in the bridge).
+
+    Raises:
+        ConfigError: both given; an unknown strategy or bad JSON; a strategy with no CUDA device here; a
+            device that does not exist here; disk/meta offload; cpu and CUDA targets mixed.
+
+    Example:
+        >>> resolve_device_map('{"": "cpu"}')
+        {'': 'cpu'}
+    """
+    import json
+
+    if device_map is None or (isinstance(device_map, str) and not device_map.strip()):
+        return None
+    if device is not None and str(device).strip().lower() not in ("", "auto"):
+        raise ConfigError(f"{arg} and {device_arg} {str(device)!r} are exclusive: give one (a device map places every "
+                          "module itself)")
+    have = available_devices()
+    dm = device_map
+    if isinstance(dm, str):
+        text = dm.strip()
+        if text.startswith("{"):
+            try:
+                dm = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{arg} {text!r}: not valid JSON ({e.msg}, column {e.colno}); expected "
+                                  f"{', '.join(DEVICE_MAP_STRATEGIES)}, {_MAP_EXAMPLE}") from None
+        else:
+            low = text.lower()
+            if low not in DEVICE_MAP_STRATEGIES:
+                raise ConfigError(f"{arg} {text!r}: expected one of {', '.join(DEVICE_MAP_STRATEGIES)}, "
+                                  f"{_MAP_EXAMPLE}.{nearest(low, DEVICE_MAP_STRATEGIES) or ''}")
+            if not any(d.startswith("cuda") for d in have):
+                raise ConfigError(f"{arg} {low}: spreads the layers over CUDA devices and there are none here "
+                                  f"(available: {', '.join(have)}); use --device cpu, or a map such as "
+                                  "'{\"\": \"cpu\"}'")
+            return low
+    if not isinstance(dm, dict) or not dm:
+        raise ConfigError(f"{arg}: expected {', '.join(DEVICE_MAP_STRATEGIES)} {_MAP_EXAMPLE}, got {device_map!r}")
+    out: dict[str, Any] = {}
+    for key, value in dm.items():
+        where = f"{arg}[{key!r}]"
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ConfigError(f"{where} = {value!r}: expected a device name (cpu, cuda:N) or a CUDA index")
+        if isinstance(value, str) and value.strip().lower() in ("disk", "meta"):
+            raise ConfigError(f"{where} = {value!r}: the TransformerLens bridge does not support disk/meta offload "
+                              f"(its wrapped components bypass accelerate's hooks); use cpu or a CUDA device "
+                              f"(available: {', '.join(have)})")
+        dev = resolve_device(f"cuda:{value}" if isinstance(value, int) else value, arg=where)
+        out[str(key)] = value if isinstance(value, int) else str(dev)
+    kinds = {"cuda" if isinstance(v, int) else str(v).split(":")[0] for v in out.values()}
+    if "cpu" in kinds and len(kinds) > 1:
+        raise ConfigError(f"{arg}: cpu and {'/'.join(sorted(kinds - {'cpu'}))} targets mixed, which the bridge "
+                          "refuses; put every module on CUDA devices, or the whole model on one device")
+    return out
+
+
+def device_map_devices(device_map: str | dict[str, Any]) -> list[str]:
+    """The devices a resolved map loads onto (a strategy: every CUDA device here)."""
+    if isinstance(device_map, str):
+        return [d for d in available_devices() if d.startswith("cuda")]
+    return sorted({f"cuda:{v}" if isinstance(v, int) else str(v) for v in device_map.values()})

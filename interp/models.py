@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from interp._fs import interp_home
-from interp.errors import DataError, ModelNotFoundError, nearest
+from interp.errors import ConfigError, DataError, ModelNotFoundError, nearest
 from interp.toy import ARCHS as TOY_ARCHS
 from interp.bundled import ALIASES as _ALIASES, BUNDLED, bundled_folder, bundled_rows, smollm2_folder
 
@@ -77,6 +77,7 @@ class ModelInfo:
         dtype: parameter dtype as a string.
         weights: sha256 over the content of the folder's weight, config and tokenizer
             files (see :func:`folder_digest`); ``""`` where no local files are known.
+        device_map: the device map the bridge applied (``None``: one device); not part of the identity.
     """
 
     spec: str
@@ -87,6 +88,7 @@ class ModelInfo:
     processing: bool
     dtype: str
     weights: str = ""
+    device_map: Any = None
 
     @property
     def identity(self) -> str:
@@ -94,7 +96,10 @@ class ModelInfo:
         return self.revision
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        out = dict(self.__dict__)
+        if out.get("device_map") is None:     # one-device loads record what they always did
+            out.pop("device_map", None)
+        return out
 
 
 def model_identity(weights: str, *, processing: bool, dtype: str, prepend_bos: bool) -> str:
@@ -305,7 +310,7 @@ def _check_processor(folder: Path) -> None:
 
 
 def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any = None,
-               processing: bool = False, prepend_bos: bool | None = None) -> Any:
+               processing: bool = False, prepend_bos: bool | None = None, device_map: Any = None) -> Any:
     """Load a model as a TransformerLens ``TransformerBridge``.
 
     Args:
@@ -315,6 +320,9 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
         processing: fold norms and centre weights (TransformerLens compatibility mode).
         prepend_bos: default BOS handling of :func:`tokenize` for this model; ``None``
             follows the model's own tokenizer.
+        device_map: instead of ``device``, the bridge's multi-device loading (accelerate): ``"auto"``,
+            ``"balanced"``, ... (CUDA only) or a dict / JSON text of module -> device
+            (:func:`interp.devices.resolve_device_map`).
 
     Returns:
         The bridge, in eval mode, with ``model.interp_info`` (:class:`ModelInfo`), whose
@@ -328,23 +336,26 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
     import torch
     from transformer_lens.model_bridge import TransformerBridge
 
-    from interp.devices import check_dtype, resolve_device, resolve_dtype
+    from interp.devices import check_dtype, device_map_devices, resolve_device, resolve_device_map, resolve_dtype
 
     dtype = resolve_dtype(dtype)                   # ConfigError naming float32, bfloat16, float16, float64
-    device = str(resolve_device(device))           # ConfigError naming the devices present here
-    check_dtype(dtype, device)                     # the dtype's basic ops run on that device
+    dmap = resolve_device_map(device_map, device=device)   # ConfigError naming strategies / devices
+    device = None if dmap is not None else str(resolve_device(device))   # ConfigError naming the devices here
+    for dev in device_map_devices(dmap) if dmap is not None else [device]:
+        check_dtype(dtype, dev)                    # the dtype's basic ops run on that device
+    boot = {"device": device, "dtype": dtype, **({"device_map": dmap} if dmap is not None else {})}
     folder, name = _resolve(spec)
     if folder is None:
         if not _hub_reachable():
             raise ModelNotFoundError(f"{spec!r} is not a local model and the Hugging Face hub is not reachable "
                                      "(offline). " + _offline_options())
-        model = TransformerBridge.boot_transformers(spec, device=device, dtype=dtype)
+        model = _boot(TransformerBridge, spec, boot)
         snapshot, path = _hub_folder(spec), None
         weights = folder_digest(snapshot) if snapshot is not None else ""
     else:
         _check_processor(folder)
         with offline_env():
-            model = TransformerBridge.boot_transformers(str(folder), device=device, dtype=dtype)
+            model = _boot(TransformerBridge, str(folder), boot)
         weights, path = folder_digest(folder), str(folder)
     if processing:
         model.enable_compatibility_mode()
@@ -365,8 +376,22 @@ def load_model(spec: str = "smollm2", *, device: str | None = None, dtype: Any =
     dtype_name = str(dtype).replace("torch.", "")
     identity = model_identity(weights, processing=processing, dtype=dtype_name, prepend_bos=bos)
     model.interp_info = ModelInfo(spec=spec, name=name, revision=identity, path=path, prepend_bos=bos,
-                                  processing=processing, dtype=dtype_name, weights=weights)
+                                  processing=processing, dtype=dtype_name, weights=weights, device_map=dmap)
     return model
+
+
+def _boot(bridge: Any, source: str, kw: dict[str, Any]) -> Any:
+    """``boot_transformers``; with a device map, what the bridge/accelerate refuse is one ConfigError line."""
+    if "device_map" not in kw:
+        return bridge.boot_transformers(source, **kw)
+    if isinstance(kw["device_map"], dict):
+        _check_map_keys(source, kw["device_map"])
+    try:
+        return bridge.boot_transformers(source, **kw)
+    except (ValueError, KeyError, RuntimeError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConfigError(f"device_map {kw['device_map']!r} cannot be applied to {source}: {first}; use --device "
+                          "for one device, or a map of this model's module names (\"\" = the whole model)") from None
 
 
 @dataclass(frozen=True)
@@ -495,3 +520,28 @@ def available_models() -> list[dict[str, Any]]:
     rows.append({"spec": "NAME", "kind": "hub", "available": _hub_reachable(timeout=1.0),
                  "detail": "Hugging Face / TransformerLens names; needs the hub"})
     return rows
+
+
+def _check_map_keys(source: str, device_map: dict[str, Any]) -> None:
+    """Every key names a module of the model (built empty from its config) and every weight is placed."""
+    import transformers
+    from accelerate import init_empty_weights
+
+    try:
+        cfg = transformers.AutoConfig.from_pretrained(source)
+        cls = getattr(transformers, (cfg.architectures or [""])[0], None) or transformers.AutoModelForCausalLM
+        with init_empty_weights():
+            hf = cls._from_config(cfg) if hasattr(cls, "_from_config") else cls.from_config(cfg)
+    except Exception:  # noqa: BLE001 - the structure is unknown here: the bridge and accelerate decide
+        return
+    names = [n for n, _ in hf.named_modules()]
+    bad = [k for k in device_map if k not in names]
+    if bad:
+        top = sorted({n.split(".")[0] for n in names if n} | {n for n in names if n.count(".") == 1})
+        raise ConfigError(f"device_map key {bad[0]!r} is not a module of {source};{nearest(bad[0], names) or ''} "
+                          f"modules include {', '.join(top[:8])} (\"\" = the whole model)")
+    weights = [n for n, _ in hf.named_parameters()]
+    left = [w for w in weights if not any(k == "" or w == k or w.startswith(k + ".") for k in device_map)]
+    if left:
+        raise ConfigError(f"device_map places no device for {left[0]} (and {len(left) - 1} more weights): add its "
+                          "module, or map \"\" (the whole model)")

@@ -176,7 +176,8 @@ class _Job:
 def _stage_load(job: _Job) -> str:
     from interp.models import load_model
 
-    job.model = load_model(job.cfg.model, device=job.cfg.device or None, dtype=job.cfg.dtype)
+    where = {"device_map": job.cfg.device_map} if job.cfg.device_map else {"device": job.cfg.device or None}
+    job.model = load_model(job.cfg.model, dtype=job.cfg.dtype, **where)
     notes = []
     for task in job.cfg.tasks:
         job.data[task] = build_task(job.task_files[task], model=job.model, n=job.cfg.max_prompts, seed=job.cfg.seed)
@@ -257,6 +258,12 @@ def _stage_gating(job: _Job) -> str:
 
     c = job.cfg.gating
     notes = []
+    if job.engine is not None:   # [engine] kind = "ray": groups of masks on the workers (equal to the tiled run)
+        from functools import partial
+
+        from interp.distributed import causal_head_gating_ray
+
+        chg = partial(causal_head_gating_ray, engine=job.engine)
     for task in job.cfg.tasks:
         ds = job.subset(task, c.prompts)
         r = chg(job.model, ds, config=CHGConfig(max_steps=c.steps, patience=c.patience, n_masks=c.n_masks,
@@ -464,7 +471,7 @@ def run_pipeline(config: PipelineConfig, *, base: str | Path = ".", log: Callabl
     evidence = tuple(n for n, on in (("patching", config.patching.enabled), ("gating", config.gating.enabled)) if on)
     from interp.distributed.config import open_engine
 
-    with open_engine(config.engine) as job.engine:     # [engine]: caching and exact patching on Ray workers
+    with open_engine(config.engine) as job.engine:     # [engine]: cache, exact patching, gating, edge eval on Ray
         _run_stages(job, config, evidence)
     from interp.pipeline_report import write_report
 

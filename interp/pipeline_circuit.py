@@ -64,7 +64,12 @@ def edge_circuit(job: Any, task: str, graph: Any, eap: Any) -> dict[str, Any]:
         edges = (top_n if c.selection == "top_n" else greedy)(scores, c.top_k_edges)
         reached = None
     curve = dataclasses.replace(curve, name=f"{task}_curve")
-    ev = evaluate_circuits(job.model, ds, {f"{task}_circuit": edges}, ccfg.evaluation)
+    if getattr(job, "engine", None) is not None:    # [engine] kind = "ray": the evaluation's passes on a worker
+        from interp.distributed import evaluate_circuits_ray
+
+        ev = evaluate_circuits_ray(job.model, ds, {f"{task}_circuit": edges}, ccfg.evaluation, engine=job.engine)
+    else:
+        ev = evaluate_circuits(job.model, ds, {f"{task}_circuit": edges}, ccfg.evaluation)
     ev.meta.extra["edges"] = [list(e) for e in edges]
     ev.meta.extra["target"] = c.faithfulness_target
     ev = dataclasses.replace(ev, name=f"{task}_circuit")

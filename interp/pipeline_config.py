@@ -188,6 +188,7 @@ class PipelineConfig:
     seed: int = 0
     device: str = ""            # "" = CUDA when present, else CPU; cpu, cuda, cuda:N, mps (interp.devices)
     dtype: str = "float32"      # model dtype: float32, bfloat16, float16, float64
+    device_map: str = ""        # instead of device: auto, balanced, ... (CUDA) or JSON module -> device
     cache: CacheStage = field(default_factory=CacheStage)
     patching: PatchingStage = field(default_factory=PatchingStage)
     gating: GatingStage = field(default_factory=GatingStage)

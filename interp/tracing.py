@@ -319,7 +319,8 @@ def trace_peaks(grid: Any) -> Any:
     return pd.DataFrame(rows)
 
 
-def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, progress: bool = True) -> tuple[Any, Any]:
+def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, progress: bool = True,
+                 runner: Any = None) -> tuple[Any, Any]:
     """ROME causal tracing of every fact of ``ds``; returns ``(grid, summary)`` Results.
 
     Args:
@@ -328,6 +329,10 @@ def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, 
             :func:`interp.datasets.facts_dataset`; usually filtered by ``known_facts``).
         config: :class:`TracingConfig` (ROME defaults).
         progress: show a tqdm bar over restorations.
+        runner: computes the restorations: called once with an iterator of per-fact jobs (keyword arguments
+            of :func:`restoration_probs` after ``model``), it yields each job's probabilities in order
+            (default: :func:`restoration_probs` in this process, one fact at a time;
+            :func:`interp.distributed.causal_trace_ray` spreads chunks of the rows over Ray workers).
 
     Returns:
         ``grid`` (kind ``tracing.grid``: fact, site_kind, token_index, token, is_subject,
@@ -363,7 +368,10 @@ def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, 
         plans.append((tb.tokens[0], n, a, b, cells))
     bar = tqdm(total=sum(len(p[4]) for p in plans), desc="causal trace", disable=not progress, leave=False)
     fast = None
-    with torch.inference_mode():
+    facts: list[tuple[float, float, int]] = []
+
+    def jobs() -> Any:   # pass 1 of each fact, lazily: the runner asks for the next fact when it needs it
+        nonlocal fast
         for i, (tokens, n, a, b, cells) in enumerate(plans):
             noise = draw_noise((cfg.n_samples, b - a, model.cfg.d_model), nu, uniform=cfg.uniform, generator=gen)
             sites = sorted({s for kind, t, l in cells for s, _ in site_kind_restoration(kind, t, l, n_layers,
@@ -384,8 +392,18 @@ def causal_trace(model: Model, ds: Any, config: TracingConfig | None = None, *, 
             p_clean, p_corr = float(probs[0]), float(probs[1:].mean())
             clean = {s: out.recorded[0][s][0] for s in sites}
             rests = [site_kind_restoration(kind, t, l, n_layers, cfg.window) for kind, t, l in cells]
-            p = restoration_probs(model, tokens, (a, b), answer, noise, rests, clean, replace=cfg.replace,
-                                  batch_size=cfg.batch_size, fast=fast, progress=bar)
+            facts.append((p_clean, p_corr, answer))
+            yield dict(tokens=tokens, subject=(a, b), answer_id=answer, noise=noise, restorations=rests,
+                       clean=clean, replace=cfg.replace, batch_size=cfg.batch_size, fast=fast)
+
+    def local(todo: Any) -> Any:
+        for job in todo:
+            yield restoration_probs(model, **job, progress=bar)
+
+    with torch.inference_mode():
+        for i, p in enumerate((runner or local)(jobs())):
+            tokens, n, a, b, cells = plans[i]
+            p_clean, p_corr, answer = facts[i]
             toks = [model.tokenizer.decode([int(x)]) for x in tokens[:n]]
             for (kind, t, l), pr in zip(cells, p.tolist()):
                 grid_rows.append({"fact": i, "site_kind": kind, "token_index": t, "token": toks[t],

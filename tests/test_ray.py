@@ -202,8 +202,8 @@ def test_issue_check_smollm2_cache_ray_equals_local(free_cpus, tmp_path):
 
 @pytest.mark.slow
 def test_pipeline_engine_ray_equals_local(free_cpus, tmp_path, monkeypatch):
-    """``[engine] kind = "ray"`` in a pipeline config: the cache stage's store is byte-equal and the exact head
-    patching Result equal (1e-6) to the same job run locally."""
+    """``[engine] kind = "ray"`` in a pipeline config: the cache stage's store is byte-equal, the exact head
+    patching and the head gating Results equal (1e-6) to the same job run locally."""
     from interp.datasets import registry
     from interp.distributed.config import EngineConfig
     from interp.pipeline import run_pipeline
@@ -219,15 +219,113 @@ def test_pipeline_engine_ray_equals_local(free_cpus, tmp_path, monkeypatch):
         cfg = PipelineConfig(name="eng", model="toy:llama", tasks=("toy",), out=str(tmp_path / kind),
                              cache=CacheStage(prompts=6, sites="resid_post"),
                              patching=PatchingStage(atp=False, eap=False, exact_prompts=4),
-                             gating=GatingStage(enabled=False), sinks=SinksStage(enabled=False),
+                             gating=GatingStage(prompts=4, steps=6, patience=2, n_masks=2, validate=False),
+                             sinks=SinksStage(enabled=False),
                              graph=GraphStage(enabled=False),
                              engine=EngineConfig(kind=kind, workers=2) if kind == "ray" else EngineConfig())
         report = run_pipeline(cfg, log=lambda m: None)
         assert report.ok, report.stages
-        exact = [r for r in load_results(tmp_path / kind / "results").values() if r.kind == "patching.nodes"]
-        assert len(exact) == 1
+        res = list(load_results(tmp_path / kind / "results").values())
+        exact = [r for r in res if r.kind == "patching.nodes"]
+        gates = [r for r in res if r.kind == "gating.chg"]
+        assert len(exact) == 1 and len(gates) == 1
         tables[kind] = exact[0].table
+        tables[kind + "_chg"] = gates[0]
     assert _files(tmp_path / "local" / "cache" / "toy") == _files(tmp_path / "ray" / "cache" / "toy")
     a, b = tables["local"], tables["ray"]
     assert list(a["node"]) == list(b["node"])
     assert float((a["effect"] - b["effect"]).abs().max()) < 1e-6
+    ga, gb = tables["local_chg"], tables["ray_chg"]
+    assert gb.meta.extra["stages"] == ga.meta.extra["stages"] and "engine" in gb.meta.extra
+    num = [c for c in ga.table.columns if ga.table[c].dtype == float]
+    assert float((ga.table[num] - gb.table[num]).abs().max().max()) <= 1e-6
+    assert list(ga.table.role) == list(gb.table.role)
+
+
+# ---------------------------------------------------------------- tracing grids, head gating, circuit evaluation
+# the same toy as the patching sweeps above, so the module's workers are reused (no reload)
+
+def _facts() -> TaskDataset:
+    return TaskDataset("facts", ("Paris is in the", "Rome is a city of", "a b c"), answers=(" F", " I", " d"),
+                       meta=({"subject_start": 0, "subject_end": 3}, {"subject_start": 0, "subject_end": 2},
+                             {"subject_start": 1, "subject_end": 2}))
+
+
+@pytest.mark.slow
+def test_causal_trace_ray_equals_local(engine):
+    from interp.distributed import causal_trace_ray
+    from interp.tracing import TracingConfig, causal_trace
+
+    model = load_model("toy:llama,n_layers=4")
+    cfg = TracingConfig(n_samples=3, batch_size=12, window=2)
+    grid, summary = causal_trace(model, _facts(), cfg, progress=False)
+    grid2, summary2 = causal_trace_ray(model, _facts(), cfg, engine=engine, progress=False)
+    num = ["p_restored", "indirect_effect"]
+    assert grid.table.drop(columns=num).equals(grid2.table.drop(columns=num))
+    assert float((grid.table[num] - grid2.table[num]).abs().max().max()) <= 1e-6
+    assert summary.table.equals(summary2.table)
+    assert grid2.meta.extra["engine"]["workers"] == 2 and grid2.meta.extra["engine"]["tasks"] >= 4
+
+
+@pytest.mark.slow
+def test_chg_ray_equals_tiled_local(engine):
+    """Three masks over two workers, stopping early as the tiled run does (the stop rule on all masks)."""
+    from interp.distributed import causal_head_gating_ray
+    from interp.gating import CHGConfig, causal_head_gating
+
+    model = load_model("toy:llama,n_layers=4")
+    ds = TaskDataset("abc", clean=("abcabc", "xyzxyz", "abab", "qrsqrs"), answers=("a", "x", "a", "q"))
+    cfg = CHGConfig(max_steps=30, patience=3, n_masks=3, micro_batch=4, progress=False)
+    a = causal_head_gating(model, ds, config=cfg)
+    b = causal_head_gating_ray(model, ds, config=cfg, engine=engine)
+    assert b.meta.extra["stages"] == a.meta.extra["stages"]
+    assert a.meta.extra["stages"]["base"]["steps"] < cfg.max_steps
+    num = [c for c in a.table.columns if a.table[c].dtype == float]
+    assert float((a.table[num] - b.table[num]).abs().max().max()) <= 1e-6
+    assert list(a.table.role) == list(b.table.role)
+    assert b.meta.extra["engine"]["tasks"] == 4          # 3 masks in 2 groups, then 6 rows in 2 groups
+
+
+@pytest.mark.slow
+def test_evaluate_circuits_ray_equals_local(engine):
+    import random
+
+    from interp.circuits import evaluate_circuits
+    from interp.circuits.edges import model_edges
+    from interp.distributed import evaluate_circuits_ray
+
+    model = load_model("toy:llama,n_layers=4")
+    ds = _toy_ds()
+    ds = TaskDataset("toy", ds.clean, ds.corrupted, ds.answers, ds.answers[1:] + ds.answers[:1])
+    edges, rng = model_edges(model), random.Random(0)
+    sizes = (5, 20, 80, len(edges) // 2, len(edges) - 3)
+    circuits = {"none": [], "all": edges, **{f"r{k}": rng.sample(edges, k) for k in sizes}}
+    a = evaluate_circuits(model, ds, circuits)
+    b = evaluate_circuits_ray(model, ds, circuits, engine=engine)
+    assert a.table.drop(columns=["ld", "faithfulness"]).equals(b.table.drop(columns=["ld", "faithfulness"]))
+    assert float((a.table[["ld", "faithfulness"]] - b.table[["ld", "faithfulness"]]).abs().max().max()) <= 1e-6
+    assert b.meta.extra["engine"]["tasks"] == 4
+
+
+@pytest.mark.slow
+def test_cli_trace_and_gate_ray_equal_local(free_cpus, tmp_path):
+    from interp.results import load_results
+
+    facts = tmp_path / "facts.jsonl"
+    facts.write_text("".join(json.dumps({"prompt": p, "subject": s, "answer": a, "relation": r}) + "\n"
+                             for p, s, a, r in [("The Eiffel Tower is in ", "Eiffel Tower", "P", "loc"),
+                                                ("Rome is the capital of ", "Rome", "I", "cap")]))
+    trace = ["trace", "toy:llama", "--facts", str(facts), "--samples", "2", "--tokens", "key", "--min-prob", "0"]
+    gate = ["gate", "toy:llama", "--task", str(tmp_path / "toy.jsonl"), "--n", "4", "--max-steps", "8",
+            "--patience", "2", "--masks", "2", "--no-validate", "--figures", "none"]
+    _toy_ds().to_jsonl(tmp_path / "toy.jsonl")
+    for name, args in (("trace", trace), ("gate", gate)):
+        assert invoke([*args, "--out", str(tmp_path / f"{name}_local")]) == 0
+        assert invoke([*args, "--out", str(tmp_path / f"{name}_ray"), "--engine", "ray", "--workers", "2"]) == 0
+        a, b = (load_results(tmp_path / f"{name}_{k}") for k in ("local", "ray"))
+        assert sorted(a) == sorted(b)
+        for key in a:
+            ta, tb = a[key].table, b[key].table
+            num = [c for c in ta.columns if ta[c].dtype == float]
+            assert ta.drop(columns=num).equals(tb.drop(columns=num)), key
+            assert float((ta[num] - tb[num]).abs().max().max()) <= 1e-6, key

@@ -37,7 +37,8 @@ def test_bad_engine_options_one_line(tmp_path, capsys, extra, needle):
 
 
 @pytest.mark.parametrize("cmd", [["cache", "toy:llama", "--prompts", "P"],
-                                 ["patch", "toy:llama", "--task", "ioi", "--method", "exact"]])
+                                 ["patch", "toy:llama", "--task", "ioi", "--method", "exact"],
+                                 ["trace", "toy:llama"], ["gate", "toy:llama", "--task", "ioi"]])
 def test_ray_not_installed(tmp_path, capsys, monkeypatch, cmd):
     monkeypatch.setitem(sys.modules, "ray", None)          # `import ray` raises ImportError
     cmd = [c if c != "P" else _prompts(tmp_path) for c in cmd]

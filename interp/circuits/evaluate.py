@@ -375,7 +375,7 @@ class Evaluator:
 
 
 def evaluate_circuits(model: Any, data: Any, circuits: Mapping[str, Iterable[Any]] | Iterable[Any],
-                      config: EdgeEvalConfig = EdgeEvalConfig()) -> Any:
+                      config: EdgeEvalConfig = EdgeEvalConfig(), *, runner: Any = None) -> Any:
     """Edge-level faithfulness of circuits (each a set of ``(src, dst, dst_input)`` edges).
 
     Args:
@@ -383,6 +383,8 @@ def evaluate_circuits(model: Any, data: Any, circuits: Mapping[str, Iterable[Any
         data: a TaskDataset of clean/corrupted pairs with single-token answers and counterfactuals.
         circuits: one edge set, or ``{name: edge set}``; the empty set and :func:`model_edges` are valid.
         config: :class:`EdgeEvalConfig`.
+        runner: ``runner(evaluator, masks) -> [circuit]`` values instead of ``evaluator.run_masks(masks)``
+            (:func:`interp.distributed.evaluate_circuits_ray`: chunks of circuits on Ray workers).
 
     Returns:
         Result ``circuits.eval``: one row per circuit (circuit, ablation, n_edges, n_nodes, ld, faithfulness,
@@ -399,7 +401,7 @@ def evaluate_circuits(model: Any, data: Any, circuits: Mapping[str, Iterable[Any
         circuits = {"circuit": circuits}
     ev = Evaluator(model, data, config)
     named = {str(k): canonical(model, v, what=f"circuit {k!r}") for k, v in circuits.items()}
-    lds = ev.run_masks([ev.mask(e) for e in named.values()])
+    lds = (runner or Evaluator.run_masks)(ev, [ev.mask(e) for e in named.values()])
     rows = [{"circuit": k, "ablation": config.ablation, "n_edges": len(e), "n_nodes": len(circuit_nodes(e)),
              "ld": float(ld), "faithfulness": float(ev.faithfulness(float(ld))), "ld_clean": ev.ld_clean,
              "ld_corrupted": ev.ld_corrupted} for (k, e), ld in zip(named.items(), lds)]

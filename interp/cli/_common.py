@@ -23,7 +23,7 @@ from pathlib import Path
 from interp.errors import ConfigError, InterpError, StoreError, nearest
 
 __all__ = ["run", "error_line", "check_out_dir", "check_choice", "check_positive", "check_formats", "FIGURE_FORMATS",
-           "DEVICE_HELP", "DTYPE_HELP", "model_options"]
+           "DEVICE_HELP", "DTYPE_HELP", "DEVICE_MAP_HELP", "model_options"]
 
 #: OSErrors that are the environment's answer, not a bug: reported in one line, exit 2.
 EXPECTED_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
@@ -184,18 +184,27 @@ def check_formats(text: str | Iterable[str], arg_name: str, allowed: Iterable[st
 
 DEVICE_HELP = "torch device: cpu, cuda, cuda:N, mps (default: CUDA when present, else CPU)"
 DTYPE_HELP = "model dtype: float32 (default), bfloat16, float16, float64"
+DEVICE_MAP_HELP = ("instead of --device, the bridge's multi-device loading: auto, balanced, balanced_low_0, "
+                   "sequential (CUDA), or JSON module -> device, e.g. '{\"\": \"cpu\"}'")
 
 
 def model_options(device: str | None, dtype: str | None, *, device_arg: str = "--device",
-                  dtype_arg: str = "--dtype") -> dict[str, object]:
+                  dtype_arg: str = "--dtype", device_map: str | None = None,
+                  device_map_arg: str = "--device-map") -> dict[str, object]:
     """Check ``--device`` / ``--dtype`` before any model work; returns ``load_model`` keyword arguments.
 
     Raises:
         ConfigError: a device absent here (the devices present named), an unknown dtype (the supported
             ones named), or a dtype whose basic operations fail on that device.
     """
-    from interp.devices import check_dtype, resolve_device, resolve_dtype
+    from interp.devices import check_dtype, device_map_devices, resolve_device, resolve_device_map, resolve_dtype
 
+    if device_map:
+        dmap = resolve_device_map(device_map, device=device or None, arg=device_map_arg, device_arg=device_arg)
+        dt = resolve_dtype(dtype or None, arg=dtype_arg)
+        for d in device_map_devices(dmap):
+            check_dtype(dt, d, arg=dtype_arg)
+        return {"device_map": dmap, "dtype": dt}
     dev = resolve_device(device or None, arg=device_arg)
     dt = resolve_dtype(dtype or None, arg=dtype_arg)
     check_dtype(dt, dev, arg=dtype_arg)

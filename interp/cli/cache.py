@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+from interp.cli._common import DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, model_options
 
 
 def register(app: typer.Typer) -> None:
@@ -29,6 +29,7 @@ def register(app: typer.Typer) -> None:
                                     "auto); empty: a local Ray instance"),
         device: str = typer.Option("", "--device", help=DEVICE_HELP),
         model_dtype: str = typer.Option("", "--model-dtype", help=DTYPE_HELP),
+        device_map: str = typer.Option("", "--device-map", help=DEVICE_MAP_HELP),
     ) -> None:
         """Cache activations at SITES for every prompt in a file, as a resumable on-disk store.
 
@@ -59,7 +60,7 @@ def register(app: typer.Typer) -> None:
             raise SiteError(f"--sites: {e}") from e
         from interp.distributed.config import engine_from_cli
 
-        opts = model_options(device, model_dtype, dtype_arg='--model-dtype')   # before any model work
+        opts = model_options(device, model_dtype, dtype_arg='--model-dtype', device_map=device_map)   # before any model work
         eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         t0 = time.perf_counter()

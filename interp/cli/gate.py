@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+from interp.cli._common import DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, model_options
 
 from interp.gating.chg import CHGConfig
 from interp.gating.validate import ValidationConfig
@@ -49,8 +49,14 @@ def register(app: typer.Typer) -> None:
         n_random: int = typer.Option(_V.n_random, "--n-random", help="random head sets per comparison"),
         patch_prompts: int = typer.Option(16, "--patch-prompts", help="prompts for exact head patching (0 = all)"),
         figures: str = typer.Option("png", "--figures", help="figure format: png, svg, pdf, html or none"),
+        engine: str = typer.Option("local", "--engine", help="local, or ray: groups of masks on Ray workers (each "
+                                   "runs --max-steps; the stop rule is applied to all masks, as locally)"),
+        workers: int = typer.Option(0, "--workers", help="--engine ray: workers (0: one per CPU)"),
+        address: str = typer.Option("", "--address", help="--engine ray: HOST:PORT, ray://HOST:PORT or auto; "
+                                    "empty: a local Ray instance"),
         device: str = typer.Option("", "--device", help=DEVICE_HELP),
         dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
+        device_map: str = typer.Option("", "--device-map", help=DEVICE_MAP_HELP),
     ) -> None:
         """Fit CHG gates until the roles are stable, label heads facilitating / interfering / irrelevant,
         validate (verdict and disagreements with exact patching), plot.
@@ -72,9 +78,18 @@ def register(app: typer.Typer) -> None:
         vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
         check_positive(n, "--n")
         check_task(task, "--task")
-        opts = model_options(device, dtype)   # before any model work
+        from interp.distributed.config import engine_from_cli
+
+        opts = model_options(device, dtype, device_map=device_map)   # before any model work
+        eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         with contextlib.ExitStack() as stack:
+            if eng.distributed:
+                from interp.distributed import RayEngine, causal_head_gating_ray
+
+                ray_engine = stack.enter_context(RayEngine(eng))   # refuses a bad address before the model loads
+                causal_head_gating = lambda m_, ds_, config: causal_head_gating_ray(  # noqa: E731
+                    m_, ds_, config=config, engine=ray_engine)
             if not (ctx.parent is not None and ctx.parent.params.get("threads")):
                 import torch  # the entry point sets thread counts: one thread unless --threads was given
 

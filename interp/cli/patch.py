@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+from interp.cli._common import DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, model_options
 
 METHODS = ("exact", "path", "atp", "eap", "eap-ig")
 
@@ -62,6 +62,7 @@ def register(app: typer.Typer) -> None:
                                     "empty: a local Ray instance"),
         device: str = typer.Option("", "--device", help=DEVICE_HELP),
         dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
+        device_map: str = typer.Option("", "--device-map", help=DEVICE_MAP_HELP),
     ) -> None:
         """Patch a task and write Results (patching.nodes / patching.edges) and heatmaps.
 
@@ -102,7 +103,7 @@ def register(app: typer.Typer) -> None:
 
         from interp.distributed.config import engine_from_cli
 
-        opts = model_options(device, dtype)   # before any model work
+        opts = model_options(device, dtype, device_map=device_map)   # before any model work
         eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
         stack = ExitStack()

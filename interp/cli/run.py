@@ -29,10 +29,12 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config)
         if out is not None:
             cfg = dataclasses.replace(cfg, out=str(out))
+        dmap = "" if device else cfg.device_map            # --device overrides the config's device_map too
         model_options(device or cfg.device, dtype or cfg.dtype, device_arg="--device" if device else f"{config}: device",
-                      dtype_arg="--dtype" if dtype else f"{config}: dtype")     # before anything is written
+                      dtype_arg="--dtype" if dtype else f"{config}: dtype", device_map=dmap,
+                      device_map_arg=f"{config}: device_map")     # before anything is written
         if device or dtype:
-            cfg = dataclasses.replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype)
+            cfg = dataclasses.replace(cfg, device=device or cfg.device, dtype=dtype or cfg.dtype, device_map=dmap)
         check_out_dir(Path.cwd() / cfg.out, "--out" if out is not None else f"{config}: out")
         report = run_pipeline(cfg, base=Path.cwd(), log=lambda m: typer.echo(m, err=True))
         for r in report.stages:

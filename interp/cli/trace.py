@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from interp.cli._common import DEVICE_HELP, DTYPE_HELP, model_options
+from interp.cli._common import DEVICE_HELP, DEVICE_MAP_HELP, DTYPE_HELP, model_options
 
 
 def _round_robin(ds, n: int | None):
@@ -70,8 +70,14 @@ def register(app: typer.Typer) -> None:
               seed: int = typer.Option(0, "--seed"),
               uniform: bool = typer.Option(False, "--uniform", help="uniform noise instead of Gaussian"),
               replace: bool = typer.Option(False, "--replace", help="replace subject embeddings by noise"),
+              engine: str = typer.Option("local", "--engine", help="local, or ray: chunks of the restoration rows "
+                                         "on Ray workers (equal to a local run within 1e-6)"),
+              workers: int = typer.Option(0, "--workers", help="--engine ray: workers (0: one per CPU)"),
+              address: str = typer.Option("", "--address", help="--engine ray: HOST:PORT, ray://HOST:PORT or auto; "
+                                          "empty: a local Ray instance"),
               device: str = typer.Option("", "--device", help=DEVICE_HELP),
-              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP)) -> None:
+              dtype: str = typer.Option("", "--dtype", help=DTYPE_HELP),
+              device_map: str = typer.Option("", "--device-map", help=DEVICE_MAP_HELP)) -> None:
         """ROME causal tracing: Results, [tokens x layers] figures (PDF/SVG) and summary.md in --out.
 
         Example: interp trace smollm2 --out out/trace --n-facts 16 --samples 2 --tokens key --layer-stride 3
@@ -91,8 +97,19 @@ def register(app: typer.Typer) -> None:
         cfg = TracingConfig(n_samples=samples, noise=noise, window=window, tokens=tokens,
                             layer_stride=layer_stride, batch_size=batch_size, seed=seed, uniform=uniform,
                             replace=replace)
-        opts = model_options(device, dtype)   # before any model work
+        import contextlib
+
+        from interp.distributed.config import engine_from_cli
+
+        opts = model_options(device, dtype, device_map=device_map)   # before any model work
+        eng = engine_from_cli(engine, workers, address)
         check_out_dir(out, "--out")
+        stack = contextlib.ExitStack()
+        if eng.distributed:
+            from interp.distributed import RayEngine, causal_trace_ray
+
+            ray_engine = stack.enter_context(RayEngine(eng))   # refuses a bad address before the model loads
+            causal_trace = lambda m_, ds_, c_: causal_trace_ray(m_, ds_, c_, engine=ray_engine)  # noqa: E731
         m = load_model(model, **opts)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -102,7 +119,8 @@ def register(app: typer.Typer) -> None:
         known = known_facts(m, ds, min_prob=min_prob)
         typer.echo(f"{len(known)} of {len(ds)} facts known by {model}")
         sel = _round_robin(known, n_facts)
-        grid, summary = causal_trace(m, sel, cfg)
+        with stack:
+            grid, summary = causal_trace(m, sel, cfg)
         out.mkdir(parents=True, exist_ok=True)
         grid.save(out)
         summary.save(out)

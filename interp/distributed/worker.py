@@ -10,6 +10,12 @@ Its tasks call the library's own functions on the worker's model:
   the same bytes as a local run. Rerunning it (a retried task) rewrites the same bytes.
 * :meth:`Worker.patch` runs :func:`interp.patching.activation_patching` on a subset of layers
   (rows of the one engine's passes) and returns its Result.
+* :meth:`Worker.trace_rows` runs :func:`interp.tracing.restoration_probs` on a chunk of one fact's
+  restorations (causal tracing).
+* :meth:`Worker.circuit_masks` runs :meth:`interp.circuits.Evaluator.run_masks` on a chunk of circuits
+  (the Evaluator of one evaluation is built once per worker and kept).
+* :meth:`Worker.chg_stage` runs one CHG stage for a subset of masks for all ``max_steps`` and returns
+  the gates after every step (the driver applies the stopping rule to all masks).
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ def model_recipe(model: Any) -> dict[str, Any]:
         spec = str(Path(spec).resolve())
     device = next(model.parameters()).device.type
     return {"spec": spec, "revision": info.revision, "dtype": info.dtype, "processing": info.processing,
-            "prepend_bos": info.prepend_bos, "device": device}
+            "prepend_bos": info.prepend_bos, "device": device, "device_map": getattr(info, "device_map", None)}
 
 
 class Worker:
@@ -51,9 +57,11 @@ class Worker:
 
         self.error = ""
         self.model: Any = None
+        self._evaluators: dict[str, Any] = {}
         self.started = time.time()
         try:
-            self.model = load_model(recipe["spec"], device=recipe["device"], dtype=getattr(torch, recipe["dtype"]),
+            where = {"device_map": recipe["device_map"]} if recipe.get("device_map") else {"device": recipe["device"]}
+            self.model = load_model(recipe["spec"], dtype=getattr(torch, recipe["dtype"]), **where,
                                     processing=recipe["processing"], prepend_bos=recipe["prepend_bos"])
         except InterpError as e:
             self.error = str(e)
@@ -112,6 +120,55 @@ class Worker:
         from interp.patching import activation_patching
 
         return activation_patching(self.model, data, config)
+
+
+    def trace_rows(self, job: dict[str, Any]) -> Any:
+        """:func:`interp.tracing.restoration_probs` of one chunk (``job``: its keyword arguments after the model)."""
+        import torch
+
+        from interp.tracing import restoration_probs
+
+        with torch.inference_mode():
+            return restoration_probs(self.model, **job)
+
+    def circuit_masks(self, key: str, data: Any, config: Any, masks: list[Any]) -> dict[str, Any]:
+        """``run_masks(masks)`` on this worker's Evaluator of evaluation ``key`` (built on first use; one kept)."""
+        from interp.circuits.evaluate import Evaluator
+
+        ev = self._evaluators.get(key)
+        if ev is None:
+            self._evaluators = {key: Evaluator(self.model, data, config)}
+            ev = self._evaluators[key]
+            f0 = r0 = 0                       # this worker's baseline pass counts once, with its first chunk
+        else:
+            f0, r0 = ev.counter.forward, ev.counter.rows
+        values = ev.run_masks(masks)
+        return {"values": values, "forward": ev.counter.forward - f0, "rows": ev.counter.rows - r0}
+
+    def chg_stage(self, data: Any, init: Any, lam: Any, config: Any) -> dict[str, Any]:
+        """One CHG stage of ``init``'s masks (``lam`` per mask) for ``config.max_steps`` steps, no early stop.
+
+        Returns ``gates`` ``[steps, masks, layers, heads]`` (after each step) and ``task`` ``[steps, masks]``."""
+        import dataclasses
+
+        import torch
+
+        from interp.gating.chg import _batch_sampler, _nll, _optimize
+
+        dev = next(self.model.parameters()).device
+        data = dataclasses.replace(data, tokens=data.tokens.to(dev), last=data.last.to(dev),
+                                   targets=data.targets.to(dev))
+        gates: list[torch.Tensor] = []
+        task: list[torch.Tensor] = []
+
+        def record(step: int, g: torch.Tensor, t: torch.Tensor) -> None:
+            gates.append(g.detach().cpu().clone())
+            task.append(t.detach().cpu().clone())
+
+        cfg = dataclasses.replace(config, patience=0, progress=False)
+        _optimize(self.model, data, init, lam, cfg, _batch_sampler(len(data), cfg.batch_size), _nll,
+                  "CHG (ray)", None, on_step=record)
+        return {"gates": torch.stack(gates), "task": torch.stack(task), "pid": os.getpid()}
 
 
 def _threads() -> int:

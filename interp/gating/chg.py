@@ -270,7 +270,8 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
               sampler: Callable[[torch.Generator], torch.Tensor],
               loss_fn: Callable[[torch.Tensor], torch.Tensor], desc: str,
               roles: Callable[[torch.Tensor], torch.Tensor] | None, *,
-              micro: bool = True) -> tuple[torch.Tensor, torch.Tensor, StageRun]:
+              micro: bool = True, on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, StageRun]:
     """Adam on gate logits ``[K, L, H]`` until the roles are stable for ``cfg.patience`` steps.
 
     Args:
@@ -282,6 +283,8 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
         micro: the loss is a mean over prompts (``-logp.mean(1)``), so the step's prompts may be
             run ``cfg.micro_batch`` rows at a time with accumulated gradients (exactly the
             full-batch gradient). ``False``: the whole step in one pass.
+        on_step: called after each step with (step, gates ``[K, L, H]``, task loss ``[K]``)
+            (:mod:`interp.distributed.gating` records the stages of masks fitted on Ray workers).
 
     Returns:
         logits ``[K, L, H]`` of the averaged gates, the last step's per-mask task loss ``[K]`` and the
@@ -334,6 +337,8 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
                 if roles is not None:
                     now = roles(torch.stack(tuple(window)).mean(0))
             task = task_k
+            if on_step is not None:
+                on_step(step, window[-1], task_k)
             bar.update(1)
             if roles is None:                           # loss plateau: "changed" = improved by loss_tol
                 cur = float(task_k.mean())
