@@ -149,9 +149,10 @@ def _write_report(out: Path, chg: Any, validation: Any, *, command: str, seconds
 
     ex, c = chg.meta.extra, chg.meta.config
     cfg = c if isinstance(c, dict) else {}
+    warm = cfg.get("warmup") if cfg.get("warmup") is not None else "ceil(2 * clamp / lr)"
     lines = [f"# Head gating: {chg.name}", "", f"`{command}`: {ex.get('n_prompts')} prompts, "
              f"{cfg.get('n_masks')} mask(s), at most {cfg.get('max_steps')} steps per stage, patience "
-             f"{cfg.get('patience')}, lr {cfg.get('lr')} (+/- stage: {cfg.get('warmup') or 'ceil(2 * clamp / lr)'} "
+             f"{cfg.get('patience')}, lr {cfg.get('lr')} (+/- stage: {warm} "
              f"steps, then x{cfg.get('lr_decay')} per step); fit {ex.get('fit_seconds', 0):.0f} s, whole command "
              f"{seconds:.0f} s, peak RSS {peak_mb:.0f} MB.", "", "## Convergence", ""]
     for name, st in ex.get("stages", {}).items():
