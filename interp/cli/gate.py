@@ -44,6 +44,8 @@ def register(app: typer.Typer) -> None:
         micro_batch: int = typer.Option(_C.micro_batch or 0, "--micro-batch",
                                         help="rows (masks x prompts) per forward/backward; bounds memory (0 = all)"),
         lam: float = typer.Option(_C.lam, "--lam", help="|lambda| of the +/- stages"),
+        lr_decay: float = typer.Option(_C.lr_decay, "--lr-decay",
+                                       help="per-step lr factor of the +/- stage after its warm-up (1 = constant)"),
         seed: int = typer.Option(0, "--seed"),
         validate: bool = typer.Option(True, "--validate/--no-validate",
                                       help="ablation vs random heads + agreement with exact patching"),
@@ -71,7 +73,7 @@ def register(app: typer.Typer) -> None:
 
         # arguments and the output folder first: nothing below runs on a typo
         fig_formats = check_formats(figures, "--figures")
-        cfg = CHGConfig(max_steps=max_steps, patience=patience, n_masks=masks, lam=lam, seed=seed,
+        cfg = CHGConfig(max_steps=max_steps, patience=patience, n_masks=masks, lam=lam, seed=seed, lr_decay=lr_decay,
                         batch_size=batch_size or None, micro_batch=micro_batch or None)
         vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
         check_positive(n, "--n")
