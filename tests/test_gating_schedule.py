@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from interp.errors import ConfigError
 from interp.gating import CHGConfig, causal_head_gating, gated
 from interp.gating.chg import gate_data
 from interp.gating.gates import _target_logprobs
@@ -46,6 +47,9 @@ def test_lr_schedule_is_the_documented_function_of_the_step():
     assert {c.lr_at(s, anneal=False) for s in range(1, 100)} == {c.lr}      # the lambda = 0 stage
     assert CHGConfig(lr_decay=1.0).lr_at(50, anneal=True) == c.lr           # the paper's constant lr
     assert CHGConfig(warmup=0, lr=0.5).lr_at(2, anneal=True) == pytest.approx(0.5 * c.lr_decay ** 2)
+    for bad in ({"lr_decay": 0.0}, {"lr_decay": 1.5}, {"warmup": -1}):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            CHGConfig(**bad)
     # the documented guarantee of the defaults: the movement left after step max_steps - patience
     # (lr summed over the remaining steps, Adam's step being at most ~lr) is within the borderline band
     left = c.lr_at(c.max_steps - c.patience, anneal=True) * c.lr_decay / (1 - c.lr_decay)

@@ -28,9 +28,9 @@ at most about the lr) is inside the borderline band (``logit(0.5 + margin)`` = 0
 listed as borderline can still flip in the last window. Same start, same data: lr_decay 0.9 converged
 (roles unchanged for 10 steps) at step 50, the last change at step 40; roles 63 facilitating / 9
 interfering, against 56 / 9 for the unconverged constant-lr state at step 60. The 9 heads that differ
-all differ in ``G-``; 5 of them (L4.H6, L11.H4, L19.H1, L21.H7, L24.H7) were shut (``G-`` 0.02-0.28)
-at constant lr, which reached the bound only after steps 40-58, and stop at 0.52-0.67 with the decay:
-the bias described next.
+all differ in ``G-``; 5 of them (L4.H6, L11.H4, L19.H1, L21.H7, L24.H7) ended at ``G-``
+0.02-0.28 at constant lr after slow descents (L11.H4 reached the bound at step 58) and stop at
+0.52-0.67 with the decay: the bias described next.
 
 What a decaying lr cannot do is finish a slow descent: a head in a flat valley of the task loss (on
 the induction toy, the previous-token head L0.H0 behind RMSNorm: NLL 0.021-0.032 for any ``G-`` from
