@@ -38,10 +38,10 @@ the induction toy, the previous-token head L0.H0 behind RMSNorm: NLL 0.021-0.032
 role can stay stable for the patience window while the optimum lies on the other side of 0.5 (found
 by evaluating the stage loss along that one gate: ``tests/test_gating_schedule.py``). Such heads are
 reported, not hidden: after the +/- stage one more forward/backward gives the gradient of the stage
-loss at the returned gates (:func:`interp.gating.settle.stage_gradient`), and a head inside the clamp range that is still
-pushed towards its threshold by at least half the regulariser's pull is listed in
-``meta.extra["unsettled"]`` as ``"L0.H0 (G-)"`` (:func:`interp.gating.settle.unsettled`). ``lr_decay=1`` restores the
-paper's constant lr.
+loss at the returned gates (:func:`interp.gating.settle.stage_gradient`), and a head inside the clamp
+range that is still pushed towards its threshold by at least half the regulariser's pull is listed
+in ``meta.extra["unsettled"]`` as ``"L0.H0 (G-)"`` (:func:`interp.gating.settle.unsettled`).
+``lr_decay=1`` restores the paper's constant lr.
 
 Convergence [U]: a stage stops when the roles it decides have not changed for
 ``patience`` consecutive optimizer steps, or after ``max_steps``. The +/- lambda stage's roles
