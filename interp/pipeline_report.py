@@ -41,7 +41,10 @@ def _gating_section(job: Any) -> list[str]:
             f"converged (no change after step {v.get('last_change', '?')})" if v["converged"] else
             "**not converged** (role changes in its last 10 steps: "
             f"{list(v.get('changes', ()))[-10:]})") for k, v in chg.meta.extra.get("stages", {}).items())
-        out += [f"### {task}", "", f"Roles {roles}. Stages: {stages}.", ""]
+        loose = chg.meta.extra.get("unsettled", [])
+        out += [f"### {task}", "", f"Roles {roles}. Stages: {stages}." + (
+            f" Unsettled (the stage loss still pushes the gate towards its threshold): {', '.join(loose)}." if loose
+            else ""), ""]
         val = next((r for r in results if r.kind == "gating.validation"), None)
         if val is None:
             out += ["**Not validated** (gating.validate = false): the roles are unchecked.", ""]

@@ -328,6 +328,11 @@ def test_cli_gate_on_jsonl_task(tmp_path):
     assert "validation verdict: " in r.output
     val = next(x for x in res.values() if x.kind == "gating.validation")
     assert val.meta.extra["verdict"] in ("pass", "fail") and chg.meta.extra["stages"]["base"]["steps"] <= 2
+    report = (out / "report.md").read_text()
+    for name, st in chg.meta.extra["stages"].items():
+        assert f"- stage `{name}`: {st['steps']} steps, " + ("**converged**" if st["converged"] else "**NOT converged**") in report
+    assert f"**Validation verdict: {val.meta.extra['verdict'].upper()}**" in report
+    assert all(d["node"] in report for d in val.meta.extra["disagreements"])
 
 
 def test_patching_for_agrees_with_minimal_head_patching(toy_llama):

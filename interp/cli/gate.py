@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -43,6 +44,8 @@ def register(app: typer.Typer) -> None:
         micro_batch: int = typer.Option(_C.micro_batch or 0, "--micro-batch",
                                         help="rows (masks x prompts) per forward/backward; bounds memory (0 = all)"),
         lam: float = typer.Option(_C.lam, "--lam", help="|lambda| of the +/- stages"),
+        lr_decay: float = typer.Option(_C.lr_decay, "--lr-decay",
+                                       help="per-step lr factor of the +/- stage after its warm-up (1 = constant)"),
         seed: int = typer.Option(0, "--seed"),
         validate: bool = typer.Option(True, "--validate/--no-validate",
                                       help="ablation vs random heads + agreement with exact patching"),
@@ -64,6 +67,9 @@ def register(app: typer.Typer) -> None:
         Example: interp gate smollm2 --task ioi --out out/gate
         """
         import resource
+        import time
+
+        t0 = time.perf_counter()
 
         from interp.cli._common import check_formats, check_out_dir, check_positive
         from interp.datasets.registry import build_task, check_task
@@ -73,7 +79,7 @@ def register(app: typer.Typer) -> None:
 
         # arguments and the output folder first: nothing below runs on a typo
         fig_formats = check_formats(figures, "--figures")
-        cfg = CHGConfig(max_steps=max_steps, patience=patience, n_masks=masks, lam=lam, seed=seed,
+        cfg = CHGConfig(max_steps=max_steps, patience=patience, n_masks=masks, lam=lam, seed=seed, lr_decay=lr_decay,
                         batch_size=batch_size or None, micro_batch=micro_batch or None)
         vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
         check_positive(n, "--n")
@@ -112,6 +118,9 @@ def register(app: typer.Typer) -> None:
             border = res.meta.extra.get("borderline", [])
             typer.echo(f"  borderline (a gate within {cfg.margin} of its role threshold): "
                        + (" ".join(border) if border else "-"))
+            loose = res.meta.extra.get("unsettled", [])
+            typer.echo("  unsettled (the stage loss still pushes the gate towards its threshold): "
+                       + (" ".join(loose) if loose else "-"))
             for role in ("facilitating", "interfering"):
                 nodes = res.table[res.table.role == role].node.tolist()
                 typer.echo(f"  {role}: {' '.join(nodes) if nodes else '-'}")
@@ -141,5 +150,42 @@ def register(app: typer.Typer) -> None:
                 if validate:
                     export(figure(results[1]), out / f"validation_{ds.name}.{fmt}")
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            _write_report(out, res, results[1] if validate else None, command=f"interp gate {model} --task {task}",
+                          seconds=time.perf_counter() - t0, peak_mb=peak)
             typer.echo(f"peak RSS {peak:.0f} MB")
-            typer.echo(f"wrote {out}")
+            typer.echo(f"wrote {out} (report.md)")
+
+
+def _write_report(out: Path, chg: Any, validation: Any, *, command: str, seconds: float, peak_mb: float) -> None:
+    """``out/report.md``: settings, each stage's convergence, borderline / unsettled heads, the roles, and
+    (the main job's gating section) the validation table, its verdict and every disagreement."""
+    from types import SimpleNamespace
+
+    from interp._fs import atomic_write_bytes
+    from interp.pipeline_report import _gating_section
+
+    ex, c = chg.meta.extra, chg.meta.config
+    cfg = c if isinstance(c, dict) else {}
+    warm = cfg.get("warmup") if cfg.get("warmup") is not None else "ceil(2 * clamp / lr)"
+    lines = [f"# Head gating: {chg.name}", "", f"`{command}`: {ex.get('n_prompts')} prompts, "
+             f"{cfg.get('n_masks')} mask(s), at most {cfg.get('max_steps')} steps per stage, patience "
+             f"{cfg.get('patience')}, lr {cfg.get('lr')} (+/- stage: {warm} "
+             f"steps, then x{cfg.get('lr_decay')} per step); fit {ex.get('fit_seconds', 0):.0f} s, whole command "
+             f"{seconds:.0f} s, peak RSS {peak_mb:.0f} MB.", "", "## Convergence", ""]
+    for name, st in ex.get("stages", {}).items():
+        lines.append(f"- stage `{name}`: {st['steps']} steps, " + (
+            f"**converged** (roles unchanged after step {st['last_change']})" if st["converged"] else
+            f"**NOT converged** (roles still changing at the cap; changes per step in the last 10: "
+            f"{list(st.get('changes', ()))[-10:]})") + (f", last lr {st['lr_last']:.3g}" if "lr_last" in st else ""))
+    border, loose = ex.get("borderline", []), ex.get("unsettled", [])
+    lines += [f"- borderline (a mean gate within {cfg.get('margin')} of its threshold): "
+              + (", ".join(border) if border else "none"),
+              "- unsettled (at the returned gates the stage loss still pushes the gate towards its threshold by at "
+              "least half the regulariser's pull: more steps could flip the role): " + (", ".join(loose) if loose else "none"),
+              ""]
+    for role in ("facilitating", "interfering"):
+        nodes = chg.table[chg.table.role == role].node.tolist()
+        lines.append(f"- {role} ({len(nodes)}): " + (" ".join(nodes) if nodes else "-"))
+    lines.append("")
+    lines += _gating_section(SimpleNamespace(results={chg.name: [chg] + ([validation] if validation is not None else [])}))
+    atomic_write_bytes(out / "report.md", "\n".join(lines).encode())

@@ -11,7 +11,37 @@ Loss per mask: mean NLL of each prompt's target token at its last real token
 ``- lambda * mean(clamp(logit(G), -4, 4))``. Schedule: fit with ``lambda = 0`` from
 ``logit(U(0,1))``; from that fit, ``+lambda`` gives ``G+`` and ``-lambda`` gives ``G-``
 (both fitted together in one tiled batch, each mask with its own lambda). Adam (lr 1.0)
-on the logits, gradient norm clipped to 1 per mask (so masks stay independent).
+on the logits, gradient norm clipped to 1 per mask (so masks stay independent). The loss,
+lambda and clamp are the paper's; the learning-rate schedule and the stop rule below are ours.
+
+Learning rate [U]: the lambda = 0 stage keeps Adam's lr 1.0. The stages that decide roles (+/- lambda,
+contrastive) run ``warmup_steps = ceil(2 * logit_clamp / lr)`` (8) steps at lr 1.0, enough for a gate
+to cross the whole clamp range, then multiply the lr by ``lr_decay`` (0.9) per step. Why: at a
+constant lr 1.0 the +/- stage does not settle. Measured on SmolLM2/IOI (8 prompts, 1 mask, 30 Nov):
+Adam's momentum (beta1 0.9) carries a head whose optimum lies inside ``(0, 1)`` past it and back in
+slow swings (periods of 10-15 steps, amplitude shrinking only from ~1.5 to ~0.3 logits over 40 steps),
+so the ~20 heads whose ``G-`` optimum is near 0.5 keep crossing it: 0-4 roles changed per step after
+step 15 and no 10-step quiet window came in 60 steps, tail-averaged or not. Shrinking the lr shrinks
+the swings with it. The decay is the slowest round factor for which the movement left after step
+``max_steps - patience`` (``lr * lr_decay**(50 - 8) / (1 - lr_decay)`` = 0.11 logits, Adam's step being
+at most about the lr) is inside the borderline band (``logit(0.5 + margin)`` = 0.20), so only heads
+listed as borderline can still flip in the last window. Same start, same data: lr_decay 0.9 converged
+(roles unchanged for 10 steps) at step 50, the last change at step 40; roles 63 facilitating / 9
+interfering, against 56 / 9 for the unconverged constant-lr state at step 60. The 9 heads that differ
+all differ in ``G-``; 5 of them (L4.H6, L11.H4, L19.H1, L21.H7, L24.H7) ended at ``G-``
+0.02-0.28 at constant lr after slow descents (L11.H4 reached the bound at step 58) and stop at
+0.52-0.67 with the decay: the bias described next.
+
+What a decaying lr cannot do is finish a slow descent: a head in a flat valley of the task loss (on
+the induction toy, the previous-token head L0.H0 behind RMSNorm: NLL 0.021-0.032 for any ``G-`` from
+0.27 to 0.82, so only the regulariser's small pull moves it) is stopped where the lr ran out, and its
+role can stay stable for the patience window while the optimum lies on the other side of 0.5 (found
+by evaluating the stage loss along that one gate: ``tests/test_gating_schedule.py``). Such heads are
+reported, not hidden: after the +/- stage one more forward/backward gives the gradient of the stage
+loss at the returned gates (:func:`interp.gating.settle.stage_gradient`), and a head inside the clamp
+range that is still pushed towards its threshold by at least half the regulariser's pull is listed
+in ``meta.extra["unsettled"]`` as ``"L0.H0 (G-)"`` (:func:`interp.gating.settle.unsettled`).
+``lr_decay=1`` restores the paper's constant lr.
 
 Convergence [U]: a stage stops when the roles it decides have not changed for
 ``patience`` consecutive optimizer steps, or after ``max_steps``. The +/- lambda stage's roles
@@ -21,15 +51,10 @@ regulariser the gates of task-irrelevant heads wander between the bounds, so the
 shut pattern never settles: 60 steps without 10 quiet ones on SmolLM2): it only provides
 the common start of the +/- stages and stops when its task loss has not improved by
 ``loss_tol`` for ``patience`` steps. Heads whose mean ``G+`` or ``G-`` ends within ``margin``
-of a role threshold are listed in ``meta.extra["borderline"]``: their role is a coin flip that
-Adam's oscillation keeps flipping (on SmolLM2/IOI, 8 prompts, 0-4 roles changed per step after
-step 15 and the +/- stage did not converge in 60 steps; treating the band as one state did not
-help, its edges are crossed as often). Roles are read from the gates averaged over the last ``patience`` steps (tail averaging):
-at lr 1.0 Adam makes a head whose optimum is inside ``(0, 1)`` oscillate around it by about
-one logit per step, so the last iterate of such a head flips across 0.5 while its average
-settles; the stage returns that average (``patience=0``: the last iterate, as in the paper).
-Steps run, whether each stage converged, and the number of roles that changed at each step
-are in ``meta.extra["stages"]``.
+of a role threshold are listed in ``meta.extra["borderline"]``. Roles are read from the gates
+averaged over the last ``patience`` steps (tail averaging), and the stage returns that average
+(``patience=0``: the last iterate, as in the paper). Steps run, whether each stage converged, the
+number of roles that changed at each step and the last lr are in ``meta.extra["stages"]``.
 
 Micro-batching: a step's prompts are run ``micro_batch`` rows (masks x prompts) at a time
 and the gradients accumulated; the gradient is that of the full step's batch (the loss is a
@@ -56,6 +81,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import InitVar, dataclass
@@ -83,12 +109,13 @@ class CHGConfig:
     defaults here keep what the method needs and cut what it does not:
 
     * ``max_steps=60`` with ``patience=10``: with Adam at lr 1.0 on logits bounded to
-      ``[-4, 4]`` a gate crosses its whole range in about 8 steps, so the roles settle in
-      tens of steps; a stage stops once they have been unchanged for 10 steps (more than
-      one full crossing). 60 is a cap that bounds the worst case (SmolLM2/IOI, 8 prompts, 1
-      mask: lambda = 0 stops after ~17 steps, the +/- stage ran all 60 in ~2.5 min on the shared
-      machine, whole command ~7 min); a stage that hits it is reported as not converged, with
-      its per-step role changes. The paper's 500 is a fixed budget, not a convergence criterion.
+      ``[-4, 4]`` a gate crosses its whole range in about 8 steps (the warm-up); a stage stops
+      once the roles have been unchanged for 10 steps (more than one full crossing). 60 is a cap
+      that bounds the worst case (SmolLM2/IOI, 8 prompts, 1 mask: lambda = 0 stops after 17
+      steps, the +/- stage with ``lr_decay=0.9`` after 50); a stage that hits it is reported as
+      not converged, with its per-step role changes. The paper's 500 is a fixed budget, not a
+      convergence criterion.
+    * ``lr_decay=0.9`` after ``warmup_steps`` (module docstring: why, and what it was measured against).
     * ``n_masks=1``: masks are independent seeds whose mean decides the roles; METHODS.md
       makes several masks optional ("can be fit at once"). One mask halves the cost of two;
       ask for more (``--masks``) to get the spread over seeds (``*_std`` columns).
@@ -111,6 +138,9 @@ class CHGConfig:
         n_masks: masks (seeds) fitted at once, tiled on the batch axis.
         lam: magnitude of lambda in the ``+lambda`` / ``-lambda`` stages (> 0).
         lr: Adam learning rate on the gate logits.
+        lr_decay: [U] per-step factor on the lr after the warm-up, in the stages that decide roles
+            (+/- lambda, contrastive); 1 = the paper's constant lr. See :meth:`lr_at`.
+        warmup: [U] steps at the full lr before the decay (``None``: ``ceil(2 * logit_clamp / lr)``).
         clip: gradient-norm clip per mask.
         logit_clamp: the regulariser averages ``clamp(logit, -c, c)``.
         batch_size: prompts per step (drawn without replacement, seeded); ``None`` = all.
@@ -137,6 +167,8 @@ class CHGConfig:
     n_masks: int = 1
     lam: float = 0.1
     lr: float = 1.0
+    lr_decay: float = 0.9
+    warmup: int | None = None
     clip: float = 1.0
     logit_clamp: float = 4.0
     batch_size: int | None = None
@@ -164,6 +196,10 @@ class CHGConfig:
         if not self.lam > 0:
             raise ConfigError(f"lam is the magnitude of lambda and must be > 0 (stages use +lam and -lam), "
                               f"got {self.lam}")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"lr_decay must lie in (0, 1] (1 = constant lr), got {self.lr_decay}")
+        if self.warmup is not None and self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0 or None (= ceil(2 * logit_clamp / lr)), got {self.warmup}")
         if not self.lr > 0 or not self.clip > 0 or not self.logit_clamp > 0:
             raise ConfigError(f"lr, clip and logit_clamp must be > 0, got {self.lr}, {self.clip}, {self.logit_clamp}")
         if self.batch_size is not None and self.batch_size < 1:
@@ -176,6 +212,19 @@ class CHGConfig:
         if not self.neg_clamp < 0:
             raise ConfigError(f"neg_clamp must be < 0, got {self.neg_clamp}")
 
+    @property
+    def warmup_steps(self) -> int:
+        """Steps at the full ``lr`` before a role-deciding stage decays it: ``warmup``, or by default
+        ``ceil(2 * logit_clamp / lr)`` (8: enough for a gate to cross the whole clamp range)."""
+        return self.warmup if self.warmup is not None else math.ceil(2 * self.logit_clamp / self.lr)
+
+    def lr_at(self, step: int, *, anneal: bool) -> float:
+        """Adam's learning rate at optimizer step ``step`` (1-based): ``lr`` while ``step <= warmup_steps``,
+        then ``lr * lr_decay ** (step - warmup_steps)`` when ``anneal`` (the stages that decide roles)."""
+        if not anneal:
+            return self.lr
+        return self.lr * self.lr_decay ** max(0, step - self.warmup_steps)
+
 
 @dataclass(frozen=True)
 class StageRun:
@@ -186,12 +235,14 @@ class StageRun:
         converged: the roles were unchanged for ``patience`` steps before ``max_steps``.
         last_change: the step (1-based) after which the roles last changed (0 = never changed).
         changes: per step, how many role codes changed (lambda = 0: 1 when the loss improved).
+        lr: Adam's learning rate at the last step (see :meth:`CHGConfig.lr_at`).
     """
 
     steps: int
     converged: bool
     last_change: int
     changes: tuple[int, ...] = ()
+    lr: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -266,6 +317,30 @@ def init_gate_logits(n_masks: int, n_layers: int, n_heads: int, *, seed: int) ->
     return torch.logit(u)
 
 
+def _accumulate(logprobs: Callable[..., torch.Tensor], box: dict[str, torch.Tensor], logits: torch.Tensor,
+                data: GateData, idx: torch.Tensor, lam: torch.Tensor, cfg: CHGConfig,
+                loss_fn: Callable[[torch.Tensor], torch.Tensor], micro: bool) -> torch.Tensor:
+    """Backward of one step's stage loss (task loss of the prompts ``idx`` - lambda * regulariser) into
+    ``logits.grad``, ``cfg.micro_batch`` rows at a time when ``micro``; returns the task loss ``[K]``."""
+    k, n = logits.shape[0], len(idx)
+    idx = idx.to(data.tokens.device)
+    per = n if not micro or cfg.micro_batch is None else max(1, cfg.micro_batch // k)
+    task_k = torch.zeros(k)
+    for lo in range(0, n, per):
+        part = idx[lo: lo + per]
+        last = data.last[part]
+        tokens = data.tokens[part, : int(last.max()) + 1]      # right-padded: trailing pads unused
+        box["g"] = torch.sigmoid(logits)
+        logp = logprobs(tokens.repeat(k, 1), last.repeat(k), data.targets[part].repeat(k))
+        part_k = loss_fn(logp.view(k, -1)) * (len(part) / n)           # [K], this part's share
+        loss = part_k.sum()
+        if lo == 0:
+            loss = loss - (lam * logits.clamp(-cfg.logit_clamp, cfg.logit_clamp).mean((1, 2))).sum()
+        loss.backward()
+        task_k += part_k.detach().cpu()
+    return task_k
+
+
 def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor, cfg: CHGConfig,
               sampler: Callable[[torch.Generator], torch.Tensor],
               loss_fn: Callable[[torch.Tensor], torch.Tensor], desc: str,
@@ -305,30 +380,18 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
     with torch.no_grad():
         window.append(torch.sigmoid(logits))
         state = roles(window[-1]) if roles is not None else None
-    same, last_change, step, changes, best = 0, 0, 0, [], float("inf")
+    same, last_change, step, changes, best, lr = 0, 0, 0, [], float("inf"), cfg.lr
     bar = tqdm(total=cfg.max_steps, desc=desc, disable=not cfg.progress, leave=False)
     with _frozen(model), _gate_hooks(model, lambda: box["g"]), _last_logprobs(model) as logprobs:
         for step in range(1, cfg.max_steps + 1):
-            idx = sampler(gen).to(data.tokens.device)
-            n = len(idx)
-            per = n if not micro or cfg.micro_batch is None else max(1, cfg.micro_batch // k)
             opt.zero_grad(set_to_none=True)
-            task_k = torch.zeros(k)
-            for lo in range(0, n, per):
-                part = idx[lo: lo + per]
-                last = data.last[part]
-                tokens = data.tokens[part, : int(last.max()) + 1]      # right-padded: trailing pads unused
-                box["g"] = torch.sigmoid(logits)
-                logp = logprobs(tokens.repeat(k, 1), last.repeat(k), data.targets[part].repeat(k))
-                part_k = loss_fn(logp.view(k, -1)) * (len(part) / n)           # [K], this part's share
-                loss = part_k.sum()
-                if lo == 0:
-                    loss = loss - (lam * logits.clamp(-cfg.logit_clamp, cfg.logit_clamp).mean((1, 2))).sum()
-                loss.backward()
-                task_k += part_k.detach().cpu()
+            task_k = _accumulate(logprobs, box, logits, data, sampler(gen), lam, cfg, loss_fn, micro)
             with torch.no_grad():
                 norms = logits.grad.flatten(1).norm(dim=1).clamp(min=1e-12)
                 logits.grad.mul_((cfg.clip / norms).clamp(max=1.0)[:, None, None])
+            lr = cfg.lr_at(step, anneal=roles is not None)
+            for group in opt.param_groups:
+                group["lr"] = lr
             opt.step()
             with torch.no_grad():
                 if cfg.bound_logits:
@@ -355,7 +418,7 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
     bar.close()
     converged = bool(cfg.patience) and same >= cfg.patience
     avg = torch.stack(tuple(window)).mean(0).clamp(1e-6, 1 - 1e-6)
-    return torch.logit(avg).detach(), task, StageRun(step, converged, last_change, tuple(changes))
+    return torch.logit(avg).detach(), task, StageRun(step, converged, last_change, tuple(changes), lr)
 
 
 def _batch_sampler(n: int, batch_size: int | None) -> Callable[[torch.Generator], torch.Tensor]:
@@ -426,6 +489,8 @@ class CHGFit:
         nll_base, nll_plus, nll_minus: last-step mean NLL per mask ``[n_masks]``.
         seconds: wall time of the fit.
         stages: ``{"base": StageRun, "plus_minus": StageRun}`` (the +/- stages are fitted together).
+        unsettled: ``[2, n_layers, n_heads]`` bool, heads whose ``G+`` (row 0) / ``G-`` (row 1) role is
+            not settled in any mask (:func:`interp.gating.settle.unsettled`).
     """
 
     base: torch.Tensor
@@ -436,6 +501,7 @@ class CHGFit:
     nll_minus: torch.Tensor
     seconds: float
     stages: dict[str, StageRun]
+    unsettled: torch.Tensor | None = None
 
 
 def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> CHGFit:
@@ -462,8 +528,14 @@ def fit_chg(model: Any, data: GateData, *, config: CHGConfig = CHGConfig()) -> C
 
     both, nll_both, run_pm = _optimize(model, data, torch.cat([base, base]), lam, config, sampler, _nll,
                                        "CHG lambda=+/-", taxonomy)
+    from interp.gating.settle import stage_gradient, unsettled
+
+    grad = stage_gradient(model, data, both, lam, config)
+    thr = torch.cat([torch.full((m,), config.interfering_threshold), torch.full((m,), config.facilitating_threshold)])
+    flags = unsettled(both.cpu(), grad, lam, thr, logit_clamp=config.logit_clamp)
     return CHGFit(base.cpu(), both[:m].cpu(), both[m:].cpu(), nll_base, nll_both[:m], nll_both[m:],
-                  time.perf_counter() - t0, {"base": run_base, "plus_minus": run_pm})
+                  time.perf_counter() - t0, {"base": run_base, "plus_minus": run_pm},
+                  torch.stack([flags[:m].any(0), flags[m:].any(0)]))
 
 
 def head_roles(g_plus: Float[Tensor, "layer head"], g_minus: Float[Tensor, "layer head"], *, facilitating_threshold: float = 0.5,
@@ -490,7 +562,7 @@ def _borderline(g_plus: torch.Tensor, g_minus: torch.Tensor, cfg: CHGConfig) -> 
 
 def _stages_meta(stages: dict[str, StageRun]) -> dict[str, dict[str, Any]]:
     return {name: {"steps": r.steps, "converged": r.converged, "last_change": r.last_change,
-                   "changes": list(r.changes)} for name, r in stages.items()}
+                   "changes": list(r.changes), "lr_last": r.lr} for name, r in stages.items()}
 
 
 def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) -> Any:
@@ -521,8 +593,11 @@ def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) ->
                          "facilitation": float(gm[sl].mean()), "interference": float(1 - gp[sl].mean()),
                          "irrelevance": float(irr[sl].mean()), "irrelevance_std": float(_std(irr[sl][:, None])[0]),
                          "role": roles[i]})
+    flags = fit.unsettled if fit.unsettled is not None else torch.zeros(2, n_layers, n_heads, dtype=torch.bool)
     meta = run_meta(model, dataset=data.name, data=list(data.texts), seed=config.seed, config=config,
                     fit_seconds=round(fit.seconds, 3), n_prompts=len(data), stages=_stages_meta(fit.stages),
+                    unsettled=[f"{node_id('head', layer=int(a), head=int(b))} ({'G+' if k == 0 else 'G-'})"
+                               for k, a, b in flags.nonzero().tolist()],
                     borderline=[node_id("head", layer=int(a), head=int(b))
                                 for a, b in _borderline(gp.mean(0), gm.mean(0), config).nonzero().tolist()],
                     nll_base=fit.nll_base.tolist(), nll_plus=fit.nll_plus.tolist(), nll_minus=fit.nll_minus.tolist())
