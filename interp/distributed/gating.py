@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -36,7 +35,8 @@ from torch import Tensor
 from interp.distributed.ray_engine import RayEngine
 
 if TYPE_CHECKING:
-    from interp.gating.chg import CHGConfig, StageRun
+    from interp.gating.chg import CHGConfig
+    from interp.gating.stop import StageRun
     from interp.types import Model
 
 __all__ = ["causal_head_gating_ray", "replay_stage"]
@@ -57,32 +57,15 @@ def replay_stage(init: Float[Tensor, "mask layer head"], gates: Float[Tensor, "s
         What ``_optimize`` returns: the logits of the gates averaged over the window at the stop,
         that step's task loss and the :class:`~interp.gating.StageRun`.
     """
-    from interp.gating.chg import StageRun
+    from interp.gating.stop import StopRule
 
-    window: deque[Tensor] = deque(maxlen=max(1, config.patience))
-    window.append(torch.sigmoid(init.detach().clone().float()))
-    state = roles(window[-1]) if roles is not None else None
-    same, last_change, step, changes, best = 0, 0, 0, [], float("inf")
+    rule = StopRule(torch.sigmoid(init.detach().clone().float()), roles, config)
     task_k = torch.zeros(init.shape[0])
     for step in range(1, gates.shape[0] + 1):
-        window.append(gates[step - 1])
         task_k = task[step - 1]
-        if roles is None:
-            cur = float(task_k.mean())
-            changes.append(int(cur < best - config.loss_tol))
-            best, now = min(best, cur), state
-        else:
-            now = roles(torch.stack(tuple(window)).mean(0))
-            changes.append(int((now != state).sum()))
-        if changes[-1] == 0:
-            same += 1
-        else:
-            state, same, last_change = now, 0, step
-        if config.patience and same >= config.patience:
+        if rule.update(step, gates[step - 1], task_k):
             break
-    converged = bool(config.patience) and same >= config.patience
-    avg = torch.stack(tuple(window)).mean(0).clamp(1e-6, 1 - 1e-6)
-    return torch.logit(avg), task_k, StageRun(step, converged, last_change, tuple(changes))
+    return rule.logits(), task_k, rule.run(config.lr_at(rule.step, anneal=roles is not None))
 
 
 def _groups(n: int, tasks: int) -> list[slice]:
@@ -91,9 +74,9 @@ def _groups(n: int, tasks: int) -> list[slice]:
 
 
 def _stage(engine: RayEngine, model: Model, data: Any, init: Tensor, lam: Tensor, config: CHGConfig,
-           tasks: int) -> tuple[Tensor, Tensor]:
+           tasks: int, anneal: bool) -> tuple[Tensor, Tensor]:
     parts = _groups(init.shape[0], tasks)
-    answers = engine.map(model, "chg_stage", [(data, init[g].clone(), lam[g].clone(), config) for g in parts])
+    answers = engine.map(model, "chg_stage", [(data, init[g].clone(), lam[g].clone(), config, anneal) for g in parts])
     return torch.cat([a["gates"] for a in answers], dim=1), torch.cat([a["task"] for a in answers], dim=1)
 
 
@@ -121,7 +104,7 @@ def causal_head_gating_ray(model: Model, dataset: Any, *, engine: RayEngine, con
     m, mc = cfg.n_masks, model.cfg
     init = init_gate_logits(m, mc.n_layers, mc.n_heads, seed=cfg.seed)
     _check_stage("base", 0.0)
-    gates, task = _stage(engine, model, sent, init, torch.zeros(m), cfg, n_tasks)
+    gates, task = _stage(engine, model, sent, init, torch.zeros(m), cfg, n_tasks, anneal=False)
     base, nll_base, run_base = replay_stage(init, gates, task, None, cfg)
     _check_stage("plus", cfg.lam)
     _check_stage("minus", -cfg.lam)
@@ -132,7 +115,7 @@ def causal_head_gating_ray(model: Model, dataset: Any, *, engine: RayEngine, con
                           interfering_threshold=cfg.interfering_threshold)
 
     start = torch.cat([base, base])
-    gates, task = _stage(engine, model, sent, start, lam, cfg, n_tasks)
+    gates, task = _stage(engine, model, sent, start, lam, cfg, n_tasks, anneal=True)
     both, nll_both, run_pm = replay_stage(start, gates, task, taxonomy, cfg)
     fit = CHGFit(base.cpu(), both[:m].cpu(), both[m:].cpu(), nll_base, nll_both[:m], nll_both[m:],
                  time.perf_counter() - t0, {"base": run_base, "plus_minus": run_pm})

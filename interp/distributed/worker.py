@@ -145,8 +145,9 @@ class Worker:
         values = ev.run_masks(masks)
         return {"values": values, "forward": ev.counter.forward - f0, "rows": ev.counter.rows - r0}
 
-    def chg_stage(self, data: Any, init: Any, lam: Any, config: Any) -> dict[str, Any]:
-        """One CHG stage of ``init``'s masks (``lam`` per mask) for ``config.max_steps`` steps, no early stop.
+    def chg_stage(self, data: Any, init: Any, lam: Any, config: Any, anneal: bool = False) -> dict[str, Any]:
+        """One CHG stage of ``init``'s masks (``lam`` per mask) for ``config.max_steps`` steps, no early stop
+        (``anneal``: the annealed lr of the stages that decide roles, :meth:`interp.gating.CHGConfig.lr_at`).
 
         Returns ``gates`` ``[steps, masks, layers, heads]`` (after each step) and ``task`` ``[steps, masks]``."""
         import dataclasses
@@ -167,7 +168,7 @@ class Worker:
 
         cfg = dataclasses.replace(config, patience=0, progress=False)
         _optimize(self.model, data, init, lam, cfg, _batch_sampler(len(data), cfg.batch_size), _nll,
-                  "CHG (ray)", None, on_step=record)
+                  "CHG (ray)", None, on_step=record, anneal=anneal)
         return {"gates": torch.stack(gates), "task": torch.stack(task), "pid": os.getpid()}
 
 

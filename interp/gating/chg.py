@@ -93,6 +93,7 @@ from torch import Tensor
 
 from interp.errors import ConfigError, DataError
 from interp.gating.gates import _frozen, _gate_hooks, _last_logprobs, gated
+from interp.gating.stop import StageRun, StopRule
 
 __all__ = ["CHGConfig", "StageRun", "GateData", "CHGFit", "role_codes", "gate_data", "init_gate_logits",
            "fit_stage", "fit_chg", "chg_result", "causal_head_gating", "head_roles", "gated"]
@@ -227,25 +228,6 @@ class CHGConfig:
 
 
 @dataclass(frozen=True)
-class StageRun:
-    """How one optimisation stage ended.
-
-    Attributes:
-        steps: optimizer updates run.
-        converged: the roles were unchanged for ``patience`` steps before ``max_steps``.
-        last_change: the step (1-based) after which the roles last changed (0 = never changed).
-        changes: per step, how many role codes changed (lambda = 0: 1 when the loss improved).
-        lr: Adam's learning rate at the last step (see :meth:`CHGConfig.lr_at`).
-    """
-
-    steps: int
-    converged: bool
-    last_change: int
-    changes: tuple[int, ...] = ()
-    lr: float = float("nan")
-
-
-@dataclass(frozen=True)
 class GateData:
     """Prompts with one target token each, ready for gating.
 
@@ -346,6 +328,7 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
               loss_fn: Callable[[torch.Tensor], torch.Tensor], desc: str,
               roles: Callable[[torch.Tensor], torch.Tensor] | None, *,
               micro: bool = True, on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+              anneal: bool | None = None,
               ) -> tuple[torch.Tensor, torch.Tensor, StageRun]:
     """Adam on gate logits ``[K, L, H]`` until the roles are stable for ``cfg.patience`` steps.
 
@@ -360,13 +343,12 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
             full-batch gradient). ``False``: the whole step in one pass.
         on_step: called after each step with (step, gates ``[K, L, H]``, task loss ``[K]``)
             (:mod:`interp.distributed.gating` records the stages of masks fitted on Ray workers).
+        anneal: use the annealed lr (:meth:`CHGConfig.lr_at`); default: when the stage decides roles.
 
     Returns:
         logits ``[K, L, H]`` of the averaged gates, the last step's per-mask task loss ``[K]`` and the
         :class:`StageRun`.
     """
-    from collections import deque
-
     from tqdm.auto import tqdm
 
     k = init.shape[0]
@@ -376,11 +358,9 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
     gen = torch.Generator().manual_seed(int(cfg.seed) + 1)
     task = torch.zeros(k)
     box: dict[str, torch.Tensor] = {}
-    window: deque[torch.Tensor] = deque(maxlen=max(1, cfg.patience))
     with torch.no_grad():
-        window.append(torch.sigmoid(logits))
-        state = roles(window[-1]) if roles is not None else None
-    same, last_change, step, changes, best, lr = 0, 0, 0, [], float("inf"), cfg.lr
+        rule = StopRule(torch.sigmoid(logits), roles, cfg)
+    lr = cfg.lr
     bar = tqdm(total=cfg.max_steps, desc=desc, disable=not cfg.progress, leave=False)
     with _frozen(model), _gate_hooks(model, lambda: box["g"]), _last_logprobs(model) as logprobs:
         for step in range(1, cfg.max_steps + 1):
@@ -389,36 +369,22 @@ def _optimize(model: Any, data: GateData, init: torch.Tensor, lam: torch.Tensor,
             with torch.no_grad():
                 norms = logits.grad.flatten(1).norm(dim=1).clamp(min=1e-12)
                 logits.grad.mul_((cfg.clip / norms).clamp(max=1.0)[:, None, None])
-            lr = cfg.lr_at(step, anneal=roles is not None)
+            lr = cfg.lr_at(step, anneal=(roles is not None) if anneal is None else anneal)
             for group in opt.param_groups:
                 group["lr"] = lr
             opt.step()
+            task = task_k
             with torch.no_grad():
                 if cfg.bound_logits:
                     logits.clamp_(-cfg.logit_clamp, cfg.logit_clamp)
-                window.append(torch.sigmoid(logits))
-                if roles is not None:
-                    now = roles(torch.stack(tuple(window)).mean(0))
-            task = task_k
-            if on_step is not None:
-                on_step(step, window[-1], task_k)
-            bar.update(1)
-            if roles is None:                           # loss plateau: "changed" = improved by loss_tol
-                cur = float(task_k.mean())
-                changes.append(int(cur < best - cfg.loss_tol))
-                best, now = min(best, cur), state
-            else:
-                changes.append(int((now != state).sum()))
-            if changes[-1] == 0:
-                same += 1
-            else:
-                state, same, last_change = now, 0, step
-            if cfg.patience and same >= cfg.patience:
-                break
+                gates = torch.sigmoid(logits)
+                if on_step is not None:
+                    on_step(step, gates, task_k)
+                bar.update(1)
+                if rule.update(step, gates, task_k):
+                    break
     bar.close()
-    converged = bool(cfg.patience) and same >= cfg.patience
-    avg = torch.stack(tuple(window)).mean(0).clamp(1e-6, 1 - 1e-6)
-    return torch.logit(avg).detach(), task, StageRun(step, converged, last_change, tuple(changes), lr)
+    return rule.logits().detach(), task, rule.run(lr)
 
 
 def _batch_sampler(n: int, batch_size: int | None) -> Callable[[torch.Generator], torch.Tensor]:
