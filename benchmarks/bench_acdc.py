@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--metric", default="kl")
     ap.add_argument("--max-rows", type=int, default=64)
     ap.add_argument("--max-receivers", type=int, default=None)
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="approximate ACDC: test only the top N edges by |EAP-IG| (computed and timed in the run)")
     ap.add_argument("--sample-circuits", type=int, default=0,
                     help="instead of running ACDC: time the evaluator on this many circuits of ACDC's first round "
                          "(the full graph minus one LOGITS edge each) and project")
@@ -76,8 +78,9 @@ def main() -> None:
         sample(args, model, ev, t_base, t_fwd, int(tokens.shape[1]))
         return
     t2 = time.perf_counter()
+    load0 = list(os.getloadavg())
     r = acdc(model, ds, threshold=args.threshold, metric=args.metric, evaluator=ev,
-             max_receivers=args.max_receivers, progress=True)
+             max_receivers=args.max_receivers, candidates=args.candidates, progress=True)
     t_acdc = time.perf_counter() - t2
     e = r.meta.extra
     per_circuit = t_acdc / max(1, e["circuits_run"])
@@ -99,6 +102,8 @@ def main() -> None:
         "edges_kept": e["n_edges"], "nodes_kept": e["n_nodes"], "faithfulness": e["faithfulness"],
         "kl_final": e["metric_value"], "kl_corrupted": e["kl_corrupted"], "seconds_per_circuit": round(per_circuit, 3),
         "circuits_per_edge_tested": round(rounds_per_edge, 3),
+        "forwards_per_circuit": round(per_circuit / t_fwd, 3), "approximation": e["approximation"],
+        "load_average_start": load0, "load_average_end": list(os.getloadavg()),
         "projection": {
             "edges_left_all_receivers": todo_edges_all,
             "edges_left_used_nodes": todo_edges_used,

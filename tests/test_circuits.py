@@ -335,3 +335,13 @@ def test_circuits_entering_from_a_recorded_circuit_equal_full_runs(llama3):
 
 def plain_ev(model, ds):
     return Evaluator(model, ds, EdgeEvalConfig(max_rows=6, enter=False))
+
+
+@pytest.mark.parametrize("spec", ["toy:llama,n_layers=3", "toy:llama,n_layers=2,n_heads=2,n_kv_heads=1", "toy:gpt2"])
+def test_evaluator_graph_equals_model_edges(spec):
+    model = load_model(spec)
+    ev = Evaluator(model, _ds())
+    want = torch.zeros_like(ev.valid)
+    for s, d, inp in model_edges(model):
+        want[ev._s_index[s], ev._r_index[(d, inp)]] = True
+    assert torch.equal(ev.valid, want) and ev.n_edges == len(ev.edges) == len(model_edges(model))

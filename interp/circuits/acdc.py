@@ -254,6 +254,8 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
             run.ref[col, j] = run.val[col, j] = run.cur
             run.mask[:, j] = False
             continue
+        if not bool(run.mask[:, j].any()):                # no edge left into it (candidates): nothing to test
+            continue
         tested_receivers += 1
         w0 = run.worlds
         run.receiver(j, order)
@@ -265,7 +267,7 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
     rows_out = _rows(ev, run, metric)
     extra = {"threshold": float(threshold), "abs_value": abs_value, "ablation": ev.config.ablation,
              "circuit": [list(e) for e in circuit], "n_edges": len(circuit), "n_nodes": len(circuit_nodes(circuit)),
-             "n_model_edges": len(ev.edges), "metric_value": run.cur, "ld": ld,
+             "n_model_edges": ev.n_edges, "metric_value": run.cur, "ld": ld,
              "faithfulness": float(ev.faithfulness(ld)), "ld_clean": ev.ld_clean, "ld_corrupted": ev.ld_corrupted,
              "kl_corrupted": ev.kl_corrupted, "complete": visited == len(ev.receivers),
              "receivers_visited": visited, "receivers_tested": tested_receivers,
@@ -287,7 +289,7 @@ def _candidates(model: Any, data: Any, ev: Evaluator, n: int | None, scores: Any
     """The start circuit: the full graph (exact ACDC), or the top-``n`` edges by ``|score|`` (module doc)."""
     from interp.circuits.edges import edge_scores, top_n
 
-    if n is None or n >= len(ev.edges):
+    if n is None or n >= ev.n_edges:
         return ev.valid.clone(), None
     t0 = time.perf_counter()
     if scores is None:

@@ -43,6 +43,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ from torch import Tensor
 from interp.errors import ConfigError
 from interp.sites import Site
 
-from interp.circuits.edges import canonical, circuit_nodes, model_edges, receivers, senders
+from interp.circuits.edges import Edge, canonical, circuit_nodes, model_edges, receivers, senders
 
 __all__ = ["EdgeEvalConfig", "Evaluator", "evaluate_circuits"]
 
@@ -142,13 +143,10 @@ class Evaluator:
         self.n_kv = int(getattr(cfg, "n_key_value_heads", None) or self.n_heads)
         self.senders = senders(model)
         self.receivers = receivers(model)
-        self.edges = model_edges(model)
         self._s_index = {s: i for i, s in enumerate(self.senders)}
         self._r_index = {r: i for i, r in enumerate(self.receivers)}
-        valid = torch.zeros(len(self.senders), len(self.receivers), dtype=torch.bool)
-        for s, d, inp in self.edges:
-            valid[self._s_index[s], self._r_index[(d, inp)]] = True
-        self.valid = valid
+        self.valid = valid = self._graph()
+        self.n_edges = int(valid.sum())
         # the layer a circuit changed at a receiver enters at (LOGITS: the last layer, recomputed)
         self._r_layer = torch.tensor([self.n_layers - 1 if d == "LOGITS" else int(d[1:].split(".")[0])
                                       for d, _ in self.receivers])
@@ -209,6 +207,22 @@ class Evaluator:
         return acts
 
     # ----------------------------------------------------------------------- structure
+    @functools.cached_property
+    def edges(self) -> list[Edge]:
+        """Every edge of the model's graph (:func:`model_edges`; built on first use: 70k Python tuples on SmolLM2)."""
+        return model_edges(self.model)
+
+    def _graph(self) -> Tensor:
+        """``[senders, receivers]`` bool: the edges of :func:`model_edges`, without building them (same rule: a sender
+        of a layer before the receiver's, or a head of the MLP's own layer; EMBED feeds everything)."""
+        layer = [-1] + [l for l in range(self.n_layers) for _ in range(self.n_heads + 1)]
+        s_layer = torch.tensor(layer)
+        s_head = torch.tensor([False] + [h < self.n_heads for _ in range(self.n_layers)
+                                         for h in range(self.n_heads + 1)])
+        r_layer = torch.tensor([self.n_layers if d == "LOGITS" else int(d[1:].split(".")[0]) for d, _ in self.receivers])
+        r_mlp = torch.tensor([inp == "mlp" for _, inp in self.receivers])
+        return (s_layer[:, None] < r_layer[None]) | (r_mlp[None] & s_head[:, None] & (s_layer[:, None] == r_layer[None]))
+
     def _real_positions(self) -> Tensor:
         n_pos = int(self.pairs.clean.shape[1])
         return torch.arange(n_pos, device=self.pairs.last.device)[None] <= self.pairs.last[:, None]
@@ -408,8 +422,10 @@ class Evaluator:
         b = self._block(layer)
 
         def fn(z: Tensor) -> None:
-            d = torch.einsum("nphk,hkd->hnpd", z - z_corr.to(z.dtype), w_o.to(z.dtype))
-            self._put(store, b, d, z)
+            n, p, h, k = z.shape
+            rows = self._own(store, z)[b - store["b"]:b - store["b"] + h]
+            dz = (z - z_corr.to(z.dtype)).reshape(n * p, h, k).transpose(0, 1)       # [h, n * p, k]
+            torch.matmul(dz, w_o.to(z.dtype), out=rows.view(h, n * p, -1))        # z W_O per head, in place
         return fn
 
     def _keep_mlp(self, layer: int, store: dict[str, Any]) -> Any:
@@ -420,13 +436,18 @@ class Evaluator:
             self._put(store, i, (x - corr.to(x.dtype))[None], x)
         return fn
 
-    def _put(self, store: dict[str, Any], i: int, d: Tensor, like: Tensor) -> None:
-        """Keep sender ``i``'s deltas in the world's own rows (senders from the world's first, ``store["b"]``)."""
+    def _own(self, store: dict[str, Any], like: Tensor) -> Tensor:
+        """The world's own sender rows (senders from its first, ``store["b"]``; a row is read only after its sender's
+        hook wrote it: :meth:`_world` keeps every sender a rewrite reads)."""
         if "d" not in store:
             n, p = like.shape[0], like.shape[1]
-            store["d"] = like.new_zeros(len(self.senders) - store["b"], n * p * self.model.cfg.d_model)
+            store["d"] = like.new_empty(len(self.senders) - store["b"], n * p * self.model.cfg.d_model)
+        return store["d"]
+
+    def _put(self, store: dict[str, Any], i: int, d: Tensor, like: Tensor) -> None:
+        """Keep sender ``i``'s deltas in the world's own rows."""
         j = i - store["b"]
-        store["d"][j:j + d.shape[0]] = d.reshape(d.shape[0], -1)
+        self._own(store, like)[j:j + d.shape[0]] = d.reshape(d.shape[0], -1)
 
     def _rewrite(self, hk: _Hook, plan: tuple, store: dict[str, Any]) -> Any:
         """The hook's rewrite, in place on the world's rows (few tensor ops: each costs on a busy CPU)."""
@@ -455,7 +476,7 @@ class Evaluator:
                 part = m.to(device=x.device, dtype=x.dtype).T @ src.to(device=x.device, dtype=x.dtype)
                 total = part if total is None else total + part
             total = total.reshape(-1, n, p, d)
-            return corr_in.to(x.dtype)[None] + total if form == "in" else own_in - total
+            return total.add_(corr_in.to(x.dtype)[None]) if form == "in" else total.neg_().add_(own_in)
 
         def fn(x: Tensor) -> None:
             corr = corr_in.to(x.dtype)
@@ -507,6 +528,6 @@ def evaluate_circuits(model: Any, data: Any, circuits: Mapping[str, Iterable[Any
              "ld_corrupted": ev.ld_corrupted} for (k, e), ld in zip(named.items(), lds)]
     meta = run_meta(model, dataset=ev.pairs.dataset.name,
                     data=list(zip(ev.pairs.texts, ev.pairs.corrupted_texts)), config=config,
-                    n_prompts=len(ev.pairs), n_model_edges=len(ev.edges), forward_passes=ev.counter.forward,
+                    n_prompts=len(ev.pairs), n_model_edges=ev.n_edges, forward_passes=ev.counter.forward,
                     rows=ev.counter.rows, seconds=round(time.perf_counter() - t0, 3))
     return Result("circuits.eval", pd.DataFrame(rows), meta, name="edge-faithfulness")
