@@ -13,16 +13,23 @@ not possible without running: pruning can disconnect more).
 
     PYTHONPATH=. python benchmarks/bench_acdc.py --threads 2 --threshold 0.02 --max-receivers 1 \\
         --out benchmarks/out/acdc.json
-    PYTHONPATH=. python benchmarks/bench_acdc.py --threads 2 --sample-circuits 8 --out benchmarks/out/acdc_sample.json
+    PYTHONPATH=. python benchmarks/bench_acdc.py --threads 2 --sample-circuits 4 --sample-layers 0,10,20,29,30 \
+        --compare --out benchmarks/out/acdc_sample.json
 
-``--sample-circuits K`` does not run ACDC: it times the evaluator on K circuits of ACDC's first round
-(the full graph minus one LOGITS edge each, batched as ACDC batches them) and projects the full run.
+``--sample-circuits K`` does not run ACDC: it times the evaluator on K circuits of ACDC's first round at
+the receivers of ``--sample-layers`` (the MLP input of each layer; ``n_layers`` = LOGITS): the full graph
+minus one edge into that receiver each, batched as ACDC batches them. Every circuit ACDC tests at a
+receiver of layer l is the full graph below l (receivers are visited from the logits backwards), so
+it enters the pass at layer l (``EdgeEvalConfig.enter``); ``--compare`` also times the same circuits
+run from the tokens (the previous implementation), interleaved. The full run is projected from the
+per-layer cost (interpolated) times the edges into each receiver.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -38,9 +45,17 @@ def main() -> None:
     ap.add_argument("--metric", default="kl")
     ap.add_argument("--max-rows", type=int, default=64)
     ap.add_argument("--max-receivers", type=int, default=None)
+    ap.add_argument("--candidates", type=int, default=None,
+                    help="approximate ACDC: test only the top N edges by |EAP-IG| (computed and timed in the run)")
     ap.add_argument("--sample-circuits", type=int, default=0,
                     help="instead of running ACDC: time the evaluator on this many circuits of ACDC's first round "
                          "(the full graph minus one LOGITS edge each) and project")
+    ap.add_argument("--sample-layers", default="",
+                    help="with --sample-circuits: the layers whose MLP input receivers are sampled (comma list; "
+                         "n_layers = LOGITS); default LOGITS only")
+    ap.add_argument("--compare", action="store_true",
+                    help="with --sample-circuits: also time the circuits run from the tokens (enter=False), "
+                         "interleaved")
     ap.add_argument("--out", default="benchmarks/out/acdc.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -63,8 +78,9 @@ def main() -> None:
         sample(args, model, ev, t_base, t_fwd, int(tokens.shape[1]))
         return
     t2 = time.perf_counter()
+    load0 = list(os.getloadavg())
     r = acdc(model, ds, threshold=args.threshold, metric=args.metric, evaluator=ev,
-             max_receivers=args.max_receivers, progress=True)
+             max_receivers=args.max_receivers, candidates=args.candidates, progress=True)
     t_acdc = time.perf_counter() - t2
     e = r.meta.extra
     per_circuit = t_acdc / max(1, e["circuits_run"])
@@ -86,6 +102,8 @@ def main() -> None:
         "edges_kept": e["n_edges"], "nodes_kept": e["n_nodes"], "faithfulness": e["faithfulness"],
         "kl_final": e["metric_value"], "kl_corrupted": e["kl_corrupted"], "seconds_per_circuit": round(per_circuit, 3),
         "circuits_per_edge_tested": round(rounds_per_edge, 3),
+        "forwards_per_circuit": round(per_circuit / t_fwd, 3), "approximation": e["approximation"],
+        "load_average_start": load0, "load_average_end": list(os.getloadavg()),
         "projection": {
             "edges_left_all_receivers": todo_edges_all,
             "edges_left_used_nodes": todo_edges_used,
@@ -98,33 +116,76 @@ def main() -> None:
     Path(args.out).write_text(json.dumps(report, indent=1))
 
 
-def sample(args, model, ev, t_base: float, t_fwd: float, n_tok: int) -> None:
-    """Seconds per evaluated circuit on ACDC's own first-round circuits, and the projection of a full run."""
-    logits = ev._r_index[("LOGITS", "logits")]
-    rows = ev.valid[:, logits].nonzero().flatten().tolist()[: args.sample_circuits]
+def _first_round(ev, receiver, k: int) -> list:
+    """ACDC's first-round circuits at ``receiver``: the full graph minus one of its edges each (the first k)."""
+    j = ev._r_index[receiver]
     masks = []
-    for i in rows:
+    for i in ev.valid[:, j].nonzero().flatten().tolist()[:k]:
         m = ev.valid.clone()
-        m[i, logits] = False
+        m[i, j] = False
         masks.append(m)
-    f0 = ev.counter.forward
-    t0 = time.perf_counter()
-    ev.run_masks(masks, metric=args.metric if args.metric == "kl" else "logit_diff")
-    dt = time.perf_counter() - t0
-    per = dt / len(masks)
-    n_edges = len(ev.edges)
-    into_logits = int(ev.valid[:, logits].sum())
+    return masks
+
+
+def sample(args, model, ev, t_base: float, t_fwd: float, n_tok: int) -> None:
+    """Seconds per evaluated circuit on ACDC's own first-round circuits at receivers of several layers, with the
+    circuits entering at their receiver's layer (``EdgeEvalConfig.enter``) and from the tokens, interleaved; and
+    the projection of a full run (every edge tested once / twice at the per-layer cost, interpolated)."""
+    from dataclasses import replace
+
+    metric = args.metric if args.metric == "kl" else "logit_diff"
+    n_layers = ev.n_layers
+    layers = [int(x) for x in args.sample_layers.split(",")] if args.sample_layers else [n_layers]
+    fwd = [t_fwd]
+    per: dict[str, dict[int, float]] = {"enter": {}, "tokens": {}}
+    detail = []
+    for layer in layers:
+        receiver = ("LOGITS", "logits") if layer >= n_layers else (f"L{layer}.MLP", "mlp")
+        masks = _first_round(ev, receiver, args.sample_circuits)
+        for mode in (["tokens", "enter"] if args.compare else ["enter"]):
+            ev.config = replace(ev.config, enter=mode == "enter")
+            f0 = ev.counter.forward
+            t0 = time.perf_counter()
+            ev.run_masks(masks, metric=metric)
+            dt = time.perf_counter() - t0
+            per[mode][layer] = dt / len(masks)
+            detail.append({"receiver": ".".join(receiver), "layer": layer, "mode": mode, "circuits": len(masks),
+                           "passes": ev.counter.forward - f0, "seconds": round(dt, 2),
+                           "seconds_per_circuit": round(dt / len(masks), 3)})
+            print(json.dumps(detail[-1]), flush=True)
+        t1 = time.perf_counter()
+        with torch.inference_mode():
+            model(ev.pairs.clean)
+        fwd.append(time.perf_counter() - t1)
+    one = min(fwd)
+
+    def cost(mode: str, layer: int) -> float:
+        pts = sorted(per[mode].items())
+        if layer <= pts[0][0]:
+            return pts[0][1]
+        for (l0, c0), (l1, c1) in zip(pts, pts[1:]):
+            if layer <= l1:
+                return c0 + (c1 - c0) * (layer - l0) / (l1 - l0)
+        return pts[-1][1]
+
+    proj = {}
+    for mode in per:
+        if not per[mode]:
+            continue
+        secs = 0.0
+        for r, (dst, _) in enumerate(ev.receivers):
+            layer = n_layers if dst == "LOGITS" else int(dst[1:].split(".")[0])
+            secs += int(ev.valid[:, r].sum()) * cost(mode, layer)
+        proj[mode] = {"every_edge_tested_once_h": round(secs / 3600, 2),
+                      "every_edge_tested_twice_h": round(2 * secs / 3600, 2),
+                      "forwards_per_circuit_edge_weighted": round(secs / len(ev.edges) / one, 3),
+                      "forwards_per_circuit_by_layer": {l: round(c / one, 3) for l, c in sorted(per[mode].items())}}
     report = {
         "model": args.model, "n_prompts": args.n, "threads": args.threads, "metric": args.metric,
-        "tokens_per_prompt": n_tok, "n_model_edges": n_edges, "n_receivers": len(ev.receivers),
-        "baseline_pass_s": round(t_base, 2), "one_forward_s": round(t_fwd, 2), "circuits_timed": len(masks),
-        "forward_passes": ev.counter.forward - f0, "seconds": round(dt, 2), "seconds_per_circuit": round(per, 2),
-        "forwards_per_circuit": round(per / t_fwd, 3),
-        "projection_hours": {
-            "logits_receiver_only_1_round": round(into_logits * per / 3600, 2),
-            "every_edge_tested_once": round(n_edges * per / 3600, 1),
-            "every_edge_tested_twice": round(2 * n_edges * per / 3600, 1),
-        },
+        "tokens_per_prompt": n_tok, "n_model_edges": len(ev.edges), "n_receivers": len(ev.receivers),
+        "baseline_pass_s": round(t_base, 2), "one_forward_s_min": round(one, 2),
+        "one_forward_s_all": [round(x, 2) for x in fwd], "circuits_per_receiver": args.sample_circuits,
+        "timings": detail, "projection": proj, "load_average": list(os.getloadavg()),
     }
     print(json.dumps(report, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

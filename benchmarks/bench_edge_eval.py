@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import statistics
 import time
@@ -32,6 +33,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--top", type=int, default=200)
     ap.add_argument("--circuits", default="eap,random_half", help="which circuits to time (eap, random_half)")
+    ap.add_argument("--circuits-file", default="",
+                    help="JSON of the circuits: read if it exists (EAP not rerun), else written after computing them")
     ap.add_argument("--out", default="benchmarks/out/edge_eval.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -48,6 +51,10 @@ def main() -> None:
     edges = model_edges(model)
     want = args.circuits.split(",")
     circuits, eap_s = {}, 0.0
+    if args.circuits_file and Path(args.circuits_file).exists():
+        saved = json.loads(Path(args.circuits_file).read_text())
+        circuits = {k: [tuple(e) for e in v] for k, v in saved.items() if k.split("_top")[0] in want or k in want}
+        want = []
     if "eap" in want:
         t0 = time.perf_counter()
         eap = edge_attribution_patching(model, ds, AttributionConfig(metric="logit_diff"))
@@ -55,7 +62,10 @@ def main() -> None:
         circuits[f"eap_top{args.top}"] = top_n(edge_scores(model, eap), args.top)
     if "random_half" in want:
         circuits["random_half"] = random.Random(0).sample(edges, len(edges) // 2)
+    if args.circuits_file and not Path(args.circuits_file).exists():
+        Path(args.circuits_file).write_text(json.dumps({k: [list(e) for e in v] for k, v in circuits.items()}))
     report: dict = {"model": args.model, "n": args.n, "threads": args.threads, "reps": args.reps,
+                    "load_average_start": list(os.getloadavg()),
                     "tokens_per_prompt": int(pairs.clean.shape[1]), "n_model_edges": len(edges),
                     "eap_seconds": round(eap_s, 2), "circuits": {}}
 
@@ -90,6 +100,7 @@ def main() -> None:
             "ratio_median": round(statistics.median(ours) / statistics.median(plain), 3),
             "marginal_vs_one_forward": round(min(marginal) / (min(plain) / 3), 3)}
         print(name, json.dumps(report["circuits"][name]), flush=True)
+    report["load_average_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

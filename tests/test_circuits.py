@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from interp import load_model
-from interp.circuits import (CurveConfig, EdgeEvalConfig, above_threshold, canonical, edge_scores,
+from interp.circuits import (CurveConfig, EdgeEvalConfig, Evaluator, above_threshold, canonical, edge_scores,
                              evaluate_circuits, faithfulness_curve, greedy, model_edges, smallest_circuit, top_n)
 from interp.circuits.curves import curve_auc, curve_figure
 from interp.datasets import TaskDataset
@@ -122,16 +122,27 @@ def test_edge_evaluation_equals_naive_one_edge_at_a_time(llama3):
     circuits["logits_only"] = into_logits
     circuits["chain"] = [("EMBED", "L0.H1", "v"), ("L0.H1", "L2.H0", "q"), ("L0.MLP", "L2.H2", "k"),
                          ("L2.H0", "LOGITS", "logits"), ("L2.H2", "LOGITS", "logits"), ("L1.MLP", "LOGITS", "logits")]
-    res = evaluate_circuits(llama3, ds, circuits, EdgeEvalConfig(max_rows=6)).table.set_index("circuit")
-    for name, c in circuits.items():
-        ld, ld_clean, ld_corr = _naive(llama3, ds, canonical(llama3, c))
-        assert res.loc[name, "ld"] == pytest.approx(ld, abs=1e-5), name
-        assert res.loc[name, "ld_clean"] == pytest.approx(ld_clean, abs=1e-5)
-        assert res.loc[name, "ld_corrupted"] == pytest.approx(ld_corr, abs=1e-5)
-        f = (ld - ld_corr) / (ld_clean - ld_corr)
-        assert res.loc[name, "faithfulness"] == pytest.approx(f, abs=1e-3), name
-    # circuits that differ change the result (the oracle comparison is not vacuous)
-    assert res["ld"].round(6).nunique() >= 4
+    # circuits changed only from layer 1 / layer 2 / the logits on: they enter the pass there (config.enter)
+    late = {1: "from_L1", 2: "from_L2", 3: "logits_cut"}
+    for layer, name in late.items():
+        above = [e for e in edges if (3 if e[1] == "LOGITS" else int(e[1][1:].split(".")[0])) >= layer]
+        cut = set(rng.sample(above, len(above) // 3))
+        circuits[name] = [e for e in edges if e not in cut]
+    ev = Evaluator(llama3, ds, EdgeEvalConfig(max_rows=6))
+    for layer, name in late.items():    # the worlds do enter late (else this test checks nothing new)
+        assert ev._world(ev.mask(circuits[name])).enter == min(layer, 2), name
+    for enter in (True, False):
+        cfg = EdgeEvalConfig(max_rows=6, enter=enter)
+        res = evaluate_circuits(llama3, ds, circuits, cfg).table.set_index("circuit")
+        for name, c in circuits.items():
+            ld, ld_clean, ld_corr = _naive(llama3, ds, canonical(llama3, c))
+            assert res.loc[name, "ld"] == pytest.approx(ld, abs=1e-5), (name, enter)
+            assert res.loc[name, "ld_clean"] == pytest.approx(ld_clean, abs=1e-5)
+            assert res.loc[name, "ld_corrupted"] == pytest.approx(ld_corr, abs=1e-5)
+            f = (ld - ld_corr) / (ld_clean - ld_corr)
+            assert res.loc[name, "faithfulness"] == pytest.approx(f, abs=1e-3), name
+        # circuits that differ change the result (the oracle comparison is not vacuous)
+        assert res["ld"].round(6).nunique() >= 7
 
 
 def test_edges_of_gqa_group_are_one_receiver(llama3):
@@ -288,3 +299,49 @@ def test_engine_apply_equals_scale_and_refuses_non_callables(llama3):
     assert torch.allclose(a.worlds[0], a.worlds[1], atol=1e-6) and not torch.allclose(a.worlds[0], a.base)
     with pytest.raises(ConfigError, match="callable"):
         Intervention("apply", Site("z", 1), 2.0)
+
+
+def test_circuits_entering_from_a_recorded_circuit_equal_full_runs(llama3):
+    """run_masks(ref=record(c0)): circuits equal to c0 below layer e start at e from c0's run; same values as
+    running them from the tokens (enter=False) and as the naive oracle."""
+    ds = _ds()
+    edges = model_edges(llama3)
+    rng = random.Random(1)
+    c0 = rng.sample(edges, int(0.6 * len(edges)))
+    ev = Evaluator(llama3, ds, EdgeEvalConfig(max_rows=6))
+    ref = ev.record(ev.mask(c0))
+    assert float(ev.run_masks([ev.mask(c0)], ref=ref)[0]) == pytest.approx(float(ev.run_masks([ev.mask(c0)])[0]),
+                                                                           abs=1e-5)
+    circuits = {}
+    for layer in (1, 2, 3):      # toggle a third of the edges into receivers of layer >= `layer` (3: LOGITS)
+        above = [e for e in edges if (3 if e[1] == "LOGITS" else int(e[1][1:].split(".")[0])) >= layer]
+        flip = set(rng.sample(above, len(above) // 3))
+        circuits[layer] = (set(c0) - flip) | (flip - set(c0))
+    masks = [ev.mask(c) for c in circuits.values()]
+    assert [ev._world(m, ref).enter for m in masks] == [1, 2, 2]
+    got = ev.run_masks(masks, ref=ref)
+    plain = plain_ev(llama3, ds).run_masks(masks)
+    for (layer, c), g, p in zip(circuits.items(), got.tolist(), plain.tolist()):
+        assert g == pytest.approx(p, abs=1e-5), layer
+    ld, _, _ = _naive(llama3, ds, canonical(llama3, circuits[1]))
+    assert got[0] == pytest.approx(ld, abs=1e-5)
+    assert len({round(v, 5) for v in got.tolist()}) == 3
+    # c0 plus every edge into receivers of layer 2 and LOGITS: no rewrite left there, still c0's run below
+    top = ev.mask(set(c0) | {e for e in edges if e[1] == "LOGITS" or int(e[1][1:].split(".")[0]) == 2})
+    assert ev._world(top, ref).enter == 2
+    assert float(ev.run_masks([top], ref=ref)[0]) == pytest.approx(float(plain_ev(llama3, ds).run_masks([top])[0]),
+                                                                   abs=1e-5)
+
+
+def plain_ev(model, ds):
+    return Evaluator(model, ds, EdgeEvalConfig(max_rows=6, enter=False))
+
+
+@pytest.mark.parametrize("spec", ["toy:llama,n_layers=3", "toy:llama,n_layers=2,n_heads=2,n_kv_heads=1", "toy:gpt2"])
+def test_evaluator_graph_equals_model_edges(spec):
+    model = load_model(spec)
+    ev = Evaluator(model, _ds())
+    want = torch.zeros_like(ev.valid)
+    for s, d, inp in model_edges(model):
+        want[ev._s_index[s], ev._r_index[(d, inp)]] = True
+    assert torch.equal(ev.valid, want) and ev.n_edges == len(ev.edges) == len(model_edges(model))

@@ -34,6 +34,28 @@ receiver costs two rounds when the predictions hold, and each round settles at l
 one difference to the sequential run is floating-point: a circuit computed among other worlds can
 differ in the last digits, which matters only for a result within ~1e-6 of the threshold.
 
+**Entering late (exact).** Every circuit tested at a receiver of layer ``l`` equals the start circuit on
+every receiver below ``l`` (those are visited later), so its run below ``l`` is the start circuit's run:
+each tested circuit enters the pass at layer ``l`` (the engine's ``World(enter=l, entry=...)``) from the
+start circuit's residual entering ``l`` and its sender outputs before ``l``
+(:meth:`~interp.circuits.Evaluator.record`; for the full graph these are the clean run's, recorded by the
+evaluator's baseline pass). A test at the logits enters at the last layer. Same results as running
+every circuit from the tokens, up to float rounding (:class:`~interp.circuits.EdgeEvalConfig` ``enter``).
+
+**Candidates (approximate, for big models).** ``candidates=N`` tests only the ``N`` edges of largest
+``|score|`` (EAP-IG by default, computed with :func:`interp.patching.edge_attribution_patching`; or
+``scores=`` any edge Result). Every other edge is **removed before the first test**, i.e. assumed
+unnecessary, so the run starts from the top-``N`` circuit ``C_N`` instead of the full graph and can
+only remove edges from it. Why removed and not kept: keeping the untested edges would start from the
+full model (faithful by definition) but return a "circuit" holding every untested edge (70k - N on
+SmolLM2), and would test each candidate against a nearly full model where redundant paths hide it.
+Removing them makes the start circuit's faithfulness the assumption to check: it is measured
+(edge-level, normalised logit difference) and stored in ``meta.extra["approximation"]``
+(``start_faithfulness``, ``start_metric``); choose ``N`` from the faithfulness curve of the same scores
+(:func:`interp.circuits.faithfulness_curve`, :func:`interp.circuits.smallest_circuit`) so that ``C_N`` is
+faithful. ``N`` at least the number of edges is exact ACDC (the same code path). Untested edges have
+effect 0 in the table; ``meta.extra["approximation"]`` is None for exact ACDC.
+
 Returned: the ``patching.edges`` Result (method ``acdc``, one row per edge, k/v edges of a GQA group
 repeated per query head with ``first_in_group`` as in EAP) with ``effect`` = the measured change of
 the metric (``kl``, ``logit_diff`` or ``logit_diff_norm``) when the edge was removed from the circuit
@@ -104,10 +126,13 @@ def _node_rows(ev: Evaluator, dst: str, inp: str) -> list[int]:
 class _Run:
     """State of one ACDC run: the circuit mask, its metric, per-edge measurements, counters."""
 
-    def __init__(self, ev: Evaluator, metric: str, threshold: float, abs_value: bool) -> None:
+    def __init__(self, ev: Evaluator, metric: str, threshold: float, abs_value: bool, start: Tensor) -> None:
         self.ev, self.metric, self.threshold, self.abs_value = ev, metric, threshold, abs_value
         self.sign = 1.0 if metric == "kl" else -1.0          # m = sign * metric, minimised
-        self.mask = ev.valid.clone()
+        self.mask = start.clone()
+        # every circuit tested at a receiver of layer l equals the start below l (receivers are visited from the
+        # logits backwards): it enters the pass at l from the start circuit's run (the clean run for the full graph)
+        self.start = None if bool((start == ev.valid).all()) else ev.record(start)
         self.ref = torch.full(ev.valid.shape, math.nan, dtype=torch.float64)
         self.val = torch.full(ev.valid.shape, math.nan, dtype=torch.float64)
         self.tested = torch.zeros_like(ev.valid)
@@ -118,7 +143,7 @@ class _Run:
         """The metric (its own units) of each circuit: one batched call of the evaluator."""
         ev = self.ev
         before = ev.counter.forward
-        v = ev.run_masks(masks, metric="kl" if self.metric == "kl" else "logit_diff")
+        v = ev.run_masks(masks, metric="kl" if self.metric == "kl" else "logit_diff", ref=self.start)
         if ev.counter.forward > before:
             self.rounds += 1
         self.worlds += len(masks)
@@ -166,7 +191,8 @@ class _Run:
 
 def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablation: str = "patching",
          abs_value: bool = False, max_rows: int = 64, max_receivers: int | None = None,
-         evaluator: Evaluator | None = None, progress: bool = False) -> Any:
+         candidates: int | None = None, scores: Any = None, evaluator: Evaluator | None = None,
+         progress: bool = False) -> Any:
     """ACDC edge pruning, batched through :class:`~interp.circuits.Evaluator` (see the module doc).
 
     Args:
@@ -180,6 +206,11 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
         max_rows: most batch rows in one forward pass (each circuit tested is one block of n_prompts rows).
         max_receivers: stop after this many receivers (in visiting order) — a partial run, for timing;
             ``meta.extra["complete"]`` is then False and the circuit keeps every edge not yet visited.
+        candidates: the approximate mode (module doc, "Candidates"): only the top ``candidates`` edges by
+            ``|effect|`` of ``scores`` are tested, every other edge is removed from the start. None (default) or
+            at least the number of edges in the graph: exact ACDC.
+        scores: an edge Result (``patching.edges``) ranking the candidates; default: EAP-IG computed here
+            (:func:`interp.patching.edge_attribution_patching`, ``ig_steps=5``, normalised logit difference).
         evaluator: an Evaluator built on the same model and data (its baseline pass is reused).
         progress: one line per visited receiver on stderr.
 
@@ -198,10 +229,18 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
         raise ConfigError(f"acdc: threshold must be a finite number, got {threshold!r}")
     if max_receivers is not None and max_receivers < 0:
         raise ConfigError(f"acdc: max_receivers must be >= 0, got {max_receivers}")
+    if scores is not None and candidates is None:
+        raise ConfigError("acdc: scores= ranks the candidates; pass candidates=N with it")
+    if candidates is not None and (isinstance(candidates, bool) or not isinstance(candidates, int) or candidates < 0):
+        raise ConfigError(f"acdc: candidates must be a number of edges >= 0, got {candidates!r}")
     t0 = time.perf_counter()
     ev = evaluator or Evaluator(model, data, EdgeEvalConfig(ablation=ablation, max_rows=max_rows))
     f0, r0 = ev.counter.forward, ev.counter.rows
-    run = _Run(ev, metric, float(threshold), abs_value)
+    start, approximation = _candidates(model, data, ev, candidates, scores)
+    run = _Run(ev, metric, float(threshold), abs_value, start)
+    if approximation is not None:
+        ld0 = float(ev.run_masks([start], ref=run.start)[0])
+        approximation.update(start_metric=run.cur, start_ld=ld0, start_faithfulness=float(ev.faithfulness(ld0)))
     order = _sender_order(ev)
     visited = tested_receivers = 0
     for j in reversed(range(len(ev.receivers))):
@@ -215,6 +254,8 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
             run.ref[col, j] = run.val[col, j] = run.cur
             run.mask[:, j] = False
             continue
+        if not bool(run.mask[:, j].any()):                # no edge left into it (candidates): nothing to test
+            continue
         tested_receivers += 1
         w0 = run.worlds
         run.receiver(j, order)
@@ -226,20 +267,43 @@ def acdc(model: Any, data: Any, *, threshold: float, metric: str = "kl", ablatio
     rows_out = _rows(ev, run, metric)
     extra = {"threshold": float(threshold), "abs_value": abs_value, "ablation": ev.config.ablation,
              "circuit": [list(e) for e in circuit], "n_edges": len(circuit), "n_nodes": len(circuit_nodes(circuit)),
-             "n_model_edges": len(ev.edges), "metric_value": run.cur, "ld": ld,
+             "n_model_edges": ev.n_edges, "metric_value": run.cur, "ld": ld,
              "faithfulness": float(ev.faithfulness(ld)), "ld_clean": ev.ld_clean, "ld_corrupted": ev.ld_corrupted,
              "kl_corrupted": ev.kl_corrupted, "complete": visited == len(ev.receivers),
              "receivers_visited": visited, "receivers_tested": tested_receivers,
              "edges_tested": int(run.tested.sum()), "rounds": run.rounds, "circuits_run": run.worlds,
              "forward_passes": ev.counter.forward - f0, "rows": ev.counter.rows - r0, "n_prompts": len(ev.pairs),
-             "seconds": round(time.perf_counter() - t0, 3),
+             "seconds": round(time.perf_counter() - t0, 3), "approximation": approximation,
              "note": "effect = metric after removing the edge - metric of the circuit it was removed from; edges of "
-                     "receivers never visited (partial run) have effect 0 and stay in the circuit"}
+                     "receivers never visited (partial run) have effect 0 and stay in the circuit; with candidates, "
+                     "edges outside the candidate set have effect 0 and are not in the circuit (never tested)"}
     meta = run_meta(model, dataset=ev.pairs.dataset.name, data=list(zip(ev.pairs.texts, ev.pairs.corrupted_texts)),
                     config={"threshold": float(threshold), "metric": metric, "ablation": ev.config.ablation,
-                            "abs_value": abs_value, "max_rows": ev.config.max_rows, "max_receivers": max_receivers},
+                            "abs_value": abs_value, "max_rows": ev.config.max_rows, "max_receivers": max_receivers,
+                            "candidates": candidates},
                     **extra)
     return Result("patching.edges", pd.DataFrame(rows_out), meta, name=f"acdc-{metric}")
+
+
+def _candidates(model: Any, data: Any, ev: Evaluator, n: int | None, scores: Any) -> tuple[Tensor, dict | None]:
+    """The start circuit: the full graph (exact ACDC), or the top-``n`` edges by ``|score|`` (module doc)."""
+    from interp.circuits.edges import edge_scores, top_n
+
+    if n is None or n >= ev.n_edges:
+        return ev.valid.clone(), None
+    t0 = time.perf_counter()
+    if scores is None:
+        from interp.patching import AttributionConfig, edge_attribution_patching
+
+        scores = edge_attribution_patching(model, data, AttributionConfig(ig_steps=5))
+    method = str(scores.table["method"].iloc[0]) if "method" in getattr(scores, "table", {}) else "given"
+    keep = top_n(edge_scores(model, scores), n)
+    return ev.mask(keep, what="ACDC candidates"), {
+        "mode": "candidates", "candidates": n, "scores": method, "untested": "removed",
+        "scores_seconds": round(time.perf_counter() - t0, 3),
+        "note": f"approximate ACDC: only the top {n} edges by |{method} effect| were tested; every other edge was "
+                "removed before the first test (assumed unnecessary), so the run starts from the top-n circuit, "
+                "whose faithfulness is start_faithfulness"}
 
 
 def _rows(ev: Evaluator, run: _Run, metric: str) -> list[dict[str, Any]]:

@@ -27,6 +27,9 @@ def acdc_cmd(
     max_rows: int = typer.Option(64, "--max-rows", help="batch rows per forward pass"),
     max_receivers: Optional[int] = typer.Option(None, "--max-receivers",
                                                 help="stop after this many receivers (a partial run, for timing)"),
+    candidates: Optional[int] = typer.Option(None, "--candidates",
+                                             help="approximate ACDC: test only the top N edges by |EAP-IG score|; "
+                                                  "every other edge is removed from the start"),
 ) -> None:
     """Prune the model's edge graph with ACDC and write the edge Result (patching.edges) and the membership
     (circuits.acdc).
@@ -35,6 +38,7 @@ def acdc_cmd(
     Examples:
       interp circuit acdc smollm2 --task ioi --out out/acdc --threshold 0.02
       interp circuit acdc toy:llama --task ioi --n 4 --out out/acdc_toy
+      interp circuit acdc smollm2 --task ioi --out out/acdc_top --candidates 400   (approximate)
     """
     from interp.circuits import ACDC_METRICS, acdc, acdc_membership
     from interp.circuits.evaluate import ABLATIONS
@@ -47,12 +51,14 @@ def acdc_cmd(
     check_choice(ablation, ABLATIONS, "--ablation")
     check_positive(n, "--n")
     check_positive(max_rows, "--max-rows")
+    if candidates is not None:
+        check_positive(candidates, "--candidates")
     check_task(task, "--task")
     check_out_dir(out, "--out")
     m = load_model(model)
     ds = _task(m, task, n, seed)
     r = acdc(m, ds, threshold=threshold, metric=metric, ablation=ablation, max_rows=max_rows,
-             max_receivers=max_receivers, progress=True)
+             max_receivers=max_receivers, candidates=candidates, progress=True)
     out.mkdir(parents=True, exist_ok=True)
     r.save(out)
     acdc_membership(m, r).save(out)
@@ -61,4 +67,8 @@ def acdc_cmd(
                f"{e['n_model_edges']} edges ({e['n_nodes']} nodes), faithfulness {e['faithfulness']:.3f}; "
                f"{e['edges_tested']} edges tested in {e['rounds']} batched rounds, {e['forward_passes']} forward "
                f"passes, {e['seconds']:.0f} s{'' if e['complete'] else ' (partial run)'}")
+    a = e.get("approximation")
+    if a:
+        typer.echo(f"approximate: only the top {a['candidates']} edges by |{a['scores']}| were tested, the rest "
+                   f"removed first; that start circuit's faithfulness {a['start_faithfulness']:.3f}")
     typer.echo(f"wrote {out}")

@@ -86,8 +86,11 @@ def _edge_row(toy: str, method: str, edges: pd.DataFrame, truth: Truth) -> dict[
 
 
 def acdc_sweep_scores(model: Any, dataset: Any, sweep: tuple[float, ...] = ACDC_SWEEP,
-                      keep: Callable[[str, Any], None] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+                      keep: Callable[[str, Any], None] | None = None,
+                      **acdc_options: Any) -> tuple[pd.DataFrame, dict[str, float]]:
     """ACDC (KL) at each threshold ``f * KL(clean || corrupted)`` of ``sweep``; edge and head scores (module doc).
+
+    ``acdc_options`` go to every :func:`interp.circuits.acdc` call (e.g. ``candidates=``, ``scores=``).
 
     Returns:
         (edge table ``src, dst, dst_input, effect, first_in_group``: effect = the largest threshold fraction
@@ -98,7 +101,7 @@ def acdc_sweep_scores(model: Any, dataset: Any, sweep: tuple[float, ...] = ACDC_
     ev = Evaluator(model, dataset, EdgeEvalConfig(max_rows=1024))
     score = {e: 0.0 for e in ev.edges}
     for f in sorted(sweep):
-        res = acdc(model, dataset, threshold=f * ev.kl_corrupted, metric="kl", evaluator=ev)
+        res = acdc(model, dataset, threshold=f * ev.kl_corrupted, metric="kl", evaluator=ev, **acdc_options)
         for e in acdc_circuit(res):
             score[e] = max(score[e], f)
         if keep is not None:
