@@ -10,7 +10,8 @@ float32 whatever the logits' dtype.
 * :func:`logprob` / :func:`prob`: log-probability / probability of the answer.
 * :func:`kl`: ``KL(reference || p)`` of next-token distributions (reference given as log-probs).
 * :func:`next_token_nll`: per-position next-token negative log-likelihood (the LM loss);
-  :func:`next_token_loss`: its mean over (masked) positions.
+  :func:`next_token_loss`: its mean over (masked) positions; :func:`unembedded_nll`: the same NLL from
+  final normalised hidden states through the unembedding, in chunks (never ``[batch, pos, d_vocab]``).
 * :func:`accuracy`: 1.0 where the argmax is the answer.
 
 :data:`METRICS` names them; :func:`get_metric` looks a name up and suggests the nearest
@@ -39,7 +40,7 @@ from torch import Tensor
 from interp.errors import ConfigError, ShapeError, nearest
 
 __all__ = ["log_probs", "probs", "at_positions", "logit_diff", "normalized", "logprob", "prob", "kl",
-           "token_logprobs", "next_token_nll", "next_token_loss", "accuracy", "METRICS", "get_metric",
+           "token_logprobs", "next_token_nll", "next_token_loss", "unembedded_nll", "accuracy", "METRICS", "get_metric",
            "check_metric_names"]
 
 
@@ -114,6 +115,44 @@ def next_token_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tens
     """Mean next-token cross-entropy over the predicted positions (``mask`` selects real ones)."""
     nll = next_token_nll(logits, tokens)
     return nll.mean() if mask is None else nll[mask.to(nll.device)].mean()
+
+
+def unembedded_nll(hidden: Float[Tensor, "batch pos d_model"], W_U: Float[Tensor, "d_model d_vocab"],
+                   tokens: Int[Tensor, "batch pos"], *, b_U: Float[Tensor, " d_vocab"] | None = None,
+                   soft_cap: float | None = None, row_chunk: int = 256, vocab_chunk: int = 32768
+                   ) -> Float[Tensor, "batch pos_minus_1"]:
+    """:func:`next_token_nll` of ``logits = cap * tanh((hidden @ W_U + b_U) / cap)`` without the logits tensor.
+
+    Rows (positions) go in chunks of ``row_chunk``, the vocabulary in chunks of ``vocab_chunk`` with a
+    streaming (running-max) logsumexp, so at most ``[row_chunk, vocab_chunk]`` logits exist at once; the
+    answer's logit is one dot product per row. Float32 throughout.
+    """
+    d = hidden.shape[-1]
+    h = hidden[:, :-1].reshape(-1, d).float()
+    target = tokens[:, 1:].reshape(-1).to(h.device)
+    w = W_U.to(h.device)
+    b = None if b_U is None else b_U.to(h.device).float()
+    cap = soft_cap if soft_cap and soft_cap > 0 else None
+
+    def capped(x: Tensor) -> Tensor:
+        return cap * torch.tanh(x / cap) if cap else x
+
+    out = torch.empty(h.shape[0], device=h.device, dtype=torch.float32)
+    for r0 in range(0, h.shape[0], row_chunk):
+        hc, tc = h[r0:r0 + row_chunk], target[r0:r0 + row_chunk]
+        m = torch.full((hc.shape[0],), -torch.inf, device=h.device)
+        s = torch.zeros(hc.shape[0], device=h.device)
+        for v0 in range(0, w.shape[1], vocab_chunk):
+            z = hc @ w[:, v0:v0 + vocab_chunk].float()
+            if b is not None:
+                z = z + b[v0:v0 + vocab_chunk]
+            z = capped(z)
+            new = torch.maximum(m, z.max(-1).values)
+            s = s * torch.exp(m - new) + torch.exp(z - new[:, None]).sum(-1)
+            m = new
+        ans = (hc * w[:, tc].float().T).sum(-1) + (b[tc] if b is not None else 0.0)
+        out[r0:r0 + row_chunk] = m + torch.log(s) - capped(ans)
+    return out.reshape(tokens.shape[0], tokens.shape[1] - 1)
 
 
 def accuracy(logits: Float[Tensor, "batch d_vocab"], answer: Int[Tensor, " batch"]) -> Float[Tensor, " batch"]:

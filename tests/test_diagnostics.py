@@ -10,7 +10,8 @@ import torch
 
 from interp.diagnostics import diagnose, entropy, mean_pairwise_cosine, pattern_stats
 from interp.diagnostics.callback import AttentionDiagnostics, bridge_patterns, mha_patterns
-from interp.diagnostics.modadd import COMMITTED, COMMITTED_DECAYS, ModAddConfig, ModAddTransformer, train_modadd
+from interp.diagnostics.modadd import (COMMITTED, COMMITTED_DECAYS, REGIMES, ModAddConfig, ModAddTransformer,
+                                       modadd_data, train_modadd)
 from interp.errors import ConfigError, ShapeError
 
 TINY = ModAddConfig(p=7, d_model=16, n_heads=2, d_mlp=32, steps=4, every=2)
@@ -107,8 +108,14 @@ def test_modadd_trainer_runs_and_is_seeded():
     assert a["step"].tolist() == [0, 2, 3]                        # every 2 steps and the last
     assert a.equals(b)
     assert {"m_train_acc", "m_test_acc", "cos_sim", "entropy_std"} <= set(a.columns)
+    mini = ModAddConfig(**{**TINY.__dict__, "batch_size": 5})     # minibatches from a seeded shuffle
+    c, d = train_modadd(mini, weight_decay=1.0), train_modadd(mini, weight_decay=1.0)
+    assert c.equals(d) and not c.equals(a)
+    assert c.loc[0, "m_train_loss"] == a.loc[0, "m_train_loss"]   # same init, recorded before the first step
     with pytest.raises(ConfigError, match="weight_decay"):
         train_modadd(TINY, weight_decay=-1.0)
+    with pytest.raises(ConfigError, match="batch_size"):
+        ModAddConfig(batch_size=-1)
 
 
 def _committed():
@@ -118,33 +125,56 @@ def _committed():
     return res.table
 
 
-def test_trainer_reproduces_the_committed_curves():
+def _reproduce(steps):
     import json
 
     src = json.loads((COMMITTED / "interp_source.json").read_text())
     assert tuple(src["weight_decays"]) == COMMITTED_DECAYS
-    cfg = ModAddConfig(**{**src["train"], "steps": 101})
-    got = train_modadd(cfg, weight_decay=10.0).set_index("step")
+    assert src["train"] == ModAddConfig().__dict__                 # the committed curves use the defaults
+    got = train_modadd(ModAddConfig(**{**src["train"], "steps": steps}), weight_decay=10.0).set_index("step")
     t = _committed()
-    ref = t[(t["run"] == "wd=10") & t["step"].isin([0, 100])].set_index("step")
+    ref = t[t["run"] == "wd=10"].set_index("step")
     for col in ("cos_sim", "entropy_std", "m_test_acc", "m_train_loss"):
-        assert got.loc[[0, 100], col].tolist() == pytest.approx(ref.loc[[0, 100], col].tolist(), rel=1e-4), col
+        assert got[col].tolist() == pytest.approx(ref.loc[got.index, col].tolist(), rel=1e-4), col
+
+
+def test_trainer_reproduces_the_committed_curves_at_initialisation():
+    _reproduce(1)
+
+
+@pytest.mark.slow
+def test_trainer_reproduces_the_committed_curves_after_100_steps():
+    _reproduce(101)
 
 
 def test_committed_curves_separate_the_regimes():
-    """No weight decay memorises (train accuracy 1, test accuracy below one half); weight decay 10
-    generalises (test accuracy above one half). The mean head cosine similarity over the last quarter of
-    training rises with weight decay (0 < 1 < 10): the heads' patterns converge as weight decay grows,
-    towards the paper's collapse regime of identical attention patterns (lambda = 10 in its abstract).
-    The entropy std across heads does not order the runs here (printed, not asserted)."""
+    """The paper's regimes (Verma 2026, abstract), stated before the curves were trained: below
+    lambda_c = 0.0158 a transformer memorises (near-zero grokking); above it, with lambda up to 2, it groks,
+    generalising after it has fitted the training set, sooner the larger lambda; at lambda = 10 attention
+    collapses to identical patterns in every head. The runs are assigned to regimes by accuracy (REGIMES; wd=2,
+    not the paper's canonical 1, groks: wd=1 had not within the 2000 steps), then:
+    (a) the memorising run fits the training set (accuracy >= 0.99) and gets no test pair right beyond
+    what memorisation plus a + b = b + a gives (test accuracy <= the share of test pairs whose swapped pair
+    is a training pair); (b) the grokking run ends with test accuracy >= 0.9, reached after its train
+    accuracy reached 0.9; (c) over the last quarter of training the collapse run's heads are the most alike:
+    higher mean head cosine similarity and lower entropy std across heads than both other runs
+    (identical patterns have cosine 1 and entropy std 0). The abstract gives no direction between
+    memorising and grokking runs: printed, not asserted."""
     t = _committed()
+    mem, grok, collapse = (f"wd={REGIMES[k]:g}" for k in ("memorising", "grokking", "collapse"))
     last = t[t["step"] == t["step"].max()].set_index("run")
-    late = t[t["step"] >= 0.75 * t["step"].max()].groupby("run")[["cos_sim", "entropy_std"]].mean()
+    late = t[t["step"] >= 0.75 * t["step"].max()].groupby("run")[["cos_sim", "entropy_std", "entropy_mean"]].mean()
     print("\n" + last[["m_train_acc", "m_test_acc", "cos_sim", "entropy_std"]].to_string() + "\n" + late.to_string())
-    assert last.loc["wd=0", "m_train_acc"] == 1.0 and last.loc["wd=0", "m_test_acc"] < 0.5
-    assert last.loc["wd=10", "m_test_acc"] > 0.5
-    cos = [late.loc[f"wd={wd:g}", "cos_sim"] for wd in COMMITTED_DECAYS]
-    assert cos == sorted(cos) and len(set(cos)) == len(cos)
+    tx, _, vx, _ = modadd_data(ModAddConfig())
+    trained = set(map(tuple, tx[:, :2].tolist()))
+    swapped = sum((b, a) in trained for a, b in vx[:, :2].tolist()) / len(vx)
+    assert last.loc[mem, "m_train_acc"] >= 0.99 and last.loc[mem, "m_test_acc"] <= swapped
+    assert last.loc[grok, "m_test_acc"] >= 0.9
+    g = t[t["run"] == grok]
+    assert g[g["m_train_acc"] >= 0.9]["step"].min() < g[g["m_test_acc"] >= 0.9]["step"].min()
+    for other in (mem, grok):
+        assert late.loc[collapse, "cos_sim"] > late.loc[other, "cos_sim"]
+        assert late.loc[collapse, "entropy_std"] < late.loc[other, "entropy_std"]
 
 
 def test_cli_diagnostics(tmp_path, capsys):

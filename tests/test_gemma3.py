@@ -126,6 +126,24 @@ def test_exact_patching_and_atp_run_and_eap_refuses_post_norms(gemma):
         edge_attribution_patching(gemma, ds)
 
 
+@pytest.mark.bundled
+@pytest.mark.gemma3
+def test_sink_intervention_loss_is_the_float64_loss(gemma):
+    """The sinks' next-token loss (stopped at ln_final, 262,144-token unembedding in chunks with a streaming
+    logsumexp) equals the float64 log-softmax of the full logits within 1e-5 on one 32-token window."""
+    from interp.datasets.base import load_prompts
+    from interp.hooks import capturing
+    from interp.sinks import next_token_loss, text_windows
+    from interp.cli.sinks import default_prompt_files
+
+    tokens = text_windows(gemma, load_prompts(default_prompt_files()["prose"]), 32)[:1]
+    with capturing(gemma, [Site("ln_final")]) as store, torch.inference_mode():
+        gemma(tokens)
+    logits = store[Site("ln_final")].double() @ gemma.W_U.double() + gemma.b_U.double()
+    want = float(-torch.log_softmax(logits, -1)[:, :-1].gather(-1, tokens[:, 1:, None]).mean())
+    assert next_token_loss(gemma, tokens) == pytest.approx(want, abs=1e-5)
+
+
 def test_atp_through_post_norms_is_the_true_first_order_term():
     """AtP on a post-norm toy (float64) equals the central finite difference of the patched metric, per head."""
     from interp.datasets import TaskDataset

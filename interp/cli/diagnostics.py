@@ -54,16 +54,16 @@ def attention(model: str = typer.Argument(..., help="model spec, e.g. smollm2 or
 
 @diag.command("modadd")
 def modadd(out: Path = typer.Option(..., "--out", help="output folder"),
-           weight_decays: str = typer.Option("0,1,10", "--weight-decays", help="comma-separated AdamW weight decays"),
-           steps: int = typer.Option(4000, "--steps", help="full-batch steps per run"),
-           p: int = typer.Option(23, "--p", help="the modulus"),
+           weight_decays: str = typer.Option("0,1,2,4,10", "--weight-decays", help="comma-separated AdamW weight decays"),
+           steps: int = typer.Option(2000, "--steps", help="AdamW steps per run (minibatches of 512 pairs)"),
+           p: int = typer.Option(97, "--p", help="the modulus"),
            every: int = typer.Option(100, "--every", help="record every this many steps"),
            seed: int = typer.Option(0, "--seed"),
            figures: str = typer.Option("png", "--figures", help="png, svg, pdf, html or none")) -> None:
     """Train the modular-addition toy under several weight decays, recording the diagnostics online.
 
     \b
-    Example: interp --threads 1 diagnostics modadd --weight-decays 0,1,10 --steps 4000 --out out/modadd
+    Example: interp --threads 1 diagnostics modadd --weight-decays 0,1,2,4,10 --steps 2000 --out out/modadd
     """
     from interp.cli._common import check_formats, check_out_dir, check_positive
     from interp.diagnostics.modadd import ModAddConfig, sweep

@@ -183,28 +183,57 @@ def text_windows(model: Model, texts: Sequence[str], window: int) -> Tokens:
     return rows.to(getattr(model.cfg, "device", "cpu"))
 
 
-def next_token_loss(model: Model, tokens: Tokens, batch_size: int = 8) -> float:
-    """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` (unpadded windows)."""
-    from interp.metrics import next_token_nll
+def _loss(model: Model, tokens: Tokens, batch_size: int, observers: Sequence[tuple[Site, Any]] = ()) -> float:
+    """Mean next-token loss of ``tokens``; ``observers`` (``(site, fn(act, site))``) see the same passes."""
+    from interp.hooks import StopForward
+    from interp.metrics import unembedded_nll
+
+    final = Site("ln_final")
+    b_u = getattr(model, "b_U", None)
+    cap = getattr(model.cfg, "output_logits_soft_cap", None)
+    got: dict[str, Tensor] = {}
+
+    def grab(act: Tensor, site: Site) -> None:
+        got["h"] = act
+        raise StopForward("ln_final")
 
     total, count = 0.0, 0
-    with torch.inference_mode():
+    with hooked(model, [*observers, (final, grab)]), torch.inference_mode():
         for start in range(0, tokens.shape[0], batch_size):
             chunk = tokens[start:start + batch_size]
-            total += float(next_token_nll(model(chunk), chunk).sum())
+            try:
+                model(chunk)
+            except StopForward:
+                pass
+            nll = unembedded_nll(got.pop("h"), model.W_U, chunk, b_U=b_u if isinstance(b_u, Tensor) else None,
+                                 soft_cap=cap)
+            total += float(nll.sum())
             count += chunk[:, 1:].numel()
     return total / max(count, 1)
 
 
+def next_token_loss(model: Model, tokens: Tokens, batch_size: int = 8) -> float:
+    """Mean next-token cross-entropy of ``tokens`` ``[batch, pos]`` (unpadded windows).
+
+    The pass stops at ``ln_final``; the loss comes from the final normalised hidden states through
+    the unembedding in chunks (:func:`interp.metrics.unembedded_nll`), so no ``[batch, pos, d_vocab]``
+    logits tensor is built (Gemma 3's vocabulary has 262,144 tokens).
+    """
+    return _loss(model, tokens, batch_size)
+
+
 def select_act_heads(model: Model, calib: Int[Tensor, "batch pos"], candidates: Sequence[tuple[int, int]], *,
                      max_heads: int = 3, beta: float = 0.4, threshold: float = 0.1,
-                     batch_size: int = 8) -> tuple[list[tuple[int, int]], float, float]:
+                     batch_size: int = 8, base: float | None = None) -> tuple[list[tuple[int, int]], float, float]:
     """Greedy ACT head selection: add the candidate that lowers calibration loss most, while it helps.
+
+    Args:
+        base: the calibration loss without calibration, if already measured (else one more pass).
 
     Returns:
         (chosen heads, calibration loss before, calibration loss after).
     """
-    base = next_token_loss(model, calib, batch_size)
+    base = next_token_loss(model, calib, batch_size) if base is None else base
     chosen: list[tuple[int, int]] = []
     best = base
     pool = list(candidates)
@@ -222,9 +251,8 @@ def select_act_heads(model: Model, calib: Int[Tensor, "batch pos"], candidates: 
     return chosen, base, best
 
 
-def massive_mean(model: Model, tokens: Tokens, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
-                 batch_size: int = 8) -> list[float]:
-    """Mean signed value of the massive entries of each dim at ``layer`` (0 where a dim has none)."""
+def _mean_observer(dims: Sequence[int], min_value: float) -> tuple[Any, Any]:
+    """A hook ``fn(act, site)`` accumulating massive entries per dim, and ``result() -> means``."""
     sums = [0.0] * len(dims)
     counts = [0] * len(dims)
 
@@ -235,10 +263,29 @@ def massive_mean(model: Model, tokens: Tokens, layer: int, dims: Sequence[int], 
             sums[i] += float(col[hit].sum())
             counts[i] += int(hit.sum())
 
-    with hooked(model, {Site("resid_post", layer): fn}), torch.inference_mode():
+    return fn, lambda: [s / c if c else 0.0 for s, c in zip(sums, counts)]
+
+
+def massive_mean(model: Model, tokens: Tokens, layer: int, dims: Sequence[int], *, min_value: float = 100.0,
+                 batch_size: int = 8) -> list[float]:
+    """Mean signed value of the massive entries of each dim at ``layer`` (0 where a dim has none).
+
+    Each pass stops after ``resid_post`` of ``layer``."""
+    from interp.hooks import StopForward
+
+    fn, result = _mean_observer(dims, min_value)
+
+    def observe_and_stop(act: torch.Tensor, site: Site) -> None:
+        fn(act, site)
+        raise StopForward(str(site))
+
+    with hooked(model, {Site("resid_post", layer): observe_and_stop}), torch.inference_mode():
         for start in range(0, tokens.shape[0], batch_size):
-            model(tokens[start:start + batch_size])
-    return [s / c if c else 0.0 for s, c in zip(sums, counts)]
+            try:
+                model(tokens[start:start + batch_size])
+            except StopForward:
+                pass
+    return result()
 
 
 def interventions(model: Model, calib_texts: Sequence[str], eval_texts: Sequence[str], heads_table: pd.DataFrame,
@@ -267,20 +314,28 @@ def interventions(model: Model, calib_texts: Sequence[str], eval_texts: Sequence
     cands = heads_table[heads_table.top_alpha > config.threshold] if len(heads_table) else heads_table
     cands = cands.sort_values("top_alpha", ascending=False).head(config.n_candidates) if len(cands) else cands
     pairs = [(int(r.layer), int(r.head)) for r in cands.itertuples()]
-    if pairs and config.max_heads:
+    steady = dims_table[dims_table.n_layers > 0] if len(dims_table) else dims_table
+    dims = [int(d) for d in steady.dim] if len(steady) else []
+    layer = int(steady.first_layer.min()) if dims else 0
+    act = bool(pairs and config.max_heads)
+    mean: list[float] = []
+    base = None
+    if act:        # one clean calibration pass: ACT's base loss and the massive means
+        fn, result = _mean_observer(dims, config.massive_min_value)
+        base = _loss(model, calib, config.batch_size, [(Site("resid_post", layer), fn)] if dims else [])
+        mean = result()
+    elif dims:
+        mean = massive_mean(model, calib, layer, dims, min_value=config.massive_min_value,
+                            batch_size=config.batch_size)
+    if act:
         chosen, _, _ = select_act_heads(model, calib, pairs, max_heads=config.max_heads, beta=config.beta,
-                                        threshold=config.threshold, batch_size=config.batch_size)
+                                        threshold=config.threshold, batch_size=config.batch_size, base=base)
         if chosen:
             with act_calibrated(model, chosen, beta=config.beta, threshold=config.threshold):
                 after = next_token_loss(model, held, config.batch_size)
             rows.append({"intervention": "act", "target": ",".join(node_id("head", layer=a, head=b) for a, b in chosen),
                          "loss_before": before, "loss_after": after, "delta": after - before})
-    steady = dims_table[dims_table.n_layers > 0] if len(dims_table) else dims_table
-    if len(steady):
-        dims = [int(d) for d in steady.dim]
-        layer = int(steady.first_layer.min())
-        mean = massive_mean(model, calib, layer, dims, min_value=config.massive_min_value,
-                            batch_size=config.batch_size)
+    if dims:
         target = f"L{layer} dims " + ",".join(map(str, dims))
         for name, value in (("massive_zero", 0.0), ("massive_mean", mean)):
             with massive_set(model, layer, dims, value, min_value=config.massive_min_value):
