@@ -36,6 +36,23 @@ by a 64-wide model (``max_i |h_i| / rms(h) <= sqrt(d) = 8``), so ``truth.json`` 
 ("one dimension holds at least a quarter of the token's squared norm"), chosen from that bound, not from the
 measurements, and the measured values on both sides of it.
 
+**Planted vision-aware heads**: the LM's heads are split by construction of training into the vision heads
+:data:`VISION_HEADS` and the text heads (all others). After the colour-only phase (as the sink; from step 0 the
+colour questions stayed at chance), two training-only terms act on them:
+
+* a penalty, weight :attr:`VLMTrainConfig.text_attention_weight`, on the mean attention mass on the image tokens
+  of the text heads from every query position after ``<bos>`` and of the vision heads from every such position
+  but the last (eager attention during training): the image is read **only at the answer position and only by
+  the vision heads**, which is where VHD looks (the last token's head output with and without the image); at the
+  image tokens every head is penalised, so they attend (almost only) to ``<bos>``;
+* head dropout on the text heads (:class:`HeadDropout`, :attr:`VLMTrainConfig.text_head_dropout` per head and
+  sequence, the kept heads scaled by ``1 / (1 - p)``), so that no single text head is indispensable.
+
+Image information therefore reaches the answer through the vision heads, and an image question depends most on
+them. Both terms act through the loss and hooks only: the saved model is a plain ``LlavaForConditionalGeneration``
+with the default attention. ``truth.json`` records the vision heads and each head's measured attention mass on
+the image (held-out scenes).
+
 **Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
 training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
 ``colour`` questions (read the colour of the patch holding a shape), then each batch is half of each kind;
@@ -68,7 +85,8 @@ from interp.vlm import scenes as S
 
 __all__ = ["VLMTrainConfig", "train_vlm", "build_tokenizer", "build_processor", "llava_config", "build_model",
            "encode_questions", "answer_logits", "evaluate", "measure_sink", "answer_loss", "VOCAB", "IMAGE_TOKEN",
-           "SINK_DIM", "SINK_LAYERS", "truth_record"]
+           "SINK_DIM", "SINK_LAYERS", "truth_record", "VISION_HEADS", "text_heads",
+           "image_attention", "HeadDropout", "measure_heads"]
 
 IMAGE_TOKEN = "<image>"
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", IMAGE_TOKEN)
@@ -78,6 +96,8 @@ VOCAB = _SPECIALS + _WORDS
 #: (hidden_states indices: 1 = after block 0, 2 = after block 1)
 SINK_DIM = 7
 SINK_LAYERS = (1, 2)
+#: the planted vision-aware heads ``(layer, head)`` of the LM (module docstring); every other head is a text head
+VISION_HEADS = ((0, 0), (1, 0), (1, 1), (2, 0))
 _SINK_HIGH = 6.0
 _SINK_LOW = 2.0
 
@@ -105,6 +125,11 @@ class VLMTrainConfig:
     warmup_steps: int = 50
     sink_weight: float = 0.3
     vision_attention: bool = False
+    vision_heads: tuple[tuple[int, int], ...] = VISION_HEADS
+    text_attention_weight: float = 1.0
+    text_head_dropout: float = 0.1
+    heads_after_curriculum: bool = True
+    vision_last_only: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -119,6 +144,14 @@ class VLMTrainConfig:
         if self.d_model <= SINK_DIM or self.n_layers <= max(SINK_LAYERS):
             raise ConfigError(f"the planted sink needs d_model > {SINK_DIM} and n_layers > {max(SINK_LAYERS)}, "
                               f"got {self.d_model}, {self.n_layers}")
+        heads = [(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
+        if not self.vision_heads or not set(self.vision_heads) <= set(heads) or \
+                len(set(self.vision_heads)) == len(heads):
+            raise ConfigError(f"vision_heads must be distinct (layer, head) pairs of the {self.n_layers} x "
+                              f"{self.n_heads} LM heads, at least one and not all, got {self.vision_heads}")
+        if not 0 <= self.text_head_dropout < 1 or self.text_attention_weight < 0:
+            raise ConfigError(f"text_head_dropout must lie in [0, 1) and text_attention_weight be >= 0, got "
+                              f"{self.text_head_dropout}, {self.text_attention_weight}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.sink_weight < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay, warmup_steps, sink_weight >= 0, got {self.lr}, "
                               f"{self.weight_decay}, {self.warmup_steps}, {self.sink_weight}")
@@ -221,22 +254,78 @@ def _rms_normed(h: torch.Tensor) -> torch.Tensor:
     return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
 
 
+def text_heads(config: VLMTrainConfig) -> list[tuple[int, int]]:
+    """The LM heads that are not :attr:`VLMTrainConfig.vision_heads` (kept off the image in training)."""
+    return [(l, h) for l in range(config.n_layers) for h in range(config.n_heads) if (l, h) not in
+            set(config.vision_heads)]
+
+
+def image_attention(attentions: tuple[Float[Tensor, "batch head pos key"], ...], input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head batch pos"]:
+    """Each head's attention mass on the image tokens from every query position (``[layer, head, B, T]``)."""
+    keys = (input_ids == VOCAB.index(IMAGE_TOKEN)).to(attentions[0].dtype)      # [B, T]
+    return torch.stack([(a * keys[:, None, None, :]).sum(-1).transpose(0, 1) for a in attentions])
+
+
 def answer_loss(model: Any, input_ids: Int[Tensor, "batch pos"], pixels: Float[Tensor, "batch 3 height width"], answers: Int[Tensor, " batch"],
-                sink_weight: float = 0.0) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
+                sink_weight: float = 0.0, head_weight: float = 0.0, text: tuple[tuple[int, int], ...] = (),
+                vision: tuple[tuple[int, int], ...] = ()) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
     """(total loss, answer loss): cross-entropy of the answer at the last position, plus ``sink_weight`` times
-    the hinge losses planting the sink (module docstring)."""
-    out, logits = answer_logits(model, input_ids, pixels, output_hidden_states=sink_weight > 0)
+    the hinge losses planting the sink and ``head_weight`` times the attention mass on the image tokens, summed over
+    query positions and averaged over heads and sequences, of the ``text`` heads (from every query position after
+    ``<bos>``) and of the ``vision`` heads (from every such position but the last); module docstring."""
+    heads_on = head_weight > 0 and len(text) + len(vision) > 0
+    out, logits = answer_logits(model, input_ids, pixels, output_hidden_states=sink_weight > 0,
+                                output_attentions=heads_on)
     ce = torch.nn.functional.cross_entropy(logits, answers)
-    if sink_weight <= 0:
-        return ce, ce
-    sink_pos = 1 + S.SINK_CELL                                     # after <bos>
     aux = ce.new_zeros(())
-    for layer in SINK_LAYERS:
-        v = _rms_normed(out.hidden_states[layer])[..., SINK_DIM]    # [B, T]
-        aux = aux + torch.relu(_SINK_HIGH - v[:, sink_pos].abs()).mean()
-        others = torch.cat([v[:, :sink_pos], v[:, sink_pos + 1:]], dim=1)
-        aux = aux + torch.relu(others.abs() - _SINK_LOW).amax(1).mean()     # the worst other token
-    return ce + sink_weight * aux, ce
+    if sink_weight > 0:
+        sink_pos = 1 + S.SINK_CELL                                     # after <bos>
+        for layer in SINK_LAYERS:
+            v = _rms_normed(out.hidden_states[layer])[..., SINK_DIM]    # [B, T]
+            aux = aux + sink_weight * torch.relu(_SINK_HIGH - v[:, sink_pos].abs()).mean()
+            others = torch.cat([v[:, :sink_pos], v[:, sink_pos + 1:]], dim=1)
+            aux = aux + sink_weight * torch.relu(others.abs() - _SINK_LOW).amax(1).mean()   # the worst other
+    if heads_on:
+        mass = image_attention(out.attentions, input_ids)                           # [L, H, B, T]
+        rows = [mass[l, h, :, 1:] for l, h in text] + [mass[l, h, :, 1:-1] for l, h in vision]
+        aux = aux + head_weight * torch.stack([r.sum(-1) for r in rows]).mean()   # summed over positions
+    return ce + aux, ce
+
+
+class HeadDropout:
+    """Context manager (training only): each ``(layer, head)`` of ``heads`` has its ``z`` zeroed with
+    probability ``p`` per sequence (the kept ones scaled by ``1 / (1 - p)``), through forward pre-hooks on the
+    LM's ``o_proj`` that are removed on exit; the masks come from ``generator``."""
+
+    def __init__(self, model: Any, heads: list[tuple[int, int]], p: float, generator: torch.Generator) -> None:
+        self.model, self.heads, self.p, self.gen, self.handles = model, heads, p, generator, []
+
+    def __enter__(self) -> HeadDropout:
+        if self.p <= 0 or not self.heads:
+            return self
+        text = self.model.config.text_config
+        n_heads, d_head = text.num_attention_heads, text.hidden_size // text.num_attention_heads
+        for layer_idx, layer in enumerate(self.model.model.language_model.layers):
+            mine = [h for l, h in self.heads if l == layer_idx]
+            if mine:
+                self.handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
+                    self._hook(torch.tensor(mine), n_heads, d_head)))
+        return self
+
+    def _hook(self, mine: torch.Tensor, n_heads: int, d_head: int) -> Callable[..., Any]:
+        def hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            z = args[0]
+            scale = torch.ones(z.shape[0], n_heads, dtype=z.dtype)
+            drop = torch.rand(z.shape[0], len(mine), generator=self.gen) < self.p
+            scale[:, mine] = (~drop).to(z.dtype) / (1 - self.p)
+            z = (z.view(*z.shape[:-1], n_heads, d_head) * scale[:, None, :, None]).view(z.shape)
+            return (z, *args[1:])
+        return hook
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 @torch.no_grad()
@@ -283,7 +372,30 @@ def measure_sink(model: Any, n: int = 256, seed: int = 2) -> dict[str, Any]:
             "sink_dims": sorted({x["massive_dim"] for x in layers if x["is_sink"]})}
 
 
-def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
+@torch.no_grad()
+def measure_heads(model: Any, vision: tuple[tuple[int, int], ...] = VISION_HEADS, n: int = 256,
+                  seed: int = 3) -> dict[str, Any]:
+    """Each LM head's attention mass on the image tokens on ``n`` held-out scenes (eager attention, restored
+    after): ``text_queries`` = mean over the question's positions (after the image), ``last`` = at the last one.
+    ``vision_min`` / ``text_max``: the smallest of the vision heads and the largest of the others (``last``)."""
+    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out")
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out, _ = answer_logits(model, ids, px, output_attentions=True)
+    finally:
+        model.set_attn_implementation(impl)
+    mass = image_attention(out.attentions, ids)                              # [L, H, B, T]
+    first_text = 1 + S.N_PATCHES
+    rows = {f"L{l}.H{h}": {"text_queries": round(float(mass[l, h, :, first_text:].mean()), 4),
+                           "last": round(float(mass[l, h, :, -1].mean()), 4), "vision": (l, h) in set(vision)}
+            for l in range(mass.shape[0]) for h in range(mass.shape[1])}
+    return {"n_scenes": n, "per_head": rows,
+            "vision_min_last": min(r["last"] for r in rows.values() if r["vision"]),
+            "text_max_last": max(r["last"] for r in rows.values() if not r["vision"])}
+
+
+def truth_record(model: Any, eval_n: int = 512, vision: tuple[tuple[int, int], ...] = VISION_HEADS) -> dict[str, Any]:
     """The ``truth.json`` of a trained model: the measured sink (:func:`measure_sink`), where the objects are
     (image token positions), and the held-out accuracy (:func:`evaluate`)."""
     accuracy = evaluate(model, n=eval_n)
@@ -297,6 +409,11 @@ def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
                         "vision tower is per-patch, so only that patch's image embedding depends on it",
              "image_token_positions": list(range(1, 1 + S.N_PATCHES)),
              "object_token_position": "1 + cell (after <bos>; patch c is the c-th image token)",
+             "heads": {"vision": [f"L{l}.H{h}" for l, h in vision],
+                       "construction": "in training the other (text) heads' attention mass on image tokens is "
+                                       "penalised and their z is dropped out per sequence; the vision heads are "
+                                       "left free (interp.vlm.train)",
+                       "image_attention": measure_heads(model, vision, n=min(256, eval_n))},
              "grid": S.GRID, "patch_px": S.CELL, "image_px": S.IMAGE, "accuracy": accuracy}
     return truth
 
@@ -319,7 +436,10 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
     t0 = time.perf_counter()
     folder = Path(folder)
     model = build_model(config)
+    model.set_attn_implementation("eager")      # attention probabilities for the text heads' penalty
     model.train()
+    text = tuple(text_heads(config))
+    dropout_gen = torch.Generator().manual_seed(config.seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(config.warmup_steps, 1)
 
@@ -336,7 +456,12 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
         # the sink is planted once the colour-only phase is over (planting it from step 0 kept the answer loss
         # at chance through the colour-only phase)
         sink_weight = config.sink_weight if step >= config.colour_only_steps else 0.0
-        loss, ce = answer_loss(model, ids, px, ans, sink_weight)
+        # the text heads' penalty and dropout likewise, unless heads_after_curriculum is off
+        heads_on = step >= config.colour_only_steps or not config.heads_after_curriculum
+        with HeadDropout(model, list(text), config.text_head_dropout if heads_on else 0.0, dropout_gen):
+            loss, ce = answer_loss(model, ids, px, ans, sink_weight,
+                                   config.text_attention_weight if heads_on else 0.0, text,
+                                   tuple(config.vision_heads) if config.vision_last_only else ())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -347,8 +472,9 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
             if log is not None:
                 log(step, float(ce.detach()))
     model.eval()
+    model.set_attn_implementation("sdpa")       # the default of a plain from_pretrained
     seconds = round(time.perf_counter() - t0, 1)
-    truth = truth_record(model, eval_n=eval_n)
+    truth = truth_record(model, eval_n=eval_n, vision=config.vision_heads)
     accuracy = truth["accuracy"]
     source = {"toy": "vlm", "train": dataclasses.asdict(config), "seconds": seconds,
               "threads": torch.get_num_threads(), "losses": losses, "held_out_accuracy": accuracy}
