@@ -122,14 +122,17 @@ def test_saved_processor_matches_the_trainer():
 def test_trainer_runs_a_few_steps(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    cfg = VLMTrainConfig(steps=3, colour_only_steps=1, batch_size=8)
+    cfg = VLMTrainConfig(steps=3, colour_only_steps=1, batch_size=8, text_attention_weight=1.0,
+                         text_head_dropout=0.3, vision_dropout=0.5, heads_from_step=1, heads_ramp_steps=1)
     folder = train_vlm(cfg, tmp_path / "vlm", eval_n=8)
     model = LlavaForConditionalGeneration.from_pretrained(folder)
     source = json.loads((folder / "interp_source.json").read_text())
     assert [s for s, *_ in source["losses"]] == [0, 2]
     truth = json.loads((folder / "truth.json").read_text())
     assert truth["sink"]["patch"] == S.SINK_CELL and truth["sink"]["dims"] == [SINK_DIM]
-    assert truth["heads"]["vision"] == [f"L{l}.H{h}" for l, h in VISION_HEADS]
+    assert truth["heads"]["vision"] == [f"L{l}.H{h}" for l, h in VISION_HEADS]   # planted heads recorded
+    assert set(truth["heads"]["image_attention"]["per_head"]) == {f"L{l}.H{h}" for l in range(3) for h in range(4)}
+    assert "heads" not in json.loads((VLM_FOLDER / "truth.json").read_text())     # the checkpoint: none planted
     assert sum(p.numel() for p in model.parameters()) > 0
     assert "eager" not in (folder / "config.json").read_text()               # trained eager, saved plain
     with pytest.raises(ConfigError, match="n_heads"):
@@ -142,7 +145,7 @@ def test_trainer_runs_a_few_steps(tmp_path):
 
 def test_head_dropout_zeroes_or_rescales_whole_text_heads():
     """Per sequence, each text head's z reaches o_proj either zeroed or scaled by 1 / (1 - p); vision heads and
-    the model after the context are untouched."""
+    the model after the context are untouched; with but_last the last position is left alone."""
     cfg = VLMTrainConfig(steps=1, colour_only_steps=0)
     model = build_model(cfg).eval()
     ids, px = encode_questions(["is there a red square?"] * 64), S.draw_scenes(64, seed=0).pixel_values()
@@ -165,6 +168,12 @@ def test_head_dropout_zeroes_or_rescales_whole_text_heads():
         assert kept and all(0.2 < k < 0.8 for k in kept)                  # p = 0.5 over 64 sequences
         answer_logits(model, ids, px)
         assert torch.equal(seen["dropped"], seen["z"])                    # hooks removed on exit
+        with HeadDropout(model, list(VISION_HEADS), 0.5, torch.Generator().manual_seed(0), but_last=True):
+            answer_logits(model, ids, px)                                 # vision heads: all positions but the last
+        z, dropped = (seen[k].view(64, -1, cfg.n_heads, cfg.d_model // cfg.n_heads) for k in ("z", "dropped"))
+        assert torch.equal(dropped[:, -1], z[:, -1])
+        zero = dropped[:, :-1, 0].abs().amax((1, 2)) == 0                 # L1.H0 is a vision head
+        assert zero.any() and (~zero).any() and torch.allclose(dropped[~zero, :-1, 0], 2 * z[~zero, :-1, 0])
     pre.remove()
     post.remove()
 

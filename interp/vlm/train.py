@@ -36,22 +36,33 @@ by a 64-wide model (``max_i |h_i| / rms(h) <= sqrt(d) = 8``), so ``truth.json`` 
 ("one dimension holds at least a quarter of the token's squared norm"), chosen from that bound, not from the
 measurements, and the measured values on both sides of it.
 
-**Planted vision-aware heads**: the LM's heads are split by construction of training into the vision heads
-:data:`VISION_HEADS` and the text heads (all others). After the colour-only phase (as the sink; from step 0 the
-colour questions stayed at chance), two training-only terms act on them:
+**Planted vision-aware heads (opt-in; NOT in the committed checkpoint)**: the LM's heads can be split by
+construction of training into vision heads (:attr:`VLMTrainConfig.vision_heads`, default :data:`VISION_HEADS`)
+and text heads (all others). With :attr:`VLMTrainConfig.text_attention_weight` > 0, from step
+:attr:`VLMTrainConfig.heads_from_step` on, ramped up linearly over :attr:`VLMTrainConfig.heads_ramp_steps`:
 
-* a penalty, weight :attr:`VLMTrainConfig.text_attention_weight`, on the mean attention mass on the image tokens
-  of the text heads from every query position after ``<bos>`` and of the vision heads from every such position
-  but the last (eager attention during training): the image is read **only at the answer position and only by
-  the vision heads**, which is where VHD looks (the last token's head output with and without the image); at the
-  image tokens every head is penalised, so they attend (almost only) to ``<bos>``;
-* head dropout on the text heads (:class:`HeadDropout`, :attr:`VLMTrainConfig.text_head_dropout` per head and
-  sequence, the kept heads scaled by ``1 / (1 - p)``), so that no single text head is indispensable.
+* a penalty on the attention mass on the image tokens (summed over query positions, averaged over heads and
+  sequences) of the text heads from every query position after ``<bos>`` and, with
+  :attr:`VLMTrainConfig.vision_last_only`, of the vision heads from every such position but the last (eager
+  attention during training): the image is to be read only at the answer position and only by the vision heads,
+  which is where VHD looks;
+* head dropout (:class:`HeadDropout`, per head and sequence, the kept heads scaled by ``1 / (1 - p)``) on the
+  text heads (:attr:`VLMTrainConfig.text_head_dropout`), so that no single text head is indispensable, and on
+  the vision heads at every position but the last (:attr:`VLMTrainConfig.vision_dropout`): without it the model
+  leaned on the never-dropped L0.H0's output at the image tokens, whose zero ablation broke every answer while
+  its VHD was ~0.
 
-Image information therefore reaches the answer through the vision heads, and an image question depends most on
-them. Both terms act through the loss and hooks only: the saved model is a plain ``LlavaForConditionalGeneration``
-with the default attention. ``truth.json`` records the vision heads and each head's measured attention mass on
-the image (held-out scenes).
+All act through the loss and hooks only (the saved model stays a plain ``LlavaForConditionalGeneration``), and
+``truth.json`` then records the vision heads and each head's measured attention on the image. **Measured**: in
+the six runs completed (2000 steps each, 1 thread; text dropout 0.1-0.5; terms from step 0 or 300, sudden or
+ramped; the penalty averaged (an earlier version) or summed over positions; vision heads free or last-position
+only) the "is there" questions stayed at chance (held-out accuracy 0.51-0.59) while colour questions reached
+0.43-0.79 (three more runs, one starting the terms at step 1000, were stopped with the answer loss at chance),
+so no such checkpoint is committed; e.g.
+``VLMTrainConfig(text_attention_weight=1, text_head_dropout=0.1, vision_dropout=0.5)``: exists 0.514, colour
+0.777, the planted L1.H0 / L2.H0 / L1.H1 the top-3 VHD heads, but no head's ablation moves P(yes) by more than
+0.004 (VHD vs ablation Spearman -0.08), and text head L0.H2 still puts 0.38 of its last-token attention on the
+image. The defaults (terms off) made the committed checkpoint.
 
 **Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
 training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
@@ -61,7 +72,8 @@ with hard negatives) did not leave chance in 300 steps. The defaults of :class:`
 committed checkpoint (settings, seconds, losses and held-out accuracy in its ``interp_source.json``).
 
 Run ``python -m interp.vlm.train data/toy/vlm`` to retrain it (1 thread; it reproduced the committed
-``model.safetensors`` byte for byte, 392-508 s on the shared machine).
+``model.safetensors`` byte for byte, 392-508 s on the shared machine; again on 2026-11-30 with the planted-heads
+code in place and its terms off, the defaults: 503 s at load average 12-19).
 """
 
 from __future__ import annotations
@@ -109,6 +121,8 @@ class VLMTrainConfig:
     ``colour_only_steps``: the curriculum's first phase (module docstring); ``sink_weight``: the weight of the
     sink-planting hinge losses, applied after that phase; ``vision_attention``: keep the vision tower's attention
     (``False``, the default: zeroed and frozen, a per-patch encoder whose object truth is exact).
+    ``vision_heads``, ``text_attention_weight``, ``text_head_dropout``, ``vision_dropout``, ``heads_from_step``,
+    ``heads_ramp_steps``, ``vision_last_only``: the opt-in planted vision heads (module docstring; off by default).
     """
 
     d_vision: int = 64
@@ -126,9 +140,11 @@ class VLMTrainConfig:
     sink_weight: float = 0.3
     vision_attention: bool = False
     vision_heads: tuple[tuple[int, int], ...] = VISION_HEADS
-    text_attention_weight: float = 1.0
-    text_head_dropout: float = 0.1
-    heads_after_curriculum: bool = True
+    text_attention_weight: float = 0.0
+    text_head_dropout: float = 0.0
+    vision_dropout: float = 0.0
+    heads_from_step: int = 300
+    heads_ramp_steps: int = 1000
     vision_last_only: bool = True
     seed: int = 0
 
@@ -149,9 +165,12 @@ class VLMTrainConfig:
                 len(set(self.vision_heads)) == len(heads):
             raise ConfigError(f"vision_heads must be distinct (layer, head) pairs of the {self.n_layers} x "
                               f"{self.n_heads} LM heads, at least one and not all, got {self.vision_heads}")
-        if not 0 <= self.text_head_dropout < 1 or self.text_attention_weight < 0:
-            raise ConfigError(f"text_head_dropout must lie in [0, 1) and text_attention_weight be >= 0, got "
-                              f"{self.text_head_dropout}, {self.text_attention_weight}")
+        if not (0 <= self.text_head_dropout < 1 and 0 <= self.vision_dropout < 1) or self.text_attention_weight < 0 \
+                or self.heads_from_step < 0 or self.heads_ramp_steps < 1:
+            raise ConfigError(f"text_head_dropout and vision_dropout must lie in [0, 1), text_attention_weight and "
+                              f"heads_from_step be >= 0, heads_ramp_steps >= 1, got {self.text_head_dropout}, "
+                              f"{self.vision_dropout}, {self.text_attention_weight}, {self.heads_from_step}, "
+                              f"{self.heads_ramp_steps}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.sink_weight < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay, warmup_steps, sink_weight >= 0, got {self.lr}, "
                               f"{self.weight_decay}, {self.warmup_steps}, {self.sink_weight}")
@@ -260,7 +279,8 @@ def text_heads(config: VLMTrainConfig) -> list[tuple[int, int]]:
             set(config.vision_heads)]
 
 
-def image_attention(attentions: tuple[Float[Tensor, "batch head pos key"], ...], input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head batch pos"]:
+def image_attention(attentions: tuple[Float[Tensor, "batch head pos key"], ...],
+                    input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head batch pos"]:
     """Each head's attention mass on the image tokens from every query position (``[layer, head, B, T]``)."""
     keys = (input_ids == VOCAB.index(IMAGE_TOKEN)).to(attentions[0].dtype)      # [B, T]
     return torch.stack([(a * keys[:, None, None, :]).sum(-1).transpose(0, 1) for a in attentions])
@@ -294,11 +314,14 @@ def answer_loss(model: Any, input_ids: Int[Tensor, "batch pos"], pixels: Float[T
 
 class HeadDropout:
     """Context manager (training only): each ``(layer, head)`` of ``heads`` has its ``z`` zeroed with
-    probability ``p`` per sequence (the kept ones scaled by ``1 / (1 - p)``), through forward pre-hooks on the
-    LM's ``o_proj`` that are removed on exit; the masks come from ``generator``."""
+    probability ``p`` per sequence (the kept ones scaled by ``1 / (1 - p)``), at every position or, with
+    ``but_last``, at every position but the last, through forward pre-hooks on the LM's ``o_proj`` that are
+    removed on exit; the masks come from ``generator``."""
 
-    def __init__(self, model: Any, heads: list[tuple[int, int]], p: float, generator: torch.Generator) -> None:
+    def __init__(self, model: Any, heads: list[tuple[int, int]], p: float, generator: torch.Generator, *,
+                 but_last: bool = False) -> None:
         self.model, self.heads, self.p, self.gen, self.handles = model, heads, p, generator, []
+        self.but_last = but_last
 
     def __enter__(self) -> HeadDropout:
         if self.p <= 0 or not self.heads:
@@ -318,7 +341,10 @@ class HeadDropout:
             scale = torch.ones(z.shape[0], n_heads, dtype=z.dtype)
             drop = torch.rand(z.shape[0], len(mine), generator=self.gen) < self.p
             scale[:, mine] = (~drop).to(z.dtype) / (1 - self.p)
-            z = (z.view(*z.shape[:-1], n_heads, d_head) * scale[:, None, :, None]).view(z.shape)
+            scale = scale[:, None, :].repeat(1, z.shape[1], 1)                  # [B, T, H]
+            if self.but_last:
+                scale[:, -1] = 1.0
+            z = (z.view(*z.shape[:-1], n_heads, d_head) * scale[..., None]).view(z.shape)
             return (z, *args[1:])
         return hook
 
@@ -395,9 +421,11 @@ def measure_heads(model: Any, vision: tuple[tuple[int, int], ...] = VISION_HEADS
             "text_max_last": max(r["last"] for r in rows.values() if not r["vision"])}
 
 
-def truth_record(model: Any, eval_n: int = 512, vision: tuple[tuple[int, int], ...] = VISION_HEADS) -> dict[str, Any]:
+def truth_record(model: Any, eval_n: int = 512,
+                 vision: tuple[tuple[int, int], ...] | None = None) -> dict[str, Any]:
     """The ``truth.json`` of a trained model: the measured sink (:func:`measure_sink`), where the objects are
-    (image token positions), and the held-out accuracy (:func:`evaluate`)."""
+    (image token positions), the held-out accuracy (:func:`evaluate`) and, when ``vision`` heads were planted,
+    those heads with every head's measured attention on the image (:func:`measure_heads`)."""
     accuracy = evaluate(model, n=eval_n)
     sink = measure_sink(model, n=min(256, eval_n))
     truth = {"sink": {"patch": S.SINK_CELL, "dims": [SINK_DIM], "planted_layers": list(SINK_LAYERS),
@@ -409,12 +437,13 @@ def truth_record(model: Any, eval_n: int = 512, vision: tuple[tuple[int, int], .
                         "vision tower is per-patch, so only that patch's image embedding depends on it",
              "image_token_positions": list(range(1, 1 + S.N_PATCHES)),
              "object_token_position": "1 + cell (after <bos>; patch c is the c-th image token)",
-             "heads": {"vision": [f"L{l}.H{h}" for l, h in vision],
-                       "construction": "in training the other (text) heads' attention mass on image tokens is "
-                                       "penalised and their z is dropped out per sequence; the vision heads are "
-                                       "left free (interp.vlm.train)",
-                       "image_attention": measure_heads(model, vision, n=min(256, eval_n))},
              "grid": S.GRID, "patch_px": S.CELL, "image_px": S.IMAGE, "accuracy": accuracy}
+    if vision is not None:
+        truth["heads"] = {"vision": [f"L{l}.H{h}" for l, h in vision],
+                          "construction": "in training the other (text) heads' attention on image tokens is "
+                                          "penalised, the vision heads' too except at the last position, and "
+                                          "heads are dropped out (interp.vlm.train)",
+                          "image_attention": measure_heads(model, vision, n=min(256, eval_n))}
     return truth
 
 
@@ -436,7 +465,8 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
     t0 = time.perf_counter()
     folder = Path(folder)
     model = build_model(config)
-    model.set_attn_implementation("eager")      # attention probabilities for the text heads' penalty
+    if config.text_attention_weight > 0:
+        model.set_attn_implementation("eager")  # attention probabilities for the heads' penalty
     model.train()
     text = tuple(text_heads(config))
     dropout_gen = torch.Generator().manual_seed(config.seed + 1)
@@ -456,11 +486,12 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
         # the sink is planted once the colour-only phase is over (planting it from step 0 kept the answer loss
         # at chance through the colour-only phase)
         sink_weight = config.sink_weight if step >= config.colour_only_steps else 0.0
-        # the text heads' penalty and dropout likewise, unless heads_after_curriculum is off
-        heads_on = step >= config.colour_only_steps or not config.heads_after_curriculum
-        with HeadDropout(model, list(text), config.text_head_dropout if heads_on else 0.0, dropout_gen):
-            loss, ce = answer_loss(model, ids, px, ans, sink_weight,
-                                   config.text_attention_weight if heads_on else 0.0, text,
+        # the heads' penalty and dropout from heads_from_step on, ramped up linearly over heads_ramp_steps
+        ramp = min(1.0, max(0.0, (step - config.heads_from_step + 1) / config.heads_ramp_steps))
+        with HeadDropout(model, list(text), config.text_head_dropout * ramp, dropout_gen), \
+                HeadDropout(model, list(config.vision_heads), config.vision_dropout * ramp, dropout_gen,
+                            but_last=True):
+            loss, ce = answer_loss(model, ids, px, ans, sink_weight, config.text_attention_weight * ramp, text,
                                    tuple(config.vision_heads) if config.vision_last_only else ())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -474,7 +505,8 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
     model.eval()
     model.set_attn_implementation("sdpa")       # the default of a plain from_pretrained
     seconds = round(time.perf_counter() - t0, 1)
-    truth = truth_record(model, eval_n=eval_n, vision=config.vision_heads)
+    planted = config.vision_heads if config.text_attention_weight > 0 else None
+    truth = truth_record(model, eval_n=eval_n, vision=planted)
     accuracy = truth["accuracy"]
     source = {"toy": "vlm", "train": dataclasses.asdict(config), "seconds": seconds,
               "threads": torch.get_num_threads(), "losses": losses, "held_out_accuracy": accuracy}
