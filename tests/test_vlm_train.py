@@ -23,8 +23,9 @@ import torch
 
 from interp.errors import ConfigError
 from interp.vlm import scenes as S
-from interp.vlm.train import (IMAGE_TOKEN, SINK_DIM, SINK_LAYERS, VOCAB, VLMTrainConfig, answer_logits,
-                              encode_questions, evaluate, measure_sink, train_vlm)
+from interp.vlm.train import (IMAGE_TOKEN, SINK_DIM, SINK_LAYERS, VISION_HEADS, VOCAB, HeadDropout, VLMTrainConfig,
+                              answer_logits, build_model, encode_questions, evaluate, measure_sink,
+                              text_heads, train_vlm)
 
 VLM_FOLDER = Path(__file__).resolve().parents[1] / "data" / "toy" / "vlm"
 
@@ -121,16 +122,60 @@ def test_saved_processor_matches_the_trainer():
 def test_trainer_runs_a_few_steps(tmp_path):
     from transformers import LlavaForConditionalGeneration
 
-    cfg = VLMTrainConfig(steps=3, colour_only_steps=1, batch_size=8)
+    cfg = VLMTrainConfig(steps=3, colour_only_steps=1, batch_size=8, text_attention_weight=1.0,
+                         text_head_dropout=0.3, vision_dropout=0.5, heads_from_step=1, heads_ramp_steps=1)
     folder = train_vlm(cfg, tmp_path / "vlm", eval_n=8)
     model = LlavaForConditionalGeneration.from_pretrained(folder)
     source = json.loads((folder / "interp_source.json").read_text())
     assert [s for s, *_ in source["losses"]] == [0, 2]
     truth = json.loads((folder / "truth.json").read_text())
     assert truth["sink"]["patch"] == S.SINK_CELL and truth["sink"]["dims"] == [SINK_DIM]
+    assert truth["heads"]["vision"] == [f"L{l}.H{h}" for l, h in VISION_HEADS]   # planted heads recorded
+    assert set(truth["heads"]["image_attention"]["per_head"]) == {f"L{l}.H{h}" for l in range(3) for h in range(4)}
+    assert "heads" not in json.loads((VLM_FOLDER / "truth.json").read_text())     # the checkpoint: none planted
     assert sum(p.numel() for p in model.parameters()) > 0
+    assert "eager" not in (folder / "config.json").read_text()               # trained eager, saved plain
     with pytest.raises(ConfigError, match="n_heads"):
         VLMTrainConfig(n_heads=5)
+    with pytest.raises(ConfigError, match="vision_heads"):
+        VLMTrainConfig(vision_heads=((3, 0),))
+    with pytest.raises(ConfigError, match="text_head_dropout"):
+        VLMTrainConfig(text_head_dropout=1.0)
+
+
+def test_head_dropout_zeroes_or_rescales_whole_text_heads():
+    """Per sequence, each text head's z reaches o_proj either zeroed or scaled by 1 / (1 - p); vision heads and
+    the model after the context are untouched; with but_last the last position is left alone."""
+    cfg = VLMTrainConfig(steps=1, colour_only_steps=0)
+    model = build_model(cfg).eval()
+    ids, px = encode_questions(["is there a red square?"] * 64), S.draw_scenes(64, seed=0).pixel_values()
+    seen = {}
+    attn = model.model.language_model.layers[1].self_attn
+    pre = attn.o_proj.register_forward_pre_hook(lambda m, a: seen.__setitem__("z", a[0].clone()), prepend=True)
+    post = attn.o_proj.register_forward_hook(lambda m, a, o: seen.__setitem__("dropped", a[0].clone()))
+    with torch.no_grad():
+        with HeadDropout(model, text_heads(cfg), 0.5, torch.Generator().manual_seed(0)):
+            answer_logits(model, ids, px)
+        z, dropped = (seen[k].view(64, -1, cfg.n_heads, cfg.d_model // cfg.n_heads) for k in ("z", "dropped"))
+        kept = []
+        for h in range(cfg.n_heads):
+            if (1, h) in VISION_HEADS:
+                assert torch.equal(dropped[:, :, h], z[:, :, h])
+                continue
+            zero = dropped[:, :, h].abs().amax((1, 2)) == 0
+            assert torch.allclose(dropped[~zero, :, h], 2 * z[~zero, :, h])
+            kept.append(float((~zero).float().mean()))
+        assert kept and all(0.2 < k < 0.8 for k in kept)                  # p = 0.5 over 64 sequences
+        answer_logits(model, ids, px)
+        assert torch.equal(seen["dropped"], seen["z"])                    # hooks removed on exit
+        with HeadDropout(model, list(VISION_HEADS), 0.5, torch.Generator().manual_seed(0), but_last=True):
+            answer_logits(model, ids, px)                                 # vision heads: all positions but the last
+        z, dropped = (seen[k].view(64, -1, cfg.n_heads, cfg.d_model // cfg.n_heads) for k in ("z", "dropped"))
+        assert torch.equal(dropped[:, -1], z[:, -1])
+        zero = dropped[:, :-1, 0].abs().amax((1, 2)) == 0                 # L1.H0 is a vision head
+        assert zero.any() and (~zero).any() and torch.allclose(dropped[~zero, :-1, 0], 2 * z[~zero, :-1, 0])
+    pre.remove()
+    post.remove()
 
 
 def _sd_bound(p: float, n: int, k: float = 10.0) -> float:

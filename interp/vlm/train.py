@@ -36,6 +36,36 @@ by a 64-wide model (``max_i |h_i| / rms(h) <= sqrt(d) = 8``), so ``truth.json`` 
 ("one dimension holds at least a quarter of the token's squared norm"), chosen from that bound, not from the
 measurements, and the measured values on both sides of it.
 
+**Planted vision-aware heads (opt-in; NOT in the committed checkpoint)**: the LM's heads can be split by
+construction of training into vision heads (:attr:`VLMTrainConfig.vision_heads`, default :data:`VISION_HEADS`)
+and text heads (all others). With :attr:`VLMTrainConfig.text_attention_weight` > 0, from step
+:attr:`VLMTrainConfig.heads_from_step` on, ramped up linearly over :attr:`VLMTrainConfig.heads_ramp_steps`:
+
+* a penalty on the attention mass on the image tokens (summed over query positions, averaged over heads and
+  sequences) of the text heads from every query position after ``<bos>`` and, with
+  :attr:`VLMTrainConfig.vision_last_only`, of the vision heads from every such position but the last (eager
+  attention during training): the image is to be read only at the answer position and only by the vision heads,
+  which is where VHD looks;
+* head dropout (:class:`HeadDropout`, per head and sequence, the kept heads scaled by ``1 / (1 - p)``) on the
+  text heads (:attr:`VLMTrainConfig.text_head_dropout`), so that no single text head is indispensable, and on
+  the vision heads at every position but the last (:attr:`VLMTrainConfig.vision_dropout`): without it the model
+  leaned on the never-dropped L0.H0's output at the image tokens, whose zero ablation broke every answer while
+  its VHD was ~0.
+
+All act through the loss and hooks only (the saved model stays a plain ``LlavaForConditionalGeneration``), and
+``truth.json`` then records the vision heads and each head's measured attention on the image. **Measured**: in
+the six runs completed (2000 steps each, 1 thread; text dropout 0.1-0.5; terms from step 0 or 300, sudden or
+ramped; the penalty averaged (an earlier version) or summed over positions; vision heads free or last-position
+only) the "is there" questions stayed at chance (held-out accuracy 0.51-0.59) while colour questions reached
+0.43-0.79 (three more runs, one starting the terms at step 1000, were stopped with the answer loss at chance),
+so no such checkpoint is committed; e.g.
+``VLMTrainConfig(text_attention_weight=1, text_head_dropout=0.1, vision_dropout=0.5)``: exists 0.514, colour
+0.777, the planted L1.H0 / L2.H0 / L1.H1 the top-3 VHD heads, but no head's ablation moves P(yes) by more than
+0.004 (VHD vs ablation Spearman -0.08), and text head L0.H2 still puts 0.38 of its last-token attention on the
+image. One factor at a time (same settings otherwise): the penalty alone (no dropout) left exists at 0.514
+(colour 0.787); the dropouts alone (no penalty) gave exists 0.682, colour 0.758: the attention penalty is what
+keeps the "is there" questions at chance. The defaults (terms off) made the committed checkpoint.
+
 **Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
 training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
 ``colour`` questions (read the colour of the patch holding a shape), then each batch is half of each kind;
@@ -44,7 +74,8 @@ with hard negatives) did not leave chance in 300 steps. The defaults of :class:`
 committed checkpoint (settings, seconds, losses and held-out accuracy in its ``interp_source.json``).
 
 Run ``python -m interp.vlm.train data/toy/vlm`` to retrain it (1 thread; it reproduced the committed
-``model.safetensors`` byte for byte, 392-508 s on the shared machine).
+``model.safetensors`` byte for byte, 392-508 s on the shared machine; again on 2026-11-30 with the planted-heads
+code in place and its terms off, the defaults: 503 s at load average 12-19).
 """
 
 from __future__ import annotations
@@ -68,7 +99,8 @@ from interp.vlm import scenes as S
 
 __all__ = ["VLMTrainConfig", "train_vlm", "build_tokenizer", "build_processor", "llava_config", "build_model",
            "encode_questions", "answer_logits", "evaluate", "measure_sink", "answer_loss", "VOCAB", "IMAGE_TOKEN",
-           "SINK_DIM", "SINK_LAYERS", "truth_record"]
+           "SINK_DIM", "SINK_LAYERS", "truth_record", "VISION_HEADS", "text_heads",
+           "image_attention", "HeadDropout", "measure_heads"]
 
 IMAGE_TOKEN = "<image>"
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", IMAGE_TOKEN)
@@ -78,6 +110,8 @@ VOCAB = _SPECIALS + _WORDS
 #: (hidden_states indices: 1 = after block 0, 2 = after block 1)
 SINK_DIM = 7
 SINK_LAYERS = (1, 2)
+#: the planted vision-aware heads ``(layer, head)`` of the LM (module docstring); every other head is a text head
+VISION_HEADS = ((0, 0), (1, 0), (1, 1), (2, 0))
 _SINK_HIGH = 6.0
 _SINK_LOW = 2.0
 
@@ -89,6 +123,8 @@ class VLMTrainConfig:
     ``colour_only_steps``: the curriculum's first phase (module docstring); ``sink_weight``: the weight of the
     sink-planting hinge losses, applied after that phase; ``vision_attention``: keep the vision tower's attention
     (``False``, the default: zeroed and frozen, a per-patch encoder whose object truth is exact).
+    ``vision_heads``, ``text_attention_weight``, ``text_head_dropout``, ``vision_dropout``, ``heads_from_step``,
+    ``heads_ramp_steps``, ``vision_last_only``: the opt-in planted vision heads (module docstring; off by default).
     """
 
     d_vision: int = 64
@@ -105,6 +141,13 @@ class VLMTrainConfig:
     warmup_steps: int = 50
     sink_weight: float = 0.3
     vision_attention: bool = False
+    vision_heads: tuple[tuple[int, int], ...] = VISION_HEADS
+    text_attention_weight: float = 0.0
+    text_head_dropout: float = 0.0
+    vision_dropout: float = 0.0
+    heads_from_step: int = 300
+    heads_ramp_steps: int = 1000
+    vision_last_only: bool = True
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -119,6 +162,17 @@ class VLMTrainConfig:
         if self.d_model <= SINK_DIM or self.n_layers <= max(SINK_LAYERS):
             raise ConfigError(f"the planted sink needs d_model > {SINK_DIM} and n_layers > {max(SINK_LAYERS)}, "
                               f"got {self.d_model}, {self.n_layers}")
+        heads = [(l, h) for l in range(self.n_layers) for h in range(self.n_heads)]
+        if not self.vision_heads or not set(self.vision_heads) <= set(heads) or \
+                len(set(self.vision_heads)) == len(heads):
+            raise ConfigError(f"vision_heads must be distinct (layer, head) pairs of the {self.n_layers} x "
+                              f"{self.n_heads} LM heads, at least one and not all, got {self.vision_heads}")
+        if not (0 <= self.text_head_dropout < 1 and 0 <= self.vision_dropout < 1) or self.text_attention_weight < 0 \
+                or self.heads_from_step < 0 or self.heads_ramp_steps < 1:
+            raise ConfigError(f"text_head_dropout and vision_dropout must lie in [0, 1), text_attention_weight and "
+                              f"heads_from_step be >= 0, heads_ramp_steps >= 1, got {self.text_head_dropout}, "
+                              f"{self.vision_dropout}, {self.text_attention_weight}, {self.heads_from_step}, "
+                              f"{self.heads_ramp_steps}")
         if not self.lr > 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.sink_weight < 0:
             raise ConfigError(f"lr must be > 0 and weight_decay, warmup_steps, sink_weight >= 0, got {self.lr}, "
                               f"{self.weight_decay}, {self.warmup_steps}, {self.sink_weight}")
@@ -221,22 +275,85 @@ def _rms_normed(h: torch.Tensor) -> torch.Tensor:
     return h / h.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt()
 
 
+def text_heads(config: VLMTrainConfig) -> list[tuple[int, int]]:
+    """The LM heads that are not :attr:`VLMTrainConfig.vision_heads` (kept off the image in training)."""
+    return [(l, h) for l in range(config.n_layers) for h in range(config.n_heads) if (l, h) not in
+            set(config.vision_heads)]
+
+
+def image_attention(attentions: tuple[Float[Tensor, "batch head pos key"], ...],
+                    input_ids: Int[Tensor, "batch pos"]) -> Float[Tensor, "layer head batch pos"]:
+    """Each head's attention mass on the image tokens from every query position (``[layer, head, B, T]``)."""
+    keys = (input_ids == VOCAB.index(IMAGE_TOKEN)).to(attentions[0].dtype)      # [B, T]
+    return torch.stack([(a * keys[:, None, None, :]).sum(-1).transpose(0, 1) for a in attentions])
+
+
 def answer_loss(model: Any, input_ids: Int[Tensor, "batch pos"], pixels: Float[Tensor, "batch 3 height width"], answers: Int[Tensor, " batch"],
-                sink_weight: float = 0.0) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
+                sink_weight: float = 0.0, head_weight: float = 0.0, text: tuple[tuple[int, int], ...] = (),
+                vision: tuple[tuple[int, int], ...] = ()) -> tuple[Float[Tensor, ""], Float[Tensor, ""]]:
     """(total loss, answer loss): cross-entropy of the answer at the last position, plus ``sink_weight`` times
-    the hinge losses planting the sink (module docstring)."""
-    out, logits = answer_logits(model, input_ids, pixels, output_hidden_states=sink_weight > 0)
+    the hinge losses planting the sink and ``head_weight`` times the attention mass on the image tokens, summed over
+    query positions and averaged over heads and sequences, of the ``text`` heads (from every query position after
+    ``<bos>``) and of the ``vision`` heads (from every such position but the last); module docstring."""
+    heads_on = head_weight > 0 and len(text) + len(vision) > 0
+    out, logits = answer_logits(model, input_ids, pixels, output_hidden_states=sink_weight > 0,
+                                output_attentions=heads_on)
     ce = torch.nn.functional.cross_entropy(logits, answers)
-    if sink_weight <= 0:
-        return ce, ce
-    sink_pos = 1 + S.SINK_CELL                                     # after <bos>
     aux = ce.new_zeros(())
-    for layer in SINK_LAYERS:
-        v = _rms_normed(out.hidden_states[layer])[..., SINK_DIM]    # [B, T]
-        aux = aux + torch.relu(_SINK_HIGH - v[:, sink_pos].abs()).mean()
-        others = torch.cat([v[:, :sink_pos], v[:, sink_pos + 1:]], dim=1)
-        aux = aux + torch.relu(others.abs() - _SINK_LOW).amax(1).mean()     # the worst other token
-    return ce + sink_weight * aux, ce
+    if sink_weight > 0:
+        sink_pos = 1 + S.SINK_CELL                                     # after <bos>
+        for layer in SINK_LAYERS:
+            v = _rms_normed(out.hidden_states[layer])[..., SINK_DIM]    # [B, T]
+            aux = aux + sink_weight * torch.relu(_SINK_HIGH - v[:, sink_pos].abs()).mean()
+            others = torch.cat([v[:, :sink_pos], v[:, sink_pos + 1:]], dim=1)
+            aux = aux + sink_weight * torch.relu(others.abs() - _SINK_LOW).amax(1).mean()   # the worst other
+    if heads_on:
+        mass = image_attention(out.attentions, input_ids)                           # [L, H, B, T]
+        rows = [mass[l, h, :, 1:] for l, h in text] + [mass[l, h, :, 1:-1] for l, h in vision]
+        aux = aux + head_weight * torch.stack([r.sum(-1) for r in rows]).mean()   # summed over positions
+    return ce + aux, ce
+
+
+class HeadDropout:
+    """Context manager (training only): each ``(layer, head)`` of ``heads`` has its ``z`` zeroed with
+    probability ``p`` per sequence (the kept ones scaled by ``1 / (1 - p)``), at every position or, with
+    ``but_last``, at every position but the last, through forward pre-hooks on the LM's ``o_proj`` that are
+    removed on exit; the masks come from ``generator``."""
+
+    def __init__(self, model: Any, heads: list[tuple[int, int]], p: float, generator: torch.Generator, *,
+                 but_last: bool = False) -> None:
+        self.model, self.heads, self.p, self.gen, self.handles = model, heads, p, generator, []
+        self.but_last = but_last
+
+    def __enter__(self) -> HeadDropout:
+        if self.p <= 0 or not self.heads:
+            return self
+        text = self.model.config.text_config
+        n_heads, d_head = text.num_attention_heads, text.hidden_size // text.num_attention_heads
+        for layer_idx, layer in enumerate(self.model.model.language_model.layers):
+            mine = [h for l, h in self.heads if l == layer_idx]
+            if mine:
+                self.handles.append(layer.self_attn.o_proj.register_forward_pre_hook(
+                    self._hook(torch.tensor(mine), n_heads, d_head)))
+        return self
+
+    def _hook(self, mine: torch.Tensor, n_heads: int, d_head: int) -> Callable[..., Any]:
+        def hook(module: Any, args: tuple[Any, ...]) -> tuple[Any, ...]:
+            z = args[0]
+            scale = torch.ones(z.shape[0], n_heads, dtype=z.dtype)
+            drop = torch.rand(z.shape[0], len(mine), generator=self.gen) < self.p
+            scale[:, mine] = (~drop).to(z.dtype) / (1 - self.p)
+            scale = scale[:, None, :].repeat(1, z.shape[1], 1)                  # [B, T, H]
+            if self.but_last:
+                scale[:, -1] = 1.0
+            z = (z.view(*z.shape[:-1], n_heads, d_head) * scale[..., None]).view(z.shape)
+            return (z, *args[1:])
+        return hook
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.handles = []
 
 
 @torch.no_grad()
@@ -283,9 +400,34 @@ def measure_sink(model: Any, n: int = 256, seed: int = 2) -> dict[str, Any]:
             "sink_dims": sorted({x["massive_dim"] for x in layers if x["is_sink"]})}
 
 
-def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
+@torch.no_grad()
+def measure_heads(model: Any, vision: tuple[tuple[int, int], ...] = VISION_HEADS, n: int = 256,
+                  seed: int = 3) -> dict[str, Any]:
+    """Each LM head's attention mass on the image tokens on ``n`` held-out scenes (eager attention, restored
+    after): ``text_queries`` = mean over the question's positions (after the image), ``last`` = at the last one.
+    ``vision_min`` / ``text_max``: the smallest of the vision heads and the largest of the others (``last``)."""
+    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out")
+    impl = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        out, _ = answer_logits(model, ids, px, output_attentions=True)
+    finally:
+        model.set_attn_implementation(impl)
+    mass = image_attention(out.attentions, ids)                              # [L, H, B, T]
+    first_text = 1 + S.N_PATCHES
+    rows = {f"L{l}.H{h}": {"text_queries": round(float(mass[l, h, :, first_text:].mean()), 4),
+                           "last": round(float(mass[l, h, :, -1].mean()), 4), "vision": (l, h) in set(vision)}
+            for l in range(mass.shape[0]) for h in range(mass.shape[1])}
+    return {"n_scenes": n, "per_head": rows,
+            "vision_min_last": min(r["last"] for r in rows.values() if r["vision"]),
+            "text_max_last": max(r["last"] for r in rows.values() if not r["vision"])}
+
+
+def truth_record(model: Any, eval_n: int = 512,
+                 vision: tuple[tuple[int, int], ...] | None = None) -> dict[str, Any]:
     """The ``truth.json`` of a trained model: the measured sink (:func:`measure_sink`), where the objects are
-    (image token positions), and the held-out accuracy (:func:`evaluate`)."""
+    (image token positions), the held-out accuracy (:func:`evaluate`) and, when ``vision`` heads were planted,
+    those heads with every head's measured attention on the image (:func:`measure_heads`)."""
     accuracy = evaluate(model, n=eval_n)
     sink = measure_sink(model, n=min(256, eval_n))
     truth = {"sink": {"patch": S.SINK_CELL, "dims": [SINK_DIM], "planted_layers": list(SINK_LAYERS),
@@ -298,6 +440,12 @@ def truth_record(model: Any, eval_n: int = 512) -> dict[str, Any]:
              "image_token_positions": list(range(1, 1 + S.N_PATCHES)),
              "object_token_position": "1 + cell (after <bos>; patch c is the c-th image token)",
              "grid": S.GRID, "patch_px": S.CELL, "image_px": S.IMAGE, "accuracy": accuracy}
+    if vision is not None:
+        truth["heads"] = {"vision": [f"L{l}.H{h}" for l, h in vision],
+                          "construction": "in training the other (text) heads' attention on image tokens is "
+                                          "penalised, the vision heads' too except at the last position, and "
+                                          "heads are dropped out (interp.vlm.train)",
+                          "image_attention": measure_heads(model, vision, n=min(256, eval_n))}
     return truth
 
 
@@ -319,7 +467,11 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
     t0 = time.perf_counter()
     folder = Path(folder)
     model = build_model(config)
+    if config.text_attention_weight > 0:
+        model.set_attn_implementation("eager")  # attention probabilities for the heads' penalty
     model.train()
+    text = tuple(text_heads(config))
+    dropout_gen = torch.Generator().manual_seed(config.seed + 1)
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     warmup = max(config.warmup_steps, 1)
 
@@ -336,7 +488,13 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
         # the sink is planted once the colour-only phase is over (planting it from step 0 kept the answer loss
         # at chance through the colour-only phase)
         sink_weight = config.sink_weight if step >= config.colour_only_steps else 0.0
-        loss, ce = answer_loss(model, ids, px, ans, sink_weight)
+        # the heads' penalty and dropout from heads_from_step on, ramped up linearly over heads_ramp_steps
+        ramp = min(1.0, max(0.0, (step - config.heads_from_step + 1) / config.heads_ramp_steps))
+        with HeadDropout(model, list(text), config.text_head_dropout * ramp, dropout_gen), \
+                HeadDropout(model, list(config.vision_heads), config.vision_dropout * ramp, dropout_gen,
+                            but_last=True):
+            loss, ce = answer_loss(model, ids, px, ans, sink_weight, config.text_attention_weight * ramp, text,
+                                   tuple(config.vision_heads) if config.vision_last_only else ())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -347,8 +505,10 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
             if log is not None:
                 log(step, float(ce.detach()))
     model.eval()
+    model.set_attn_implementation("sdpa")       # the default of a plain from_pretrained
     seconds = round(time.perf_counter() - t0, 1)
-    truth = truth_record(model, eval_n=eval_n)
+    planted = config.vision_heads if config.text_attention_weight > 0 else None
+    truth = truth_record(model, eval_n=eval_n, vision=planted)
     accuracy = truth["accuracy"]
     source = {"toy": "vlm", "train": dataclasses.asdict(config), "seconds": seconds,
               "threads": torch.get_num_threads(), "losses": losses, "held_out_accuracy": accuracy}
