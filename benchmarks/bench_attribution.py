@@ -46,6 +46,8 @@ PROMPTS = [
     "Michael Jordan played the sport of",
     "The Great Wall is located in",
     "The Eiffel Tower is located in the city of",
+    # the 12-token timing prompt of the check (graph time and memory); scores reported too
+    "Fact: The Eiffel Tower is located in the city of",
 ]
 
 
@@ -86,7 +88,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--transcoders", type=Path, default=None, help="default: the model's cache folder")
-    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of PROMPTS (in order)")
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of PROMPTS (in order; the 6th is "
+                    "the 12-token timing prompt)")
     ap.add_argument("--batch-size", type=int, default=64, help="backward-pass targets per batch")
     ap.add_argument("--top", type=int, default=10, help="features ablated for the intervention agreement")
     ap.add_argument("--agreement-prompts", type=int, default=1)
