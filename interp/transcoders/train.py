@@ -7,8 +7,8 @@ own input. So the training loop here is our own, and the model it trains and sav
 SAE-Lens's ``JumpReLUTranscoder``:
 
 * ``architecture="topk"``: per-token top-k (each token keeps its ``k`` largest ReLU
-  pre-activations; batch top-k let SmolLM2's rare massive-activation tokens take the batch's
-  budget), decoder rows kept at unit norm, Adam with a linear decay over the last 20% of the
+  pre-activations; batch top-k shares one budget across a batch, and SmolLM2's rare
+  massive-activation tokens can take much of it), decoder rows kept at unit norm, Adam with a linear decay over the last 20% of the
   steps. Inference is JumpReLU: :func:`calibrate_thresholds` sets per-feature thresholds so that
   each feature fires on the calibration tokens exactly as often as under top-k (mean L0 = k
   there; the old global threshold, a plain mean of each batch's smallest kept value over all
