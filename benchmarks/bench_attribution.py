@@ -1,21 +1,29 @@
-"""Benchmark: transcoders + one attribution graph on the bundled SmolLM2 (CPU).
+"""Benchmark: attribution graphs of short factual prompts through the trained SmolLM2 transcoders (CPU).
 
-1. Train per-layer transcoders (all 30 layers) with a few-minute budget: ``--tokens`` activation
-   tokens of the offline docstring corpus collected to disk (``interp.cache.collect``, mlp_in and
-   mlp_out of every layer), ``--steps`` batch-top-k steps per layer. Skipped when the folder
-   already holds them (resumable), so a rerun times the graph only.
-2. Evaluate on held-out rows: per-layer L0 / explained variance, next-token loss of the model
-   with every MLP replaced vs the original.
-3. Build the attribution graph of a 12-token prompt (``interp.transcoders.attribute``), timed,
-   with the process's peak RSS (``ru_maxrss``) before and after.
-4. Ablate each of the graph's 10 most influential features in the replacement model (frozen and
-   open attention/norms, downstream features recomputed) and compare the top logit's change with
-   the graph's prediction (:func:`interp.transcoders.interventions.intervention_agreement`).
-5. For each of ``--prompts`` prompts: replacement and completeness scores.
+Train the transcoders first (one command, resumable per layer; see README "Transcoders")::
+
+    OMP_NUM_THREADS=1 nice -n 10 interp --threads 1 transcoders train smollm2 --tokens 60000 --steps 70 \\
+        --d-sae 2048 --k 16 --batch-size 1024 --lr 3e-3 --eval-rows 16
+
+then, for each prompt (in the order given, the report rewritten after each one, so a run cut
+short keeps what it finished):
+
+1. build its attribution graph (:func:`interp.transcoders.attribute`), timed, with the peak
+   resident memory *during* the graph (``/proc/self/status`` VmRSS sampled every 20 ms, minus
+   the resident memory before it) and the load average;
+2. its replacement and completeness scores (circuit-tracer's definitions), node counts before
+   and after pruning, the top logits;
+3. for the first ``--agreement-prompts`` prompts: ablate each of the graph's ``--top`` most
+   influential features in the replacement model (frozen attention/norms, downstream features
+   recomputed) and compare the top logit's change with the graph's prediction
+   (:func:`interp.transcoders.interventions.intervention_agreement`).
+
+The transcoders' held-out evaluation (``transcoders.eval`` Result saved by the train command under
+``<transcoders>/eval``) is copied into the report.
 
 Usage::
 
-    python benchmarks/bench_attribution.py --threads 2 --tokens 8000 --steps 150
+    python benchmarks/bench_attribution.py --threads 1 --report benchmarks/out/attribution.json
 """
 
 from __future__ import annotations
@@ -23,8 +31,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,100 +41,106 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 PROMPTS = [
-    "The Eiffel Tower is located in the city of",
-    "The capital of Germany is the city of",
-    "def add(a, b):\n    return a",
+    "The capital of Germany is",
+    "The currency of Japan is the",
     "Michael Jordan played the sport of",
-    "The opposite of hot is",
+    "The Great Wall is located in",
+    "The Eiffel Tower is located in the city of",
+    # the 12-token timing prompt of the issue's check (graph time and memory); scores reported too
+    "Fact: The Eiffel Tower is located in the city of",
 ]
 
 
 def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PeakRSS:
+    """Peak resident memory (MB) while the block runs, sampled every ``every`` seconds."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every, self.peak, self.start = every, 0.0, 0.0
+        self._stop = threading.Event()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_mb())
+            self._stop.wait(self.every)
+
+    def __enter__(self) -> "PeakRSS":
+        self.start = self.peak = _rss_mb()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_mb())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=8000)
-    ap.add_argument("--steps", type=int, default=150)
-    ap.add_argument("--d-sae", type=int, default=1024)
-    ap.add_argument("--k", type=int, default=16)
-    ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--prompts", type=int, default=5)
-    ap.add_argument("--work", type=Path, default=None, help="activations + transcoders (default: "
-                    "INTERP_HOME/bench/attribution; large, kept out of the repository)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--transcoders", type=Path, default=None, help="default: the model's cache folder")
+    ap.add_argument("--prompts", type=int, default=len(PROMPTS), help="how many of PROMPTS (in order; the 6th is "
+                    "the 12-token timing prompt)")
+    ap.add_argument("--batch-size", type=int, default=64, help="backward-pass targets per batch")
+    ap.add_argument("--top", type=int, default=10, help="features ablated for the intervention agreement")
+    ap.add_argument("--agreement-prompts", type=int, default=1)
+    ap.add_argument("--modes", default="frozen", help="intervention modes: frozen and/or open")
     ap.add_argument("--report", type=Path, default=Path(__file__).parent / "out" / "attribution.json")
     args = ap.parse_args()
 
     import torch
 
     torch.set_num_threads(args.threads)
-    from interp.cache import collect
-    from interp.models import TokenBatch, load_model, tokenize
-    from interp.sae.corpus import CorpusConfig, build_corpus, tokenize_corpus
-    from interp.transcoders import (TranscoderTrainConfig, evaluate_transcoders, load_transcoders,
-                                    train_transcoders)
+    from interp.models import load_model, tokenize
+    from interp.results import load_results
+    from interp.transcoders import load_transcoders, transcoder_home
     from interp.transcoders.attribution import AttributionConfig, attribute
-
-    from interp._fs import interp_home
-
-    out = args.work or interp_home() / "bench" / "attribution"
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"threads": args.threads, "load_avg_start": os.getloadavg()}
-    m = load_model("smollm2")
-    n_layers = int(m.cfg.n_layers)
-    cfg = TranscoderTrainConfig(d_sae=args.d_sae, k=args.k, steps=args.steps, batch_size=args.batch_size, lr=1e-3)
-    split = tokenize_corpus(m, build_corpus(CorpusConfig(max_chars=2_000_000)), context_size=64)
-    rows = min(split.train.shape[0], -(-args.tokens // 63))
-    t0 = time.perf_counter()
-    batch = TokenBatch(tokens=split.train[:rows], lengths=torch.full((rows,), 64), texts=("",) * rows)
-    store = collect(m, batch, "mlp_in,mlp_out", out=out / "acts", progress=False)
-    t1 = time.perf_counter()
-    recs = train_transcoders(m, store, cfg, folder=out / "tc", progress=True)
-    t2 = time.perf_counter()
-    report["training"] = {"config": cfg.__dict__, "rows": rows, "tokens": rows * 63, "collect_s": t1 - t0,
-                          "train_s": t2 - t1, "trained_layers": sum(not r.skipped for r in recs),
-                          "final_nmse": {r.layer: r.final_mse for r in recs if not r.skipped}}
-    tcs = load_transcoders(m, out / "tc")
-    ev = evaluate_transcoders(m, tcs, split.held_out[:8])
-    report["eval"] = ev
-    print(f"eval: loss original {ev['loss_original']:.3f}, replaced {ev['loss_replacement']:.3f}; "
-          f"EV mean {sum(v['explained_variance'] for v in ev['layers'].values()) / n_layers:.3f}, "
-          f"L0 mean {sum(v['l0'] for v in ev['layers'].values()) / n_layers:.1f}", flush=True)
-    # one 12-token graph, timed
-    twelve = "Fact: The Eiffel Tower is located in the city of"      # 12 tokens (SmolLM2, no BOS)
-    n_tok = int(tokenize(m, [twelve]).lengths[0])
-    rss0 = _rss_mb()
-    t3 = time.perf_counter()
-    g = attribute(m, twelve, tcs, AttributionConfig(batch_size=32))
-    t4 = time.perf_counter()
-    report["graph"] = {"prompt": twelve, "tokens": n_tok, "features": g.n_features, "nodes": g.adjacency.shape[0],
-                       "seconds": t4 - t3, "peak_rss_mb_before": rss0, "peak_rss_mb_after": _rss_mb(),
-                       "adjacency_mb": g.adjacency.numel() * 4 / 2**20, **g.scores(),
-                       "top_logits": [m.tokenizer.decode([t]) for t in g.logit_tokens.tolist()],
-                       "top_probs": g.logit_probs.tolist(),
-                       "pruned_nodes": len(g.to_graph()), "load_avg": os.getloadavg()}
-    print(json.dumps(report["graph"], indent=1), flush=True)
     from interp.transcoders.interventions import intervention_agreement
 
-    report["interventions"] = {}
-    for mode in ("frozen", "open"):
-        t6 = time.perf_counter()
-        rep = intervention_agreement(m, g, tcs, top=10, factor=0.0, mode=mode)
-        rep["seconds"] = time.perf_counter() - t6
-        report["interventions"][mode] = rep
-        print(mode, {k: v for k, v in rep.items() if k != "rows"}, flush=True)
-    report["prompts"] = []
-    for p in PROMPTS[1:args.prompts]:
-        t5 = time.perf_counter()
-        gp = attribute(m, p, tcs)
-        report["prompts"].append({"prompt": p, "tokens": gp.n_pos, "features": gp.n_features, **gp.scores(),
-                                  "seconds": time.perf_counter() - t5})
-        print(report["prompts"][-1], flush=True)
-    report["prompts"].insert(0, {"prompt": twelve, "tokens": n_tok, "features": g.n_features, **g.scores(),
-                                 "seconds": t4 - t3})
-    args.report.write_text(json.dumps(report, indent=1, default=str))
+    m = load_model(args.model)
+    root = args.transcoders or transcoder_home(m)
+    tcs = load_transcoders(m, root)
+    report: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "threads": args.threads,
+                    "transcoders": str(root), "batch_size": args.batch_size, "prompts": []}
+    if (root / "eval").is_dir():
+        for res in load_results(root / "eval").values():
+            report["eval"] = {"layers": res.table.to_dict(orient="records"), **res.meta.extra}
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    cfg = AttributionConfig(batch_size=args.batch_size)
+    for i, prompt in enumerate(PROMPTS[: args.prompts]):
+        n_tok = int(tokenize(m, [prompt]).lengths[0])
+        load0 = os.getloadavg()
+        with PeakRSS() as mem:
+            t0 = time.perf_counter()
+            g = attribute(m, prompt, tcs, cfg)
+            seconds = time.perf_counter() - t0
+        row = {"prompt": prompt, "tokens": n_tok, "features": g.n_features, "nodes": int(g.adjacency.shape[0]),
+               "pruned_nodes": len(g.to_graph()), **g.scores(), "seconds": seconds,
+               "rss_mb_before": mem.start, "rss_mb_peak": mem.peak, "rss_mb_added": mem.peak - mem.start,
+               "adjacency_mb": g.adjacency.numel() * 4 / 2**20,
+               "top_logits": g.logit_strs, "top_probs": [round(float(p), 4) for p in g.logit_probs],
+               "load_avg_before": load0, "load_avg_after": os.getloadavg()}
+        if i < args.agreement_prompts:
+            row["interventions"] = {}
+            for mode in [s.strip() for s in args.modes.split(",") if s.strip()]:
+                t1 = time.perf_counter()
+                rep = intervention_agreement(m, g, tcs, top=args.top, factor=0.0, mode=mode)
+                rep["seconds"] = time.perf_counter() - t1
+                row["interventions"][mode] = rep
+        report["prompts"].append(row)
+        args.report.write_text(json.dumps(report, indent=1, default=str))
+        print(json.dumps({k: v for k, v in row.items() if k != "interventions"}, default=str), flush=True)
+        for mode, rep in row.get("interventions", {}).items():
+            print(mode, {k: v for k, v in rep.items() if k != "rows"}, flush=True)
     print(f"-> {args.report}")
 
 

@@ -153,4 +153,14 @@ KINDS: list[Schema] = [
         _C("prompt", "int"), _C("p_base", "float", "probability"), _C("p_vhr", "float", "probability"),
         _C("correct_base", "bool"), _C("correct_vhr", "bool"),
     )),
+    # --------------------------------------------------------------- transcoders: evaluation (issue 20)
+    Schema("transcoders.eval", "one layer's transcoder on held-out tokens (replacement-model losses in meta.extra)", (
+        _LAYER, _C("l0", "float", "features", "mean active features per (non-sink) token"),
+        _C("explained_variance", "float", "fraction", "1 - SSE / total variance of mlp_out (given the real mlp_in)"),
+        _C("nmse", "float", "fraction", "SSE / total variance (= 1 - explained_variance)"),
+        _C("dead_features", "int", "", "features never active on the held-out tokens"),
+        _C("d_sae", "int", "", "features of the transcoder"),
+        _C("n_tokens", "int", "", "held-out tokens scored (sink positions and padding left out)"),
+        _C("n_sink_tokens", "int", "", "sink positions (first positions, massive-activation tokens): real MLP kept"),
+    )),
 ]

@@ -17,8 +17,10 @@ def test_train_then_attribute(tmp_path, capsys):
                  "--out", str(tc), "--eval-rows", "2"])
     assert rc == 0, capsys.readouterr().err
     assert (tc / "L0" / "cfg.json").is_file() and (tc / "L1" / "cfg.json").is_file()
-    ev = json.loads((tc / "eval.json").read_text())
-    assert set(ev["layers"]) == {"0", "1"} and ev["loss_replacement"] > 0
+    from interp.results import load_result
+
+    ev = load_result(tc / "eval", "transcoders.eval-held-out")
+    assert sorted(ev.table["layer"]) == [0, 1] and ev.meta.extra["loss_replacement"] > 0
     rc = invoke(["--threads", "1", "transcoders", "train", "toy:llama", "--tokens", "3000", "--steps", "30",
                  "--d-sae", "64", "--k", "4", "--batch-size", "128", "--context-size", "32", "--max-chars", "100000",
                  "--out", str(tc), "--eval-rows", "0"])

@@ -27,7 +27,7 @@ def train(
     store: Optional[Path] = typer.Option(None, "--store", help="activation store folder to reuse or create "
                                          "(default OUT/acts)"),
     layers: str = typer.Option("", "--layers", help="comma-separated layers (default: all)"),
-    architecture: str = typer.Option("topk", "--arch", help="topk (batch top-k, saved as JumpReLU) or jumprelu"),
+    architecture: str = typer.Option("topk", "--arch", help="topk (per-token top-k, saved as JumpReLU) or jumprelu"),
     d_sae: int = typer.Option(2048, "--d-sae", min=1, help="features per layer"),
     k: int = typer.Option(16, "--k", min=1, help="active features per token (topk)"),
     steps: int = typer.Option(1000, "--steps", min=1, help="optimiser steps per layer"),
@@ -37,58 +37,60 @@ def train(
     sources: str = typer.Option("stdlib,numpy,pandas", "--sources", help="corpus sources (installed docstrings)"),
     max_chars: Optional[int] = typer.Option(None, "--max-chars", help="cap on corpus characters"),
     eval_rows: int = typer.Option(16, "--eval-rows", min=0, help="held-out rows for the evaluation (0: skip)"),
+    init: str = typer.Option("data", "--init", help="data (each feature starts as one training token) or random"),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0, help="training wall-time budget: no "
+                                                "new layer starts once spent; a rerun resumes"),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Train one transcoder per layer (resumable: finished layers are skipped), then evaluate on held-out rows.
 
     Example: interp transcoders train smollm2 --tokens 200000 --steps 2000
     """
-    import math
     import time
 
-    import torch
 
-    from interp._fs import atomic_write_json
-    from interp.cache import collect
     from interp.cli._common import check_out_dir
-    from interp.models import TokenBatch, load_model
+    from interp.models import load_model
     from interp.sae.corpus import CorpusConfig, build_corpus, tokenize_corpus
     from interp.transcoders import (TranscoderTrainConfig, evaluate_transcoders, load_transcoders,
                                     train_transcoders, transcoder_home)
+    from interp.transcoders.train import collect_training_store, training_rows
 
     cfg = TranscoderTrainConfig(architecture=architecture, d_sae=d_sae, k=k, steps=steps, batch_size=batch_size,
-                                lr=lr, seed=seed)
+                                lr=lr, seed=seed, init=init)
     m = load_model(model)
     root = out or transcoder_home(m)
     check_out_dir(root, "--out")
     chosen = parse_layers(layers, int(m.cfg.n_layers))
     split = tokenize_corpus(m, build_corpus(CorpusConfig(sources=tuple(s.strip() for s in sources.split(",") if s.strip()),
                                                            max_chars=max_chars)), context_size=context_size)
-    rows = min(split.train.shape[0], math.ceil(tokens / (context_size - 1)))
-    train_rows = split.train[:rows]
-    batch = TokenBatch(tokens=train_rows, lengths=torch.full((rows,), train_rows.shape[1]), texts=("",) * rows)
+    train_rows = training_rows(split.train, tokens)
+    rows = int(train_rows.shape[0])
     t0 = time.perf_counter()
-    acts = collect(m, batch, [f"{c}.{x}" for x in chosen for c in ("mlp_in", "mlp_out")], out=store or root / "acts",
-                   progress=False)
+    acts = collect_training_store(m, train_rows, chosen, store or root / "acts")
     t1 = time.perf_counter()
-    recs = train_transcoders(m, acts, cfg, layers=chosen, folder=root, progress=True)
+    recs = train_transcoders(m, acts, cfg, layers=chosen, folder=root, progress=True,
+                             max_seconds=None if max_minutes is None else max_minutes * 60)
     t2 = time.perf_counter()
     trained = [r for r in recs if not r.skipped]
     typer.echo(f"collected {rows} rows x {context_size} tokens in {t1 - t0:.0f} s; trained {len(trained)} layer(s), "
                f"skipped {len(recs) - len(trained)} finished, in {t2 - t1:.0f} s -> {root}")
     if eval_rows:
+        done = [x for x in chosen if (root / f"L{x}").is_dir()]
+        if len(done) < len(chosen):
+            typer.echo(f"evaluation skipped: {len(chosen) - len(done)} layer(s) not trained yet; rerun to resume")
+            return
         held = split.held_out[:eval_rows]
-        ev = evaluate_transcoders(m, load_transcoders(m, root, layers=chosen), held)
-        summary = {"model": m.interp_info.spec, "model_identity": m.interp_info.identity, "config": cfg.__dict__,
-                   "tokens": int(rows * (context_size - 1)), "collect_s": t1 - t0, "train_s": t2 - t1,
-                   "layers": {str(x): v for x, v in ev["layers"].items()},
-                   "loss_original": ev["loss_original"], "loss_replacement": ev["loss_replacement"],
-                   "held_out_tokens": ev["n_tokens"]}
-        atomic_write_json(root / "eval.json", summary)
-        for x, v in ev["layers"].items():
-            typer.echo(f"L{x}: L0 {v['l0']:.1f}, explained variance {v['explained_variance']:.3f}")
-        typer.echo(f"next-token loss: original {ev['loss_original']:.3f}, all MLPs replaced "
-                   f"{ev['loss_replacement']:.3f} ({ev['n_tokens']} held-out tokens); {root / 'eval.json'}")
+        res = evaluate_transcoders(m, load_transcoders(m, root, layers=chosen), held, name="held-out")
+        res.meta.extra.update({"training_config": cfg.__dict__, "tokens": int(rows * (context_size - 1)),
+                               "collect_s": t1 - t0, "train_s": t2 - t1})
+        res.save(root / "eval")
+        ex = res.meta.extra
+        for r in res.table.itertuples():
+            typer.echo(f"L{r.layer}: L0 {r.l0:.1f}, explained variance {r.explained_variance:.3f}")
+        typer.echo(f"next-token loss: original {ex['loss_original']:.3f}, all MLPs replaced {ex['loss_replacement']:.3f}, "
+                   f"all MLPs zeroed {ex['loss_zero_mlps']:.3f} ({ex['n_predictions']} held-out predictions); "
+                   f"median explained variance {res.table['explained_variance'].median():.3f}; {root / 'eval'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,8 @@ from typing import Any
 
 _EXPORTS = {
     "TranscoderTrainConfig": "train", "TrainedLayer": "train", "train_transcoders": "train",
-    "transcoder_home": "train", "train_layer": "train", "encode_pre": "train",
+    "transcoder_home": "train", "train_layer": "train", "encode_pre": "train", "encode_tokens": "train",
+    "sink_positions": "train", "calibrate_thresholds": "train",
     "load_transcoders": "io", "check_transcoder_folder": "io",
     "evaluate_transcoders": "evaluate", "replaced_mlps": "evaluate",
     "AttributionConfig": "attribution", "Attribution": "attribution", "attribute": "attribution",

@@ -106,9 +106,14 @@ def _check_prompt(model: Model, tokens: Tensor, transcoders: Mapping[int, Any], 
 
 
 def record_prompt(model: Model, tokens: Int[Tensor, " pos"], transcoders: Mapping[int, Any]) -> Recording:
-    """Run the real model on ``tokens`` once; keep patterns, norm scales, features, errors, embeddings."""
+    """Run the real model on ``tokens`` once; keep patterns, norm scales, features, errors, embeddings.
+
+    Sink positions (:func:`interp.transcoders.train.sink_positions`: position 0, massive-activation
+    tokens) have no active feature: their whole MLP output is in the error node.
+    """
     from interp.hooks import hooked
     from interp.sites import Site
+    from interp.transcoders.train import encode_tokens
 
     n_layers = int(model.cfg.n_layers)
     kept: dict[Site, Tensor] = {}
@@ -124,7 +129,7 @@ def record_prompt(model: Model, tokens: Int[Tensor, " pos"], transcoders: Mappin
     with torch.no_grad():
         for x in range(n_layers):
             tc = transcoders[x]
-            acts = tc.encode(kept[Site("mlp_in", x)][0].to(tc.W_enc.dtype))          # [pos, d_sae]
+            acts = encode_tokens(tc, kept[Site("mlp_in", x)][0])                    # [pos, d_sae]
             nz = acts.nonzero()
             idx[x], val[x] = nz, acts[nz[:, 0], nz[:, 1]]
             err[x] = kept[Site("mlp_out", x)][0] - tc.decode(acts).to(kept[Site("mlp_out", x)].dtype)

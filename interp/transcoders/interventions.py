@@ -59,6 +59,7 @@ def _run(model: Model, rec: Any, transcoders: Mapping[int, Any], modify: Callabl
          mode: str) -> tuple[Tensor, dict[int, Tensor]]:
     from interp.hooks import hooked
     from interp.sites import Site
+    from interp.transcoders.train import encode_tokens
 
     n_layers = int(model.cfg.n_layers)
     seen: dict[int, Tensor] = {}
@@ -73,7 +74,7 @@ def _run(model: Model, rec: Any, transcoders: Mapping[int, Any], modify: Callabl
         tc = transcoders[x]
 
         def fn(act: Tensor, site: Site) -> Tensor:
-            acts = modify(x, tc.encode(seen[x][0].to(tc.W_enc.dtype)))
+            acts = modify(x, encode_tokens(tc, seen[x][0]))
             active[x] = acts != 0
             return (tc.decode(acts) + rec.error[x]).to(act.dtype)[None]
         return fn
