@@ -37,6 +37,8 @@ def test_train_then_attribute(tmp_path, capsys):
     assert sorted(ours.nodes) == sorted(back.nodes) and sorted(ours.edges) == sorted(back.edges)
     scores = json.loads((out / "scores.json").read_text())
     assert 0 <= scores["replacement"] <= 1 and 0 <= scores["completeness"] <= 1
+    page = (out / "graph.html").read_text()                   # the explorer page holds every pruned node
+    assert all(json.dumps(n)[1:-1] in page for n in ours.nodes)
     capsys.readouterr()
     rc = invoke(["attribute", "toy:llama", "--prompt", "a " * 40, "--transcoders", str(tc), "--out", str(out)])
     err = capsys.readouterr().err

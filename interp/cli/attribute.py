@@ -17,7 +17,7 @@ def attribute_cmd(
     model: str = typer.Argument(..., help="model spec: smollm2, a local HF folder, toy:llama ..."),
     prompt: str = typer.Option(..., "--prompt", help="the prompt (at most 64 tokens)"),
     out: Path = typer.Option(..., "--out", help="folder for circuit_graph.json (CircuitGraph), <slug>.json + "
-                             "graph-metadata.json (Neuronpedia), scores.json"),
+                             "graph-metadata.json (Neuronpedia), scores.json, graph.html (explorer)"),
     transcoders: Optional[Path] = typer.Option(None, "--transcoders", help="transcoder folder (default: the cache "
                                                "of this model identity)"),
     slug: str = typer.Option("graph", "--slug", help="graph name in the Neuronpedia JSON"),
@@ -55,6 +55,10 @@ def attribute_cmd(
     graph = g.to_graph(pruned=True, name=slug)
     out.mkdir(parents=True, exist_ok=True)
     to_json(graph, out / "circuit_graph.json")
+    from interp.explorer.features import attribution_context
+
+    has_features = any(".TC." in str(n) for n in graph.nodes)   # pruning may keep none on a tiny model
+    graph.to_html(out / "graph.html", **({"features": attribution_context(g, graph)} if has_features else {}))
     np_graph = to_neuronpedia(g, slug=slug)
     atomic_write_json(out / f"{slug}.json", np_graph)
     atomic_write_json(out / "graph-metadata.json", {"graphs": [np_graph["metadata"]]})   # circuit-tracer's index

@@ -306,6 +306,6 @@ def context_from_neuronpedia(obj: dict[str, Any], graph: CircuitGraph | None = N
 
 def _neuronpedia_ids(obj: dict[str, Any]) -> dict[str, str]:
     """Neuronpedia node id -> our node id (as :func:`interp.transcoders.graph_json.from_neuronpedia` maps them)."""
-    from interp.transcoders.graph_json import _our_id
+    from interp.transcoders.graph_json import our_node_id
 
-    return {n["node_id"]: _our_id(n) for n in obj["nodes"]}
+    return {n["node_id"]: our_node_id(n) for n in obj["nodes"]}

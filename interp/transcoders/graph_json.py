@@ -21,7 +21,7 @@ from typing import Any
 
 from interp.errors import DataError
 
-__all__ = ["to_neuronpedia", "from_neuronpedia", "validate_neuronpedia", "NODE_FIELDS"]
+__all__ = ["to_neuronpedia", "from_neuronpedia", "validate_neuronpedia", "our_node_id", "NODE_FIELDS"]
 
 #: field -> type(s), as circuit-tracer's ``Node`` model (None allowed where its default is None)
 NODE_FIELDS: dict[str, tuple[type, ...]] = {
@@ -129,7 +129,7 @@ def validate_neuronpedia(obj: Any) -> None:
                 raise DataError(f"links[{i}].{end}: {link[end]!r} is not a node id of this graph")
 
 
-def _our_id(node: dict[str, Any]) -> str:
+def our_node_id(node: dict[str, Any]) -> str:
     from interp.nodes import node_id
 
     kind, pos = node["feature_type"], int(node["ctx_idx"])
@@ -156,7 +156,7 @@ def from_neuronpedia(obj: dict[str, Any], *, name: str = "") -> Any:
                      name=name or meta.get("prompt", ""))
     ours = {}
     for node in obj["nodes"]:
-        nid = _our_id(node)
+        nid = our_node_id(node)
         ours[node["node_id"], node["feature_type"]] = nid
         is_logit = node["feature_type"] == "logit"
         score = node["token_prob"] if is_logit else node.get("influence")
