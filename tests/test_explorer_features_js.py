@@ -20,7 +20,7 @@ JS = str(resources.files("interp.explorer").joinpath("features.js"))
 
 def _run(script: str, data: object) -> object:
     prog = f"const FEATURES = require({json.dumps(JS)});\nconst DATA = {json.dumps(data)};\n{script}"
-    out = subprocess.run([NODE, "-e", prog], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([NODE, "-"], input=prog, capture_output=True, text=True, timeout=60)   # stdin: no argv limit
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -23,7 +23,7 @@ JS = str(resources.files("interp.explorer").joinpath("explorer.js"))
 def _run(script: str, data: object) -> object:
     """Run ``script`` under node with ``CORE`` (explorer.js) and ``DATA`` bound; it prints one JSON value."""
     prog = f"const CORE = require({json.dumps(JS)});\nconst DATA = {json.dumps(data)};\n{script}"
-    out = subprocess.run([NODE, "-e", prog], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([NODE, "-"], input=prog, capture_output=True, text=True, timeout=60)   # stdin: no argv limit
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
