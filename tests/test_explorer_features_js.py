@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from collections import defaultdict
 from importlib import resources
 
 import pytest
 
 from test_explorer_features import toy_attribution  # tests/ is on sys.path under pytest
+from test_explorer_js import run_node
 
 NODE = shutil.which("node") or shutil.which("nodejs")
 pytestmark = pytest.mark.skipif(NODE is None, reason="node (nodejs) not installed")
@@ -19,10 +19,7 @@ JS = str(resources.files("interp.explorer").joinpath("features.js"))
 
 
 def _run(script: str, data: object) -> object:
-    prog = f"const FEATURES = require({json.dumps(JS)});\nconst DATA = {json.dumps(data)};\n{script}"
-    out = subprocess.run([NODE, "-"], input=prog, capture_output=True, text=True, timeout=60)   # stdin: no argv limit
-    assert out.returncode == 0, out.stderr
-    return json.loads(out.stdout)
+    return run_node(script, data, js=JS, name="FEATURES")
 
 
 @pytest.fixture(scope="module")

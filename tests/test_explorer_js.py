@@ -20,12 +20,16 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node (nodejs) not installe
 JS = str(resources.files("interp.explorer").joinpath("explorer.js"))
 
 
-def _run(script: str, data: object) -> object:
-    """Run ``script`` under node with ``CORE`` (explorer.js) and ``DATA`` bound; it prints one JSON value."""
-    prog = f"const CORE = require({json.dumps(JS)});\nconst DATA = {json.dumps(data)};\n{script}"
+def run_node(script: str, data: object, *, js: str = JS, name: str = "CORE") -> object:
+    """Run ``script`` under node with ``name`` (the module ``js``, default explorer.js as ``CORE``) and ``DATA``
+    bound; it prints one JSON value."""
+    prog = f"const {name} = require({json.dumps(js)});\nconst DATA = {json.dumps(data)};\n{script}"
     out = subprocess.run([NODE, "-"], input=prog, capture_output=True, text=True, timeout=60)   # stdin: no argv limit
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+_run = run_node
 
 
 def test_default_view_shows_exactly_the_circuit():
