@@ -239,7 +239,7 @@ def disagreements(chg: Any, patching: Any, *, strong_quantile: float = 0.9) -> l
             out.append({"node": r.node, "role": r.role, "effect": float(effect[i]), "support": float(support),
                         "rank": order[i],
                         "why": f"{r.node} labelled {r.role} but exact patching says it {does} the answer "
-                               f"(effect {effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
+                               f"({'denoising' if sign > 0 else 'noising'} effect {effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
                                f"top {1 - strong_quantile:.0%} cut {cut:.3f})"})
     return sorted(out, key=lambda d: d["rank"])
 
