@@ -8,6 +8,8 @@
   nodes, random baselines, complements, area under the curve), :func:`smallest_circuit`, :func:`curve_figure`.
 * ``acdc`` — :func:`acdc` (ACDC recursive edge pruning, batched through the Evaluator; Result
   ``patching.edges``), :func:`acdc_circuit`, :func:`acdc_membership` (Result ``circuits.acdc``).
+* ``prune`` — :func:`edge_pruning` (Edge Pruning, Bhaskar et al. 2024: hard-concrete edge masks learned by
+  gradient descent on the same receiver rewrite; Result ``patching.edges``), :func:`pruning_scores`.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from interp.circuits.curves import (CircuitChoice, CurveConfig, curve_auc, curve
 from interp.circuits.edges import (INPUTS, Edge, above_threshold, canonical, circuit_nodes, edge_scores, greedy,
                                    model_edges, top_n)
 from interp.circuits.evaluate import EdgeEvalConfig, Evaluator, evaluate_circuits
+from interp.circuits.prune import PruneConfig, edge_pruning, pruning_scores
 
 __all__ = ["Edge", "INPUTS", "model_edges", "canonical", "circuit_nodes", "edge_scores", "top_n", "above_threshold",
            "greedy", "EdgeEvalConfig", "Evaluator", "evaluate_circuits", "CurveConfig", "CircuitChoice",
            "faithfulness_curve", "smallest_circuit", "curve_auc", "curve_figure", "acdc", "acdc_circuit",
-           "acdc_membership", "ACDC_METRICS"]
+           "acdc_membership", "ACDC_METRICS", "PruneConfig", "edge_pruning", "pruning_scores"]

@@ -4,8 +4,9 @@ Every method that exists runs on the toy's clean/corrupted pairs (denoising, met
 ``logit_diff_norm``): exact activation patching of each head's ``z`` (all positions), AtP
 over heads, EAP, EAP-IG (5 steps, inputs interpolated) and EAP-IG-activations (5 steps, each
 sender group's output interpolated) over edges (node scores: each sender's summed out-edges,
-:func:`interp.patching.attribution.node_sums`), ACDC (:func:`interp.circuits.acdc`, KL metric)
-and causal head gating (node score: the facilitation ``G-``, a head kept even when pushed shut).
+:func:`interp.patching.attribution.node_sums`), ACDC (:func:`interp.circuits.acdc`, KL metric),
+Edge Pruning (:func:`interp.circuits.edge_pruning`, 300 steps, 10% of the edges kept; an edge scores its
+learned ``P(z > 0)``, a head the largest of its out-edges') and causal head gating (node score: the facilitation ``G-``, a head kept even when pushed shut).
 
 ACDC returns a circuit, not a ranking; as in Conmy et al. its ROC comes from a sweep of
 thresholds: :data:`ACDC_SWEEP` (fractions of the corrupted run's ``KL(clean || corrupted)``),
@@ -34,7 +35,9 @@ from interp.groundtruth.truth import Truth
 
 __all__ = ["auc", "node_auc_rows", "score_methods", "acdc_sweep_scores", "METHODS", "ACDC_SWEEP"]
 
-METHODS = ("exact", "atp", "eap", "eap-ig", "eap-ig-activations", "acdc", "chg")
+METHODS = ("exact", "atp", "eap", "eap-ig", "eap-ig-activations", "acdc", "edge-pruning", "chg")
+#: Edge Pruning's target on the toys, fixed before any toy was scored: keep 10% of the edges
+PRUNE_SPARSITY = 0.9
 #: ACDC thresholds of the ground-truth sweep, as fractions of KL(clean || corrupted)
 ACDC_SWEEP = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
 
@@ -164,6 +167,13 @@ def score_methods(model: Any, dataset: Any, truth: Truth, *, toy: str, methods: 
         elif method == "acdc":
             res, scores = acdc_sweep_scores(model, dataset, keep=keep)
             rows.append(_edge_row(toy, method, res, truth))
+        elif method == "edge-pruning":
+            from interp.circuits.prune import PruneConfig, edge_pruning, pruning_scores
+
+            res = edge_pruning(model, dataset, PruneConfig(target_sparsity=PRUNE_SPARSITY, steps=300, measure=False))
+            ranked = pruning_scores(res)
+            rows.append(_edge_row(toy, method, ranked, truth))
+            scores = ranked.groupby("src")["effect"].max().to_dict()
         else:
             from interp.gating import CHGConfig, causal_head_gating
 
