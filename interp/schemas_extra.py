@@ -148,6 +148,8 @@ KINDS: list[Schema] = [
         _C("rank", "int", "", "1 = largest VHD"), _C("selected", "bool", "", "selected by VHR"),
         _C("ablation_effect", "float", "probability", "change of the answer's probability with the head zeroed",
            optional=True),
+        _C("image_swap_effect", "float", "probability", "change of the answer's probability with the head's z "
+           "taken from the same prompt with another prompt's image", optional=True),
     )),
     Schema("vlm.vhr", "one prompt's answer without and with vision-aware head reinforcement", (
         _C("prompt", "int"), _C("p_base", "float", "probability"), _C("p_vhr", "float", "probability"),

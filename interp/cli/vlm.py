@@ -195,13 +195,15 @@ def vhd(model: str = typer.Argument(..., help="VLM spec"), prompt: list[str] = _
 
     m, batch = _setup(model, prompt, image, out)
     answers = _per_prompt(answer, len(prompt), "--answer")
-    scores = V.vhd(m, batch, k=k, answers=answers)
+    scores = V.vhd(m, batch, k=k, answers=answers, image_swap=len(prompt) > 1)   # a swap needs two images
     reinforced = V.vhr(m, batch, answers, scores, alpha=alpha)
     _save(out, scores, reinforced)
-    t = reinforced.table
-    typer.echo(f"T-VHD {scores.meta.extra['t_vhd']:.4f}; Spearman(VHD, ablation harm) "
-               f"{scores.meta.extra['spearman']:.3f}; VHR on {int(scores.table.selected.sum())} heads: mean "
-               f"P(answer) {t.p_base.mean():.4f} -> {t.p_vhr.mean():.4f}")
+    t, x = reinforced.table, scores.meta.extra
+    swap = (f"; Spearman(VHD, image-swap harm) {x['spearman_image_swap']:.3f}"
+            if "spearman_image_swap" in x else "")
+    typer.echo(f"T-VHD {x['t_vhd']:.4f}; Spearman(VHD, ablation harm) {x['spearman']:.3f}{swap}; VHR on "
+               f"{int(scores.table.selected.sum())} heads: mean P(answer) {t.p_base.mean():.4f} -> "
+               f"{t.p_vhr.mean():.4f}")
     typer.echo(f"wrote {out}/")
 
 
