@@ -106,3 +106,23 @@ def test_edge_pruning_recovers_the_planted_and_induction_edges(tmp_path):
         t = score_methods(m, ds, truth, toy=toy, methods=("edge-pruning",)).table.set_index("level")
         print(toy, t[["auc", "true_ranks"]].to_dict("index"))
         assert t.loc["edge", "auc"] >= 0.9, (toy, t.loc["edge"].to_dict())
+
+
+def test_cli_prune_writes_the_result_and_refuses_bad_input(tmp_path, capsys):
+    from interp.cli import invoke
+    from interp.results import load_results
+
+    task = tmp_path / "task.jsonl"
+    DS.to_jsonl(task)
+    spec = "toy:llama,n_layers=2,n_heads=2,n_kv_heads=1"
+    code = invoke(["circuit", "prune", spec, "--task", str(task), "--n", "3", "--edges", "10", "--steps", "20",
+                   "--out", str(tmp_path / "out")])
+    assert code == 0, capsys.readouterr().err
+    (r,) = load_results(tmp_path / "out").values()
+    assert r.kind == "patching.edges" and "faithfulness" in r.meta.extra
+    assert "kept" in capsys.readouterr().out
+    for bad, arg in ((["--edges", "0"], "--edges"), (["--ablation", "zero"], "--ablation")):
+        code = invoke(["circuit", "prune", spec, "--task", str(task), *bad, "--out", str(tmp_path / "o2")])
+        err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("interp: error: ")]
+        assert code == 2 and len(err) == 1 and arg in err[0], err
+    assert not (tmp_path / "o2").exists()
