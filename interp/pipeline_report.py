@@ -61,6 +61,9 @@ def _gating_section(job: Any) -> list[str]:
             out += [f"- {d['why']}" for d in found]
         elif ex.get("patching_kind"):
             out.append("- no disagreement between CHG roles and exact patching")
+        from interp.gating.validate import agreement_lines
+
+        out += [""] + [f"- {line}" for line in agreement_lines(val)]
         out.append("")
     return out
 

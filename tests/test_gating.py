@@ -333,6 +333,11 @@ def test_cli_gate_on_jsonl_task(tmp_path):
         assert f"- stage `{name}`: {st['steps']} steps, " + ("**converged**" if st["converged"] else "**NOT converged**") in report
     assert f"**Validation verdict: {val.meta.extra['verdict'].upper()}**" in report
     assert all(d["node"] in report for d in val.meta.extra["disagreements"])
+    patch = next(x for x in res.values() if x.kind == "gating.head_patching")
+    assert set(patch.table.metric) == {chg.meta.extra["metric"]} == {"answer_logprob"}   # like with like
+    assert val.meta.extra["secondary_agreement"]["metric"] == "logit_diff"
+    assert "secondary, NOT in the verdict: exact patching on logit_diff" in report
+    assert "secondary, NOT in the verdict" in r.output
 
 
 def test_patching_for_agrees_with_minimal_head_patching(toy_llama):
@@ -396,15 +401,16 @@ def test_chg_config_steps_alias_and_patience_checks():
 
 # ------------------------------------------------------------------ validation verdict and disagreements
 
-def _fake_patching(chg, effects: dict[str, float], direction: str | None = None):
-    """A gating.head_patching Result with the given effects (noising) on named heads, 0.01 elsewhere."""
+def _fake_patching(chg, effects: dict[str, float], direction: str | None = None, metric: str = "answer_logprob"):
+    """A gating.head_patching Result with the given effects (noising) on named heads, 0.01 elsewhere;
+    by default in the metric CHG fits (the one the verdict uses)."""
     import pandas as pd
 
     from interp.results import Result, RunMeta
 
     t = chg.table
     eff = [effects.get(n, 0.01) for n in t.node]
-    table = pd.DataFrame({"layer": t["layer"], "head": t["head"], "node": t["node"], "metric": "logit_diff",
+    table = pd.DataFrame({"layer": t["layer"], "head": t["head"], "node": t["node"], "metric": metric,
                           "metric_value": [e + 1.0 for e in eff], "clean_value": 1.0, "corrupted_value": -1.0,
                           "effect": eff, "normalized": [(e + 2.0) / 2.0 for e in eff]})
     return Result("gating.head_patching", table, RunMeta(model="toy", extra={"direction": direction or "noising"}))
@@ -435,6 +441,71 @@ def test_validation_flags_strong_heads_labelled_against_their_patching_effect(pl
     else:
         assert "DISAGREEMENTS" not in text and "no disagreement" in text
         assert not any("disagreement" in r for r in ex["verdict_reasons"])
+
+
+def test_verdict_uses_the_fit_metric_and_reports_the_logit_difference_beside_it(planted, planted_chg):
+    """Given exact patching in both metrics, where they disagree on the sign of B (L1.H2): the verdict
+    follows the metric CHG fitted (answer log-prob: B opposes the answer, as its interfering role says),
+    the logit-difference disagreement is reported on a labelled secondary line and not in the verdict;
+    agreement_metric="logit_diff" swaps the two."""
+    from interp.gating.validate import ValidationConfig, summary_lines, validate_chg
+
+    model, plant, ds = planted
+    chg = planted_chg[0]
+    assert chg.meta.extra["metric"] == "answer_logprob"
+    lp = _fake_patching(chg, {"L1.H0": -1.5, "L1.H2": +2.0})                      # agrees with the roles
+    ld = _fake_patching(chg, {"L1.H0": -1.5, "L1.H2": -2.0}, metric="logit_diff")  # B "supports": a disagreement
+    cfg = ValidationConfig(n_random=3, method="zero", progress=False)
+    with hooked(model, {Site("z", 1): plant}):
+        val = validate_chg(model, ds, chg, patching=[ld, lp], config=cfg)
+        cf = TaskDataset("plant", clean=ds.clean, answers=ds.answers, counterfactuals=("R",) * len(ds))
+        old = validate_chg(model, cf, chg, patching=[ld, lp], config=ValidationConfig(
+            n_random=3, method="zero", progress=False, agreement_metric="logit_diff", secondary_metric=None))
+    ex = val.meta.extra
+    assert ex["agreement_metric"] == ex["fit_metric"] == "answer_logprob"
+    assert ex["disagreements"] == [] and not any("disagreement" in r for r in ex["verdict_reasons"])
+    sec = ex["secondary_agreement"]
+    assert sec["metric"] == "logit_diff" and [d["node"] for d in sec["disagreements"]] == ["L1.H2"]
+    text = "\n".join(summary_lines(val))
+    assert "DISAGREEMENTS" not in text
+    line = next(x for x in text.splitlines() if x.startswith("secondary, NOT in the verdict"))
+    assert "logit_diff" in line and "L1.H2" in line
+    assert [d["node"] for d in old.meta.extra["disagreements"]] == ["L1.H2"]
+    assert old.meta.extra["agreement_metric"] == "logit_diff" and "secondary_agreement" in old.meta.extra
+    assert "NOT the metric the CHG fit optimised" in "\n".join(summary_lines(old))
+    with pytest.raises(ConfigError, match="counterfactuals"):
+        validate_chg(model, ds, chg, patching=ld, config=ValidationConfig(agreement_metric="logit_diff"))
+    with pytest.raises(ConfigError, match="agreement_metric"):
+        ValidationConfig(agreement_metric="kl")
+
+
+def test_validation_patches_with_the_fit_metric(toy_llama):
+    """Without precomputed patching, the verdict's Spearman is that of exact head patching on the answer's
+    log-prob (oracle: head_patching with that metric), the secondary one that of the logit difference
+    (oracle: patching_for); the two differ on this toy, so swapping the metrics fails the test."""
+    from scipy.stats import spearmanr
+
+    from interp.gating import answer_logprob
+    from interp.gating.validate import ValidationConfig, head_patching, patching_for, validate_chg
+
+    m = toy_llama
+    ds = TaskDataset("t", clean=("abcabc", "xyzxyz", "hello hello", "foo foo"),
+                     corrupted=("abcxyz", "xyzabc", "hello world", "foo bar"),
+                     answers=("a", "x", "h", "f"), counterfactuals=("x", "a", "w", "b"))
+    chg = causal_head_gating(m, ds, config=CHGConfig(max_steps=4, patience=2, progress=False))
+    vcfg = ValidationConfig(n_random=2, method="zero", progress=False)
+    val = validate_chg(m, ds, chg, config=vcfg)
+
+    def rho(patch):
+        p = patch.table.set_index("node").loc[chg.table.node]
+        return spearmanr(chg.table.facilitation - chg.table.interference, -p["effect"].to_numpy())[0]
+
+    want = rho(head_patching(m, ds, metric=answer_logprob, metric_name="answer_logprob", progress=False))
+    other = rho(patching_for(m, ds, vcfg, metric="logit_diff"))
+    assert abs(want - other) > 1e-3                      # the test can tell the metrics apart
+    got = val.table.set_index("what").loc["spearman_signed", "metric_value"]
+    assert got == pytest.approx(want, abs=1e-6)
+    assert val.meta.extra["secondary_agreement"]["spearman_signed"] == pytest.approx(other, abs=1e-6)
 
 
 def test_disagreement_sign_follows_the_patching_direction(planted_chg):
@@ -475,7 +546,10 @@ def test_pipeline_gating_stage_validates_and_reports_the_verdict(tmp_path, monke
     assert status["gating"] == "ok", report.stages
     val = next(r for r in load_results(tmp_path / "out" / "results").values() if r.kind == "gating.validation")
     ex = val.meta.extra
-    assert ex["patching_kind"] == "patching.nodes"          # the patching stage's exact Result, reused
+    # the verdict: exact patching on the answer's log-prob (CHG's metric); the patching stage's exact Result
+    # (logit difference) is reused for the secondary comparison
+    assert ex["agreement_metric"] == "answer_logprob" and ex["patching_kind"] == "gating.head_patching"
+    assert ex["secondary_agreement"]["patching_kind"] == "patching.nodes"
     assert "spearman_signed" in set(val.table.what)
     text = report.path.read_text()
     assert "## Head gating (CHG)" in text and f"Validation verdict: {ex['verdict'].upper()}" in text
@@ -484,6 +558,7 @@ def test_pipeline_gating_stage_validates_and_reports_the_verdict(tmp_path, monke
         assert all(d["node"] in text for d in ex["disagreements"])
     else:
         assert "no disagreement between CHG roles and exact patching" in text
+    assert "- secondary, NOT in the verdict: exact patching on " in text
 
 
 def test_report_md_lists_every_disagreement(planted, planted_chg):
@@ -514,14 +589,14 @@ def test_chg_and_validation_smoke_on_smollm2(smollm2):
     disagreements are those of the exact patching it was given (the full-size run is a measurement:
     BENCHMARKS.md)."""
     from interp.datasets.registry import build_task
-    from interp.gating.validate import ValidationConfig, disagreements, patching_for, validate_chg
+    from interp.gating.validate import ValidationConfig, agreement_metric, disagreements, patching_for, validate_chg
 
     ds = build_task("ioi", model=smollm2, n=2, seed=0)
     chg = causal_head_gating(smollm2, ds, config=CHGConfig(max_steps=3, patience=2, progress=False))
     assert len(chg.table) == smollm2.cfg.n_layers * smollm2.cfg.n_heads
     assert all(1 <= s["steps"] <= 3 for s in chg.meta.extra["stages"].values())
     vcfg = ValidationConfig(n_random=2, progress=False)
-    patch = patching_for(smollm2, ds, vcfg)
+    patch = patching_for(smollm2, ds, vcfg, metric=agreement_metric(chg, vcfg))
     val = validate_chg(smollm2, ds, chg, config=vcfg, patching=patch)
     ex = val.meta.extra
     assert ex["verdict"] in ("pass", "fail")

@@ -51,6 +51,10 @@ def register(app: typer.Typer) -> None:
                                       help="ablation vs random heads + agreement with exact patching"),
         n_random: int = typer.Option(_V.n_random, "--n-random", help="random head sets per comparison"),
         patch_prompts: int = typer.Option(16, "--patch-prompts", help="prompts for exact head patching (0 = all)"),
+        agreement: str = typer.Option(_V.agreement_metric, "--agreement-metric",
+                                      help="metric of the exact patching in the verdict: fit (the one CHG optimises, "
+                                           "answer_logprob), answer_logprob or logit_diff; the other is reported "
+                                           "beside it"),
         figures: str = typer.Option("png", "--figures", help="figure format: png, svg, pdf, html or none"),
         engine: str = typer.Option("local", "--engine", help="local, or ray: groups of masks on Ray workers (each "
                                    "runs --max-steps; the stop rule is applied to all masks, as locally)"),
@@ -81,7 +85,9 @@ def register(app: typer.Typer) -> None:
         fig_formats = check_formats(figures, "--figures")
         cfg = CHGConfig(max_steps=max_steps, patience=patience, n_masks=masks, lam=lam, seed=seed, lr_decay=lr_decay,
                         batch_size=batch_size or None, micro_batch=micro_batch or None)
-        vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None)
+        vcfg = ValidationConfig(n_random=n_random, seed=seed, patch_prompts=patch_prompts or None,
+                                agreement_metric=agreement,
+                                secondary_metric="answer_logprob" if agreement == "logit_diff" else "logit_diff")
         check_positive(n, "--n")
         check_task(task, "--task")
         from interp.distributed.config import engine_from_cli
@@ -126,9 +132,11 @@ def register(app: typer.Typer) -> None:
                 typer.echo(f"  {role}: {' '.join(nodes) if nodes else '-'}")
             results = [res]
             if validate:
-                from interp.gating.validate import patching_for
+                from interp.gating.validate import agreement_metric, patching_for
 
-                patch = patching_for(m, ds, vcfg) if ds.corrupted else None
+                # exact patching with the metric CHG optimised decides the verdict (saved); validate_chg adds
+                # the logit-difference comparison beside it
+                patch = patching_for(m, ds, vcfg, metric=agreement_metric(res, vcfg)) if ds.corrupted else None
                 if patch is not None:
                     patch.save(out)
                 val = validate_chg(m, ds, res, config=vcfg, patching=patch)

@@ -531,6 +531,13 @@ def _stages_meta(stages: dict[str, StageRun]) -> dict[str, dict[str, Any]]:
                    "changes": list(r.changes), "lr_last": r.lr} for name, r in stages.items()}
 
 
+#: The metric every CHG fit optimises (the task loss is its negative mean): the log-probability of each
+#: prompt's target token at its last real token, :data:`interp.gating.ablation.answer_logprob`'s name.
+#: Recorded in the ``gating.chg`` Result's ``meta.extra["metric"]``; :func:`interp.gating.validate_chg`
+#: checks the roles against exact patching with this metric.
+FIT_METRIC = "answer_logprob"
+
+
 def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) -> Any:
     """``gating.chg`` Result: one row per head with gates, scores (mean and std over masks) and role.
 
@@ -561,7 +568,8 @@ def chg_result(model: Any, fit: CHGFit, data: GateData, *, config: CHGConfig) ->
                          "role": roles[i]})
     flags = fit.unsettled if fit.unsettled is not None else torch.zeros(2, n_layers, n_heads, dtype=torch.bool)
     meta = run_meta(model, dataset=data.name, data=list(data.texts), seed=config.seed, config=config,
-                    fit_seconds=round(fit.seconds, 3), n_prompts=len(data), stages=_stages_meta(fit.stages),
+                    metric=FIT_METRIC, fit_seconds=round(fit.seconds, 3), n_prompts=len(data),
+                    stages=_stages_meta(fit.stages),
                     unsettled=[f"{node_id('head', layer=int(a), head=int(b))} ({'G+' if k == 0 else 'G-'})"
                                for k, a, b in flags.nonzero().tolist()],
                     borderline=[node_id("head", layer=int(a), head=int(b))
@@ -578,7 +586,7 @@ def causal_head_gating(model: Any, dataset: Any, *, config: CHGConfig = CHGConfi
         config: :class:`CHGConfig`.
 
     Columns: ``layer, head, node, g_plus, g_minus, g_plus_std, g_minus_std, g_base, facilitation,
-    interference, irrelevance, irrelevance_std, role``.
+    interference, irrelevance, irrelevance_std, role``; ``meta.extra["metric"]``: :data:`FIT_METRIC`.
     """
     data = gate_data(model, dataset, targets=targets)
     _batch_sampler(len(data), config.batch_size)  # dataset too small for the batch: fail before fitting

@@ -14,9 +14,27 @@
   interfering heads does not hurt, CHG scores and patching agree in sign (Spearman > 0,
   p < 0.05), and no disagreement. :func:`summary_lines` renders it for the CLI and report.md.
 
-:func:`patching_for` uses :func:`interp.patching.activation_patching` when the dataset has
-counterfactuals; otherwise :func:`head_patching` here, which runs any metric on the same
-engine (:mod:`interp.engine`, one pass per layer with a world per head).
+Which metric the agreement uses (since 30 Nov 2026): the one the CHG fit optimised, the answer's
+log-probability (``gating.chg`` ``meta.extra["metric"]``, :data:`interp.gating.chg.FIT_METRIC`;
+``ValidationConfig(agreement_metric="fit")``). Why: a role is a claim about CHG's objective (opening
+a facilitating head raises the answer's log-prob, an interfering head lowers it). Exact patching
+with another metric tests a different claim: a head that raises the answer's logit *and* the
+counterfactual's logit more lowers the logit difference while it raises the log-prob, so a
+logit-difference check would count it as a role error although the role is right for the
+objective it describes. Patching with the logit difference (answer minus counterfactual) is
+still computed when the dataset has counterfactuals and reported beside it
+(``meta.extra["secondary_agreement"]``: its metric, Spearman and p, its disagreements; a
+labelled secondary line of :func:`summary_lines` and report.md), but it is not part of the
+verdict. ``ValidationConfig(agreement_metric="logit_diff")`` restores the earlier check (the
+verdict on the logit difference, the log-prob agreement reported beside it). The ablation rows
+(facilitating / interfering vs random heads) are unchanged: they use the task metric of
+:func:`interp.gating.ablation.default_metric` (the logit difference when the dataset has
+counterfactuals).
+
+:func:`patching_for` uses :func:`interp.patching.activation_patching` for the logit difference
+when the dataset has counterfactuals; otherwise (and for the answer's log-prob, which that
+module does not offer) :func:`head_patching` here, which runs any metric on the same engine
+(:mod:`interp.engine`, one pass per layer with a world per head). Both: noising, every position.
 
 Example:
     >>> from interp.datasets import TaskDataset
@@ -42,12 +60,15 @@ from typing import Any
 import torch
 
 from interp.errors import ConfigError, DataError
-from interp.gating.ablation import Ablation, default_metric, evaluate, head_sites
+from interp.gating.ablation import Ablation, answer_logprob, default_metric, evaluate, head_sites, logit_diff
 from interp.nodes import node_id
 from interp.sites import Site
 
 __all__ = ["ValidationConfig", "validate_chg", "head_patching", "patching_for", "random_head_draws",
-           "disagreements", "summary_lines"]
+           "disagreements", "summary_lines", "agreement_lines", "agreement_metric", "AGREEMENT_METRICS"]
+
+#: Metrics exact head patching can use for the agreement, by name (``gating.head_patching``'s ``metric``).
+AGREEMENT_METRICS = {"answer_logprob": answer_logprob, "logit_diff": logit_diff}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -67,6 +88,12 @@ class ValidationConfig:
             labelled against the sign of its effect is a disagreement.
         max_frac_random_lower: [U] the facilitating heads pass when at most this share of the
             random head sets hurt as much (metric at or below theirs).
+        agreement_metric: metric of the exact patching the verdict's agreement uses: ``"fit"`` (the
+            metric the CHG fit optimised, its Result's ``meta.extra["metric"]``: ``answer_logprob``),
+            ``"answer_logprob"`` or ``"logit_diff"`` (the check before 30 Nov 2026).
+        secondary_metric: also patch with this metric and report its agreement beside the verdict
+            (not in it); ``None``, or the agreement metric itself, = no second comparison. Skipped
+            for ``logit_diff`` when the dataset has no counterfactuals.
         progress: tqdm bars.
     """
 
@@ -78,6 +105,8 @@ class ValidationConfig:
     patch_prompts: int | None = None
     strong_quantile: float = 0.9
     max_frac_random_lower: float = 0.1
+    agreement_metric: str = "fit"
+    secondary_metric: str | None = "logit_diff"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -89,6 +118,12 @@ class ValidationConfig:
             raise ConfigError(f"reference must be 'corrupted' or 'clean', got {self.reference!r}")
         if self.patch_prompts is not None and self.patch_prompts < 1:
             raise ConfigError(f"patch_prompts must be >= 1 or None, got {self.patch_prompts}")
+        if self.agreement_metric != "fit" and self.agreement_metric not in AGREEMENT_METRICS:
+            raise ConfigError(f"agreement_metric must be 'fit' or one of {sorted(AGREEMENT_METRICS)}, "
+                              f"got {self.agreement_metric!r}")
+        if self.secondary_metric is not None and self.secondary_metric not in AGREEMENT_METRICS:
+            raise ConfigError(f"secondary_metric must be None or one of {sorted(AGREEMENT_METRICS)}, "
+                              f"got {self.secondary_metric!r}")
         for name in ("strong_quantile", "max_frac_random_lower"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"{name} must lie in [0, 1), got {getattr(self, name)}")
@@ -164,19 +199,41 @@ def head_patching(model: Any, dataset: Any, *, metric: Any = None, metric_name: 
     return Result("gating.head_patching", pd.DataFrame(rows), meta, name=dataset.name)
 
 
-def patching_for(model: Any, dataset: Any, cfg: ValidationConfig) -> Any:
-    """Exact head patching (noising, all positions, logit difference) as a ``gating.head_patching`` Result.
+def agreement_metric(chg: Any, cfg: ValidationConfig) -> str:
+    """The metric of the exact patching :func:`validate_chg`'s verdict uses: ``cfg.agreement_metric``, or for
+    ``"fit"`` the CHG Result's ``meta.extra["metric"]`` (``answer_logprob`` for Results saved before it
+    was recorded: every CHG fit optimises it)."""
+    if cfg.agreement_metric != "fit":
+        return cfg.agreement_metric
+    from interp.gating.chg import FIT_METRIC
 
-    Uses :func:`interp.patching.activation_patching` when that module is installed (the
-    project's batched engine; it agrees with :func:`head_patching` to ~1e-8 on the toy model),
-    else the minimal :func:`head_patching` here. ``meta.extra["implementation"]`` says which.
+    name = str(chg.meta.extra.get("metric", FIT_METRIC))
+    if name not in AGREEMENT_METRICS:
+        raise ConfigError(f"CHG Result {chg.name!r}: fit metric {name!r} has no exact patching here "
+                          f"(expected one of {sorted(AGREEMENT_METRICS)})")
+    return name
+
+
+def patching_for(model: Any, dataset: Any, cfg: ValidationConfig, *, metric: str = "logit_diff") -> Any:
+    """Exact head patching (noising, all positions, ``metric``) as a ``gating.head_patching`` Result.
+
+    ``metric="logit_diff"``: :func:`interp.patching.activation_patching` when that module is installed
+    and the dataset has counterfactuals (the project's batched engine; it agrees with :func:`head_patching`
+    to ~1e-8 on the toy model), else the minimal :func:`head_patching` here (without counterfactuals its
+    metric is the answer's log-prob, and its ``metric`` column says so). ``metric="answer_logprob"``:
+    :func:`head_patching` with that metric. ``meta.extra["implementation"]`` says which.
     """
     import pandas as pd
 
     from interp.results import Result, run_meta
 
+    if metric not in AGREEMENT_METRICS:
+        raise ConfigError(f"patching metric must be one of {sorted(AGREEMENT_METRICS)}, got {metric!r}")
     if cfg.patch_prompts is not None and cfg.patch_prompts < len(dataset):
         dataset = dataset.subset(slice(0, cfg.patch_prompts))
+    if metric != "logit_diff":
+        return head_patching(model, dataset, metric=AGREEMENT_METRICS[metric], metric_name=metric,
+                             progress=cfg.progress)
     try:
         from interp.patching import PatchConfig, activation_patching
     except ImportError:
@@ -194,6 +251,16 @@ def patching_for(model: Any, dataset: Any, cfg: ValidationConfig) -> Any:
     meta = run_meta(model, dataset=dataset.name, data=list(dataset.clean),
                     implementation="interp.patching.activation_patching", patching_seconds=ex.get("seconds"))
     return Result("gating.head_patching", table.reset_index(drop=True), meta, name=dataset.name)
+
+
+def _metric_of(patching: Any) -> str:
+    """The metric a patching Result measured (its ``metric`` column; one value)."""
+    t = patching.table
+    names = sorted(set(map(str, t["metric"]))) if "metric" in t.columns else []
+    if len(names) != 1:
+        raise ConfigError(f"patching Result {patching.kind} {patching.name!r}: expected one metric in its 'metric' "
+                          f"column, got {names or 'no such column'}")
+    return names[0]
 
 
 def _support_sign(patching: Any) -> float:
@@ -239,13 +306,14 @@ def disagreements(chg: Any, patching: Any, *, strong_quantile: float = 0.9) -> l
             out.append({"node": r.node, "role": r.role, "effect": float(effect[i]), "support": float(support),
                         "rank": order[i],
                         "why": f"{r.node} labelled {r.role} but exact patching says it {does} the answer "
-                               f"({'denoising' if sign > 0 else 'noising'} effect {effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
+                               f"({'denoising' if sign > 0 else 'noising'} {_metric_of(patching)} effect {effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
                                f"top {1 - strong_quantile:.0%} cut {cut:.3f})"})
     return sorted(out, key=lambda d: d["rank"])
 
 
 def _verdict(rows: list[dict[str, Any]], found: list[dict[str, Any]], cfg: "ValidationConfig",
-             patched: bool) -> tuple[str, list[str]]:
+             patched: str, no_patch: str) -> tuple[str, list[str]]:
+    """``patched``: the agreement metric when exact patching was compared, else ""; ``no_patch``: why not."""
     by = {r["what"]: r for r in rows}
     reasons = []
     fac, intf, clean = by["facilitating"], by["interfering"], by["clean"]["metric_value"]
@@ -261,18 +329,59 @@ def _verdict(rows: list[dict[str, Any]], found: list[dict[str, Any]], cfg: "Vali
     if patched:
         sp = by["spearman_signed"]
         if not (sp["metric_value"] > 0 and sp["p_value"] < 0.05):
-            reasons.append(f"CHG scores do not agree with exact patching (Spearman {sp['metric_value']:+.3f}, "
-                           f"p={sp['p_value']:.2g})")
+            reasons.append(f"CHG scores do not agree with exact patching on {patched} (Spearman "
+                           f"{sp['metric_value']:+.3f}, p={sp['p_value']:.2g})")
     else:
-        reasons.append("no exact patching (the dataset has no corrupted prompts): agreement not checked")
+        reasons.append(no_patch)
     if found:
-        reasons.append(f"{len(found)} disagreement(s) with exact patching: " + ", ".join(d["node"] for d in found))
+        reasons.append(f"{len(found)} disagreement(s) with exact patching on {patched}: "
+                       + ", ".join(d["node"] for d in found))
     return ("pass" if not reasons else "fail"), reasons
+
+
+def _agreement(chg: Any, patching: Any, strong_quantile: float) -> dict[str, Any]:
+    """Spearman of CHG's facilitation and signed score against each head's support for the answer under
+    ``patching`` (clean - patched for noising), with p-values, and :func:`disagreements`."""
+    import numpy as np
+    from scipy.stats import spearmanr
+
+    t = chg.table
+    p = patching.table.set_index(["layer", "head"])
+    drop = np.array([_support_sign(patching) * float(p.loc[(int(r.layer), int(r.head)), "effect"])
+                     for r in t.itertuples()])
+    fac = t["facilitation"].to_numpy()
+    out: dict[str, Any] = {"metric": _metric_of(patching), "patching_kind": patching.kind,
+                           "implementation": patching.meta.extra.get("implementation", patching.kind)}
+    for what, score in (("spearman_facilitation", fac), ("spearman_signed", fac - t["interference"].to_numpy())):
+        rho, pv = spearmanr(score, drop)
+        out[what], out[f"p_{what}"] = float(rho), float(pv)
+    out["disagreements"] = disagreements(chg, patching, strong_quantile=strong_quantile)
+    return out
+
+
+def agreement_lines(validation: Any) -> list[str]:
+    """Which exact patching the verdict's agreement used, and the secondary comparison (not in the verdict),
+    one line each: the lines :func:`summary_lines` and report.md show besides the verdict."""
+    ex = validation.meta.extra
+    lines = []
+    if ex.get("agreement_metric"):
+        m, fit = ex["agreement_metric"], ex.get("fit_metric")
+        lines.append(f"agreement in the verdict: exact head patching (noising, all positions) on {m}, "
+                     + ("the metric the CHG fit optimised" if m == fit else f"NOT the metric the CHG fit optimised ({fit})"))
+    sec = ex.get("secondary_agreement")
+    if sec:
+        found = sec.get("disagreements", [])
+        lines.append(f"secondary, NOT in the verdict: exact patching on {sec['metric']}: Spearman(signed) "
+                     f"{sec['spearman_signed']:+.3f} (p={sec['p_spearman_signed']:.2g}), {len(found)} disagreement(s)"
+                     + (": " + ", ".join(f"{d['node']} ({d['role']}, effect {d['effect']:+.3f}, rank {d['rank']})"
+                                         for d in found) if found else ""))
+    return lines
 
 
 def summary_lines(validation: Any) -> list[str]:
     """Human-readable verdict of a ``gating.validation`` Result: the verdict, its reasons, then every
-    disagreement on its own line (used by ``interp gate`` and the pipeline's report.md)."""
+    disagreement on its own line, then :func:`agreement_lines` (used by ``interp gate`` and the
+    pipeline's report.md)."""
     ex = validation.meta.extra
     verdict = ex.get("verdict", "unknown")
     lines = [f"validation verdict: {verdict.upper()}"]
@@ -284,7 +393,7 @@ def summary_lines(validation: Any) -> list[str]:
     elif ex.get("patching_kind"):
         lines.append("no disagreement between CHG roles and exact patching "
                      f"(heads in the top {1 - ex.get('strong_quantile', 0.9):.0%} by |effect|)")
-    return lines
+    return lines + agreement_lines(validation)
 
 
 def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig = ValidationConfig(),
@@ -293,31 +402,53 @@ def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig
 
     Args:
         dataset: the TaskDataset CHG was fitted on (clean prompts, answers; counterfactuals give a
-            logit-difference metric, else answer log-prob; corrupted prompts give the mean reference
-            and enable head patching).
+            logit-difference metric for the ablation rows, else answer log-prob; corrupted prompts give
+            the mean reference and enable head patching).
         chg: the ``gating.chg`` Result.
-        patching: a precomputed head-patching Result (columns layer, head, effect); else computed
-            when ``config.patching`` and the dataset has corrupted prompts.
+        patching: precomputed head patching: one Result or a sequence of them (columns ``layer, head,
+            effect`` and one ``metric``). The one measured with :func:`agreement_metric` decides the
+            verdict; another one is the secondary comparison. Whichever is missing is computed with
+            :func:`patching_for` when ``config.patching`` and the dataset has corrupted prompts.
 
     Rows (``what``): ``clean``; ``facilitating`` and ``interfering`` (metric with those heads ablated;
     ``baseline_mean``/``baseline_std`` over random sets of the same size from the other heads,
     ``frac_random_lower``: share of random sets with a metric at or below it); ``spearman_facilitation``
-    (facilitation vs the head's support for the answer under patching: clean - patched for noising)
-    and ``spearman_signed`` (facilitation - interference vs that support), with ``p_value``; one row
-    ``disagreement_interfering`` / ``disagreement_facilitating`` per head in :func:`disagreements`
-    (``heads``: the node, ``metric_value``: its patching effect).
+    (facilitation vs the head's support for the answer under patching with the agreement metric:
+    clean - patched for noising) and ``spearman_signed`` (facilitation - interference vs that
+    support), with ``p_value``; one row ``disagreement_interfering`` / ``disagreement_facilitating``
+    per head in :func:`disagreements` (``heads``: the node, ``metric_value``: its patching effect).
 
     ``meta.extra``: ``verdict`` (``"pass"`` / ``"fail"``), ``verdict_reasons``, ``disagreements``
-    (the dicts of :func:`disagreements`), ``strong_quantile``.
+    (the dicts of :func:`disagreements`), ``strong_quantile``, ``agreement_metric``, ``fit_metric``; with patching
+    ``patching_kind``, ``patching_implementation``; with a second patching metric
+    ``secondary_agreement``: ``metric, spearman_signed, p_spearman_signed, spearman_facilitation,
+    p_spearman_facilitation, disagreements, patching_kind, implementation`` (not in the verdict).
+
+    Raises:
+        ConfigError: ``chg`` is not a ``gating.chg`` Result; a given patching Result without one metric;
+            ``agreement_metric="logit_diff"`` on a dataset without counterfactuals.
     """
     import numpy as np
     import pandas as pd
-    from scipy.stats import spearmanr
 
     from interp.results import Result, run_meta
 
     if chg.kind != "gating.chg":
         raise ConfigError(f"expected a gating.chg Result, got {chg.kind!r}")
+    want = agreement_metric(chg, config)
+    if want == "logit_diff" and not dataset.counterfactuals:
+        raise ConfigError(f"agreement_metric 'logit_diff' needs counterfactuals; dataset {dataset.name!r} has none")
+    given = [] if patching is None else [patching] if hasattr(patching, "table") else list(patching)
+    primary = next((p for p in given if _metric_of(p) == want), None)
+    secondary = next((p for p in given if _metric_of(p) != want), None)
+    can_patch = config.patching and bool(dataset.corrupted)
+    if primary is None and can_patch:
+        primary = patching_for(model, dataset, config, metric=want)
+    other = config.secondary_metric
+    if (secondary is None and can_patch and other is not None and other != want
+            and (other != "logit_diff" or dataset.counterfactuals)):
+        secondary = patching_for(model, dataset, config, metric=other)
+
     batch = dataset.tokenize(model, same_length=bool(dataset.corrupted))
     metric_name, metric = default_metric(batch)
     use_corr = config.reference == "corrupted" and batch.corrupted is not None
@@ -357,29 +488,28 @@ def validate_chg(model: Any, dataset: Any, chg: Any, *, config: ValidationConfig
         rows.append(row | {"metric_value": value, "baseline_mean": float(base.mean()),
                            "baseline_std": float(base.std(ddof=1)), "frac_random_lower": float((base <= value).mean())})
 
-    extra: dict[str, Any] = {}
-    if patching is None and config.patching and dataset.corrupted:
-        patching = patching_for(model, dataset, config)
+    from interp.gating.chg import FIT_METRIC
+
+    extra: dict[str, Any] = {"agreement_metric": want, "fit_metric": str(chg.meta.extra.get("metric", FIT_METRIC))}
     found: list[dict[str, Any]] = []
-    if patching is not None:
-        p = patching.table.set_index(["layer", "head"])
-        drop = np.array([_support_sign(patching) * float(p.loc[h, "effect"]) for h in heads_all])
-        fac = t["facilitation"].to_numpy()
-        signed = fac - t["interference"].to_numpy()
-        for what, score in (("spearman_facilitation", fac), ("spearman_signed", signed)):
-            rho, pv = spearmanr(score, drop)
-            rows.append({"what": what, "n_heads": len(heads_all), "metric": "spearman", "metric_value": float(rho),
+    if primary is not None:
+        agree = _agreement(chg, primary, config.strong_quantile)
+        for what in ("spearman_facilitation", "spearman_signed"):
+            rows.append({"what": what, "n_heads": len(heads_all), "metric": "spearman", "metric_value": agree[what],
                          "baseline_mean": float("nan"), "baseline_std": float("nan"),
-                         "frac_random_lower": float("nan"), "p_value": float(pv), "heads": ""})
-        extra["patching_kind"] = patching.kind
-        extra["patching_implementation"] = patching.meta.extra.get("implementation", patching.kind)
-        found = disagreements(chg, patching, strong_quantile=config.strong_quantile)
-        pmetric = str(patching.table["metric"].iloc[0]) if "metric" in patching.table.columns else "effect"
+                         "frac_random_lower": float("nan"), "p_value": agree[f"p_{what}"], "heads": ""})
+        extra["patching_kind"] = primary.kind
+        extra["patching_implementation"] = agree["implementation"]
+        found = agree["disagreements"]
         for d in found:
-            rows.append({"what": f"disagreement_{d['role']}", "n_heads": 1, "metric": pmetric,
+            rows.append({"what": f"disagreement_{d['role']}", "n_heads": 1, "metric": want,
                          "metric_value": d["effect"], "baseline_mean": float("nan"), "baseline_std": float("nan"),
                          "frac_random_lower": float("nan"), "p_value": float("nan"), "heads": d["node"]})
-    verdict, reasons = _verdict(rows, found, config, patching is not None)
+    if secondary is not None:
+        extra["secondary_agreement"] = _agreement(chg, secondary, config.strong_quantile)
+    no_patch = ("no exact patching (the dataset has no corrupted prompts): agreement not checked"
+                if not dataset.corrupted else f"no exact patching on {want} (patching disabled): agreement not checked")
+    verdict, reasons = _verdict(rows, found, config, want if primary is not None else "", no_patch)
     meta = run_meta(model, dataset=dataset.name, data=list(dataset.clean), seed=config.seed, config=config,
                     ablation=config.method, reference="corrupted" if use_corr else "clean", verdict=verdict,
                     verdict_reasons=reasons, disagreements=found, strong_quantile=config.strong_quantile, **extra)
