@@ -11,6 +11,11 @@ and prints: (1) how tied CHG's scores are (heads at a gate bound) and what that 
 against that (one SmolLM2 forward per layer: about a minute on one thread); (5) with ``--more-prompts N``: exact
 patching (logit difference, as the validation) on N IOI prompts of the same builder, to see whether the
 8-prompt effects, and the sign of each disagreeing head's effect, hold on a larger set.
+
+Written for ``interp gate`` folders from before 30 Nov 2026, whose saved ``gating.head_patching`` and
+verdict used the logit difference. Since then they use CHG's own metric (answer log-prob) and the
+logit-difference agreement is in ``gating.validation`` ``meta.extra["secondary_agreement"]``; on such a
+folder the "logit-difference" labels of (1)-(4) below refer to answer log-prob patching.
 """
 
 from __future__ import annotations
