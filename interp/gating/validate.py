@@ -306,7 +306,8 @@ def disagreements(chg: Any, patching: Any, *, strong_quantile: float = 0.9) -> l
             out.append({"node": r.node, "role": r.role, "effect": float(effect[i]), "support": float(support),
                         "rank": order[i],
                         "why": f"{r.node} labelled {r.role} but exact patching says it {does} the answer "
-                               f"({'denoising' if sign > 0 else 'noising'} {_metric_of(patching)} effect {effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
+                               f"({'denoising' if sign > 0 else 'noising'} {_metric_of(patching)} effect "
+                               f"{effect[i]:+.3f}, |effect| rank {order[i]} of {len(t)}, "
                                f"top {1 - strong_quantile:.0%} cut {cut:.3f})"})
     return sorted(out, key=lambda d: d["rank"])
 
@@ -367,7 +368,8 @@ def agreement_lines(validation: Any) -> list[str]:
     if ex.get("agreement_metric"):
         m, fit = ex["agreement_metric"], ex.get("fit_metric")
         lines.append(f"agreement in the verdict: exact head patching (noising, all positions) on {m}, "
-                     + ("the metric the CHG fit optimised" if m == fit else f"NOT the metric the CHG fit optimised ({fit})"))
+                     + ("the metric the CHG fit optimised" if m == fit
+                        else f"NOT the metric the CHG fit optimised ({fit})"))
     sec = ex.get("secondary_agreement")
     if sec:
         found = sec.get("disagreements", [])
