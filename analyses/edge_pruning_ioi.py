@@ -1,6 +1,6 @@
 """Edge Pruning on SmolLM2's IOI: is there a circuit of a few hundred edges with faithfulness >= 0.8?
 
-    python analyses/edge_pruning_ioi.py OUT_DIR [--edges 300] [--steps 150] [--sizes 30,100,300,1000,3000]
+    python analyses/edge_pruning_ioi.py OUT_DIR [--edges 300] [--steps 150] [--reg-lr 8] [--warmup 0.1] [--sizes ...]
     python analyses/edge_pruning_ioi.py OUT_DIR --load          # re-use OUT_DIR's saved Result (no training)
 
 Trains Edge Pruning's edge masks (:func:`interp.circuits.edge_pruning`, Bhaskar et al. 2024) on the main job's
@@ -17,7 +17,7 @@ import argparse
 from pathlib import Path
 
 
-def main(out: Path, edges: int, steps: int, sizes: tuple[int, ...], load: bool) -> None:
+def main(out: Path, edges: int, steps: int, sizes: tuple[int, ...], load: bool, reg_lr: float, warmup: float) -> None:
     import pandas as pd
 
     from interp import load_model
@@ -32,7 +32,8 @@ def main(out: Path, edges: int, steps: int, sizes: tuple[int, ...], load: bool) 
     if load:
         (r,) = [x for x in load_results(out).values() if x.kind == "patching.edges"]
     else:
-        r = edge_pruning(model, train, PruneConfig(target_edges=edges, steps=steps, progress=True))
+        r = edge_pruning(model, train, PruneConfig(target_edges=edges, steps=steps, reg_lr=reg_lr, warmup=warmup,
+                                                        progress=True))
         out.mkdir(parents=True, exist_ok=True)
         r.save(out)
     x = r.meta.extra
@@ -54,5 +55,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", type=int, default=150)
     ap.add_argument("--sizes", default="30,100,200,300,500,1000,3000,10000")
     ap.add_argument("--load", action="store_true")
+    ap.add_argument("--reg-lr", type=float, default=8.0, help="the multipliers' lr (authors 0.8; 8: README run)")
+    ap.add_argument("--warmup", type=float, default=0.1, help="target ramp fraction (authors 0.83; 0.1: README run)")
     a = ap.parse_args()
-    main(a.out, a.edges, a.steps, tuple(int(s) for s in a.sizes.split(",")), a.load)
+    main(a.out, a.edges, a.steps, tuple(int(s) for s in a.sizes.split(",")), a.load, a.reg_lr, a.warmup)

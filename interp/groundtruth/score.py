@@ -5,8 +5,9 @@ Every method that exists runs on the toy's clean/corrupted pairs (denoising, met
 over heads, EAP, EAP-IG (5 steps, inputs interpolated) and EAP-IG-activations (5 steps, each
 sender group's output interpolated) over edges (node scores: each sender's summed out-edges,
 :func:`interp.patching.attribution.node_sums`), ACDC (:func:`interp.circuits.acdc`, KL metric),
-Edge Pruning (:func:`interp.circuits.edge_pruning`, 300 steps, 10% of the edges kept; an edge scores its
-learned ``P(z > 0)``, a head the largest of its out-edges') and causal head gating (node score: the facilitation ``G-``, a head kept even when pushed shut).
+Edge Pruning (:func:`interp.circuits.edge_pruning`, 300 steps with the authors' schedule, 10% of the edges
+kept; an edge scores its learned ``P(z > 0)``, a head the largest of its out-edges') and causal head gating
+(node score: the facilitation ``G-``, a head kept even when pushed shut).
 
 ACDC returns a circuit, not a ranking; as in Conmy et al. its ROC comes from a sweep of
 thresholds: :data:`ACDC_SWEEP` (fractions of the corrupted run's ``KL(clean || corrupted)``),
@@ -170,7 +171,8 @@ def score_methods(model: Any, dataset: Any, truth: Truth, *, toy: str, methods: 
         elif method == "edge-pruning":
             from interp.circuits.prune import PruneConfig, edge_pruning, pruning_scores
 
-            res = edge_pruning(model, dataset, PruneConfig(target_sparsity=PRUNE_SPARSITY, steps=300, measure=False))
+            cfg = PruneConfig(target_sparsity=PRUNE_SPARSITY, steps=300, warmup=2500 / 3000, reg_lr=0.8, measure=False)
+            res = edge_pruning(model, dataset, cfg)
             ranked = pruning_scores(res)
             rows.append(_edge_row(toy, method, ranked, truth))
             scores = ranked.groupby("src")["effect"].max().to_dict()
