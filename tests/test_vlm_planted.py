@@ -76,7 +76,7 @@ def test_fcct_recovers_from_the_object_patches(trained):
 
 
 @pytest.mark.xfail(strict=True, reason="measured Spearman(VHD, exact ablation harm) = 0.31 on the trained VLM: "
-                                       "L0.H3 never reads the image (VHD ~ 0) yet is the most harmful to ablate")
+                                       "L0.H3 ignores the image at the last token (VHD ~ 0) yet is the most harmful to ablate")
 def test_vhd_ranks_the_heads_whose_ablation_hurts_most(trained):
     model, batch, _, _ = trained
     scores = V.vhd(model, batch, answers=["yes"] * N)
