@@ -75,8 +75,9 @@ def test_fcct_recovers_from_the_object_patches(trained):
         assert max(per_token, key=per_token.get) == "object", per_token
 
 
-@pytest.mark.xfail(strict=True, reason="measured Spearman(VHD, exact ablation harm) = 0.31 on the trained VLM: L0.H3 "
-                                       "ignores the image at the last token (VHD ~ 0) yet is the most harmful to ablate")
+@pytest.mark.xfail(strict=True, reason="measured Spearman(VHD, exact ablation harm) = 0.31 on the trained VLM: "
+                                       "L0.H3 ignores the image at the last token (VHD ~ 0) yet is the most "
+                                       "harmful to ablate")
 def test_vhd_ranks_the_heads_whose_ablation_hurts_most(trained):
     model, batch, _, _ = trained
     scores = V.vhd(model, batch, answers=["yes"] * N)
