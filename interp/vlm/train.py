@@ -100,12 +100,25 @@ from interp.vlm import scenes as S
 __all__ = ["VLMTrainConfig", "train_vlm", "build_tokenizer", "build_processor", "llava_config", "build_model",
            "encode_questions", "answer_logits", "evaluate", "measure_sink", "answer_loss", "VOCAB", "IMAGE_TOKEN",
            "SINK_DIM", "SINK_LAYERS", "truth_record", "VISION_HEADS", "text_heads",
-           "image_attention", "HeadDropout", "measure_heads"]
+           "image_attention", "HeadDropout", "measure_heads", "vocab", "ONE_TOKEN_QUESTIONS",
+           "has_one_token_questions"]
 
 IMAGE_TOKEN = "<image>"
 _SPECIALS = ("<pad>", "<unk>", "<bos>", "<eos>", IMAGE_TOKEN)
 _WORDS = ("is", "there", "a", "what", "colour", "the", "?", "yes", "no") + S.COLOURS + S.SHAPES
 VOCAB = _SPECIALS + _WORDS
+#: the one-token questions' vocabulary words (:attr:`VLMTrainConfig.one_token_questions`): the tokenizer's normaliser
+#: rewrites "is there a red square?" to ``exists_red_square?`` and "what colour is the circle?" to ``colour_of_circle?``
+ONE_TOKEN_QUESTIONS = tuple(f"exists_{c}_{s}?" for c in S.COLOURS for s in S.SHAPES) + tuple(
+    f"colour_of_{s}?" for s in S.SHAPES)
+
+
+def vocab(one_token: bool = False) -> tuple[str, ...]:
+    """The LM's vocabulary: :data:`VOCAB` (word-level questions) or, with ``one_token``, the specials (same ids),
+    the answers and :data:`ONE_TOKEN_QUESTIONS`."""
+    return _SPECIALS + ("yes", "no") + S.COLOURS + ONE_TOKEN_QUESTIONS if one_token else VOCAB
+
+
 #: the residual dimension of the planted sink, and the LM residual streams it is planted in
 #: (hidden_states indices: 1 = after block 0, 2 = after block 1)
 SINK_DIM = 7
@@ -125,6 +138,8 @@ class VLMTrainConfig:
     (``False``, the default: zeroed and frozen, a per-patch encoder whose object truth is exact).
     ``vision_heads``, ``text_attention_weight``, ``text_head_dropout``, ``vision_dropout``, ``heads_from_step``,
     ``heads_ramp_steps``, ``vision_last_only``: the opt-in planted vision heads (module docstring; off by default).
+    ``one_token_questions``: each question is one token (module docstring, "One-token questions"; the checkpoint
+    ``data/toy/vlm-onetoken``).
     """
 
     d_vision: int = 64
@@ -148,6 +163,7 @@ class VLMTrainConfig:
     heads_from_step: int = 300
     heads_ramp_steps: int = 1000
     vision_last_only: bool = True
+    one_token_questions: bool = False
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -178,17 +194,25 @@ class VLMTrainConfig:
                               f"{self.weight_decay}, {self.warmup_steps}, {self.sink_weight}")
 
 
-def build_tokenizer() -> Any:
-    """The word-level tokenizer (lower-cases, splits words and ``?``, adds ``<bos>``), built offline."""
+def build_tokenizer(one_token: bool = False) -> Any:
+    """The word-level tokenizer (lower-cases, splits words and ``?``, adds ``<bos>``), built offline; with
+    ``one_token`` its normaliser turns each question into one word of :data:`ONE_TOKEN_QUESTIONS` (the same texts
+    work with both) and it splits on whitespace only."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(VOCAB)}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    words = {w: i for i, w in enumerate(vocab(one_token))}
+    tok = Tokenizer(models.WordLevel(vocab=words, unk_token="<unk>"))
+    if one_token:
+        tok.normalizer = normalizers.Sequence([
+            normalizers.Lowercase(), normalizers.Replace("is there a ", "exists_"),
+            normalizers.Replace("what colour is the ", "colour_of_"), normalizers.Replace(" ", "_")])
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    else:
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
-                                                       special_tokens=[("<bos>", vocab["<bos>"])])
+                                                       special_tokens=[("<bos>", words["<bos>"])])
     tok.add_special_tokens(list(_SPECIALS))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    unk_token="<unk>", extra_special_tokens={"image_token": IMAGE_TOKEN},
@@ -212,15 +236,15 @@ def build_processor(tokenizer: Any | None = None) -> Any:
 def llava_config(cfg: VLMTrainConfig) -> Any:
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    vocab = {w: i for i, w in enumerate(VOCAB)}
+    words = {w: i for i, w in enumerate(vocab(cfg.one_token_questions))}
     vision = CLIPVisionConfig(hidden_size=cfg.d_vision, intermediate_size=2 * cfg.d_vision,
                               num_hidden_layers=cfg.vision_layers, num_attention_heads=cfg.n_heads,
                               image_size=S.IMAGE, patch_size=S.CELL, num_channels=3, projection_dim=cfg.d_vision)
     text = LlamaConfig(hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp, num_hidden_layers=cfg.n_layers,
                        num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.n_heads, max_position_embeddings=64,
-                       vocab_size=len(VOCAB), bos_token_id=vocab["<bos>"], eos_token_id=vocab["<eos>"],
-                       pad_token_id=vocab["<pad>"], tie_word_embeddings=False)
-    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=vocab[IMAGE_TOKEN],
+                       vocab_size=len(words), bos_token_id=words["<bos>"], eos_token_id=words["<eos>"],
+                       pad_token_id=words["<pad>"], tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text, image_token_index=words[IMAGE_TOKEN],
                        vision_feature_layer=-1, vision_feature_select_strategy="default",
                        image_seq_length=S.N_PATCHES, projector_hidden_act="gelu", tie_word_embeddings=False)
 
@@ -241,15 +265,20 @@ def build_model(cfg: VLMTrainConfig) -> Any:
     return model
 
 
-@lru_cache(maxsize=1)
-def _tokenizer() -> Any:
-    return build_tokenizer()
+@lru_cache(maxsize=2)
+def _tokenizer(one_token: bool = False) -> Any:
+    return build_tokenizer(one_token)
 
 
-def encode_questions(texts: list[str]) -> Int[Tensor, "batch pos"]:
+def has_one_token_questions(model: Any) -> bool:
+    """Whether ``model`` (a trained Llava of this module) has one-token questions (told by its vocabulary size)."""
+    return int(model.config.text_config.vocab_size) == len(vocab(True))
+
+
+def encode_questions(texts: list[str], one_token: bool = False) -> Int[Tensor, "batch pos"]:
     """``[B, 23]`` input ids of ``"<image>" + text`` with the image token expanded to one per patch (what the
-    saved processor produces; checked in the tests)."""
-    tok = _tokenizer()
+    saved processor produces; checked in the tests); ``[B, 18]`` with ``one_token``."""
+    tok = _tokenizer(one_token)
     ids = tok([IMAGE_TOKEN * S.N_PATCHES + t for t in texts], return_tensors="pt", padding=True)["input_ids"]
     return ids
 
@@ -260,15 +289,15 @@ def answer_logits(model: Any, input_ids: Int[Tensor, "batch pos"], pixel_values:
     return out, out.logits[:, -1]
 
 
-def _batch(kind_seed: int, n: int, split: str, kinds: tuple[str, ...] = S.KINDS) -> tuple[Any, ...]:
+def _batch(kind_seed: int, n: int, split: str, kinds: tuple[str, ...] = S.KINDS, one_token: bool = False) -> tuple[Any, ...]:
     scenes = S.draw_scenes(n, seed=kind_seed, split=split)
     parts = [S.SceneBatch(scenes.colour[j::len(kinds)], scenes.cell[j::len(kinds)]) for j in range(len(kinds))]
     qs = [q for j, (kind, part) in enumerate(zip(kinds, parts))
           for q in S.draw_questions(part, kind, seed=kind_seed + 7919 * j)]
     scenes = S.SceneBatch(torch.cat([p.colour for p in parts]), torch.cat([p.cell for p in parts]))
-    vocab = {w: i for i, w in enumerate(VOCAB)}
-    return (encode_questions([q.text for q in qs]), scenes.pixel_values(),
-            torch.tensor([vocab[q.answer] for q in qs]), qs, scenes)
+    ids = {w: i for i, w in enumerate(vocab(one_token))}
+    return (encode_questions([q.text for q in qs], one_token), scenes.pixel_values(),
+            torch.tensor([ids[q.answer] for q in qs]), qs, scenes)
 
 
 def _rms_normed(h: torch.Tensor) -> torch.Tensor:
@@ -361,7 +390,7 @@ def evaluate(model: Any, n: int = 512, seed: int = 1) -> dict[str, dict[str, flo
     """Held-out accuracy per question kind (argmax over the whole vocabulary == the answer), with chance."""
     res = {}
     for k, kind in enumerate(S.KINDS):
-        ids, px, ans, _, _ = _batch(seed * 1_000_003 + k, n, "held_out", kinds=(kind,))
+        ids, px, ans, _, _ = _batch(seed * 1_000_003 + k, n, "held_out", kinds=(kind,), one_token=has_one_token_questions(model))
         _, logits = answer_logits(model, ids, px)
         res[kind] = {"accuracy": round(float((logits.argmax(-1) == ans).float().mean()), 4),
                      "chance": S.CHANCE[kind], "n": n}
@@ -380,7 +409,7 @@ def measure_sink(model: Any, n: int = 256, seed: int = 2) -> dict[str, Any]:
       every dimension (a non-sink token's own largest value, for the record);
     * ``is_sink``: ``sink_min > tau >= others_max`` with ``tau = sqrt(d) / 2`` (module docstring).
     """
-    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out")
+    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out", one_token=has_one_token_questions(model))
     out, _ = answer_logits(model, ids, px, output_hidden_states=True)
     img_pos = (ids[0] == VOCAB.index(IMAGE_TOKEN)).nonzero().flatten()
     d = out.hidden_states[0].shape[-1]
@@ -406,7 +435,7 @@ def measure_heads(model: Any, vision: tuple[tuple[int, int], ...] = VISION_HEADS
     """Each LM head's attention mass on the image tokens on ``n`` held-out scenes (eager attention, restored
     after): ``text_queries`` = mean over the question's positions (after the image), ``last`` = at the last one.
     ``vision_min`` / ``text_max``: the smallest of the vision heads and the largest of the others (``last``)."""
-    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out")
+    ids, px, _, _, _ = _batch(seed * 1_000_003, n, "held_out", one_token=has_one_token_questions(model))
     impl = model.config._attn_implementation
     model.set_attn_implementation("eager")
     try:
@@ -484,7 +513,8 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
     losses: list[tuple[int, float, float]] = []
     for step in range(config.steps):
         kinds = ("colour",) if step < config.colour_only_steps else S.KINDS
-        ids, px, ans, _, _ = _batch(config.seed * 1_000_003 + step, config.batch_size, "train", kinds)
+        ids, px, ans, _, _ = _batch(config.seed * 1_000_003 + step, config.batch_size, "train", kinds,
+                                    config.one_token_questions)
         # the sink is planted once the colour-only phase is over (planting it from step 0 kept the answer loss
         # at chance through the colour-only phase)
         sink_weight = config.sink_weight if step >= config.colour_only_steps else 0.0
@@ -516,7 +546,7 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
         shutil.rmtree(folder)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
-        build_processor().save_pretrained(tmp)
+        build_processor(build_tokenizer(config.one_token_questions)).save_pretrained(tmp)
         (tmp / "interp_source.json").write_text(json.dumps(source, indent=2))
         (tmp / "truth.json").write_text(json.dumps(truth, indent=2))
     return folder
@@ -524,10 +554,11 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m interp.vlm.train FOLDER")
+    flag = "--one-token-questions"
+    if len([a for a in argv if a != flag]) != 1 or argv.count(flag) > 1:
+        raise SystemExit(f"usage: python -m interp.vlm.train FOLDER [{flag}]")
     torch.set_num_threads(1)
-    folder = train_vlm(VLMTrainConfig(), argv[0], log=lambda s, l: print(f"step {s} answer loss {l:.4f}", flush=True))
+    folder = train_vlm(VLMTrainConfig(one_token_questions=flag in argv), [a for a in argv if a != flag][0], log=lambda s, l: print(f"step {s} answer loss {l:.4f}", flush=True))
     print((folder / "truth.json").read_text())
 
 
