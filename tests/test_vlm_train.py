@@ -3,12 +3,14 @@
 * scenes: each object is drawn inside its own cell (= its image patch) and nowhere else; the sink cell stays
   empty; a minimal pair differs only inside the changed object's cell; the held-out split is disjoint from
   training;
-* the saved processor (LlavaProcessor assembled offline) produces exactly the ids and pixels the trainer uses;
+* the saved processor (LlavaProcessor assembled offline) produces exactly the ids and pixels the trainer uses, for
+  both checkpoints (``data/toy/vlm``: word-level questions; ``data/toy/vlm-onetoken``: each question one token);
 * the trainer runs a few steps and writes a folder plain transformers loads;
 * the committed checkpoint ``data/toy/vlm``: loaded with plain ``LlavaForConditionalGeneration.from_pretrained``,
   it reaches its recorded held-out accuracy (far above chance), carries the recorded sink, and its answers rest
   on the object's patch: replacing the image embedding of that one patch by the one from the scene without
-  the object (plain torch hooks) flips the answer far more often than replacing another patch.
+  the object (plain torch hooks) flips the answer far more often than replacing another patch. Both checkpoints
+  reach their recorded accuracy and carry the recorded sink.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ import torch
 
 from interp.errors import ConfigError
 from interp.vlm import scenes as S
-from interp.vlm.train import (IMAGE_TOKEN, SINK_DIM, SINK_LAYERS, VISION_HEADS, VOCAB, HeadDropout, VLMTrainConfig,
-                              answer_logits, build_model, encode_questions, evaluate, measure_sink,
-                              text_heads, train_vlm)
+from interp.vlm.train import (IMAGE_TOKEN, ONE_TOKEN_QUESTIONS, SINK_DIM, SINK_LAYERS, VISION_HEADS, VOCAB,
+                              HeadDropout, VLMTrainConfig, answer_logits, build_model, build_tokenizer,
+                              encode_questions, evaluate, has_one_token_questions, measure_sink, text_heads,
+                              train_vlm, vocab)
 
 VLM_FOLDER = Path(__file__).resolve().parents[1] / "data" / "toy" / "vlm"
+ONE_TOKEN_FOLDER = VLM_FOLDER.parent / "vlm-onetoken"
+CHECKPOINTS = [pytest.param(VLM_FOLDER, id="words"), pytest.param(ONE_TOKEN_FOLDER, id="one-token")]
 
 
 @pytest.fixture(scope="module")
@@ -101,22 +106,36 @@ def test_bad_scene_input_is_named():
         S.Scene((S.Obj("square", "red", 3), S.Obj("square", "blue", 4)))
 
 
-def test_saved_processor_matches_the_trainer():
+@pytest.mark.parametrize("folder", CHECKPOINTS)
+def test_saved_processor_matches_the_trainer(folder):
     from transformers import LlavaProcessor
 
-    proc = LlavaProcessor.from_pretrained(VLM_FOLDER)
+    one = folder == ONE_TOKEN_FOLDER
+    proc = LlavaProcessor.from_pretrained(folder)
     batch = S.draw_scenes(4, seed=6)
-    texts = [q.text for q in S.draw_questions(batch, "colour", seed=0)]
-    out = proc(text=[IMAGE_TOKEN + t for t in texts], images=list(batch.images()), return_tensors="pt")
-    assert torch.equal(out["input_ids"], encode_questions(texts))
+    texts = [q.text for kind in S.KINDS for q in S.draw_questions(batch, kind, seed=0)]
+    images = list(batch.images()) * 2
+    out = proc(text=[IMAGE_TOKEN + t for t in texts], images=images, return_tensors="pt")
+    assert torch.equal(out["input_ids"], encode_questions(texts, one))
+    assert out["input_ids"].shape[1] == 2 + S.N_PATCHES + (0 if one else 5)
     cased = proc(text=[IMAGE_TOKEN + "What colour is the Circle?"], images=[batch.images()[0]], return_tensors="pt")
-    assert torch.equal(cased["input_ids"], encode_questions(["what colour is the circle?"]))
-    assert torch.allclose(out["pixel_values"], batch.pixel_values(), atol=1e-6)
+    assert torch.equal(cased["input_ids"], encode_questions(["what colour is the circle?"], one))
+    assert torch.allclose(out["pixel_values"][:4], batch.pixel_values(), atol=1e-6)
     image_pos = (out["input_ids"][0] == VOCAB.index(IMAGE_TOKEN)).nonzero().flatten().tolist()
     assert image_pos == list(range(1, 1 + S.N_PATCHES))
-    assert image_pos == json.loads((VLM_FOLDER / "truth.json").read_text())["image_token_positions"]
+    assert image_pos == json.loads((folder / "truth.json").read_text())["image_token_positions"]
     assert S.object_positions([o.cell for o in batch.scene(0).objects], image_pos) == \
         [1 + o.cell for o in batch.scene(0).objects]
+
+
+def test_one_token_questions_are_one_known_token_each():
+    tok, ids = build_tokenizer(True), {w: i for i, w in enumerate(vocab(True))}
+    texts = [S.question_text("exists", s, c) for c in S.COLOURS for s in S.SHAPES] + \
+        [S.question_text("colour", s) for s in S.SHAPES]
+    got = [tok(t)["input_ids"] for t in texts]
+    assert all(len(g) == 2 and g[0] == ids["<bos>"] for g in got)            # <bos> + one word
+    assert sorted(tok.convert_ids_to_tokens([g[1] for g in got])) == sorted(ONE_TOKEN_QUESTIONS)   # none <unk>
+    assert vocab(True)[:5] == VOCAB[:5]                                       # specials keep their ids
 
 
 def test_trainer_runs_a_few_steps(tmp_path):
@@ -183,16 +202,26 @@ def _sd_bound(p: float, n: int, k: float = 10.0) -> float:
     return p + k * math.sqrt(p * (1 - p) / n)
 
 
-def test_checkpoint_reaches_recorded_accuracy(vlm):
-    recorded = json.loads((VLM_FOLDER / "interp_source.json").read_text())["held_out_accuracy"]
+@pytest.fixture(scope="module", params=CHECKPOINTS)
+def checkpoint(request):
+    from transformers import LlavaForConditionalGeneration
+
+    return request.param, LlavaForConditionalGeneration.from_pretrained(request.param).eval()
+
+
+def test_checkpoint_reaches_recorded_accuracy(checkpoint):
+    folder, vlm = checkpoint
+    assert has_one_token_questions(vlm) == (folder == ONE_TOKEN_FOLDER)
+    recorded = json.loads((folder / "interp_source.json").read_text())["held_out_accuracy"]
     got = evaluate(vlm, n=recorded["exists"]["n"])
     for kind in S.KINDS:
         assert got[kind]["accuracy"] == pytest.approx(recorded[kind]["accuracy"], abs=2e-3)
         assert got[kind]["accuracy"] > _sd_bound(S.CHANCE[kind], got[kind]["n"])
 
 
-def test_checkpoint_carries_the_recorded_sink(vlm):
-    truth = json.loads((VLM_FOLDER / "truth.json").read_text())["sink"]
+def test_checkpoint_carries_the_recorded_sink(checkpoint):
+    folder, vlm = checkpoint
+    truth = json.loads((folder / "truth.json").read_text())["sink"]
     got = measure_sink(vlm, n=64, seed=5)                # other held-out scenes than the recorded ones
     assert truth["patch"] == S.SINK_CELL and truth["dims"] == [SINK_DIM]
     for layer in SINK_LAYERS:

@@ -66,6 +66,16 @@ image. One factor at a time (same settings otherwise): the penalty alone (no dro
 (colour 0.787); the dropouts alone (no penalty) gave exists 0.682, colour 0.758: the attention penalty is what
 keeps the "is there" questions at chance. The defaults (terms off) made the committed checkpoint.
 
+**One-token questions** (:attr:`VLMTrainConfig.one_token_questions`, the second checkpoint
+``data/toy/vlm-onetoken``, seed 0): the same texts, but the tokenizer's normaliser turns each question into one
+word (``exists_red_square?``, ``colour_of_circle?``), so the prompt is ``[<bos>, 16 x <image>, question]`` and the
+answer position holds the whole question: no head has to carry it there, as L0.H3 of the word-level checkpoint
+does (VHD ~ 0, the most harmful head to ablate). Everything else is unchanged. Predicted before training it
+(commit 285e7f1): the unchanged VHD check gives Spearman > 0.5. Measured: 0.483 (p = 0.11; image-swap harm 0.650),
+so not met. Over training seeds 0-4 (``python analyses/vhd_seeds.py OUT``, measured after): 0.48 / 0.92 / 0.07 /
+0.52, seed 4 untrained (chance accuracy), against 0.31 / 0.15 / -0.31 / 0.33 / -0.27 for word-level questions:
+removing the text head's job raises the agreement, and a 12-head Spearman swings with the seed.
+
 **Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
 training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
 ``colour`` questions (read the colour of the patch holding a shape), then each batch is half of each kind;
