@@ -138,6 +138,15 @@ def test_one_token_questions_are_one_known_token_each():
     assert vocab(True)[:5] == VOCAB[:5]                                       # specials keep their ids
 
 
+def test_train_cli_refuses_bad_settings(tmp_path, capsys):
+    from interp.vlm.train import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "vlm"), "--one-token-questions", "--n-heads", "5"])
+    assert e.value.code == 2 and "n_heads=5" in capsys.readouterr().err
+    assert not (tmp_path / "vlm").exists()
+
+
 def test_trainer_runs_a_few_steps(tmp_path):
     from transformers import LlavaForConditionalGeneration
 

@@ -66,15 +66,19 @@ image. One factor at a time (same settings otherwise): the penalty alone (no dro
 (colour 0.787); the dropouts alone (no penalty) gave exists 0.682, colour 0.758: the attention penalty is what
 keeps the "is there" questions at chance. The defaults (terms off) made the committed checkpoint.
 
-**One-token questions** (:attr:`VLMTrainConfig.one_token_questions`, the second checkpoint
-``data/toy/vlm-onetoken``, seed 0): the same texts, but the tokenizer's normaliser turns each question into one
-word (``exists_red_square?``, ``colour_of_circle?``), so the prompt is ``[<bos>, 16 x <image>, question]`` and the
-answer position holds the whole question: no head has to carry it there, as L0.H3 of the word-level checkpoint
-does (VHD ~ 0, the most harmful head to ablate). Everything else is unchanged. Predicted before training it
-(commit 285e7f1): the unchanged VHD check gives Spearman > 0.5. Measured: 0.483 (p = 0.11; image-swap harm 0.650),
-so not met. Over training seeds 0-4 (``python analyses/vhd_seeds.py OUT``, measured after): 0.48 / 0.92 / 0.07 /
-0.52, seed 4 untrained (chance accuracy), against 0.31 / 0.15 / -0.31 / 0.33 / -0.27 for word-level questions:
-removing the text head's job raises the agreement, and a 12-head Spearman swings with the seed.
+**One-token questions** (:attr:`VLMTrainConfig.one_token_questions`; the second checkpoint ``data/toy/vlm-onetoken``):
+the same texts, but the tokenizer's normaliser turns each question into one word (``exists_red_square?``,
+``colour_of_circle?``), so the prompt is ``[<bos>, 16 x <image>, question]`` and the answer position holds the
+whole question: no head has to carry it there, as L0.H3 of the word-level checkpoint does (VHD ~ 0, the most
+harmful head to ablate). Measured for issue 17's VHD check (Spearman(VHD, zero-ablation harm), 24 held-out "is
+there" yes questions; ``python analyses/vhd_seeds.py OUT``), each prediction committed before its training:
+
+* 3 x 4 heads, seed 0 (commit 285e7f1, predicted > 0.5): 0.483 (p = 0.11), not met. Seeds 0-4, run after: 0.48 /
+  0.92 / 0.07 / 0.52 (seed 4 did not learn), word-level questions 0.31 / 0.15 / -0.31 / 0.33 / -0.27: a 12-head
+  Spearman swings with the seed, and removing the text head's job raises it (medians 0.50 vs 0.15).
+* 3 x 8 heads (commit 84b7e9a, predicted > 0.5 for seed 0 and for the median over the seeds that learn): seed 0
+  0.679 (p < 0.001), seeds 1-3 0.53 / 0.48 / 0.39, seed 4 did not learn; median 0.504. Seed 0 is the committed
+  ``data/toy/vlm-onetoken`` (``python -m interp.vlm.train DIR --one-token-questions --n-heads 8``, ~105 s).
 
 **Training**: AdamW (warmup, cosine decay to 10%), seeded (scenes, questions, init), CPU, batches of fresh
 training-split scenes. A curriculum: the first :attr:`VLMTrainConfig.colour_only_steps` steps ask only
@@ -564,11 +568,19 @@ def train_vlm(config: VLMTrainConfig, folder: str | Path, *,
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    flag = "--one-token-questions"
-    if len([a for a in argv if a != flag]) != 1 or argv.count(flag) > 1:
-        raise SystemExit(f"usage: python -m interp.vlm.train FOLDER [{flag}]")
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m interp.vlm.train", description="train the VLM (module docstring)")
+    ap.add_argument("folder")
+    ap.add_argument("--one-token-questions", action="store_true", help="each question one token")
+    ap.add_argument("--n-heads", type=int, default=VLMTrainConfig.n_heads, help="heads per LM layer")
+    a = ap.parse_args(argv)
     torch.set_num_threads(1)
-    folder = train_vlm(VLMTrainConfig(one_token_questions=flag in argv), [a for a in argv if a != flag][0], log=lambda s, l: print(f"step {s} answer loss {l:.4f}", flush=True))
+    try:
+        config = VLMTrainConfig(one_token_questions=a.one_token_questions, n_heads=a.n_heads)
+    except ConfigError as e:
+        ap.exit(2, f"error: {e}\n")
+    folder = train_vlm(config, a.folder, log=lambda s, l: print(f"step {s} answer loss {l:.4f}", flush=True))
     print((folder / "truth.json").read_text())
 
 
