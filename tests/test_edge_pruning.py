@@ -121,6 +121,13 @@ def test_cli_prune_writes_the_result_and_refuses_bad_input(tmp_path, capsys):
     (r,) = load_results(tmp_path / "out").values()
     assert r.kind == "patching.edges" and "faithfulness" in r.meta.extra
     assert "kept" in capsys.readouterr().out
+    measured = r.table.effect.abs().max()
+    code = invoke(["circuit", "prune", spec, "--task", str(task), "--n", "3", "--edges", "10", "--steps", "20",
+                   "--no-measure", "--out", str(tmp_path / "out_nm")])
+    assert code == 0, capsys.readouterr().err
+    (q,) = load_results(tmp_path / "out_nm").values()
+    assert measured > 0 and (q.table.effect == 0).all()          # no removal measured: every effect 0
+    assert q.meta.extra["circuit"] == r.meta.extra["circuit"]     # same seed, same masks
     for bad, arg in ((["--edges", "0"], "--edges"), (["--ablation", "zero"], "--ablation")):
         code = invoke(["circuit", "prune", spec, "--task", str(task), *bad, "--out", str(tmp_path / "o2")])
         err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("interp: error: ")]

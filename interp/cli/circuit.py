@@ -91,6 +91,9 @@ def prune_cmd(
     ablation: str = typer.Option("patching", "--ablation", help="patching or mean"),
     n: int = typer.Option(16, "--n", help="number of prompt pairs"),
     seed: int = typer.Option(0, "--seed", help="seed of the prompts and of the mask noise"),
+    measure: bool = typer.Option(True, "--measure/--no-measure",
+                                 help="measure each kept edge's removal effect after training (about half a forward "
+                                      "pass of the batch per kept edge: long for thousands of edges)"),
 ) -> None:
     """Learn an edge mask by Edge Pruning (Bhaskar et al. 2024) and write the edge Result (patching.edges) with the
     circuit, its edge-level faithfulness and the training curve in its metadata.
@@ -113,7 +116,7 @@ def prune_cmd(
     check_task(task, "--task")
     check_out_dir(out, "--out")
     cfg = PruneConfig(target_edges=edges, steps=steps, lr=lr, reg_lr=reg_lr, warmup=warmup, ablation=ablation,
-                      seed=seed, progress=True)
+                      seed=seed, progress=True, measure=measure)
     m = load_model(model)
     ds = _task(m, task, n, seed)
     r = edge_pruning(m, ds, cfg)
