@@ -12,7 +12,8 @@ ranking (``P(z > 0)``) selects at each size, on those prompts AND on 16 held-out
 fitted on 16 prompts could fit the prompts rather than the task. The learned circuit's own size is one of the sizes.
 Cost: ~6-8 s per step on 2 quiet cores with 16 prompts (150 steps: ~20 min), ~15 s with 32; ~3 forward passes per
 evaluated size. ``--measure`` also measures each kept edge's removal effect (PruneConfig.measure; about half a
-forward pass of the batch per kept edge, so about an hour for ~2,000 edges on 32 prompts: off by default here).
+forward pass of the batch per kept edge, the engine's measured per-circuit cost: an hour is the estimate for ~2,000
+edges on 32 prompts; off by default here).
 """
 
 from __future__ import annotations
