@@ -10,8 +10,8 @@ unchanged protocol (:func:`interp.vlm.vhd.planted_batch`: 24 held-out "is there"
 ablation of each head's z, mean P(yes)): Spearman(VHD, ablation harm), Spearman(VHD, image-swap harm), the
 held-out accuracy, and how many of the top-3 VHD heads are among the top-3 most harmful. A run whose "is there"
 accuracy is not 10 binomial standard deviations above chance (the tests' bound for the committed checkpoints) is
-marked ``learned = False`` and left out of the medians (its Spearmans are printed). One thread per run, ``--jobs`` runs at a time; ~90 s (one-token) to ~150 s (words)
-per run on a quiet core.
+marked ``learned = False`` and left out of the medians (its Spearmans are printed). One thread per run, ``--jobs``
+runs at a time; 85-106 s per run measured here (one-token 4 heads, words, one-token 8 heads), 2 runs at a time.
 """
 
 from __future__ import annotations
