@@ -95,6 +95,38 @@ def test_batched_equals_naive_sequential(model, ds, ev, metric, quantile):
     assert e["rounds"] < e["edges_tested"], (e["rounds"], e["edges_tested"])
 
 
+@pytest.mark.parametrize("max_rows", [3, 6])
+def test_chains_one_pass_at_a_time_equal_naive_sequential(model, ds, ev, max_rows):
+    # after the first round a chain is run one forward pass of circuits at a time (max_rows // 3 prompts = 1 or 2
+    # circuits here, against ~10 edges per receiver): the decisions must still be the sequential ones, and no
+    # later round may run more than one pass of circuits
+    full = ev.valid.clone()
+    masks = []
+    for s, r in ev.valid.nonzero().tolist():
+        mk = full.clone()
+        mk[s, r] = False
+        masks.append(mk)
+    effects = (ev.run_masks(masks, metric="logit_diff") - ev.run_masks([full], metric="logit_diff")[0]).abs()
+    srt = effects.sort().values
+    k = int(0.7 * (len(srt) - 1))
+    tau = float(srt[k] + srt[k + 1]) / 2
+    small = Evaluator(model, ds, EdgeEvalConfig(max_rows=max_rows))
+    calls = []
+    run_masks = small.run_masks
+
+    def spy(m, **kw):
+        calls.append(len(m))
+        return run_masks(m, **kw)
+
+    small.run_masks = spy
+    r = acdc(model, ds, threshold=tau, metric="logit_diff", evaluator=small)
+    assert set(acdc_circuit(r)) == naive_acdc(ev, tau, "logit_diff")
+    per_pass = max_rows // 3
+    firsts = [c for c in calls if c > per_pass]     # first rounds (every edge of a receiver against the circuit)
+    assert len(firsts) <= r.meta.extra["receivers_tested"]
+    assert any(c == per_pass for c in calls)        # chunked rounds happened
+
+
 def test_threshold_zero_keeps_every_edge_with_an_effect(model, ds, ev):
     r = acdc(model, ds, threshold=0.0, metric="kl", evaluator=ev)
     kept = set(acdc_circuit(r))
