@@ -97,9 +97,9 @@ def test_batched_equals_naive_sequential(model, ds, ev, metric, quantile):
 
 @pytest.mark.parametrize("max_rows", [3, 6])
 def test_chains_one_pass_at_a_time_equal_naive_sequential(model, ds, ev, max_rows):
-    # after the first round a chain is run one forward pass of circuits at a time (max_rows // 3 prompts = 1 or 2
-    # circuits here, against ~10 edges per receiver): the decisions must still be the sequential ones, and no
-    # later round may run more than one pass of circuits
+    # a chain is run one forward pass of circuits at a time (max_rows // 3 prompts = 1 or 2 circuits here, against
+    # ~10 edges per receiver): the decisions must still be the sequential ones, and no call may run more than one
+    # pass of circuits
     full = ev.valid.clone()
     masks = []
     for s, r in ev.valid.nonzero().tolist():
@@ -122,9 +122,7 @@ def test_chains_one_pass_at_a_time_equal_naive_sequential(model, ds, ev, max_row
     r = acdc(model, ds, threshold=tau, metric="logit_diff", evaluator=small)
     assert set(acdc_circuit(r)) == naive_acdc(ev, tau, "logit_diff")
     per_pass = max_rows // 3
-    firsts = [c for c in calls if c > per_pass]     # first rounds (every edge of a receiver against the circuit)
-    assert len(firsts) <= r.meta.extra["receivers_tested"]
-    assert any(c == per_pass for c in calls)        # chunked rounds happened
+    assert max(calls) == per_pass, calls
 
 
 def test_threshold_zero_keeps_every_edge_with_an_effect(model, ds, ev):

@@ -21,19 +21,20 @@ setup order with ``names_mode="normal"``, ``indices_mode="reverse"``).
 
 **Batching (exactly the sequential result, not an approximation).** Each edge's test depends on the
 decisions before it, so the tests of one receiver are run as a *speculative chain*: every edge still
-pending gets a predicted decision (none known: "keep"; later: its last measured result against
-``threshold``); the chain of circuits the sequential algorithm would test under those predictions,
+pending gets a predicted decision (below); the chain of circuits the sequential algorithm would test under those predictions,
 ``T_i = S_(i-1) \\ {e_i}`` with ``S_i = T_i`` for a predicted removal and ``S_(i-1)`` otherwise, is
-evaluated in ONE batched call of :meth:`interp.circuits.Evaluator.run_masks` (each circuit a world of
+evaluated in one batched call of :meth:`interp.circuits.Evaluator.run_masks` (each circuit a world of
 the one engine, ``max_rows`` rows per forward pass). Then the chain is walked in order with the real
 rule: while decisions match the predictions every test was made on the exact circuit the sequential
 algorithm has at that point, so it is the sequential test; at the first mismatch that edge's decision
 is still exact (its circuits were), and the edges after it are re-run in a new chain with their
-predictions updated. The first round is "all edges of the receiver against the current circuit"; after it
-a chain is built one forward pass of circuits at a time (``max_rows // n_prompts`` circuits), so a wrong
-prediction wastes at most the rest of one pass, where re-running the rest of the receiver's chain cost
-``O(edges x mispredictions)`` (SmolLM2 IOI, tau 0.02: 2,822 circuits for the logits' 301 edges before). A
-receiver costs about two circuits per edge when the predictions hold; each round settles at least one edge. The
+predictions updated. A chain is one forward pass of circuits (``max_rows // n_prompts``), so a wrong
+prediction wastes at most the rest of that pass. An edge not yet measured is predicted to get the run's
+majority decision so far ("remove" at the start: with the usual thresholds ACDC removes most edges);
+an edge measured on a speculative circuit, its measurement. A receiver then costs about one circuit per
+edge when the predictions hold, and each round settles at least one edge. (Before: a first round of every
+edge against the current circuit, then chains over all the receiver's remaining edges, re-run after each
+misprediction: on SmolLM2 IOI at tau 0.02, 2,822 circuits for the logits' 301 edges; BENCHMARKS.md.) The
 one difference to the sequential run is floating-point: a circuit computed among other worlds can
 differ in the last digits, which matters only for a result within ~1e-6 of the threshold.
 
@@ -140,6 +141,7 @@ class _Run:
         self.val = torch.full(ev.valid.shape, math.nan, dtype=torch.float64)
         self.tested = torch.zeros_like(ev.valid)
         self.rounds = self.worlds = 0
+        self.n_removed = self.n_decided = 0     # the run's decisions so far: the prediction for an unmeasured edge
         (self.cur,) = self.measure([self.mask]).tolist()
 
     def measure(self, masks: list[Tensor]) -> Tensor:
@@ -157,39 +159,40 @@ class _Run:
         return (abs(result) if self.abs_value else result) < self.threshold
 
     def receiver(self, j: int, order: list[int]) -> None:
-        """Run the tests of receiver column ``j`` as speculative chains (module doc)."""
+        """Run the tests of receiver column ``j`` as speculative chains, one forward pass at a time (module doc)."""
         pending = [i for i in order if bool(self.mask[i, j])]
-        predicted: dict[int, bool] = {}
-        # after the first round (every edge against the current circuit, which gives the predictions), a chain is
-        # built one forward pass of circuits at a time: a wrong prediction then wastes at most the rest of that
-        # pass, not the rest of the receiver's chain (measured on SmolLM2's logits: module doc, "Batching")
+        predicted: dict[int, bool] = {}          # from a measurement made on a speculative circuit
         per_pass = max(1, self.ev.config.max_rows // len(self.ev.pairs))
         while pending:
-            chain, state = [], self.mask
-            for i in (pending[:per_pass] if predicted else pending):
+            guess = 2 * self.n_removed >= self.n_decided      # the run's majority decision ("remove" at the start)
+            tried = pending[:per_pass]
+            chain, state, pred = [], self.mask, []
+            for i in tried:
                 t = state.clone()
                 t[i, j] = False
                 chain.append(t)
-                if predicted.get(i, False):
+                pred.append(predicted.get(i, guess))
+                if pred[-1]:
                     state = t
             vals = self.measure(chain).tolist()
-            tried = pending[:len(chain)]
             # the metric of each test's predecessor in the chain (the circuit it removes the edge from)
             before, last = [], self.cur
             for k, i in enumerate(tried):
                 before.append(last)
-                if predicted.get(i, False):
+                if pred[k]:
                     last = vals[k]
             settled = len(tried)
             for k, i in enumerate(tried):
                 remove = self.removes(self.cur, vals[k])
                 self.ref[i, j], self.val[i, j] = self.cur, vals[k]
                 self.tested[i, j] = True
+                self.n_decided += 1
                 if remove:
                     self.mask[i, j] = False
                     self.cur = vals[k]
-                if remove != predicted.get(i, False):
-                    # the rest of the chain assumed the other decision: re-predict from this round's results
+                    self.n_removed += 1
+                if remove != pred[k]:
+                    # the rest of the pass assumed the other decision: re-predict it from these measurements
                     for k2 in range(k + 1, len(tried)):
                         predicted[tried[k2]] = self.removes(before[k2], vals[k2])
                     settled = k + 1
