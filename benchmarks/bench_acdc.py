@@ -16,9 +16,9 @@ not possible without running: pruning can disconnect more).
     PYTHONPATH=. python benchmarks/bench_acdc.py --threads 2 --sample-circuits 4 --sample-layers 0,10,20,29,30 \
         --compare --out benchmarks/out/acdc_sample.json
 
-``--sample-circuits K`` does not run ACDC: it times the evaluator on K circuits of ACDC's first round at
-the receivers of ``--sample-layers`` (the MLP input of each layer; ``n_layers`` = LOGITS): the full graph
-minus one edge into that receiver each, batched as ACDC batches them. Every circuit ACDC tests at a
+``--sample-circuits K`` does not run ACDC: it times the evaluator on K circuits like ACDC's (until 1 Dec, its
+first round) at the receivers of ``--sample-layers`` (the MLP input of each layer; ``n_layers`` = LOGITS): the
+full graph minus one edge into that receiver each, batched as ACDC batches them. Every circuit ACDC tests at a
 receiver of layer l is the full graph below l (receivers are visited from the logits backwards), so
 it enters the pass at layer l (``EdgeEvalConfig.enter``); ``--compare`` also times the same circuits
 run from the tokens (the previous implementation), interleaved. The full run is projected from the
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=None,
                     help="approximate ACDC: test only the top N edges by |EAP-IG| (computed and timed in the run)")
     ap.add_argument("--sample-circuits", type=int, default=0,
-                    help="instead of running ACDC: time the evaluator on this many circuits of ACDC's first round "
+                    help="instead of running ACDC: time the evaluator on this many circuits like ACDC's "
                          "(the full graph minus one LOGITS edge each) and project")
     ap.add_argument("--sample-layers", default="",
                     help="with --sample-circuits: the layers whose MLP input receivers are sampled (comma list; "
