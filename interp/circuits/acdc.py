@@ -23,9 +23,9 @@ setup order with ``names_mode="normal"``, ``indices_mode="reverse"``).
 decisions before it, so the tests of one receiver are run as a *speculative chain*: every edge still
 pending gets a predicted decision (below); the chain of circuits the sequential algorithm would test
 under those predictions, ``T_i = S_(i-1) \\ {e_i}`` with ``S_i = T_i`` for a predicted removal and
-``S_(i-1)`` otherwise, is evaluated in one batched call of :meth:`interp.circuits.Evaluator.run_masks` (each circuit a world of
-the one engine, ``max_rows`` rows per forward pass). Then the chain is walked in order with the real
-rule: while decisions match the predictions every test was made on the exact circuit the sequential
+``S_(i-1)`` otherwise, is evaluated in one batched call of :meth:`interp.circuits.Evaluator.run_masks`
+(each circuit a world of the one engine, ``max_rows`` rows per forward pass). Then the chain is walked in
+order with the real rule: while decisions match the predictions every test was made on the exact circuit the sequential
 algorithm has at that point, so it is the sequential test; at the first mismatch that edge's decision
 is still exact (its circuits were), and the edges after it are re-run in a new chain with their
 predictions updated. A chain is one forward pass of circuits (``max_rows // n_prompts``), so a wrong
