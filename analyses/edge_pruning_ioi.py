@@ -7,9 +7,8 @@
 Trains Edge Pruning's edge masks (:func:`interp.circuits.edge_pruning`, Bhaskar et al. 2024) on the main job's
 16 IOI prompts (the same builder, seed 0; ``--n`` for more), saves the Result in OUT_DIR, then evaluates at edge
 level (every edge outside the circuit patched with the corrupted sender output: the main job's evaluation) the
-circuits its learned
-ranking (``P(z > 0)``) selects at each size, on those prompts AND on 16 held-out prompts (seeds 1 and 2): 70k masks
-fitted on 16 prompts could fit the prompts rather than the task. The learned circuit's own size is one of the sizes.
+circuits its learned ranking (``P(z > 0)``) selects at each size, on those prompts AND on 16 held-out prompts
+(seeds 1 and 2): 70k masks fitted on 16 prompts could fit the prompts rather than the task. The learned circuit's own size is one of the sizes.
 Cost: ~6-8 s per step on 2 quiet cores with 16 prompts (150 steps: ~20 min), ~15 s with 32; ~3 forward passes per
 evaluated size. ``--measure`` also measures each kept edge's removal effect (PruneConfig.measure; about half a
 forward pass of the batch per kept edge, the engine's measured per-circuit cost: an hour is the estimate for ~2,000

@@ -71,9 +71,9 @@ def naive_acdc(ev: Evaluator, threshold: float, metric: str, start=None) -> set[
     return edges
 
 
-@pytest.mark.parametrize("metric, quantile", [pytest.param("kl", 0.5, marks=pytest.mark.slow), ("logit_diff", 0.7)])
-def test_batched_equals_naive_sequential(model, ds, ev, metric, quantile):
-    # the threshold: a quantile of the single-edge effects against the full model (an input, not a fitted bound)
+def quantile_threshold(ev: Evaluator, metric: str, quantile: float) -> float:
+    """A quantile of the single-edge effects against the full model (an input, not a fitted bound), placed
+    between two effects so that no test sits on the threshold itself."""
     full = ev.valid.clone()
     masks = []
     for s, r in ev.valid.nonzero().tolist():
@@ -83,7 +83,12 @@ def test_batched_equals_naive_sequential(model, ds, ev, metric, quantile):
     effects = (ev.run_masks(masks, metric=metric) - ev.run_masks([full], metric=metric)[0]).abs()
     srt = effects.sort().values
     k = int(quantile * (len(srt) - 1))
-    tau = float(srt[k] + srt[k + 1]) / 2     # between two effects, so no test sits on the threshold itself
+    return float(srt[k] + srt[k + 1]) / 2
+
+
+@pytest.mark.parametrize("metric, quantile", [pytest.param("kl", 0.5, marks=pytest.mark.slow), ("logit_diff", 0.7)])
+def test_batched_equals_naive_sequential(model, ds, ev, metric, quantile):
+    tau = quantile_threshold(ev, metric, quantile)
     want = naive_acdc(ev, tau, metric)
     r = acdc(model, ds, threshold=tau, metric=metric, evaluator=ev)
     got = set(acdc_circuit(r))
@@ -100,16 +105,7 @@ def test_chains_one_pass_at_a_time_equal_naive_sequential(model, ds, ev, max_row
     # a chain is run one forward pass of circuits at a time (max_rows // 3 prompts = 1 or 2 circuits here, against
     # ~10 edges per receiver): the decisions must still be the sequential ones, and no call may run more than one
     # pass of circuits
-    full = ev.valid.clone()
-    masks = []
-    for s, r in ev.valid.nonzero().tolist():
-        mk = full.clone()
-        mk[s, r] = False
-        masks.append(mk)
-    effects = (ev.run_masks(masks, metric="logit_diff") - ev.run_masks([full], metric="logit_diff")[0]).abs()
-    srt = effects.sort().values
-    k = int(0.7 * (len(srt) - 1))
-    tau = float(srt[k] + srt[k + 1]) / 2
+    tau = quantile_threshold(ev, "logit_diff", 0.7)
     small = Evaluator(model, ds, EdgeEvalConfig(max_rows=max_rows))
     calls = []
     run_masks = small.run_masks
